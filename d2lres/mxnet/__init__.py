@@ -1,0 +1,15 @@
+"""The chapter's ResNet in MXNet Gluon (NumPy mode): the d2lres API."""
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import mxnet  # noqa: F401
+
+from ..threads import restore_torch_threads  # noqa: E402
+from .model import Residual, ResNet, count_parameters, resnet18, resnet_block, shape_walk  # noqa: E402
+from .weights import get_weights, init_weights, load_weights, save_weights, set_weights  # noqa: E402
+
+restore_torch_threads()
+
+__all__ = ["Residual", "ResNet", "resnet_block", "resnet18", "shape_walk", "count_parameters",
+           "get_weights", "set_weights", "save_weights", "load_weights", "init_weights"]

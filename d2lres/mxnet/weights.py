@@ -1,0 +1,59 @@
+"""Weights I/O for the MXNet backend: Gluon parameters <-> neutral weights file (same layouts)."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as onp
+from mxnet import np
+from mxnet.gluon import nn
+
+from .. import weights as neutral
+from .model import ResNet
+
+_BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"),
+       ("running_var", "running_var"))
+
+
+def named_layers(net: ResNet) -> Iterator[tuple[str, nn.Block]]:
+    """``(canonical name, block)`` for every block with parameters."""
+    stages = list(net)
+    yield "b1.conv", stages[0][0]
+    yield "b1.bn", stages[0][1]
+    for k, stage in enumerate(stages[1:5]):
+        for i, block in enumerate(stage):
+            for attr in ("conv1", "bn1", "conv2", "bn2", "conv3"):
+                if getattr(block, attr) is not None:
+                    yield f"b{k + 2}.{i}.{attr}", getattr(block, attr)
+    yield "head.fc", stages[5][-1]
+
+
+def named_parameters(net: ResNet):
+    """``(canonical name, gluon Parameter)`` in canonical order."""
+    for name, layer in named_layers(net):
+        pairs = _BN if isinstance(layer, nn.BatchNorm) else (("weight", "weight"), ("bias", "bias"))
+        for key, attr in pairs:
+            yield f"{name}.{key}", getattr(layer, attr)
+
+
+def get_weights(net: ResNet) -> dict[str, onp.ndarray]:
+    return {name: p.data().asnumpy().copy() for name, p in named_parameters(net)}
+
+
+def set_weights(net: ResNet, weights: dict[str, onp.ndarray]) -> None:
+    neutral.check_weights(weights, net.num_classes, net.in_channels)
+    for name, p in named_parameters(net):
+        p.set_data(np.array(onp.asarray(weights[name], dtype=onp.float32), ctx=p.list_ctx()[0]))
+
+
+def save_weights(net: ResNet, path: str | os.PathLike):
+    return neutral.save_npz(path, get_weights(net))
+
+
+def load_weights(net: ResNet, path: str | os.PathLike) -> None:
+    set_weights(net, neutral.load_npz(path))
+
+
+def init_weights(net: ResNet, seed: int = 0) -> None:
+    """Seeded initialisation shared with the other backends (bit-identical across them)."""
+    set_weights(net, neutral.init_weights(net.num_classes, net.in_channels, seed))

@@ -1,0 +1,67 @@
+"""Weights I/O for the TensorFlow backend: Keras variables <-> neutral weights file
+(kernels HWIO <-> OIHW, dense ``(in, out)`` <-> ``(out, in)``)."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from .. import weights as neutral
+from .model import ResNet
+
+_BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+       ("running_var", "moving_variance"))
+
+
+def named_layers(net: ResNet) -> Iterator[tuple[str, tf.keras.layers.Layer]]:
+    """``(canonical name, layer)`` for every layer with weights."""
+    yield "b1.conv", net.b1.layers[0]
+    yield "b1.bn", net.b1.layers[1]
+    for k, stage in enumerate((net.b2, net.b3, net.b4, net.b5)):
+        for i, block in enumerate(stage.layers):
+            for attr in ("conv1", "bn1", "conv2", "bn2", "conv3"):
+                if getattr(block, attr) is not None:
+                    yield f"b{k + 2}.{i}.{attr}", getattr(block, attr)
+    yield "head.fc", net.head.layers[-1]
+
+
+def _variables(net: ResNet) -> Iterator[tuple[str, tf.Variable, str]]:
+    """``(canonical name, variable, kind)``; kind says how to convert the layout."""
+    for name, layer in named_layers(net):
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            for key, attr in _BN:
+                yield f"{name}.{key}", getattr(layer, attr), "vector"
+        else:
+            kind = "dense" if isinstance(layer, tf.keras.layers.Dense) else "conv"
+            yield f"{name}.weight", layer.kernel, kind
+            yield f"{name}.bias", layer.bias, "vector"
+
+
+def get_weights(net: ResNet) -> dict[str, np.ndarray]:
+    out = {}
+    for name, var, kind in _variables(net):
+        value = var.numpy()
+        out[name] = value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
+    return out
+
+
+def set_weights(net: ResNet, weights: dict[str, np.ndarray]) -> None:
+    neutral.check_weights(weights, net.num_classes, net.in_channels)
+    for name, var, kind in _variables(net):
+        value = np.asarray(weights[name], dtype=np.float32)
+        var.assign(value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value)
+
+
+def save_weights(net: ResNet, path: str | os.PathLike):
+    return neutral.save_npz(path, get_weights(net))
+
+
+def load_weights(net: ResNet, path: str | os.PathLike) -> None:
+    set_weights(net, neutral.load_npz(path))
+
+
+def init_weights(net: ResNet, seed: int = 0) -> None:
+    """Seeded initialisation shared with the other backends (bit-identical across them)."""
+    set_weights(net, neutral.init_weights(net.num_classes, net.in_channels, seed))

@@ -1,0 +1,11 @@
+"""The chapter's ResNet in PyTorch: the d2lres API (see ``d2lres.spec`` for what it builds)."""
+import torch  # noqa: F401  (a missing framework fails here, with the backends' hint upstream)
+
+from ..threads import restore_torch_threads
+from .model import Residual, ResNet, count_parameters, resnet18, resnet_block, shape_walk
+from .weights import get_weights, init_weights, load_weights, save_weights, set_weights
+
+restore_torch_threads()
+
+__all__ = ["Residual", "ResNet", "resnet_block", "resnet18", "shape_walk", "count_parameters",
+           "get_weights", "set_weights", "save_weights", "load_weights", "init_weights"]

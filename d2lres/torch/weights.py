@@ -1,0 +1,37 @@
+"""Weights I/O for the PyTorch backend: module state <-> neutral weights file."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .. import weights as neutral
+
+
+def get_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The network's parameters and BatchNorm statistics under canonical names."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def set_weights(net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights into ``net`` (checked against the spec first)."""
+    neutral.check_weights(weights, net.num_classes, net.in_channels)
+    state = net.state_dict()
+    with torch.no_grad():
+        for name, value in weights.items():
+            state[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+
+
+def save_weights(net: torch.nn.Module, path: str | os.PathLike):
+    return neutral.save_npz(path, get_weights(net))
+
+
+def load_weights(net: torch.nn.Module, path: str | os.PathLike) -> None:
+    set_weights(net, neutral.load_npz(path))
+
+
+def init_weights(net: torch.nn.Module, seed: int = 0) -> None:
+    """Seeded initialisation shared with the other backends (bit-identical across them)."""
+    set_weights(net, neutral.init_weights(net.num_classes, net.in_channels, seed))

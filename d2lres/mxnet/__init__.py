@@ -7,9 +7,11 @@ with warnings.catch_warnings():
 
 from ..threads import restore_torch_threads  # noqa: E402
 from .model import Residual, ResNet, count_parameters, resnet18, resnet_block, shape_walk  # noqa: E402
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
 from .weights import get_weights, init_weights, load_weights, save_weights, set_weights  # noqa: E402
 
 restore_torch_threads()
 
 __all__ = ["Residual", "ResNet", "resnet_block", "resnet18", "shape_walk", "count_parameters",
-           "get_weights", "set_weights", "save_weights", "load_weights", "init_weights"]
+           "get_weights", "set_weights", "save_weights", "load_weights", "init_weights",
+           "Trainer", "load_data_fashion_mnist", "train_ch6", "try_gpu"]

@@ -27,7 +27,7 @@ def named_layers(net: ResNet) -> Iterator[tuple[str, tf.keras.layers.Layer]]:
     yield "head.fc", net.head.layers[-1]
 
 
-def _variables(net: ResNet) -> Iterator[tuple[str, tf.Variable, str]]:
+def variables(net: ResNet) -> Iterator[tuple[str, tf.Variable, str]]:
     """``(canonical name, variable, kind)``; kind says how to convert the layout."""
     for name, layer in named_layers(net):
         if isinstance(layer, tf.keras.layers.BatchNormalization):
@@ -39,19 +39,23 @@ def _variables(net: ResNet) -> Iterator[tuple[str, tf.Variable, str]]:
             yield f"{name}.bias", layer.bias, "vector"
 
 
+def to_canonical(value: np.ndarray, kind: str) -> np.ndarray:
+    return value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
+
+
+def from_canonical(value: np.ndarray, kind: str) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float32)
+    return value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value
+
+
 def get_weights(net: ResNet) -> dict[str, np.ndarray]:
-    out = {}
-    for name, var, kind in _variables(net):
-        value = var.numpy()
-        out[name] = value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
-    return out
+    return {name: to_canonical(var.numpy(), kind) for name, var, kind in variables(net)}
 
 
 def set_weights(net: ResNet, weights: dict[str, np.ndarray]) -> None:
     neutral.check_weights(weights, net.num_classes, net.in_channels)
-    for name, var, kind in _variables(net):
-        value = np.asarray(weights[name], dtype=np.float32)
-        var.assign(value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value)
+    for name, var, kind in variables(net):
+        var.assign(from_canonical(weights[name], kind))
 
 
 def save_weights(net: ResNet, path: str | os.PathLike):

@@ -3,9 +3,11 @@ import torch  # noqa: F401  (a missing framework fails here, with the backends' 
 
 from ..threads import restore_torch_threads
 from .model import Residual, ResNet, count_parameters, resnet18, resnet_block, shape_walk
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
 from .weights import get_weights, init_weights, load_weights, save_weights, set_weights
 
 restore_torch_threads()
 
 __all__ = ["Residual", "ResNet", "resnet_block", "resnet18", "shape_walk", "count_parameters",
-           "get_weights", "set_weights", "save_weights", "load_weights", "init_weights"]
+           "get_weights", "set_weights", "save_weights", "load_weights", "init_weights",
+           "Trainer", "load_data_fashion_mnist", "train_ch6", "try_gpu"]

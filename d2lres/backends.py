@@ -1,0 +1,36 @@
+"""The three backends by name, imported on demand with a clear message when a framework is
+missing."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+#: backend name -> (module, framework package it needs, pip extra of d2lres)
+BACKENDS = {
+    "torch": ("d2lres.torch", "torch", "torch"),
+    "tf": ("d2lres.tf", "tensorflow", "tf"),
+    "mxnet": ("d2lres.mxnet", "mxnet", "mxnet"),
+}
+ALIASES = {"pytorch": "torch", "tensorflow": "tf"}
+
+
+class BackendUnavailable(ImportError):
+    """The framework a backend needs is not installed."""
+
+
+def canonical(name: str) -> str:
+    """``"pytorch"`` -> ``"torch"``; an unknown name raises ``ValueError`` listing the known ones."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return key
+
+
+def load(name: str) -> ModuleType:
+    """Import ``d2lres.<backend>``, or raise :class:`BackendUnavailable` with the install hint."""
+    module, framework, extra = BACKENDS[canonical(name)]
+    if importlib.util.find_spec(framework) is None:
+        raise BackendUnavailable(f"backend {canonical(name)!r} needs {framework}, which is not installed; "
+                                 f"install it with: pip install 'd2lres[{extra}]'")
+    return importlib.import_module(module)

@@ -1,0 +1,120 @@
+"""Cross-backend checks: the backends build the same network (shapes, parameter counts) and,
+given the same weights through the neutral file, compute the same function (eval logits,
+train-mode logits, one SGD step: loss, updated weights, BatchNorm running statistics)."""
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import backends, spec
+from . import weights as neutral
+
+#: What ``d2lres compare --check`` requires of every pair (the tests use the same numbers).
+TOLERANCES = {"eval_logits": 1e-4, "train_logits": 1e-4, "step_loss": 1e-4,
+              "step_weights": 1e-4, "bn_stats": 1e-4}
+
+
+def test_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights with non-trivial BatchNorm parameters and running statistics."""
+    rng = np.random.default_rng(seed + 1)
+    w = neutral.init_weights(num_classes, in_channels, seed)
+    for name, value in w.items():
+        if name.endswith(("bn.weight", "bn1.weight", "bn2.weight")):
+            w[name] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+        elif ".bn" in name and name.endswith(".bias"):
+            w[name] = rng.normal(0, 0.1, value.shape).astype(np.float32)
+        elif name.endswith("running_mean"):
+            w[name] = rng.normal(0, 0.2, value.shape).astype(np.float32)
+        elif name.endswith("running_var"):
+            w[name] = rng.uniform(0.5, 2.0, value.shape).astype(np.float32)
+        elif name.endswith(".bias"):
+            w[name] = rng.normal(0, 0.05, value.shape).astype(np.float32)
+    return w
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)))
+
+
+def _max_rel(a: dict, b: dict, keys) -> float:
+    """Largest per-tensor ``max|a - b| / max|a|``."""
+    return max(_max_abs(a[k], b[k]) / max(float(np.max(np.abs(a[k]))), 1e-12) for k in keys)
+
+
+def run_backend(name: str, weights_file: Path, X: np.ndarray, Xs: np.ndarray, y: np.ndarray, lr: float,
+                input_shape, num_classes: int) -> dict:
+    """Everything one backend computes for the checks, from the weights in ``weights_file``."""
+    mod = backends.load(name)
+    net = mod.resnet18(num_classes=num_classes, in_channels=input_shape[0])
+    mod.load_weights(net, weights_file)
+    trainer = mod.Trainer(net, device=mod.try_gpu())
+    out = {"walk": mod.shape_walk(net, input_shape), "counts": mod.count_parameters(net),
+           "eval_logits": trainer.forward(X, training=False)}
+    mod.load_weights(net, weights_file)
+    out["train_logits"] = trainer.forward(X, training=True)
+    mod.load_weights(net, weights_file)
+    out["step_loss"], _ = trainer.step(*trainer.convert(Xs, y), lr)
+    out["after_step"] = trainer.get_weights()
+    return out
+
+
+def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96), step_size: int = 48,
+                         batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0) -> dict:
+    """Run every backend in ``names`` from the same weights file and compare every pair.
+
+    The forward checks run at ``input_shape``; the SGD step at ``step_size`` (the quick preset's
+    training resolution): at 96x96 MXNet's oneDNN BatchNorm backward, which sums in float32,
+    moves the updated weights ~3e-3 (relative) away from PyTorch and TensorFlow."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((batch_size, *input_shape), dtype=np.float32)
+    Xs = rng.random((batch_size, input_shape[0], step_size, step_size), dtype=np.float32)
+    y = rng.integers(0, num_classes, batch_size)
+    w0 = test_weights(num_classes, input_shape[0], seed)
+    expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes)]
+    expected_counts = spec.param_counts(num_classes, input_shape[0])["total"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = neutral.save_npz(Path(tmp) / "weights.npz", w0)
+        runs = {n: run_backend(n, path, X, Xs, y, lr, input_shape, num_classes) for n in names}
+    trainable = [k for k, p in spec.parameters(num_classes, input_shape[0]).items() if p.trainable]
+    stats = [k for k in w0 if k.endswith(("running_mean", "running_var"))]
+    result = {"input_shape": tuple(input_shape), "step_size": step_size, "batch_size": batch_size, "backends": {}, "pairs": {}}
+    for n, r in runs.items():
+        result["backends"][n] = {"shapes_match_spec": r["walk"] == expected_walk,
+                                 "counts": tuple(r["counts"]),
+                                 "counts_match_spec": tuple(r["counts"]) == expected_counts,
+                                 "step_loss": r["step_loss"]}
+    for a, b in itertools.combinations(names, 2):
+        ra, rb = runs[a], runs[b]
+        result["pairs"][f"{a}-{b}"] = {
+            "eval_logits": _max_abs(ra["eval_logits"], rb["eval_logits"]),
+            "train_logits": _max_abs(ra["train_logits"], rb["train_logits"]),
+            "step_loss": abs(ra["step_loss"] - rb["step_loss"]),
+            "step_weights": _max_rel(ra["after_step"], rb["after_step"], trainable),
+            "bn_stats": _max_rel(ra["after_step"], rb["after_step"], stats),
+        }
+    result["ok"] = all(v["shapes_match_spec"] and v["counts_match_spec"] for v in result["backends"].values()) \
+        and all(d[k] <= TOLERANCES[k] for d in result["pairs"].values() for k in TOLERANCES)
+    return result
+
+
+def format_checks(result: dict) -> str:
+    """The checks as one Markdown table (per backend, then per pair)."""
+    lines = [f"Input {'x'.join(map(str, result['input_shape']))} (one SGD step at lr 0.05: "
+             f"{result['step_size']}x{result['step_size']}), batch {result['batch_size']}, "
+             f"weights transferred through the neutral .npz file.", "",
+             "| backend | shapes = spec | trainable + BN statistics | = spec | first-step loss |",
+             "|---|---|---|---|---|"]
+    for n, v in result["backends"].items():
+        t, s = v["counts"]
+        lines.append(f"| {n} | {'yes' if v['shapes_match_spec'] else 'NO'} | {t:,} + {s:,} | "
+                     f"{'yes' if v['counts_match_spec'] else 'NO'} | {v['step_loss']:.6f} |")
+    lines += ["", "| pair | eval logits | train-mode logits | step loss | updated weights (rel) | BN statistics (rel) |",
+              "|---|---|---|---|---|---|"]
+    for pair, d in result["pairs"].items():
+        lines.append(f"| {pair} | " + " | ".join(f"{d[k]:.2e}" for k in TOLERANCES) + " |")
+    lines += ["", "Tolerance for every difference: " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
+              + f". Result: {'PASS' if result['ok'] else 'FAIL'}."]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Training primitives of the MXNet backend for the shared loop in ``d2lres.training``, and
+d2l's ``try_gpu`` / ``load_data_fashion_mnist`` / ``train_ch6``.
+
+MXNet updates BatchNorm running statistics in the backward pass with the *biased* batch
+variance; PyTorch and Keras use the unbiased one. ``Trainer.step`` rescales the update to the
+unbiased form (``spec.BN_MOMENTUM`` convention), so the three backends keep equal statistics.
+"""
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as onp
+from mxnet import autograd, np, npx
+
+from .. import data, spec, training
+from .weights import get_weights, named_parameters, set_weights
+
+
+def try_gpu(i: int = 0):
+    """GPU ``i`` if there is one, else the CPU (an MXNet context)."""
+    return mx.gpu(i) if mx.context.num_gpus() > i else mx.cpu()
+
+
+def _to_arrays(X: onp.ndarray, y: onp.ndarray, ctx=None):
+    return np.array(X, ctx=ctx), np.array(y.astype(onp.int32), dtype="int32", ctx=ctx)
+
+
+def load_data_fashion_mnist(batch_size: int, resize: int | None = None, **options):
+    """``(train_iter, test_iter)`` of ``(X, y)`` arrays, X in NCHW, values in [0, 1]."""
+    return data.load_batches(batch_size, resize, _to_arrays, **options)
+
+
+class Trainer:
+    """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
+    ``w -= lr v``) and cross-entropy. ``hybridize`` compiles the network (Gluon CachedOp)."""
+
+    backend = "mxnet"
+
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, device=None,
+                 hybridize: bool = True):
+        self.net, self.device = net, device if device is not None else try_gpu()
+        self.momentum, self.weight_decay = momentum, weight_decay
+        net.collect_params().reset_ctx(self.device)
+        if hybridize:
+            net.hybridize(static_alloc=True, static_shape=True)
+        self.params = [(name, p) for name, p in named_parameters(net) if p.grad_req != "null"]
+        self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
+                             if name.endswith("running_var")]
+        self.buffers = [np.zeros(p.shape, ctx=self.device) for _, p in self.params] if momentum else []
+        self.loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def convert(self, X: onp.ndarray, y: onp.ndarray):
+        return _to_arrays(X, y, self.device)
+
+    def step(self, X, y, lr: float) -> tuple[float, int]:
+        """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        X, y = X.as_in_ctx(self.device), y.as_in_ctx(self.device)
+        old_vars = [p.data().copy() for _, p in self.running_vars]
+        with autograd.record():
+            logits = self.net(X)
+            loss = self.loss(logits, y).mean()
+        loss.backward()
+        for i, (_, p) in enumerate(self.params):
+            w, g = p.data(), p.grad()
+            if self.weight_decay:
+                g = g + self.weight_decay * w
+            if self.momentum:
+                self.buffers[i][:] = self.momentum * self.buffers[i] + g
+                g = self.buffers[i]
+            w[:] = w - lr * g
+        self._unbias_running_vars(old_vars, X.shape)
+        correct = (logits.argmax(axis=1).astype("int32") == y).sum()
+        return float(loss), int(correct)
+
+    def _unbias_running_vars(self, old_vars, shape) -> None:
+        """MXNet did ``rv = m rv_old + (1 - m) v_biased``; make it ``... v_biased n / (n - 1)``."""
+        sizes = spec.batchnorm_sizes(tuple(shape[2:]), self.net.num_classes, self.net.in_channels)
+        keep = 1 - spec.BN_MOMENTUM
+        for (name, p), old in zip(self.running_vars, old_vars):
+            n = sizes[name] * shape[0]
+            if n > 1:
+                rv = p.data()
+                rv[:] = rv + (rv - keep * old) / (n - 1)
+
+    def predict(self, X) -> onp.ndarray:
+        return self.net(X.as_in_ctx(self.device)).asnumpy()
+
+    def forward(self, X: onp.ndarray, training: bool = False) -> onp.ndarray:
+        """Logits for a NCHW numpy batch (train mode uses batch statistics)."""
+        with autograd.train_mode() if training else autograd.predict_mode():
+            return self.net(np.array(X, ctx=self.device)).asnumpy()
+
+    def get_weights(self) -> dict[str, onp.ndarray]:
+        return get_weights(self.net)
+
+    def set_weights(self, weights) -> None:
+        set_weights(self.net, weights)
+
+    def optimizer_state(self) -> dict[str, onp.ndarray]:
+        """Momentum buffers under ``momentum.<canonical name>``."""
+        return {f"momentum.{name}": buf.asnumpy() for (name, _), buf in zip(self.params, self.buffers)}
+
+    def load_optimizer_state(self, state: dict[str, onp.ndarray]) -> None:
+        for (name, _), buf in zip(self.params, self.buffers):
+            if f"momentum.{name}" in state:
+                buf[:] = np.array(state[f"momentum.{name}"], ctx=self.device)
+
+
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **kwargs):
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
+    plots the curves and returns the history. See ``d2lres.training.fit`` for ``kwargs``."""
+    trainer = Trainer(net, device=device)
+    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **kwargs)

@@ -1,0 +1,95 @@
+"""Training primitives of the PyTorch backend for the shared loop in ``d2lres.training``, and
+d2l's ``try_gpu`` / ``load_data_fashion_mnist`` / ``train_ch6``."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .. import data, training
+from .weights import get_weights, set_weights
+
+
+def try_gpu(i: int = 0) -> torch.device:
+    """GPU ``i`` if there is one, else the CPU."""
+    return torch.device(f"cuda:{i}") if torch.cuda.device_count() > i else torch.device("cpu")
+
+
+def load_data_fashion_mnist(batch_size: int, resize: int | None = None, device=None, **options):
+    """``(train_iter, test_iter)`` of ``(X, y)`` tensors, X in NCHW, values in [0, 1]."""
+    return data.load_batches(batch_size, resize, lambda X, y: _to_tensors(X, y, device),
+                             **options)
+
+
+def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
+    X, y = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    return (X.to(device), y.to(device)) if device is not None else (X, y)
+
+
+class Trainer:
+    """SGD (momentum and weight decay as ``torch.optim.SGD``) with cross-entropy on one net."""
+
+    backend = "torch"
+
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, device=None):
+        self.device = torch.device(device) if device is not None else try_gpu()
+        self.net = net.to(self.device)
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=0.0, momentum=momentum,
+                                         weight_decay=weight_decay)
+        self._names = {p: name for name, p in net.named_parameters()}
+
+    def convert(self, X: np.ndarray, y: np.ndarray):
+        return _to_tensors(X, y, self.device)
+
+    def step(self, X, y, lr: float) -> tuple[float, int]:
+        """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        X, y = X.to(self.device), y.to(self.device)
+        self.net.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = self.net(X)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss), int((logits.argmax(1) == y).sum())
+
+    def predict(self, X) -> np.ndarray:
+        """Eval-mode logits."""
+        self.net.eval()
+        with torch.no_grad():
+            return self.net(X.to(self.device)).cpu().numpy()
+
+    def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
+        """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
+        self.net.train(training)
+        with torch.no_grad():
+            return self.net(torch.from_numpy(X).to(self.device)).cpu().numpy()
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return get_weights(self.net)
+
+    def set_weights(self, weights) -> None:
+        set_weights(self.net, weights)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Momentum buffers under ``momentum.<canonical name>``."""
+        out = {}
+        for p, name in self._names.items():
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"momentum.{name}"] = buf.detach().cpu().numpy().copy()
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        for p, name in self._names.items():
+            if f"momentum.{name}" in state:
+                self.optimizer.state[p]["momentum_buffer"] = torch.from_numpy(
+                    np.array(state[f"momentum.{name}"])).to(self.device)
+
+
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **kwargs):
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
+    plots the curves and returns the history. See ``d2lres.training.fit`` for ``kwargs``."""
+    trainer = Trainer(net, device=device)
+    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **kwargs)

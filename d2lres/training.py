@@ -1,0 +1,156 @@
+"""The training loop all backends share (d2l's ``train_ch6``, plus schedules, checkpoints and
+resume). A backend supplies a ``Trainer`` with ``step(X, y, lr)``, ``predict(X)``,
+``get_weights``/``set_weights`` and ``optimizer_state``/``load_optimizer_state``."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import weights as neutral
+
+CHECKPOINT = "checkpoint.npz"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is no longer finite)."""
+
+
+def one_cycle(lr_max: float, total_steps: int, warmup: float = 0.3) -> Callable[[int], float]:
+    """Learning rate per step: linear warm-up from ``lr_max / 25`` over ``warmup`` of the steps,
+    then cosine annealing to ``lr_max / 1e4``."""
+    warm = max(1, int(round(warmup * total_steps)))
+
+    def lr(step: int) -> float:
+        if step < warm:
+            return lr_max / 25 + (lr_max - lr_max / 25) * step / warm
+        t = (step - warm) / max(1, total_steps - warm)
+        return lr_max / 1e4 + (lr_max - lr_max / 1e4) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return lr
+
+
+def evaluate_accuracy(trainer, data_iter) -> float:
+    """Eval-mode accuracy over ``data_iter``."""
+    correct = total = 0
+    for X, y in data_iter:
+        logits = trainer.predict(X)
+        labels = np.asarray(y).reshape(-1) if not hasattr(y, "numpy") else y.numpy().reshape(-1)
+        correct += int((logits.argmax(axis=1) == labels).sum())
+        total += labels.size
+    return correct / max(total, 1)
+
+
+def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
+    arrays = {f"weights.{k}": v for k, v in trainer.get_weights().items()}
+    arrays.update(trainer.optimizer_state())
+    arrays["progress"] = np.array(json.dumps(progress))
+    neutral.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
+    """``(weights, optimizer state, progress)`` of the checkpoint in ``directory``, if any."""
+    path = Path(directory) / CHECKPOINT
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        weights = {k[len("weights."):]: data[k] for k in data.files if k.startswith("weights.")}
+        state = {k: data[k] for k in data.files if k.startswith("momentum.")}
+        progress = json.loads(str(data["progress"]))
+    return weights, state, progress
+
+
+def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[int], float], *,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, checkpoint_every: int = 100,
+        progress: bool = True, plot: bool = True, curves_path: str | Path | None = None,
+        verbose: bool = True, stop_after: int | None = None) -> dict:
+    """Train for ``num_epochs``; ``lr`` is a constant or a function of the global step.
+
+    Returns the history: per-epoch rows, train loss/accuracy points (every ~1/10 epoch), test
+    accuracy per epoch, the first step's loss, images/s. With ``checkpoint_dir`` a checkpoint
+    (weights, momentum, progress) is written atomically every ``checkpoint_every`` steps and at
+    each epoch's end, and ``resume=True`` continues from it exactly. ``stop_after`` stops after
+    that many steps in this call (to simulate an interruption)."""
+    lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
+    steps_per_epoch = len(train_iter)
+    history = {"backend": trainer.backend, "device": str(trainer.device), "epochs": [],
+               "points": [], "first_step_loss": None}
+    epoch = step_in_epoch = 0
+    acc = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if directory is not None and resume:
+        found = load_checkpoint(directory)
+        if found is not None:
+            weights, state, saved = found
+            trainer.set_weights(weights)
+            trainer.load_optimizer_state(state)
+            history, acc = saved["history"], saved["acc"]
+            epoch, step_in_epoch = saved["epoch"], saved["step_in_epoch"]
+            if verbose:
+                print(f"resuming from {directory / CHECKPOINT}: epoch {epoch + 1}, step {step_in_epoch}")
+
+    def checkpoint():
+        if directory is not None:
+            _save_checkpoint(directory, trainer, {"history": history, "acc": acc, "epoch": epoch,
+                                                  "step_in_epoch": step_in_epoch})
+
+    record_every = max(1, steps_per_epoch // 10)
+    steps_this_call = 0
+    while epoch < num_epochs:
+        train_iter.set_epoch(epoch)
+        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"{trainer.backend} epoch {epoch + 1}/{num_epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        batches = iter(train_iter)
+        for _ in range(step_in_epoch):
+            next(batches)
+        tic = time.perf_counter()
+        for X, y in batches:
+            n = int(X.shape[0])
+            loss, correct = trainer.step(X, y, lr_at(epoch * steps_per_epoch + step_in_epoch))
+            if not math.isfinite(loss):
+                bar.close()
+                raise TrainingError(f"the loss is {loss} at epoch {epoch + 1}, batch {step_in_epoch + 1} "
+                                    f"(lr {lr_at(epoch * steps_per_epoch + step_in_epoch):g}); "
+                                    f"try a lower learning rate. The last checkpoint is kept.")
+            if history["first_step_loss"] is None:
+                history["first_step_loss"] = loss
+            acc["loss"] += loss * n
+            acc["correct"] += correct
+            acc["n"] += n
+            step_in_epoch += 1
+            steps_this_call += 1
+            bar.update(1)
+            if step_in_epoch % record_every == 0 or step_in_epoch == steps_per_epoch:
+                history["points"].append([epoch + step_in_epoch / steps_per_epoch,
+                                          acc["loss"] / acc["n"], acc["correct"] / acc["n"]])
+                bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}", acc=f"{acc['correct'] / acc['n']:.3f}")
+            if step_in_epoch < steps_per_epoch and step_in_epoch % checkpoint_every == 0:
+                acc["seconds"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                checkpoint()
+            if stop_after is not None and steps_this_call >= stop_after:
+                bar.close()
+                acc["seconds"] += time.perf_counter() - tic
+                checkpoint()
+                return history
+        acc["seconds"] += time.perf_counter() - tic
+        bar.close()
+        test_acc = evaluate_accuracy(trainer, test_iter)
+        history["epochs"].append({
+            "epoch": epoch + 1, "train_loss": acc["loss"] / acc["n"], "train_acc": acc["correct"] / acc["n"],
+            "test_acc": test_acc, "images_per_s": acc["n"] / acc["seconds"], "train_seconds": acc["seconds"]})
+        epoch, step_in_epoch = epoch + 1, 0
+        acc = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+        checkpoint()
+        if plot:
+            from .plots import show_or_save_curves
+            show_or_save_curves({trainer.backend: history}, curves_path)
+    last = history["epochs"][-1] if history["epochs"] else None
+    if verbose and last:
+        print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")
+        print(f"{last['images_per_s']:.1f} examples/sec on {trainer.device}")
+    return history

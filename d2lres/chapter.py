@@ -1,0 +1,262 @@
+"""The ResNet chapter as notebooks: one source, three generated notebooks, and ``#@save``.
+
+``notebooks/resnet.md`` is the chapter in d2l's tab style: markdown with ```` ```{.python .input} ````
+code cells whose first line names their tab (``#@tab pytorch``, ``#@tab tensorflow``,
+``#@tab mxnet``, ``#@tab all``), and markdown passages inside ``:begin_tab:X`` / ``:end_tab:``.
+``build`` writes ``notebooks/<framework>/resnet.ipynb`` for each framework (its own cells plus the
+``all`` cells, without outputs) through jupytext's markdown reader.
+
+**One source of truth: the library code.** A code cell marked ``#@save`` holds chapter-level
+definitions (``Residual``, ``resnet_block``) of its framework's backend (``d2lres.torch``,
+``d2lres.tf``, ``d2lres.mxnet``); its text must equal ``inspect.getsource`` of those objects,
+joined by one blank line. Edit the library, never the cell: ``sync`` copies the library's source
+back into the chapter's ``#@save`` cells (and rebuilds the notebooks); ``check`` exits non-zero
+naming every ``#@save`` cell that differs from the library and every notebook that differs from
+what ``build`` would write.
+
+    python -m d2lres.chapter build   [--source notebooks/resnet.md] [--out notebooks]
+    python -m d2lres.chapter check   [--source ...] [--out ...]
+    python -m d2lres.chapter sync    [--source ...] [--out ...]
+
+The notebooks read ``D2LRES_FAST=1`` to train on a few hundred images for one short epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import inspect
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "notebooks" / "resnet.md"
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOK_NAME = "resnet.ipynb"
+
+#: tab name -> the backend package whose objects the tab's ``#@save`` cells define
+FRAMEWORKS = {"pytorch": "d2lres.torch", "tensorflow": "d2lres.tf", "mxnet": "d2lres.mxnet"}
+
+_FENCE = re.compile(r"^```\{\.python \.input[^}\n]*\}[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+_TAB_LINE = re.compile(r"^#@tab[ \t]+(.+?)[ \t]*$")
+_DEFINITION = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)", re.M)
+_MD_TAB = re.compile(r"^:begin_tab:`?([\w, ]+?)`?[ \t]*\n(.*?)^:end_tab:[ \t]*\n?", re.M | re.S)
+
+
+@dataclass
+class CodeCell:
+    """A code cell of the source: its span in the text, tabs, markers and code."""
+    start: int          # offset of the cell body (after the opening fence line)
+    end: int            # offset of the closing fence
+    line: int           # 1-based line of the opening fence
+    tabs: tuple[str, ...]
+    save: bool
+    header: str         # the marker lines (``#@tab``, ``#@save``) as written
+    code: str           # the body without the marker lines, without trailing newlines
+
+
+def parse_code_cells(text: str) -> list[CodeCell]:
+    """The source's ``{.python .input}`` cells, in order."""
+    cells = []
+    for m in _FENCE.finditer(text):
+        lines = m.group(1).split("\n")
+        tabs, save, n = ("all",), False, 0
+        while n < len(lines):
+            tab = _TAB_LINE.match(lines[n])
+            if tab:
+                tabs = tuple(t.strip() for t in tab.group(1).split(","))
+            elif lines[n].strip() == "#@save":
+                save = True
+            else:
+                break
+            n += 1
+        cells.append(CodeCell(m.start(1), m.end(1), text.count("\n", 0, m.start()) + 1, tabs, save,
+                              "".join(line + "\n" for line in lines[:n]),
+                              "\n".join(lines[n:]).rstrip("\n")))
+    return cells
+
+
+# --------------------------------------------------------------------------- #@save
+
+def defined_names(code: str) -> list[str]:
+    """Top-level classes and functions a cell defines, in order."""
+    return _DEFINITION.findall(code)
+
+
+def library_object(framework: str, name: str):
+    """The object ``name`` of ``framework``'s backend (package, then its ``model`` module)."""
+    package = importlib.import_module(FRAMEWORKS[framework])
+    if hasattr(package, name):
+        return getattr(package, name)
+    return getattr(importlib.import_module(FRAMEWORKS[framework] + ".model"), name)
+
+
+def library_code(framework: str, names: list[str]) -> str:
+    """What a ``#@save`` cell defining ``names`` must read: their library source."""
+    return "\n\n".join(inspect.getsource(library_object(framework, name)).rstrip("\n")
+                       for name in names)
+
+
+def save_cell_problems(text: str, source: Path) -> list[str]:
+    """One message per ``#@save`` cell that is not its library objects' source."""
+    problems = []
+    for cell in parse_code_cells(text):
+        if not cell.save:
+            continue
+        where = f"{source}:{cell.line}: #@save cell [{', '.join(cell.tabs)}]"
+        if len(cell.tabs) != 1 or cell.tabs[0] not in FRAMEWORKS:
+            problems.append(f"{where} must name exactly one framework tab ({', '.join(FRAMEWORKS)})")
+            continue
+        names = defined_names(cell.code)
+        if not names:
+            problems.append(f"{where} defines no class or function")
+            continue
+        framework, label = cell.tabs[0], f"{FRAMEWORKS[cell.tabs[0]]}.{'/'.join(names)}"
+        try:
+            want = library_code(framework, names)
+        except (AttributeError, ImportError) as err:
+            problems.append(f"{where} defines {', '.join(names)}, not found in the library ({err})")
+            continue
+        if cell.code != want:
+            diff = difflib.unified_diff(want.split("\n"), cell.code.split("\n"),
+                                        f"library {label}", f"cell at line {cell.line}", lineterm="", n=1)
+            problems.append(f"{where} `{', '.join(names)}` differs from {label} (inspect.getsource):\n"
+                            + "\n".join("    " + line for line in diff))
+    return problems
+
+
+def sync_text(text: str) -> tuple[str, list[str]]:
+    """``text`` with every ``#@save`` cell replaced by its library source; the cells changed."""
+    changed, pieces, pos = [], [], 0
+    for cell in parse_code_cells(text):
+        if not cell.save or len(cell.tabs) != 1 or cell.tabs[0] not in FRAMEWORKS:
+            continue
+        names = defined_names(cell.code)
+        if not names:
+            continue
+        want = library_code(cell.tabs[0], names)
+        if want != cell.code:
+            changed.append(f"line {cell.line} [{cell.tabs[0]}] {', '.join(names)}")
+            pieces += [text[pos:cell.start], cell.header, want, "\n"]
+            pos = cell.end
+    return "".join(pieces) + text[pos:], changed
+
+
+# --------------------------------------------------------------------------- notebooks
+
+def framework_markdown(text: str, framework: str) -> str:
+    """The source as ``framework`` sees it: its code cells (marker lines dropped, ``#@save``
+    kept) as plain ```` ```python ```` blocks, other tabs' cells and markdown passages removed."""
+    pieces, pos = [], 0
+    for m, cell in zip(_FENCE.finditer(text), parse_code_cells(text)):
+        pieces.append(text[pos:m.start()])
+        if "all" in cell.tabs or framework in cell.tabs:
+            pieces.append("```python\n" + ("#@save\n" if cell.save else "") + cell.code + "\n```")
+        pos = m.end()
+    pieces.append(text[pos:])
+    out = "".join(pieces)
+    out = _MD_TAB.sub(lambda m: m.group(2) if framework in [t.strip() for t in m.group(1).split(",")]
+                      or m.group(1).strip() == "all" else "", out)
+    return re.sub(r"\n{4,}", "\n\n\n", out)
+
+
+def build_notebook(text: str, framework: str) -> str:
+    """The ``.ipynb`` text of the chapter for ``framework`` (no outputs, stable cell ids)."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.reads(framework_markdown(text, framework), fmt="md")
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{framework}-{i:02d}"
+        cell.metadata = {}
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                  "language": "python"},
+                   "language_info": {"name": "python"},
+                   "d2lres": {"framework": framework, "generated_from": "notebooks/resnet.md",
+                              "regenerate": "python -m d2lres.chapter build"}}
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    return nbformat.writes(nb) + "\n"
+
+
+def notebook_path(out: Path, framework: str) -> Path:
+    return Path(out) / framework / NOTEBOOK_NAME
+
+
+def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Write the three notebooks; returns those whose text changed."""
+    text, written = Path(source).read_text(), []
+    for framework in FRAMEWORKS:
+        path, nb = notebook_path(out, framework), build_notebook(text, framework)
+        if not path.exists() or path.read_text() != nb:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(nb)
+            written.append(path)
+    return written
+
+
+def notebook_problems(text: str, out: Path) -> list[str]:
+    problems = []
+    for framework in FRAMEWORKS:
+        path = notebook_path(out, framework)
+        if not path.exists():
+            problems.append(f"{path}: missing (run `python -m d2lres.chapter build`)")
+        elif path.read_text() != build_notebook(text, framework):
+            problems.append(f"{path}: differs from what the source generates "
+                            f"(run `python -m d2lres.chapter build`)")
+    return problems
+
+
+def check(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[str]:
+    """Every disagreement: ``#@save`` cells vs the library, notebooks vs the source."""
+    text = Path(source).read_text()
+    return save_cell_problems(text, Path(source)) + notebook_problems(text, out)
+
+
+def sync(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> tuple[list[str], list[Path]]:
+    """Rewrite the source's ``#@save`` cells from the library, then rebuild the notebooks."""
+    text, changed = sync_text(Path(source).read_text())
+    if changed:
+        Path(source).write_text(text)
+    return changed, build(source, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m d2lres.chapter", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["build", "check", "sync"])
+    parser.add_argument("--source", type=Path, default=SOURCE, help="the chapter source (%(default)s)")
+    parser.add_argument("--out", type=Path, default=NOTEBOOK_DIR,
+                        help="where <framework>/resnet.ipynb live (%(default)s)")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        written = build(args.source, args.out)
+        for path in written:
+            print(f"wrote {path}")
+        print(f"{len(FRAMEWORKS)} notebooks up to date ({len(written)} rewritten)")
+        return 0
+    if args.command == "sync":
+        changed, written = sync(args.source, args.out)
+        for cell in changed:
+            print(f"synced #@save cell at {cell} from the library")
+        for path in written:
+            print(f"wrote {path}")
+        print(f"{args.source}: #@save cells match the library ({len(changed)} rewritten)")
+        return 0
+    problems = check(args.source, args.out)
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"\n{len(problems)} problem(s). The library is the source of truth: "
+              f"`python -m d2lres.chapter sync` rewrites the #@save cells from it and rebuilds "
+              f"the notebooks.", file=sys.stderr)
+        return 1
+    saved = sum(cell.save for cell in parse_code_cells(Path(args.source).read_text()))
+    print(f"ok: {saved} #@save cells match the library; {len(FRAMEWORKS)} notebooks up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

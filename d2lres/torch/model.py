@@ -99,7 +99,8 @@ def resnet18(num_classes: int = 10, in_channels: int = 1) -> ResNet:
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
     spec.check_input(tuple(input_shape), net.in_channels)
-    X, rows = torch.zeros((1, *input_shape)), []
+    X, rows, was_training = torch.zeros((1, *input_shape)), [], net.training
+    net.eval()  # a shape walk must not touch the BatchNorm running statistics
     with torch.no_grad():
         for stage_name, stage in net.named_children():
             if stage_name in ("b1", "head"):
@@ -109,6 +110,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
             else:
                 X = stage(X)
                 rows.append((stage_name, tuple(X.shape[1:])))
+    net.train(was_training)
     return rows
 
 

@@ -1,0 +1,160 @@
+"""Each backend builds the spec's network: shapes, parameter counts (total and per stage),
+weights round trip through the neutral file, clear errors, import isolation and threads."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from d2lres import backends, spec
+from d2lres import weights as neutral
+
+BACKENDS = list(backends.BACKENDS)
+
+
+@pytest.fixture(params=BACKENDS)
+def mod(request):
+    return backends.load(request.param)
+
+
+def residual_output(mod, block, shape):
+    """Output NCHW shape of a Residual block on a random input of NCHW ``shape``."""
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    name = mod.__name__.rsplit(".", 1)[1]
+    if name == "torch":
+        import torch
+        block.eval()
+        return tuple(block(torch.from_numpy(x)).shape)
+    if name == "tf":
+        return (lambda s: (s[0], s[3], s[1], s[2]))(tuple(block(x.transpose(0, 2, 3, 1)).shape))
+    from mxnet import np as mnp
+    block.initialize()
+    return tuple(block(mnp.array(x)).shape)
+
+
+@pytest.mark.parametrize("input_shape", [(1, 224, 224), (1, 96, 96)])
+def test_shape_walk_equals_spec(mod, input_shape):
+    net = mod.resnet18()
+    assert mod.shape_walk(net, input_shape) == [(n, s) for n, s, _ in spec.walk(input_shape)]
+
+
+def test_iterable_stage_by_stage(mod):
+    assert len(list(mod.resnet18())) == len(spec.STAGE_NAMES)
+
+
+def test_residual_block_cases_of_the_chapter(mod):
+    assert residual_output(mod, mod.Residual(3), (4, 3, 6, 6)) == (4, 3, 6, 6)
+    assert residual_output(mod, mod.Residual(6, use_1x1conv=True, strides=2), (4, 3, 6, 6)) == (4, 6, 3, 3)
+
+
+@pytest.mark.parametrize("num_classes, in_channels, expected",
+                         [(10, 1, (11_178_378, 7_808)), (1000, 3, (11_692_520, 7_808))])
+def test_parameter_counts(mod, num_classes, in_channels, expected):
+    net = mod.resnet18(num_classes=num_classes, in_channels=in_channels)
+    assert mod.count_parameters(net) == expected == spec.param_counts(num_classes, in_channels)["total"]
+
+
+def test_per_stage_counts_and_canonical_names(mod):
+    weights = mod.get_weights(mod.resnet18())
+    expected = spec.parameters()
+    assert sorted(weights) == sorted(expected)
+    per_stage = {}
+    for name, value in weights.items():
+        assert value.shape == expected[name].shape, name
+        counts = per_stage.setdefault(name.split(".")[0], [0, 0])
+        counts[0 if expected[name].trainable else 1] += value.size
+    assert {k: tuple(v) for k, v in per_stage.items()} == {
+        k: v for k, v in spec.param_counts().items() if k != "total"}
+
+
+def test_weights_round_trip_is_exact(mod, tmp_path):
+    w = neutral.init_weights(seed=7)
+    w["b3.0.bn1.running_var"] = np.linspace(0.5, 2, 128, dtype=np.float32)
+    net = mod.resnet18()
+    mod.set_weights(net, w)
+    mod.save_weights(net, tmp_path / "w.npz")
+    other = mod.resnet18()
+    mod.load_weights(other, tmp_path / "w.npz")
+    back = mod.get_weights(other)
+    assert all(np.array_equal(back[k], w[k]) for k in w)
+
+
+def test_seeded_init_is_identical_across_backends(mod):
+    net = mod.resnet18()
+    mod.init_weights(net, seed=3)
+    w = mod.get_weights(net)
+    assert all(np.array_equal(w[k], v) for k, v in neutral.init_weights(seed=3).items())
+
+
+def test_weights_that_do_not_fit_are_refused(mod):
+    w = neutral.init_weights(num_classes=5)
+    with pytest.raises(ValueError, match="head.fc.weight: expected shape \\(10, 512\\), got \\(5, 512\\)"):
+        mod.set_weights(mod.resnet18(), w)
+
+
+def _call(mod, net, shape):
+    x = np.zeros(shape, np.float32)
+    name = mod.__name__.rsplit(".", 1)[1]
+    if name == "torch":
+        import torch
+        return net(torch.from_numpy(x))
+    if name == "tf":
+        return net(x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
+    from mxnet import np as mnp
+    return net(mnp.array(x))
+
+
+def test_wrong_channel_count_is_named(mod):
+    with pytest.raises(ValueError, match="expects 1 input channel\\(s\\), got 3"):
+        _call(mod, mod.resnet18(), (2, 3, 32, 32))
+
+
+def test_wrong_rank_is_named(mod):
+    with pytest.raises(ValueError, match="expected a batch of shape"):
+        _call(mod, mod.resnet18(), (1, 32, 32))
+
+
+def test_bad_constructor_arguments(mod):
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        mod.resnet18(num_classes=0)
+    with pytest.raises(ValueError, match="must be positive"):
+        mod.shape_walk(mod.resnet18(), (1, 0, 32))
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(ValueError, match="choose one of torch, tf, mxnet"):
+        backends.load("caffe")
+
+
+def test_missing_framework_gives_install_hint(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mxnet" else real(name, *a))
+    with pytest.raises(backends.BackendUnavailable, match="pip install 'd2lres\\[mxnet\\]'"):
+        backends.load("mxnet")
+
+
+@pytest.mark.parametrize("backend, foreign", [("torch", ("tensorflow", "mxnet")), ("tf", ("torch", "mxnet")),
+                                              ("mxnet", ("torch", "tensorflow"))])
+def test_import_pulls_in_no_other_framework(backend, foreign):
+    code = f"import sys, d2lres.{backend}; print([m for m in {foreign!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+THREADS = ("import os, torch, d2lres.torch, d2lres.tf, d2lres.mxnet; "
+           "print(torch.get_num_threads(), len(os.sched_getaffinity(0)))")
+
+
+def test_torch_keeps_all_cores_after_importing_all_three():
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"}
+    threads, cores = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True,
+                                    check=True, env=env).stdout.split()[-2:]
+    assert int(threads) == int(cores)
+
+
+def test_user_thread_setting_is_respected():
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    threads, _ = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True,
+                                check=True, env=env).stdout.split()[-2:]
+    assert int(threads) == 1

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast check env clean
+.PHONY: run test test-fast check env clean lib-check notebooks lib-sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,15 @@ check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+## The chapter: #@save cells vs the library, generated notebooks vs the source
+lib-check: $(STAMP)
+	$(PY) -m d2lres.chapter check
+
+## Regenerate notebooks/<framework>/resnet.ipynb from notebooks/resnet.md
+notebooks: $(STAMP)
+	$(PY) -m d2lres.chapter build
+
+## Bring the #@save cells back in line with the library (the library is the source of truth)
+lib-sync: $(STAMP)
+	$(PY) -m d2lres.chapter sync

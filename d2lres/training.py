@@ -46,7 +46,13 @@ def evaluate_accuracy(trainer, data_iter) -> float:
 
 
 def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
+    """Write the checkpoint atomically; never overwrite a good one with non-finite weights."""
     arrays = {f"weights.{k}": v for k, v in trainer.get_weights().items()}
+    bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
+    if bad:
+        raise TrainingError(f"the weights are no longer finite ({bad[0][len('weights.'):]} and {len(bad) - 1} more) "
+                            f"at epoch {progress['epoch'] + 1}, batch {progress['step_in_epoch']}; try a lower "
+                            f"learning rate. The last checkpoint is kept.")
     arrays.update(trainer.optimizer_state())
     arrays["progress"] = np.array(json.dumps(progress))
     neutral.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
@@ -103,7 +109,7 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     while epoch < num_epochs:
         train_iter.set_epoch(epoch)
         bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"{trainer.backend} epoch {epoch + 1}/{num_epochs}",
-                   disable=not progress, leave=False, unit="batch")
+                   disable=not progress, leave=False, unit="batch", mininterval=1.0)
         batches = iter(train_iter)
         for _ in range(step_in_epoch):
             next(batches)

@@ -84,3 +84,24 @@ def init_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> 
         else:
             out[name] = np.zeros(p.shape, np.float32)
     return out
+
+
+def backend_functions(get_weights, set_weights):
+    """A backend's ``save_weights(net, path)``, ``load_weights(net, path)`` and
+    ``init_weights(net, seed=0)``, built on its ``get_weights`` / ``set_weights``."""
+    make_initial = init_weights
+
+    def save_weights(net, path: str | os.PathLike) -> Path:
+        """Write the network's weights to the neutral file ``path`` (atomically)."""
+        return save_npz(path, get_weights(net))
+
+    def load_weights(net, path: str | os.PathLike) -> None:
+        """Load a neutral weights file (checked against the network first)."""
+        set_weights(net, load_npz(path))
+
+    def init_weights_(net, seed: int = 0) -> None:
+        """Seeded initialisation shared with the other backends (bit-identical across them)."""
+        set_weights(net, make_initial(net.num_classes, net.in_channels, seed))
+
+    init_weights_.__name__ = "init_weights"
+    return save_weights, load_weights, init_weights_

@@ -1,11 +1,13 @@
 """The chapter's ResNet in MXNet Gluon (NumPy mode): the d2lres API."""
 import warnings
 
+from ..threads import prepare_mxnet_threads, restore_torch_threads
+
+prepare_mxnet_threads()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import mxnet  # noqa: F401
+    import mxnet  # noqa: F401,E402
 
-from ..threads import restore_torch_threads  # noqa: E402
 from .model import Residual, ResNet, count_parameters, resnet18, resnet_block, shape_walk  # noqa: E402
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
 from .weights import get_weights, init_weights, load_weights, save_weights, set_weights  # noqa: E402

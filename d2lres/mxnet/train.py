@@ -45,7 +45,11 @@ class Trainer:
         self.params = [(name, p) for name, p in named_parameters(net) if p.grad_req != "null"]
         self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
                              if name.endswith("running_var")]
-        self.buffers = [np.zeros(p.shape, ctx=self.device) for _, p in self.params] if momentum else []
+        # MXNet's fused update keeps mom = -lr * v; rescaling it by lr_new / lr_old before each
+        # step makes it exactly PyTorch's form even when the learning rate changes.
+        self.buffers = [mx.nd.zeros(p.shape, ctx=self.device) for _, p in self.params]
+        self.last_lr = 0.0
+        self._bn_sizes: dict[tuple, dict[str, int]] = {}
         self.loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
 
     def convert(self, X: onp.ndarray, y: onp.ndarray):
@@ -59,21 +63,23 @@ class Trainer:
             logits = self.net(X)
             loss = self.loss(logits, y).mean()
         loss.backward()
-        for i, (_, p) in enumerate(self.params):
-            w, g = p.data(), p.grad()
-            if self.weight_decay:
-                g = g + self.weight_decay * w
-            if self.momentum:
-                self.buffers[i][:] = self.momentum * self.buffers[i] + g
-                g = self.buffers[i]
-            w[:] = w - lr * g
+        if self.momentum and self.last_lr and lr != self.last_lr:
+            for mom in self.buffers:
+                mom *= lr / self.last_lr
+        for (_, p), mom in zip(self.params, self.buffers):
+            w = p.data().as_nd_ndarray()
+            mx.nd.sgd_mom_update(w, p.grad().as_nd_ndarray(), mom, lr=lr, momentum=self.momentum,
+                                 wd=self.weight_decay, out=w)
+        self.last_lr = lr
         self._unbias_running_vars(old_vars, X.shape)
         correct = (logits.argmax(axis=1).astype("int32") == y).sum()
         return float(loss), int(correct)
 
     def _unbias_running_vars(self, old_vars, shape) -> None:
         """MXNet did ``rv = m rv_old + (1 - m) v_biased``; make it ``... v_biased n / (n - 1)``."""
-        sizes = spec.batchnorm_sizes(tuple(shape[2:]), self.net.num_classes, self.net.in_channels)
+        if shape[2:] not in self._bn_sizes:
+            self._bn_sizes[shape[2:]] = spec.batchnorm_sizes(shape[2:], self.net.num_classes, self.net.in_channels)
+        sizes = self._bn_sizes[shape[2:]]
         keep = 1 - spec.BN_MOMENTUM
         for (name, p), old in zip(self.running_vars, old_vars):
             n = sizes[name] * shape[0]
@@ -96,13 +102,18 @@ class Trainer:
         set_weights(self.net, weights)
 
     def optimizer_state(self) -> dict[str, onp.ndarray]:
-        """Momentum buffers under ``momentum.<canonical name>``."""
-        return {f"momentum.{name}": buf.asnumpy() for (name, _), buf in zip(self.params, self.buffers)}
+        """Momentum buffers (PyTorch's form) under ``momentum.<canonical name>``."""
+        if not (self.momentum and self.last_lr):
+            return {}
+        return {f"momentum.{name}": -mom.asnumpy() / self.last_lr for (name, _), mom in zip(self.params, self.buffers)}
 
     def load_optimizer_state(self, state: dict[str, onp.ndarray]) -> None:
-        for (name, _), buf in zip(self.params, self.buffers):
+        """Momentum buffers as :meth:`optimizer_state` gives them; they take effect at the next
+        step's learning rate."""
+        self.last_lr = 1.0
+        for (name, _), mom in zip(self.params, self.buffers):
             if f"momentum.{name}" in state:
-                buf[:] = np.array(state[f"momentum.{name}"], ctx=self.device)
+                mom[:] = -mx.nd.array(state[f"momentum.{name}"], ctx=self.device)
 
 
 def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **kwargs):

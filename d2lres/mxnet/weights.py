@@ -1,7 +1,5 @@
 """Weights I/O for the MXNet backend: Gluon parameters <-> neutral weights file (same layouts)."""
 from __future__ import annotations
-
-import os
 from typing import Iterator
 
 import numpy as onp
@@ -46,14 +44,4 @@ def set_weights(net: ResNet, weights: dict[str, onp.ndarray]) -> None:
         p.set_data(np.array(onp.asarray(weights[name], dtype=onp.float32), ctx=p.list_ctx()[0]))
 
 
-def save_weights(net: ResNet, path: str | os.PathLike):
-    return neutral.save_npz(path, get_weights(net))
-
-
-def load_weights(net: ResNet, path: str | os.PathLike) -> None:
-    set_weights(net, neutral.load_npz(path))
-
-
-def init_weights(net: ResNet, seed: int = 0) -> None:
-    """Seeded initialisation shared with the other backends (bit-identical across them)."""
-    set_weights(net, neutral.init_weights(net.num_classes, net.in_channels, seed))
+save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)

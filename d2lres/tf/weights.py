@@ -2,7 +2,6 @@
 (kernels HWIO <-> OIHW, dense ``(in, out)`` <-> ``(out, in)``)."""
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
@@ -58,14 +57,4 @@ def set_weights(net: ResNet, weights: dict[str, np.ndarray]) -> None:
         var.assign(from_canonical(weights[name], kind))
 
 
-def save_weights(net: ResNet, path: str | os.PathLike):
-    return neutral.save_npz(path, get_weights(net))
-
-
-def load_weights(net: ResNet, path: str | os.PathLike) -> None:
-    set_weights(net, neutral.load_npz(path))
-
-
-def init_weights(net: ResNet, seed: int = 0) -> None:
-    """Seeded initialisation shared with the other backends (bit-identical across them)."""
-    set_weights(net, neutral.init_weights(net.num_classes, net.in_channels, seed))
+save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)

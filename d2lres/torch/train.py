@@ -52,7 +52,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss), int((logits.argmax(1) == y).sum())
+        return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits."""

@@ -1,8 +1,6 @@
 """Weights I/O for the PyTorch backend: module state <-> neutral weights file."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -24,14 +22,4 @@ def set_weights(net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
             state[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
 
 
-def save_weights(net: torch.nn.Module, path: str | os.PathLike):
-    return neutral.save_npz(path, get_weights(net))
-
-
-def load_weights(net: torch.nn.Module, path: str | os.PathLike) -> None:
-    set_weights(net, neutral.load_npz(path))
-
-
-def init_weights(net: torch.nn.Module, seed: int = 0) -> None:
-    """Seeded initialisation shared with the other backends (bit-identical across them)."""
-    set_weights(net, neutral.init_weights(net.num_classes, net.in_channels, seed))
+save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)

@@ -1,0 +1,160 @@
+"""The training path: every backend lowers the loss, the backends take the same first step
+through the real loop, an interrupted run resumes exactly, a NaN loss stops with a clear
+message, and the CLI trains and compares on the real data set."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from d2lres import backends, data, training
+from d2lres import weights as neutral
+
+BACKENDS = list(backends.BACKENDS)
+
+
+def toy_data(n=192, size=28, seed=0):
+    """A learnable task in Fashion-MNIST's format: the class sets the brightness of a band."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    X = rng.random((n, 1, size, size), dtype=np.float32) * 0.3
+    for i, label in enumerate(y):
+        X[i, 0, 2 * label:2 * label + 3, :] += 0.7
+    return X, y.astype(np.int64)
+
+
+def make(backend, momentum=0.9, seed=0):
+    mod = backends.load(backend)
+    net = mod.resnet18()
+    mod.init_weights(net, seed)
+    return mod.Trainer(net, momentum=momentum, weight_decay=5e-4)
+
+
+def batches(trainer, X, y, batch_size=32):
+    return data.ArrayBatches(X, y, batch_size, shuffle=True, seed=0, convert=trainer.convert)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_lowers_the_loss(backend):
+    trainer = make(backend)
+    X, y = toy_data()
+    train_iter = batches(trainer, X, y)
+    test_iter = data.ArrayBatches(X[:64], y[:64], 64, shuffle=False, convert=trainer.convert)
+    history = training.fit(trainer, train_iter, test_iter, 4, 0.01, progress=False, plot=False, verbose=False)
+    losses = [e["train_loss"] for e in history["epochs"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert history["epochs"][-1]["images_per_s"] > 0
+
+
+def test_first_steps_equal_across_backends():
+    """Same initial weights, same batch order, the real loop: the same losses step by step."""
+    X, y = toy_data(n=64)
+    losses = {}
+    for backend in BACKENDS:
+        trainer = make(backend, momentum=0.9)
+        train_iter = batches(trainer, X, y)
+        history = training.fit(trainer, train_iter, train_iter, 1, 0.01, progress=False, plot=False, verbose=False,
+                               stop_after=1)
+        losses[backend] = history["first_step_loss"]
+    assert max(losses.values()) - min(losses.values()) <= 1e-4, losses
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interrupted_run_resumes_exactly(backend, tmp_path):
+    X, y = toy_data(n=128)
+    schedule = training.one_cycle(0.05, 2 * 4)
+
+    def run(stop_after=None, resume=False, trainer=None):
+        trainer = trainer or make(backend)
+        train_iter = batches(trainer, X, y)
+        h = training.fit(trainer, train_iter, train_iter, 2, schedule, checkpoint_dir=tmp_path / "ckpt",
+                         resume=resume, checkpoint_every=2, progress=False, plot=False, verbose=False,
+                         stop_after=stop_after)
+        return trainer, h
+
+    run(stop_after=5)  # "killed" in the second epoch, after a mid-epoch checkpoint
+    resumed, h_resumed = run(resume=True)
+    (tmp_path / "ckpt" / training.CHECKPOINT).unlink()
+    straight, h_straight = run()
+    a, b = resumed.get_weights(), straight.get_weights()
+    # atol: the convolution biases in front of BatchNorm get ~1e-9 gradients (BN cancels them)
+    assert all(np.allclose(a[k], b[k], rtol=0, atol=1e-4 * np.abs(b[k]).max() + 1e-6) for k in b)
+    assert [e["train_loss"] for e in h_resumed["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in h_straight["epochs"]], rel=1e-4)
+
+
+def test_checkpoint_is_complete_after_interruption(tmp_path):
+    trainer = make("torch")
+    X, y = toy_data(n=64)
+    training.fit(trainer, batches(trainer, X, y), None, 1, 0.01, checkpoint_dir=tmp_path, checkpoint_every=1,
+                 progress=False, plot=False, verbose=False, stop_after=1)
+    weights, state, progress = training.load_checkpoint(tmp_path)
+    neutral.check_weights(weights, 10, 1)
+    assert progress["step_in_epoch"] == 1 and state  # momentum buffers kept
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diverging_loss_stops_with_epoch_and_batch(backend, tmp_path):
+    trainer = make(backend)
+    X, y = toy_data(n=256)
+    with pytest.raises(training.TrainingError, match=r"(loss is (nan|inf)|weights are no longer finite.*) at epoch 1, batch \d+"):
+        training.fit(trainer, batches(trainer, X, y), None, 1, 1e6, checkpoint_dir=tmp_path, checkpoint_every=1,
+                     progress=False, plot=False, verbose=False)
+    weights, _, progress = training.load_checkpoint(tmp_path)  # the last good state is kept
+    assert all(np.isfinite(v).all() for v in weights.values())
+
+
+def test_one_cycle_schedule():
+    lr = training.one_cycle(0.1, 100)
+    values = [lr(s) for s in range(100)]
+    assert values[0] == pytest.approx(0.004) and max(values) == pytest.approx(0.1)
+    assert values.index(max(values)) == 30 and values[-1] < 0.002
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "d2lres", *args], capture_output=True, text=True, **kwargs)
+
+
+def test_cli_summary_prints_the_chapter_table():
+    out = _cli("summary", "--backend", "torch")
+    assert out.returncode == 0, out.stderr
+    assert "b5            1x512x7x7" in out.stdout and "11,178,378" in out.stdout and "7,808" in out.stdout
+
+
+def test_cli_unknown_backend_is_named():
+    out = _cli("summary", "--backend", "caffe")
+    assert out.returncode == 2 and "choose one of torch, tf, mxnet" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def real_data():
+    try:
+        return data.fetch_fashion_mnist(progress=False).data_dir
+    except data.DataError as err:
+        pytest.skip(f"Fashion-MNIST not available: {err}")
+
+
+def test_compare_on_real_data_writes_the_report(real_data, tmp_path):
+    """The main job end to end, on a slice of the real data set: three trainings from the same
+    initial weights, report.md with the table, curves PNG, checks."""
+    out = _cli("compare", "--limit", "256", "--epochs", "1", "--resize", "28", "--batch-size", "64",
+               "--out", str(tmp_path), timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "| torch |" in report and "| tf |" in report and "| mxnet |" in report
+    assert "Result: PASS" in report  # the cross-backend checks
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["parity"]["first_step_loss_max_diff"] <= 1e-4
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for backend in BACKENDS:
+        assert (tmp_path / backend / "weights.npz").exists()
+
+
+@pytest.mark.slow
+def test_quick_preset_reaches_the_target_on_real_data(real_data, tmp_path):
+    """The quick preset (one epoch at 48x48) in PyTorch reaches >= 0.88 test accuracy."""
+    out = _cli("train", "--backend", "torch", "--out", str(tmp_path), "--no-progress", timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] >= 0.88

@@ -15,10 +15,19 @@ from . import weights as neutral
 #: What ``d2lres compare --check`` requires of every pair (the tests use the same numbers).
 TOLERANCES = {"eval_logits": 1e-4, "train_logits": 1e-4, "step_loss": 1e-4,
               "step_weights": 1e-4, "bn_stats": 1e-4}
+#: Every other variant (deeper, pre-activation, torchvision flavour): 1e-3, and the logits and
+#: the loss are compared relative to ``max(1, max|value|)`` -- float32 rounding grows with depth,
+#: and a pre-activation network's logits grow with it too.
+FAMILY_TOLERANCES = {k: 1e-3 for k in TOLERANCES}
+
+
+def tolerances(arch=None) -> dict[str, float]:
+    """What the checks require of every pair for ``arch`` (the chapter's ResNet-18: ``TOLERANCES``)."""
+    return TOLERANCES if spec.get_arch(arch) == spec.Arch() else FAMILY_TOLERANCES
 
 
 def test_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0,
-                 bn_shift: float = 0.0) -> dict[str, np.ndarray]:
+                 bn_shift: float = 0.0, arch=None) -> dict[str, np.ndarray]:
     """Random weights with non-trivial BatchNorm parameters and running statistics.
 
     ``bn_shift`` is added to every BatchNorm shift. The SGD-step check uses 3: float32 rounding
@@ -27,9 +36,9 @@ def test_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0,
     between backends. Shifted to N(3, 1), practically no pre-activation lies near the kink.
     The forward checks keep the shift at 0, so they do test where the ReLUs are."""
     rng = np.random.default_rng(seed + 1)
-    w = neutral.init_weights(num_classes, in_channels, seed)
+    w = neutral.init_weights(num_classes, in_channels, seed, arch)
     for name, value in w.items():
-        if name.endswith(("bn.weight", "bn1.weight", "bn2.weight")):
+        if ".bn" in name and name.endswith(".weight"):
             w[name] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
         elif ".bn" in name and name.endswith(".bias"):
             w[name] = (bn_shift + rng.normal(0, 0.1, value.shape)).astype(np.float32)
@@ -52,11 +61,12 @@ def _max_rel(a: dict, b: dict, keys) -> float:
 
 
 def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, Xs: np.ndarray, y: np.ndarray,
-                lr: float, input_shape, num_classes: int) -> dict:
+                lr: float, input_shape, num_classes: int, arch=None) -> dict:
     """Everything one backend computes for the checks: forward passes from ``weights_file``, one
     SGD step from ``step_file``."""
     mod = backends.load(name)
-    net = mod.resnet18(num_classes=num_classes, in_channels=input_shape[0])
+    a = spec.get_arch(arch)
+    net = mod.resnet(a.depth, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
     mod.load_weights(net, weights_file)
     trainer = mod.Trainer(net, device=mod.try_gpu())
     out = {"walk": mod.shape_walk(net, input_shape), "counts": mod.count_parameters(net),
@@ -70,23 +80,34 @@ def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, X
 
 
 def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96), step_size: int = 96,
-                         batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0) -> dict:
+                         batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0,
+                         arch=None) -> dict:
     """Run every backend in ``names`` from the same weights files and compare every pair.
-    The forward checks run at ``input_shape``, the SGD step at ``step_size`` x ``step_size``."""
+    The forward checks run at ``input_shape``, the SGD step at ``step_size`` x ``step_size``.
+    ``arch``: any variant (``spec.get_arch``); left out, the chapter's ResNet-18."""
+    arch = spec.get_arch(arch)
+    tol = tolerances(arch)
+    relative = tol is not TOLERANCES
     rng = np.random.default_rng(seed)
     X = rng.random((batch_size, *input_shape), dtype=np.float32)
     Xs = rng.random((batch_size, input_shape[0], step_size, step_size), dtype=np.float32)
     y = rng.integers(0, num_classes, batch_size)
-    w0 = test_weights(num_classes, input_shape[0], seed)
-    expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes)]
-    expected_counts = spec.param_counts(num_classes, input_shape[0])["total"]
+    w0 = test_weights(num_classes, input_shape[0], seed, arch=arch)
+    expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes, arch)]
+    expected_counts = spec.param_counts(num_classes, input_shape[0], arch)["total"]
     with tempfile.TemporaryDirectory() as tmp:
         path = neutral.save_npz(Path(tmp) / "weights.npz", w0)
-        step_path = neutral.save_npz(Path(tmp) / "step.npz", test_weights(num_classes, input_shape[0], seed, 3.0))
-        runs = {n: run_backend(n, path, step_path, X, Xs, y, lr, input_shape, num_classes) for n in names}
-    trainable = [k for k, p in spec.parameters(num_classes, input_shape[0]).items() if p.trainable]
+        step_path = neutral.save_npz(Path(tmp) / "step.npz",
+                                     test_weights(num_classes, input_shape[0], seed, 3.0, arch))
+        runs = {n: run_backend(n, path, step_path, X, Xs, y, lr, input_shape, num_classes, arch) for n in names}
+    trainable = [k for k, p in spec.parameters(num_classes, input_shape[0], arch).items() if p.trainable]
     stats = [k for k in w0 if k.endswith(("running_mean", "running_var"))]
-    result = {"input_shape": tuple(input_shape), "step_size": step_size, "batch_size": batch_size, "backends": {}, "pairs": {}}
+    result = {"input_shape": tuple(input_shape), "step_size": step_size, "batch_size": batch_size,
+              "arch": str(arch), "relative": relative, "tolerances": dict(tol), "backends": {}, "pairs": {}}
+
+    def scale(*values) -> float:  # logits and loss: relative to max(1, |value|) for the family
+        return max(1.0, max(float(np.max(np.abs(v))) for v in values)) if relative else 1.0
+
     for n, r in runs.items():
         result["backends"][n] = {"shapes_match_spec": r["walk"] == expected_walk,
                                  "counts": tuple(r["counts"]),
@@ -95,20 +116,23 @@ def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96)
     for a, b in itertools.combinations(names, 2):
         ra, rb = runs[a], runs[b]
         result["pairs"][f"{a}-{b}"] = {
-            "eval_logits": _max_abs(ra["eval_logits"], rb["eval_logits"]),
-            "train_logits": _max_abs(ra["train_logits"], rb["train_logits"]),
-            "step_loss": abs(ra["step_loss"] - rb["step_loss"]),
+            "eval_logits": _max_abs(ra["eval_logits"], rb["eval_logits"]) / scale(ra["eval_logits"]),
+            "train_logits": _max_abs(ra["train_logits"], rb["train_logits"]) / scale(ra["train_logits"]),
+            "step_loss": abs(ra["step_loss"] - rb["step_loss"]) / scale(ra["step_loss"]),
             "step_weights": _max_rel(ra["after_step"], rb["after_step"], trainable),
             "bn_stats": _max_rel(ra["after_step"], rb["after_step"], stats),
         }
     result["ok"] = all(v["shapes_match_spec"] and v["counts_match_spec"] for v in result["backends"].values()) \
-        and all(d[k] <= TOLERANCES[k] for d in result["pairs"].values() for k in TOLERANCES)
+        and all(d[k] <= tol[k] for d in result["pairs"].values() for k in tol)
     return result
 
 
 def format_checks(result: dict) -> str:
     """The checks as one Markdown table (per backend, then per pair)."""
-    lines = [f"Input {'x'.join(map(str, result['input_shape']))}, batch {result['batch_size']}, random weights "
+    tol = result.get("tolerances", TOLERANCES)
+    arch = result.get("arch", "ResNet-18")
+    lines = [("" if arch == "ResNet-18" else f"{arch}. ") +
+             f"Input {'x'.join(map(str, result['input_shape']))}, batch {result['batch_size']}, random weights "
              f"with non-trivial BatchNorm statistics, transferred through the neutral .npz file. One SGD step "
              f"(lr 0.05, cross-entropy) at {result['step_size']}x{result['step_size']}, from weights whose "
              f"BatchNorm shifts keep pre-activations off the ReLU kink (see checks.test_weights).", "",
@@ -118,10 +142,12 @@ def format_checks(result: dict) -> str:
         t, s = v["counts"]
         lines.append(f"| {n} | {'yes' if v['shapes_match_spec'] else 'NO'} | {t:,} + {s:,} | "
                      f"{'yes' if v['counts_match_spec'] else 'NO'} | {v['step_loss']:.6f} |")
-    lines += ["", "| pair | eval logits | train-mode logits | step loss | updated weights (rel) | BN statistics (rel) |",
-              "|---|---|---|---|---|---|"]
+    rel = " (rel)" if result.get("relative") else ""
+    lines += ["", f"| pair | eval logits{rel} | train-mode logits{rel} | step loss{rel} | updated weights (rel) | "
+              "BN statistics (rel) |", "|---|---|---|---|---|---|"]
     for pair, d in result["pairs"].items():
-        lines.append(f"| {pair} | " + " | ".join(f"{d[k]:.2e}" for k in TOLERANCES) + " |")
-    lines += ["", "Tolerance for every difference: " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
+        lines.append(f"| {pair} | " + " | ".join(f"{d[k]:.2e}" for k in tol) + " |")
+    lines += ["", ("Logits and loss: max |difference| / max(1, max |value|). " if rel else "")
+              + "Tolerance for every difference: " + ", ".join(f"{k} {v:g}" for k, v in tol.items())
               + f". Result: {'PASS' if result['ok'] else 'FAIL'}."]
     return "\n".join(lines)

@@ -26,25 +26,47 @@ def _backend(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _arch_name(text: str) -> str:
+    try:
+        return spec.get_arch(text).name
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _arch(args) -> spec.Arch:
+    return spec.get_arch(args.arch, args.version, args.flavour)
+
+
+def _arch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", type=_arch_name, default="resnet18",
+                   help=f"one of {', '.join(spec.ARCH_NAMES)} (default resnet18, the chapter's)")
+    p.add_argument("--version", type=int, choices=spec.VERSIONS, default=1,
+                   help="1: post-activation blocks (the chapter's), 2: pre-activation")
+    p.add_argument("--flavour", choices=spec.FLAVOURS, default="chapter",
+                   help="chapter: biased convolutions, bare 1x1 shortcut; torchvision: torchvision's layout")
+
+
 def cmd_summary(args) -> int:
     mod = backends.load(args.backend)
-    net = mod.resnet18(num_classes=args.classes, in_channels=args.input[0])
+    arch = _arch(args)
+    net = mod.resnet(arch.depth, arch.version, num_classes=args.classes, in_channels=args.input[0],
+                     flavour=arch.flavour)
     rows = mod.shape_walk(net, args.input)
-    expected = spec.walk(args.input, args.classes)
-    print(f"ResNet-18 in {backends.canonical(args.backend)}, input 1x{'x'.join(map(str, args.input))} "
+    expected = spec.walk(args.input, args.classes, arch)
+    print(f"{arch} in {backends.canonical(args.backend)}, input 1x{'x'.join(map(str, args.input))} "
           f"(shapes as NCHW)\n")
     print(f"{'layer':<14}{'output shape':<20}{'MACs':>14}")
     for (name, shape), (_, want, macs) in zip(rows, expected):
         mark = "" if shape == want else f"   != spec {want}"
         print(f"{name:<14}{'x'.join(map(str, (1, *shape))):<20}{macs:>14,}{mark}")
     trainable, stats = mod.count_parameters(net)
-    counts = spec.param_counts(args.classes, args.input[0])
+    counts = spec.param_counts(args.classes, args.input[0], arch)
     print(f"\n{'stage':<14}{'trainable':>14}{'BN statistics':>16}")
     for stage in spec.STAGE_NAMES:
         print(f"{stage:<14}{counts[stage][0]:>14,}{counts[stage][1]:>16,}")
     ok = (trainable, stats) == counts["total"]
     print(f"{'total':<14}{trainable:>14,}{stats:>16,}   ({'= spec' if ok else 'spec: %s' % (counts['total'],)})")
-    print(f"\nforward: {spec.forward_macs(args.input, args.classes) / 1e9:.3f} GMAC per image")
+    print(f"\nforward: {spec.forward_macs(args.input, args.classes, arch) / 1e9:.3f} GMAC per image")
     return 0 if ok and [s for _, s in rows] == [s for _, s, _ in expected] else 1
 
 
@@ -78,7 +100,7 @@ def cmd_compare(args) -> int:
     names = [backends.canonical(b) for b in args.backends]
     if args.check:
         from .checks import cross_backend_checks, format_checks
-        result = cross_backend_checks(names, input_shape=args.input)
+        result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args))
         table = format_checks(result)
         print(table)
         if args.json:
@@ -106,10 +128,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2lres", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="layer shapes and parameter counts of one backend's ResNet-18")
+    s = sub.add_parser("summary", help="layer shapes and parameter counts of one backend's ResNet-18 "
+                                       "(or any variant: --arch, --version, --flavour)")
     s.add_argument("--backend", required=True, type=_backend, help="torch, tf or mxnet")
     s.add_argument("--input", type=_shape, default=(1, 224, 224), help="CxHxW (default 1x224x224)")
     s.add_argument("--classes", type=int, default=10)
+    _arch_options(s)
     s.set_defaults(func=cmd_summary)
     d = sub.add_parser("data", help="fetch and verify Fashion-MNIST, say which source served")
     d.add_argument("--data-dir")
@@ -126,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", help="with --check: also write the results as JSON")
     c.add_argument("--input", type=_shape, default=(1, 96, 96), help="with --check: CxHxW")
     c.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
+    _arch_options(c)
     _training_options(c)
     c.set_defaults(func=cmd_compare)
     return p

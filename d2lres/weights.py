@@ -11,16 +11,16 @@ import numpy as np
 from . import spec
 
 
-def check_weights(weights: dict[str, np.ndarray], num_classes: int, in_channels: int) -> None:
+def check_weights(weights: dict[str, np.ndarray], num_classes: int, in_channels: int, arch=None) -> None:
     """Raise ``ValueError`` naming every missing, unexpected or mis-shaped entry."""
-    expected = spec.parameters(num_classes, in_channels)
+    expected = spec.parameters(num_classes, in_channels, arch)
     problems = [f"missing {k} {v.shape}" for k, v in expected.items() if k not in weights]
     problems += [f"unexpected {k}" for k in weights if k not in expected]
     problems += [f"{k}: expected shape {v.shape}, got {tuple(weights[k].shape)}"
                  for k, v in expected.items() if k in weights and tuple(weights[k].shape) != v.shape]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
-        raise ValueError(f"weights do not fit ResNet-18 with {in_channels} input channel(s) and "
+        raise ValueError(f"weights do not fit {spec.get_arch(arch)} with {in_channels} input channel(s) and "
                          f"{num_classes} classes: {shown}")
 
 
@@ -67,13 +67,13 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is not a readable .npz weights file ({err})") from None
 
 
-def init_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+def init_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0, arch=None) -> dict[str, np.ndarray]:
     """The initialisation scheme of all three backends, as d2l's ``train_ch6`` does it:
     Xavier (Glorot) uniform weights for convolutions and the dense layer, zero biases,
     BatchNorm scale 1, shift 0, running mean 0, running variance 1."""
     rng = np.random.default_rng(seed)
     out = {}
-    for name, p in spec.parameters(num_classes, in_channels).items():
+    for name, p in spec.parameters(num_classes, in_channels, arch).items():
         key = name.rsplit(".", 1)[1]
         if key == "weight" and len(p.shape) > 1:
             receptive = int(np.prod(p.shape[2:]))
@@ -101,7 +101,89 @@ def backend_functions(get_weights, set_weights):
 
     def init_weights_(net, seed: int = 0) -> None:
         """Seeded initialisation shared with the other backends (bit-identical across them)."""
-        set_weights(net, make_initial(net.num_classes, net.in_channels, seed))
+        set_weights(net, make_initial(net.num_classes, net.in_channels, seed, getattr(net, "arch", None)))
 
     init_weights_.__name__ = "init_weights"
     return save_weights, load_weights, init_weights_
+
+
+# --- torchvision's state_dict format ---------------------------------------------------------
+
+def torchvision_keys(arch="resnet18", num_classes: int = 1000, in_channels: int = 3) -> dict[str, str]:
+    """Canonical name -> torchvision ``state_dict`` key, for the torchvision flavour (version 1):
+    ``b1.conv`` <-> ``conv1``, ``b1.bn`` <-> ``bn1``, ``b<k>.<i>.conv1`` <-> ``layer<k-1>.<i>.conv1``,
+    the projection shortcut's convolution / BatchNorm <-> ``downsample.0`` / ``downsample.1``,
+    ``head.fc`` <-> ``fc``."""
+    arch = spec.get_arch(arch)
+    if arch.version != 1 or arch.flavour != "torchvision":
+        raise ValueError(f"torchvision's state_dict fits only the torchvision flavour of version 1, not {arch}")
+    keys = {}
+    for stage in spec.resnet_spec(arch, num_classes, in_channels).values():
+        for layer in stage:
+            for p in spec._primitives(layer):
+                if isinstance(p, str) or not isinstance(p, (spec.Conv, spec.BatchNorm, spec.Dense)):
+                    continue
+                if p.name.startswith("b1."):
+                    tv = {"b1.conv": "conv1", "b1.bn": "bn1"}[p.name]
+                elif p.name == "head.fc":
+                    tv = "fc"
+                else:
+                    stage_name, i, attr = p.name.split(".")
+                    attr = {layer.shortcut_name: "downsample.0", f"bn{layer.shortcut_name[-1]}": "downsample.1"
+                            }.get(attr, attr)
+                    tv = f"layer{int(stage_name[1:]) - 1}.{i}.{attr}"
+                params = ("weight", "bias", "running_mean", "running_var") if isinstance(p, spec.BatchNorm) \
+                    else ("weight", "bias") if isinstance(p, spec.Dense) or p.bias else ("weight",)
+                keys.update({f"{p.name}.{k}": f"{tv}.{k}" for k in params})
+    return keys
+
+
+def torchvision_arch(state_dict) -> spec.Arch:
+    """The variant a torchvision ``state_dict`` holds, read off its keys (blocks per stage, and
+    whether the blocks have a third convolution)."""
+    blocks = [len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{s}.")}) for s in (1, 2, 3, 4)]
+    kind = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    for depth, (k, layers) in spec.ARCHS.items():
+        if (k, tuple(layers)) == (kind, tuple(blocks)):
+            return spec.Arch(depth, 1, "torchvision")
+    raise ValueError(f"not a torchvision ResNet state_dict: {kind} blocks per stage {blocks} match none of "
+                     f"{', '.join(spec.ARCH_NAMES)}")
+
+
+def _numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def from_torchvision(state_dict, arch=None) -> dict[str, np.ndarray]:
+    """A torchvision-format ``state_dict`` (tensors or arrays) as canonical weights of the
+    torchvision flavour; ``num_batches_tracked`` is dropped. Missing or unexpected keys raise
+    ``ValueError`` naming them."""
+    arch = torchvision_arch(state_dict) if arch is None else spec.get_arch(arch)
+    try:
+        num_classes, in_channels = (int(state_dict["fc.weight"].shape[0]), int(state_dict["conv1.weight"].shape[1]))
+    except KeyError as err:
+        raise ValueError(f"not a torchvision ResNet state_dict: no {err.args[0]}") from None
+    keys = torchvision_keys(arch, num_classes, in_channels)
+    known = set(keys.values())
+    problems = [f"missing {tv}" for tv in keys.values() if tv not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in known and not k.endswith("num_batches_tracked")]
+    if problems:
+        raise ValueError(f"state_dict does not fit torchvision's {arch.name}: " + "; ".join(problems[:8])
+                         + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else ""))
+    weights = {name: _numpy(state_dict[tv]) for name, tv in keys.items()}
+    check_weights(weights, num_classes, in_channels, arch)
+    return weights
+
+
+def to_torchvision(weights: dict[str, np.ndarray], arch="resnet18") -> dict[str, np.ndarray]:
+    """Canonical weights of the torchvision flavour as a torchvision-format dict of arrays."""
+    num_classes, in_channels = infer_config(weights)
+    return {tv: np.asarray(weights[name]) for name, tv in torchvision_keys(arch, num_classes, in_channels).items()}
+
+
+def torchvision_to_npz(state_dict, path: str | os.PathLike, arch=None) -> Path:
+    """Write a torchvision ``state_dict`` as a neutral weights file (loads in every backend's
+    ``resnet(..., flavour="torchvision")`` with ``load_weights``)."""
+    return save_npz(path, from_torchvision(state_dict, arch))

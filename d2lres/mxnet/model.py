@@ -1,5 +1,7 @@
 """ResNet-18 in MXNet Gluon (NumPy mode, as the chapter), the same function as the PyTorch
-network. BatchNorm uses PyTorch's epsilon and momentum (``spec.BN_EPS``, ``spec.BN_MOMENTUM``)."""
+network. BatchNorm uses PyTorch's epsilon and momentum (``spec.BN_EPS``, ``spec.BN_MOMENTUM``).
+Beside the chapter's blocks, the family of ``spec.ARCHS`` (``Bottleneck``, ``PreActResidual``,
+``PreActBottleneck``, ``resnet``)."""
 from __future__ import annotations
 
 import mxnet as mx
@@ -53,12 +55,68 @@ def resnet_block(num_channels: int, num_residuals: int, first_block: bool = Fals
     return blk
 
 
+class Block(nn.HybridBlock):
+    """Any block of the family, built from its ``spec.Block``: children named as the spec's
+    canonical names (``conv1``, ``bn1``, ...); input channels 0 are inferred on the first call."""
+
+    def __init__(self, block: spec.Block, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = block
+        for p in block.layers():
+            attr = p.name.rsplit(".", 1)[1]
+            setattr(self, attr, nn.Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
+                                          in_channels=p.in_channels) if isinstance(p, spec.Conv) else _bn(p.channels))
+        self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
+        self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
+
+    def forward(self, X):
+        b = self.spec
+        if not b.projection and isinstance(X, mx.np.ndarray) and X.shape[1] != b.out_channels:
+            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                             f"of {X.shape[1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+        return super().forward(X)
+
+    def _run(self, F, path, X):
+        for step in path:
+            X = F.npx.relu(X) if step == "relu" else getattr(self, step)(X)
+        return X
+
+    def hybrid_forward(self, F, X):
+        if self.spec.version == 1:
+            return F.npx.relu(self._run(F, self.main_path, X) + self._run(F, self.shortcut_path, X))
+        P = self._run(F, self.main_path[:2], X)  # bn1, relu: the shared pre-activation
+        return self._run(F, self.main_path[2:], P) + (self._run(F, self.shortcut_path, P)
+                                                       if self.spec.projection else X)
+
+
+class Bottleneck(Block):
+    """conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU (version 1).
+    ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
+    kind, version = "bottleneck", 1
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, in_channels: int = 0,
+                 *, bias: bool = True, shortcut_bn: bool = False, stride_on_3x3: bool = False, **kwargs):
+        super().__init__(spec.Block("", self.kind, self.version, in_channels, num_channels, strides, use_1x1conv,
+                                    bias, shortcut_bn and self.version == 1, stride_on_3x3), **kwargs)
+
+
+class PreActResidual(Bottleneck):
+    """Pre-activation basic block (version 2): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut
+    (projected from the pre-activated input when ``use_1x1conv``); no ReLU after the sum."""
+    kind, version = "basic", 2
+
+
+class PreActBottleneck(Bottleneck):
+    """Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, 3x3, 1x1 kernels."""
+    kind, version = "bottleneck", 2
+
+
 class ResNet(nn.HybridSequential):
     """Stages ``b1`` .. ``b5`` and ``head``; iterate it like the chapter. Input: NCHW."""
 
-    def __init__(self, in_channels: int, num_classes: int, **kwargs):
+    def __init__(self, in_channels: int, num_classes: int, arch=None, **kwargs):
         super().__init__(**kwargs)
-        self.in_channels, self.num_classes = in_channels, num_classes
+        self.in_channels, self.num_classes, self.arch = in_channels, num_classes, spec.get_arch(arch)
 
     def __iter__(self):
         return iter(self._children.values())
@@ -70,35 +128,73 @@ class ResNet(nn.HybridSequential):
         return super().forward(X)
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1, ctx=None) -> ResNet:
-    """The chapter's ResNet-18, initialised with d2lres's scheme (Xavier uniform, zero bias)."""
-    spec.resnet18_spec(num_classes, in_channels)  # validates the arguments
-    net = ResNet(in_channels, num_classes)
+def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1,
+           flavour: str = "chapter", ctx=None) -> ResNet:
+    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
+    initialised with d2lres's scheme (Xavier uniform, zero bias). ``resnet(18)`` is the chapter's
+    network, built from the chapter's ``Residual`` and ``resnet_block``."""
+    arch = spec.get_arch(depth, version, flavour)
+    net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
+    net = ResNet(in_channels, num_classes, arch)
     b1 = nn.HybridSequential()
-    b1.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3, in_channels=in_channels), _bn(64),
+    b1.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3, in_channels=in_channels,
+                     use_bias=net_spec["b1"][0].bias), _bn(64),
            nn.Activation("relu"), nn.MaxPool2D(pool_size=3, strides=2, padding=1))
     net.add(b1)
     channels = 64
-    for k, (num_residuals, num_channels) in enumerate(spec.STAGES):
-        net.add(resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels))
+    for k, (num_residuals, num_channels) in enumerate(arch.stages):
+        if arch == spec.Arch():
+            net.add(resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels))
+        else:
+            stage = nn.HybridSequential()
+            stage.add(*[Block(b) for b in net_spec[f"b{k + 2}"]])
+            net.add(stage)
         channels = num_channels
     head = nn.HybridSequential()
+    if arch.version == 2:
+        head.add(_bn(channels), nn.Activation("relu"))
     head.add(nn.GlobalAvgPool2D(), nn.Flatten(), nn.Dense(num_classes, in_units=channels))
     net.add(head)
     net.initialize(init.Xavier(), ctx=ctx)
     return net
 
 
+def resnet18(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
+             flavour: str = "chapter") -> ResNet:
+    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
+    return resnet(18, version, num_classes, in_channels, flavour, ctx)
+
+
+def resnet34(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
+             flavour: str = "chapter") -> ResNet:
+    return resnet(34, version, num_classes, in_channels, flavour, ctx)
+
+
+def resnet50(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
+             flavour: str = "chapter") -> ResNet:
+    return resnet(50, version, num_classes, in_channels, flavour, ctx)
+
+
+def resnet101(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
+              flavour: str = "chapter") -> ResNet:
+    return resnet(101, version, num_classes, in_channels, flavour, ctx)
+
+
+def resnet152(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
+              flavour: str = "chapter") -> ResNet:
+    return resnet(152, version, num_classes, in_channels, flavour, ctx)
+
+
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
     spec.check_input(tuple(input_shape), net.in_channels)
     X, rows = np.zeros((1, *input_shape)), []
+    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
     for stage_name, stage in zip(spec.STAGE_NAMES, net):
         if stage_name in ("b1", "head"):
-            names = ["conv", "bn", "relu", "pool"] if stage_name == "b1" else ["avgpool", "flatten", "fc"]
-            for name, layer in zip(names, stage):
+            for layer_spec, layer in zip(net_spec[stage_name], stage):
                 X = layer(X)
-                rows.append((f"{stage_name}.{name}", tuple(X.shape[1:])))
+                rows.append((spec._layer_name(stage_name, layer_spec), tuple(X.shape[1:])))
         else:
             X = stage(X)
             rows.append((stage_name, tuple(X.shape[1:])))

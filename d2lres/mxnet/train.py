@@ -78,7 +78,8 @@ class Trainer:
     def _unbias_running_vars(self, old_vars, shape) -> None:
         """MXNet did ``rv = m rv_old + (1 - m) v_biased``; make it ``... v_biased n / (n - 1)``."""
         if shape[2:] not in self._bn_sizes:
-            self._bn_sizes[shape[2:]] = spec.batchnorm_sizes(shape[2:], self.net.num_classes, self.net.in_channels)
+            self._bn_sizes[shape[2:]] = spec.batchnorm_sizes(shape[2:], self.net.num_classes, self.net.in_channels,
+                                                              getattr(self.net, "arch", None))
         sizes = self._bn_sizes[shape[2:]]
         keep = 1 - spec.BN_MOMENTUM
         for (name, p), old in zip(self.running_vars, old_vars):

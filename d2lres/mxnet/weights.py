@@ -6,6 +6,7 @@ import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
 
+from .. import spec
 from .. import weights as neutral
 from .model import ResNet
 
@@ -14,16 +15,15 @@ _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"),
 
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, nn.Block]]:
-    """``(canonical name, block)`` for every block with parameters."""
-    stages = list(net)
-    yield "b1.conv", stages[0][0]
-    yield "b1.bn", stages[0][1]
-    for k, stage in enumerate(stages[1:5]):
-        for i, block in enumerate(stage):
-            for attr in ("conv1", "bn1", "conv2", "bn2", "conv3"):
-                if getattr(block, attr) is not None:
-                    yield f"b{k + 2}.{i}.{attr}", getattr(block, attr)
-    yield "head.fc", stages[5][-1]
+    """``(canonical name, block)`` for every block with parameters, in the spec's order."""
+    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
+    for stage_name, stage in zip(spec.STAGE_NAMES, net):
+        for layer_spec, layer in zip(net_spec[stage_name], stage):
+            if isinstance(layer_spec, (spec.Residual, spec.Block)):
+                for p in layer_spec.layers():
+                    yield p.name, getattr(layer, p.name.rsplit(".", 1)[1])
+            elif not isinstance(layer_spec, (str, spec.MaxPool)):
+                yield layer_spec.name, layer
 
 
 def named_parameters(net: ResNet):
@@ -31,6 +31,8 @@ def named_parameters(net: ResNet):
     for name, layer in named_layers(net):
         pairs = _BN if isinstance(layer, nn.BatchNorm) else (("weight", "weight"), ("bias", "bias"))
         for key, attr in pairs:
+            if getattr(layer, attr) is None:  # a bias-free convolution
+                continue
             yield f"{name}.{key}", getattr(layer, attr)
 
 
@@ -39,7 +41,7 @@ def get_weights(net: ResNet) -> dict[str, onp.ndarray]:
 
 
 def set_weights(net: ResNet, weights: dict[str, onp.ndarray]) -> None:
-    neutral.check_weights(weights, net.num_classes, net.in_channels)
+    neutral.check_weights(weights, net.num_classes, net.in_channels, net.arch)
     for name, p in named_parameters(net):
         p.set_data(np.array(onp.asarray(weights[name], dtype=onp.float32), ctx=p.list_ctx()[0]))
 

@@ -7,6 +7,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from .. import spec
 from .. import weights as neutral
 from .model import ResNet
 
@@ -15,15 +16,15 @@ _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
 
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, tf.keras.layers.Layer]]:
-    """``(canonical name, layer)`` for every layer with weights."""
-    yield "b1.conv", net.b1.layers[0]
-    yield "b1.bn", net.b1.layers[1]
-    for k, stage in enumerate((net.b2, net.b3, net.b4, net.b5)):
-        for i, block in enumerate(stage.layers):
-            for attr in ("conv1", "bn1", "conv2", "bn2", "conv3"):
-                if getattr(block, attr) is not None:
-                    yield f"b{k + 2}.{i}.{attr}", getattr(block, attr)
-    yield "head.fc", net.head.layers[-1]
+    """``(canonical name, layer)`` for every layer with weights, in the spec's order."""
+    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
+    for stage_name, stage in zip(spec.STAGE_NAMES, net):
+        for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
+            if isinstance(layer_spec, (spec.Residual, spec.Block)):
+                for p in layer_spec.layers():
+                    yield p.name, getattr(layer, p.name.rsplit(".", 1)[1])
+            elif not isinstance(layer_spec, str) and not isinstance(layer_spec, spec.MaxPool):
+                yield layer_spec.name, layer
 
 
 def variables(net: ResNet) -> Iterator[tuple[str, tf.Variable, str]]:
@@ -35,7 +36,8 @@ def variables(net: ResNet) -> Iterator[tuple[str, tf.Variable, str]]:
         else:
             kind = "dense" if isinstance(layer, tf.keras.layers.Dense) else "conv"
             yield f"{name}.weight", layer.kernel, kind
-            yield f"{name}.bias", layer.bias, "vector"
+            if layer.use_bias:
+                yield f"{name}.bias", layer.bias, "vector"
 
 
 def to_canonical(value: np.ndarray, kind: str) -> np.ndarray:
@@ -52,7 +54,7 @@ def get_weights(net: ResNet) -> dict[str, np.ndarray]:
 
 
 def set_weights(net: ResNet, weights: dict[str, np.ndarray]) -> None:
-    neutral.check_weights(weights, net.num_classes, net.in_channels)
+    neutral.check_weights(weights, net.num_classes, net.in_channels, net.arch)
     for name, var, kind in variables(net):
         var.assign(from_canonical(weights[name], kind))
 

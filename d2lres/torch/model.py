@@ -1,5 +1,6 @@
 """ResNet-18 in PyTorch: the chapter's ``Residual``, ``resnet_block`` and network, with
-PyTorch's module names equal to the canonical weight names of ``d2lres.spec``."""
+PyTorch's module names equal to the canonical weight names of ``d2lres.spec``; beside them the
+family of ``spec.ARCHS`` (``Bottleneck``, ``PreActResidual``, ``PreActBottleneck``, ``resnet``)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -60,13 +61,70 @@ def resnet_block(num_channels: int, num_residuals: int, first_block: bool = Fals
     return nn.Sequential(*blocks)
 
 
+class Block(nn.Module):
+    """Any block of the family, built from its ``spec.Block``: submodules named as the spec's
+    canonical names (``conv1``, ``bn1``, ...); input channels 0 build those layers lazily."""
+
+    def __init__(self, block: spec.Block):
+        super().__init__()
+        self.spec = block
+        for p in block.layers():
+            attr = p.name.rsplit(".", 1)[1]
+            if isinstance(p, spec.Conv):
+                conv = (nn.Conv2d(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias)
+                        if p.in_channels else nn.LazyConv2d(p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias))
+                setattr(self, attr, conv)
+            else:
+                setattr(self, attr, _bn(p.channels or None))
+        self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
+        self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
+
+    def _run(self, path, X):
+        for step in path:
+            X = F.relu(X) if step == "relu" else getattr(self, step)(X)
+        return X
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        b = self.spec
+        if not b.projection and X.shape[1] != b.out_channels:
+            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                             f"of {X.shape[1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+        if b.version == 1:
+            return F.relu(self._run(self.main_path, X) + self._run(self.shortcut_path, X))
+        P = self._run(self.main_path[:2], X)  # bn1, relu: the pre-activation both paths share
+        return self._run(self.main_path[2:], P) + (self._run(self.shortcut_path, P) if b.projection else X)
+
+
+class Bottleneck(Block):
+    """conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU (version 1).
+    ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
+    kind, version = "bottleneck", 1
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1,
+                 input_channels: int | None = None, *, bias: bool = True, shortcut_bn: bool = False,
+                 stride_on_3x3: bool = False):
+        super().__init__(spec.Block("", self.kind, self.version, input_channels or 0, num_channels, strides,
+                                    use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
+
+
+class PreActResidual(Bottleneck):
+    """Pre-activation basic block (version 2): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut
+    (projected from the pre-activated input when ``use_1x1conv``); no ReLU after the sum."""
+    kind, version = "basic", 2
+
+
+class PreActBottleneck(Bottleneck):
+    """Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, 3x3, 1x1 kernels."""
+    kind, version = "bottleneck", 2
+
+
 class ResNet(nn.Sequential):
     """Stages ``b1`` .. ``b5`` and ``head``; iterate it like the chapter (``for layer in net``).
     Input: NCHW."""
 
-    def __init__(self, stages: OrderedDict, in_channels: int, num_classes: int):
+    def __init__(self, stages: OrderedDict, in_channels: int, num_classes: int, arch: spec.Arch = spec.Arch()):
         super().__init__(stages)
-        self.in_channels, self.num_classes = in_channels, num_classes
+        self.in_channels, self.num_classes, self.arch = in_channels, num_classes, arch
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if X.ndim != 4:
@@ -75,25 +133,56 @@ class ResNet(nn.Sequential):
         return super().forward(X)
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1) -> ResNet:
-    """The chapter's ResNet-18, initialised with d2lres's scheme (Xavier uniform, zero bias)."""
-    spec.resnet18_spec(num_classes, in_channels)  # validates the arguments
+def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1,
+           flavour: str = "chapter") -> ResNet:
+    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
+    initialised with d2lres's scheme (Xavier uniform, zero bias). ``resnet(18)`` is the chapter's
+    network, built from the chapter's ``Residual`` and ``resnet_block``."""
+    arch = spec.get_arch(depth, version, flavour)
+    net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
+    b1 = net_spec["b1"][0]
     b1 = nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3), bn=_bn(64),
+        conv=nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=b1.bias), bn=_bn(64),
         relu=nn.ReLU(), pool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
     stages, channels = OrderedDict(b1=b1), 64
-    for k, (num_residuals, num_channels) in enumerate(spec.STAGES):
-        stages[f"b{k + 2}"] = resnet_block(num_channels, num_residuals, first_block=(k == 0),
-                                           input_channels=channels)
+    for k, (num_residuals, num_channels) in enumerate(arch.stages):
+        name = f"b{k + 2}"
+        if arch == spec.Arch():
+            stages[name] = resnet_block(num_channels, num_residuals, first_block=(k == 0), input_channels=channels)
+        else:
+            stages[name] = nn.Sequential(*[Block(b) for b in net_spec[name]])
         channels = num_channels
+    head = OrderedDict(bn=_bn(channels), relu=nn.ReLU()) if arch.version == 2 else OrderedDict()
     stages["head"] = nn.Sequential(OrderedDict(
-        avgpool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes)))
-    net = ResNet(stages, in_channels, num_classes)
+        **head, avgpool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes)))
+    net = ResNet(stages, in_channels, num_classes, arch)
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return net
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
+    return resnet(18, version, num_classes, in_channels, flavour)
+
+
+def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+    return resnet(34, version, num_classes, in_channels, flavour)
+
+
+def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+    return resnet(50, version, num_classes, in_channels, flavour)
+
+
+def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+    return resnet(101, version, num_classes, in_channels, flavour)
+
+
+def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+    return resnet(152, version, num_classes, in_channels, flavour)
 
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:

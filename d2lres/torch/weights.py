@@ -15,11 +15,18 @@ def get_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def set_weights(net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     """Copy canonical weights into ``net`` (checked against the spec first)."""
-    neutral.check_weights(weights, net.num_classes, net.in_channels)
+    neutral.check_weights(weights, net.num_classes, net.in_channels, net.arch)
     state = net.state_dict()
     with torch.no_grad():
         for name, value in weights.items():
             state[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+
+
+def load_torchvision_state_dict(net: torch.nn.Module, state_dict) -> None:
+    """Load a torchvision-format ``state_dict`` (``conv1.weight``, ``layer1.0.bn1.running_mean``,
+    ``layer2.0.downsample.0.weight``, ``fc.bias``, ...) into ``resnet(..., flavour="torchvision")``;
+    torchvision itself is not needed."""
+    set_weights(net, neutral.from_torchvision(state_dict, net.arch))
 
 
 save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)

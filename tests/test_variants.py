@@ -1,0 +1,330 @@
+"""The ResNet family (issue 5): every variant of ``spec.ARCHS`` x version x flavour in every
+backend -- shapes, parameter counts and canonical names equal the spec; the same weights give the
+same outputs in every pair of backends; the torchvision flavour has torchvision's published counts
+and loads a torchvision-format state_dict in all three backends.
+
+Tolerance for the outputs: max |difference| / max(1, max |logit|) <= 1e-3 (``checks.FAMILY_TOLERANCES``);
+float32 rounding grows with depth (152 layers) and the logits of pre-activation networks grow
+with depth too. Measured differences are ~1e-6. Inputs are small (1x32x32, 3x32x32) so that the
+deep variants stay fast: eval-mode forward only, except one full check (train mode + SGD step).
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from d2lres import backends, checks, spec
+from d2lres import weights as neutral
+
+BACKENDS = list(backends.BACKENDS)
+PAIRS = ["torch-tf", "torch-mxnet", "tf-mxnet"]
+ARCHS = spec.all_archs()
+IDS = [f"{a.name}-v{a.version}-{a.flavour}" for a in ARCHS]
+TOLERANCE = 1e-3  # relative, see the module docstring
+#: torchvision's published parameter counts (3 input channels, 1000 classes).
+PUBLISHED = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(arch):
+    """torchvision flavour, version 1: ImageNet's 3 channels / 1000 classes (the published counts);
+    every other entry: the chapter's 1 channel / 10 classes."""
+    return (1000, 3) if arch.flavour == "torchvision" and arch.version == 1 else (10, 1)
+
+
+def forward(mod, net, X):
+    """Eval-mode logits of a NCHW numpy batch."""
+    name = mod.__name__.rsplit(".", 1)[1]
+    if name == "torch":
+        import torch
+        net.eval()
+        with torch.no_grad():
+            return net(torch.from_numpy(X)).numpy()
+    if name == "tf":
+        return net(X.transpose(0, 2, 3, 1), training=False).numpy()
+    from mxnet import np as mnp
+    return net(mnp.array(X)).asnumpy()
+
+
+_RUNS: dict = {}
+
+
+def run_variant(arch):
+    """Build ``arch`` in every backend, read its walk, counts and weight names, load the same
+    random weights and compute eval logits; kept per variant for the parametrized tests."""
+    if arch not in _RUNS:
+        num_classes, in_channels = config(arch)
+        shape = (in_channels, 32, 32)
+        w = checks.test_weights(num_classes, in_channels, seed=1, arch=arch)
+        X = np.random.default_rng(2).random((2, *shape), dtype=np.float32)
+        out = {}
+        for name in BACKENDS:
+            mod = backends.load(name)
+            net = mod.resnet(arch.depth, arch.version, num_classes, in_channels, arch.flavour)
+            names = {k: tuple(v.shape) for k, v in mod.get_weights(net).items()}
+            counts = mod.count_parameters(net)
+            walk = mod.shape_walk(net, shape)
+            mod.set_weights(net, w)
+            out[name] = {"names": names, "counts": counts, "walk": walk, "logits": forward(mod, net, X),
+                         "iterable": len(list(net))}
+            del net
+        _RUNS.clear()  # keep one variant's results only
+        _RUNS[arch] = out
+    return _RUNS[arch]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_shapes_counts_and_names_equal_spec(arch, backend):
+    num_classes, in_channels = config(arch)
+    r = run_variant(arch)[backend]
+    assert r["walk"] == [(n, s) for n, s, _ in spec.walk((in_channels, 32, 32), num_classes, arch)]
+    assert r["counts"] == spec.param_counts(num_classes, in_channels, arch)["total"]
+    assert r["names"] == {k: p.shape for k, p in spec.parameters(num_classes, in_channels, arch).items()}
+    assert r["iterable"] == len(spec.STAGE_NAMES)
+    if arch.flavour == "torchvision" and arch.version == 1:
+        assert r["counts"][0] == PUBLISHED[arch.depth]
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_same_weights_same_outputs(arch, pair):
+    a, b = pair.split("-")
+    runs = run_variant(arch)
+    la, lb = runs[a]["logits"], runs[b]["logits"]
+    assert np.abs(la - lb).max() / max(1.0, np.abs(la).max()) <= TOLERANCE
+
+
+# --- the spec table ------------------------------------------------------------------------
+
+def test_published_torchvision_counts_in_spec():
+    for depth, count in PUBLISHED.items():
+        arch = spec.get_arch(depth, 1, "torchvision")
+        assert spec.param_counts(1000, 3, arch)["total"][0] == count
+
+
+def test_resnet18_defaults_are_the_chapters():
+    assert spec.get_arch(None) == spec.get_arch("resnet18") == spec.Arch(18, 1, "chapter")
+    assert spec.parameters() == spec.parameters(arch="resnet18")
+    assert spec.param_counts()["total"] == (11_178_378, 7_808)
+
+
+def test_resnet50_shapes_and_macs():
+    shapes = [s for _, s, _ in spec.walk((3, 224, 224), 1000, spec.get_arch(50, 1, "torchvision"))]
+    assert shapes[4:8] == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+    # torchvision's resnet50: 4.09 GMAC ("4.1 GFLOPS") at 224
+    assert spec.forward_macs((3, 224, 224), 1000, spec.get_arch(50, 1, "torchvision")) == pytest.approx(4.09e9, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["resnet42", "vgg16", 20, "resnet"])
+def test_unknown_arch_lists_the_known_ones(name):
+    with pytest.raises(ValueError, match="known: resnet18, resnet34, resnet50, resnet101, resnet152"):
+        spec.get_arch(name)
+
+
+def test_bad_version_and_flavour():
+    with pytest.raises(ValueError, match="unknown version 3"):
+        spec.get_arch(50, 3)
+    with pytest.raises(ValueError, match="unknown flavour 'timm'; known: chapter, torchvision"):
+        spec.get_arch(50, 1, "timm")
+
+
+def test_variants_doc_is_current():
+    assert (ROOT / "docs" / "variants.md").read_text() == spec.variants_markdown(), \
+        "regenerate with: python -m d2lres.spec > docs/variants.md"
+
+
+# --- the blocks ----------------------------------------------------------------------------
+
+@pytest.fixture(params=BACKENDS)
+def mod(request):
+    return backends.load(request.param)
+
+
+def block_output(mod, block, shape):
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    name = mod.__name__.rsplit(".", 1)[1]
+    if name == "torch":
+        import torch
+        block.eval()
+        return tuple(block(torch.from_numpy(x)).shape)
+    if name == "tf":
+        return (lambda s: (s[0], s[3], s[1], s[2]))(tuple(block(x.transpose(0, 2, 3, 1)).shape))
+    from mxnet import np as mnp
+    block.initialize()
+    return tuple(block(mnp.array(x)).shape)
+
+
+def test_new_blocks(mod):
+    assert block_output(mod, mod.Bottleneck(256, use_1x1conv=True, strides=2), (2, 64, 8, 8)) == (2, 256, 4, 4)
+    assert block_output(mod, mod.Bottleneck(64), (2, 64, 8, 8)) == (2, 64, 8, 8)
+    assert block_output(mod, mod.PreActResidual(6, use_1x1conv=True, strides=2), (2, 3, 6, 6)) == (2, 6, 3, 3)
+    assert block_output(mod, mod.PreActResidual(3), (2, 3, 6, 6)) == (2, 3, 6, 6)
+    assert block_output(mod, mod.PreActBottleneck(128, use_1x1conv=True, stride_on_3x3=True, bias=False),
+                        (2, 64, 8, 8)) == (2, 128, 8, 8)
+    with pytest.raises(ValueError, match="use_1x1conv=True"):
+        block_output(mod, mod.Bottleneck(256), (2, 64, 8, 8))
+
+
+def test_factories(mod):
+    for depth in spec.ARCHS:
+        assert callable(getattr(mod, f"resnet{depth}"))
+    net = mod.resnet34(version=2)
+    assert net.arch == spec.Arch(34, 2) and mod.count_parameters(net) == spec.param_counts(arch=spec.Arch(34, 2))["total"]
+    with pytest.raises(ValueError, match="known: resnet18"):
+        mod.resnet(42)
+
+
+def test_seeded_init_and_round_trip(mod, tmp_path):
+    arch = spec.Arch(50, 2, "torchvision")
+    net = mod.resnet(50, 2, flavour="torchvision")
+    mod.init_weights(net, seed=4)
+    expected = neutral.init_weights(seed=4, arch=arch)
+    w = mod.get_weights(net)
+    assert all(np.array_equal(w[k], v) for k, v in expected.items())
+    mod.save_weights(net, tmp_path / "w.npz")
+    with pytest.raises(ValueError, match="ResNet-18"):
+        mod.load_weights(mod.resnet18(), tmp_path / "w.npz")
+
+
+# --- torchvision's state_dict --------------------------------------------------------------
+
+def torchvision_state_dict_shapes(depth: int, num_classes: int = 1000, in_channels: int = 3) -> dict:
+    """Key -> shape of torchvision's ``resnet<depth>().state_dict()``, written down independently
+    of d2lres (torchvision's ``models/resnet.py``: ``_make_layer``, ``BasicBlock``, ``Bottleneck``)."""
+    layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
+    bottleneck, expansion = depth >= 50, 4 if depth >= 50 else 1
+    keys = {}
+
+    def bn(prefix, c):
+        keys.update({f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")})
+        keys[f"{prefix}.num_batches_tracked"] = ()
+
+    keys["conv1.weight"] = (64, in_channels, 7, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for s, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), 1):
+        stride = 1 if s == 1 else 2
+        for i in range(blocks):
+            p = f"layer{s}.{i}"
+            if bottleneck:
+                keys[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
+                bn(f"{p}.bn1", planes)
+                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+                keys[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
+                bn(f"{p}.bn3", planes * 4)
+            else:
+                keys[f"{p}.conv1.weight"] = (planes, inplanes, 3, 3)
+                bn(f"{p}.bn1", planes)
+                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+            if i == 0 and (stride != 1 or inplanes != planes * expansion):
+                keys[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    keys["fc.weight"] = (num_classes, 512 * expansion)
+    keys["fc.bias"] = (num_classes,)
+    return keys
+
+
+def random_state_dict(depth: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in torchvision_state_dict_shapes(depth).items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = np.array(100, np.int64)
+        elif key.endswith("running_var"):
+            out[key] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        elif key.endswith("running_mean") or (key.endswith("bias") and not key.startswith("fc")):
+            out[key] = rng.normal(0, 0.1, shape).astype(np.float32)
+        elif len(shape) == 1:
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:
+            fan = (shape[0] + shape[1]) * int(np.prod(shape[2:]))
+            out[key] = rng.uniform(-1, 1, shape).astype(np.float32) * np.float32(np.sqrt(6 / fan))
+    return out
+
+
+@pytest.mark.parametrize("depth", list(spec.ARCHS))
+def test_torchvision_keys_map_onto_the_spec(depth):
+    shapes = torchvision_state_dict_shapes(depth)
+    trainable = sum(int(np.prod(s)) for k, s in shapes.items()
+                    if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert trainable == PUBLISHED[depth]  # the independent key list is torchvision's
+    arch = spec.get_arch(depth, 1, "torchvision")
+    keys = neutral.torchvision_keys(arch)
+    assert sorted(keys.values()) == sorted(k for k in shapes if not k.endswith("num_batches_tracked"))
+    expected = spec.parameters(1000, 3, arch)
+    assert all(shapes[tv] == expected[name].shape for name, tv in keys.items())
+    assert neutral.torchvision_arch(shapes) == arch
+
+
+def test_torchvision_state_dict_errors():
+    sd = random_state_dict(18)
+    del sd["layer3.0.downsample.1.running_var"]
+    sd["layer1.0.extra.weight"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="missing layer3.0.downsample.1.running_var; unexpected layer1.0.extra.weight"):
+        neutral.from_torchvision(sd)
+    with pytest.raises(ValueError, match="only the torchvision flavour of version 1"):
+        neutral.torchvision_keys(spec.Arch(50, 2, "torchvision"))
+
+
+@pytest.mark.parametrize("depth", [18, 50, pytest.param(34, marks=pytest.mark.slow),
+                                   pytest.param(101, marks=pytest.mark.slow),
+                                   pytest.param(152, marks=pytest.mark.slow)])
+def test_torchvision_state_dict_loads_in_all_backends(depth, tmp_path):
+    """torch: ``load_torchvision_state_dict`` (torch tensors, as torchvision's ``state_dict()``);
+    TF and MXNet: the same dict through the neutral weights file. Same outputs everywhere."""
+    import torch
+    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(depth).items()}
+    X = np.random.default_rng(3).random((2, 3, 32, 32), dtype=np.float32)
+    torch_mod = backends.load("torch")
+    net = torch_mod.resnet(depth, flavour="torchvision", num_classes=1000, in_channels=3)
+    torch_mod.load_torchvision_state_dict(net, sd)
+    assert np.array_equal(net.state_dict()["b2.0.conv1.weight"].numpy(), sd["layer1.0.conv1.weight"].numpy())
+    reference = forward(torch_mod, net, X)
+    path = neutral.torchvision_to_npz(sd, tmp_path / "tv.npz")
+    for name in ("tf", "mxnet"):
+        mod = backends.load(name)
+        other = mod.resnet(depth, flavour="torchvision", num_classes=1000, in_channels=3)
+        mod.load_weights(other, path)
+        logits = forward(mod, other, X)
+        assert np.abs(logits - reference).max() / max(1.0, np.abs(reference).max()) <= TOLERANCE, name
+    back = neutral.to_torchvision(torch_mod.get_weights(net), depth)
+    assert all(np.array_equal(back[k], sd[k].numpy()) for k in back)
+
+
+# --- the command line and the full check ----------------------------------------------------
+
+def test_full_check_resnet50_v2():
+    """Train-mode logits and one SGD step too (``d2lres compare --check --arch resnet50 --version 2``)."""
+    result = checks.cross_backend_checks(input_shape=(1, 32, 32), step_size=32, batch_size=2,
+                                         arch=spec.Arch(50, 2))
+    assert result["ok"], checks.format_checks(result)
+    assert "ResNet-50 v2" in checks.format_checks(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_full_check_every_variant(arch):
+    result = checks.cross_backend_checks(input_shape=(1, 32, 32), step_size=32, batch_size=2, arch=arch)
+    assert result["ok"], checks.format_checks(result)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "d2lres", *args], capture_output=True, text=True)
+
+
+def test_cli_summary_any_variant():
+    out = _cli("summary", "--backend", "torch", "--arch", "resnet50", "--version", "2", "--input", "1x64x64")
+    assert out.returncode == 0, out.stderr
+    assert "ResNet-50 v2 in torch" in out.stdout and "head.bn" in out.stdout and "(= spec)" in out.stdout
+
+
+def test_cli_unknown_arch():
+    out = _cli("compare", "--check", "--arch", "resnet42")
+    assert out.returncode == 2
+    assert "unknown architecture 'resnet42'; known: resnet18, resnet34, resnet50, resnet101, resnet152" in out.stderr

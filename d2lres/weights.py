@@ -114,7 +114,7 @@ def torchvision_keys(arch="resnet18", num_classes: int = 1000, in_channels: int 
     ``b1.conv`` <-> ``conv1``, ``b1.bn`` <-> ``bn1``, ``b<k>.<i>.conv1`` <-> ``layer<k-1>.<i>.conv1``,
     the projection shortcut's convolution / BatchNorm <-> ``downsample.0`` / ``downsample.1``,
     ``head.fc`` <-> ``fc``."""
-    arch = spec.get_arch(arch)
+    arch = spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
     if arch.version != 1 or arch.flavour != "torchvision":
         raise ValueError(f"torchvision's state_dict fits only the torchvision flavour of version 1, not {arch}")
     keys = {}
@@ -160,7 +160,8 @@ def from_torchvision(state_dict, arch=None) -> dict[str, np.ndarray]:
     """A torchvision-format ``state_dict`` (tensors or arrays) as canonical weights of the
     torchvision flavour; ``num_batches_tracked`` is dropped. Missing or unexpected keys raise
     ``ValueError`` naming them."""
-    arch = torchvision_arch(state_dict) if arch is None else spec.get_arch(arch)
+    arch = torchvision_arch(state_dict) if arch is None else \
+        spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
     try:
         num_classes, in_channels = (int(state_dict["fc.weight"].shape[0]), int(state_dict["conv1.weight"].shape[1]))
     except KeyError as err:

@@ -17,13 +17,21 @@ TOLERANCES = {"eval_logits": 1e-4, "train_logits": 1e-4, "step_loss": 1e-4,
               "step_weights": 1e-4, "bn_stats": 1e-4}
 #: Every other variant (deeper, pre-activation, torchvision flavour): 1e-3, and the logits and
 #: the loss are compared relative to ``max(1, max|value|)`` -- float32 rounding grows with depth,
-#: and a pre-activation network's logits grow with it too.
+#: and a pre-activation network's logits grow with it too. What goes through batch statistics in
+#: every layer (train-mode logits, the SGD step's weights and running statistics) gets
+#: ``1e-3 * max(1, depth / 50)``. Measured at 64x64, batch 4 (16 values per channel in b5):
+#: ResNet-101 v1 step weights up to 1.5e-3 (MXNet vs the others, spread over many tensors),
+#: ResNet-152 train-mode logits up to 1.6e-3 (every pair): accumulated rounding, not one layer.
 FAMILY_TOLERANCES = {k: 1e-3 for k in TOLERANCES}
 
 
 def tolerances(arch=None) -> dict[str, float]:
     """What the checks require of every pair for ``arch`` (the chapter's ResNet-18: ``TOLERANCES``)."""
-    return TOLERANCES if spec.get_arch(arch) == spec.Arch() else FAMILY_TOLERANCES
+    arch = spec.get_arch(arch)
+    if arch == spec.Arch():
+        return TOLERANCES
+    step = 1e-3 * max(1.0, arch.depth / 50)
+    return {**FAMILY_TOLERANCES, "train_logits": step, "step_weights": step, "bn_stats": step}
 
 
 def test_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0,
@@ -87,7 +95,7 @@ def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96)
     ``arch``: any variant (``spec.get_arch``); left out, the chapter's ResNet-18."""
     arch = spec.get_arch(arch)
     tol = tolerances(arch)
-    relative = tol is not TOLERANCES
+    relative = arch != spec.Arch()
     rng = np.random.default_rng(seed)
     X = rng.random((batch_size, *input_shape), dtype=np.float32)
     Xs = rng.random((batch_size, input_shape[0], step_size, step_size), dtype=np.float32)

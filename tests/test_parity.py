@@ -55,7 +55,7 @@ def test_acceleration_path_gives_plain_outputs(backend, fast, plain):
     mod = backends.load(backend)
     rng = np.random.default_rng(0)
     X, y = rng.random((4, 1, 48, 48), dtype=np.float32), rng.integers(0, 10, 4)
-    w0 = checks.test_weights(bn_shift=3.0)
+    w0 = checks.test_weights(bn_shift=checks.STEP_BN_SHIFT)
     runs = []
     for options in (fast, plain):
         net = mod.resnet18()

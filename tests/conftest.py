@@ -11,3 +11,34 @@ os.environ.update(HOME=_home, XDG_CACHE_HOME=os.path.join(_home, ".cache"),
                   MPLCONFIGDIR=os.path.join(_home, ".matplotlib"), KERAS_HOME=os.path.join(_home, ".keras"),
                   MXNET_HOME=os.path.join(_home, ".mxnet"), TF_CPP_MIN_LOG_LEVEL="2")
 os.environ.setdefault("D2LRES_DATA_DIR", REAL_DATA_DIR)
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from d2lres import backends  # noqa: E402
+
+
+@pytest.fixture(params=list(backends.BACKENDS))
+def mod(request):
+    """Each backend package in turn (d2lres.torch, d2lres.tf, d2lres.mxnet)."""
+    return backends.load(request.param)
+
+
+@pytest.fixture
+def block_output():
+    """``block_output(mod, block, shape)``: NCHW output shape of a block on a random NCHW input."""
+    def run(mod, block, shape):
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        name = mod.__name__.rsplit(".", 1)[1]
+        if name == "torch":
+            import torch
+            block.eval()
+            return tuple(block(torch.from_numpy(x)).shape)
+        if name == "tf":
+            s = tuple(block(x.transpose(0, 2, 3, 1)).shape)
+            return s[0], s[3], s[1], s[2]
+        from mxnet import np as mnp
+        block.initialize()
+        return tuple(block(mnp.array(x)).shape)
+    return run

@@ -144,26 +144,7 @@ def test_variants_doc_is_current():
 
 # --- the blocks ----------------------------------------------------------------------------
 
-@pytest.fixture(params=BACKENDS)
-def mod(request):
-    return backends.load(request.param)
-
-
-def block_output(mod, block, shape):
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    name = mod.__name__.rsplit(".", 1)[1]
-    if name == "torch":
-        import torch
-        block.eval()
-        return tuple(block(torch.from_numpy(x)).shape)
-    if name == "tf":
-        return (lambda s: (s[0], s[3], s[1], s[2]))(tuple(block(x.transpose(0, 2, 3, 1)).shape))
-    from mxnet import np as mnp
-    block.initialize()
-    return tuple(block(mnp.array(x)).shape)
-
-
-def test_new_blocks(mod):
+def test_new_blocks(mod, block_output):
     assert block_output(mod, mod.Bottleneck(256, use_1x1conv=True, strides=2), (2, 64, 8, 8)) == (2, 256, 4, 4)
     assert block_output(mod, mod.Bottleneck(64), (2, 64, 8, 8)) == (2, 64, 8, 8)
     assert block_output(mod, mod.PreActResidual(6, use_1x1conv=True, strides=2), (2, 3, 6, 6)) == (2, 6, 3, 3)

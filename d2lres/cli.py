@@ -1,4 +1,4 @@
-"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare."""
+"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, bench."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +114,21 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, bench
+    config = BenchConfig.quick() if args.quick else BenchConfig()
+    overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats)) if v is not None}
+    if args.batches:
+        overrides["batches"] = tuple(args.batches)
+    config = BenchConfig(**{**config.__dict__, **overrides})
+    out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
+    report = bench([backends.canonical(b) for b in args.backends], out, config, data_dir=args.data_dir,
+                   with_variants=args.variants)
+    print(report["table"])
+    print(f"\nreport: {out / 'bench.md'}, {out / 'bench.json'}, chart: {out / 'bench.png'}")
+    return 0
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=["quick", "chapter"])
     for flag, kind in (("--epochs", int), ("--lr", float), ("--batch-size", int), ("--resize", int),
@@ -153,6 +168,17 @@ def parser() -> argparse.ArgumentParser:
     _arch_options(c)
     _training_options(c)
     c.set_defaults(func=cmd_compare)
+    b = sub.add_parser("bench", help="images/s per backend, d2lres vs the chapter's way, vs the matmul limit")
+    b.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
+    b.add_argument("--variants", action="store_true",
+                   help="also time each backend's other acceleration switches (torch.compile, XLA, ...)")
+    b.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
+    b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
+    b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
+    b.add_argument("--repeats", type=int, help="timed runs per figure (median reported)")
+    b.add_argument("--out", help="output directory (default runs/bench)")
+    b.add_argument("--data-dir", help="Fashion-MNIST directory")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -46,3 +46,42 @@ def show_or_save_curves(histories: dict[str, dict], path: str | Path | None = No
         display.clear_output(wait=True)
         display.display(fig)
     plt.close(fig)
+
+
+def bench_figure(report: dict):
+    """Left: end-to-end training images/s, d2lres vs the chapter's way, per backend; right:
+    the training step's share of the matmul limit, per batch size."""
+    runs = [r for r in report["runs"] if not r["options"]]
+    names = list(dict.fromkeys(r["backend"] for r in runs))
+    batches = list(runs[0]["train"])
+    fig, (ax_e2e, ax_share) = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / 2
+    for i, way in enumerate(("d2lres", "chapter")):
+        rows = {r["backend"]: r for r in runs if r["way"] == way}
+        xs = [k + (i - 0.5) * width for k in range(len(names))]
+        ax_e2e.bar(xs, [rows[n]["end_to_end"]["images_per_s"] for n in names], width, label=way,
+                   color=[COLORS.get(n) for n in names], alpha=1.0 if way == "d2lres" else 0.45,
+                   edgecolor="black", hatch="" if way == "d2lres" else "//")
+    for n, (x, ratio) in enumerate((k, report["ratios"].get(name, {}).get("end_to_end")) for k, name in enumerate(names)):
+        if ratio:
+            top = max(r["end_to_end"]["images_per_s"] for r in runs if r["backend"] == names[n])
+            ax_e2e.annotate(f"{ratio:.2f}x", (x, top), ha="center", va="bottom", fontsize=9)
+    ax_e2e.set_xticks(range(len(names)), names)
+    ax_e2e.set_ylabel("training images/s (data + step)")
+    ax_e2e.set_title(f"end to end, batch {batches[0]}: d2lres (solid) vs chapter (hatched)", fontsize=9)
+    width = 0.8 / (2 * len(batches))
+    for j, (way, batch) in enumerate((w, b) for w in ("d2lres", "chapter") for b in batches):
+        rows = {r["backend"]: r for r in runs if r["way"] == way}
+        xs = [k + (j - len(batches) + 0.5) * width for k in range(len(names))]
+        ax_share.bar(xs, [100 * rows[n]["train_share"][batch] for n in names], width, label=f"{way} b{batch}",
+                     alpha=1.0 if way == "d2lres" else 0.45, hatch="" if way == "d2lres" else "//",
+                     color=f"C{batches.index(batch)}", edgecolor="black")
+    ax_share.axhline(70, color="gray", linestyle="--", linewidth=1)
+    ax_share.set_xticks(range(len(names)), names)
+    ax_share.set_ylabel("% of the matmul limit")
+    ax_share.set_title(f"training step vs {report['matmul_limit_gflops']:.0f} GFLOP/s matmul", fontsize=9)
+    ax_share.legend(fontsize=7)
+    for ax in (ax_e2e, ax_share):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig

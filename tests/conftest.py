@@ -25,6 +25,16 @@ def mod(request):
     return backends.load(request.param)
 
 
+@pytest.fixture(scope="session")
+def real_data():
+    """The real Fashion-MNIST directory (fetched if needed), or skip."""
+    from d2lres import data
+    try:
+        return data.fetch_fashion_mnist(progress=False).data_dir
+    except data.DataError as err:
+        pytest.skip(f"Fashion-MNIST not available: {err}")
+
+
 @pytest.fixture
 def block_output():
     """``block_output(mod, block, shape)``: NCHW output shape of a block on a random NCHW input."""

@@ -128,14 +128,6 @@ def test_cli_unknown_backend_is_named():
     assert out.returncode == 2 and "choose one of torch, tf, mxnet" in out.stderr
 
 
-@pytest.fixture(scope="module")
-def real_data():
-    try:
-        return data.fetch_fashion_mnist(progress=False).data_dir
-    except data.DataError as err:
-        pytest.skip(f"Fashion-MNIST not available: {err}")
-
-
 def test_compare_on_real_data_writes_the_report(real_data, tmp_path):
     """The main job end to end, on a slice of the real data set: three trainings from the same
     initial weights, report.md with the table, curves PNG, checks."""

@@ -26,7 +26,7 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, **option
 
 class Trainer:
     """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
-    ``w -= lr v``) and cross-entropy; the step runs as one ``tf.function``."""
+    ``w -= lr v``) and cross-entropy; the step runs as one ``tf.function`` (``compile``)."""
 
     backend = "tf"
 

@@ -1,0 +1,230 @@
+"""``d2lres bench``: training and inference images/s of ResNet-18 per backend, d2lres's way
+against the chapter's way, and both against this machine's float32 matmul limit.
+
+Every (backend, way) runs in its own process (``python -m d2lres.bench WORKER-JSON``) so
+thread pools do not mix and the chapter's way gets the framework's default settings. Each
+figure is the median of ``repeats`` timed calls after ``warmup`` untimed ones."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backends, data, spec
+from .presets import preset
+
+WAYS = ("d2lres", "chapter")
+
+#: Each backend's training path without its accelerations (the reference of the tests) ...
+PLAIN = {"torch": {}, "tf": {"compile": False}, "mxnet": {"hybridize": False}}
+#: ... and the acceleration switches it offers; ``{}`` is d2lres's default. ``--variants``
+#: times every non-default entry of both.
+ACCELERATIONS = {
+    "torch": [{"channels_last": True}, {"compile": True}],
+    "tf": [{}],
+    "mxnet": [{}],
+}
+
+
+def variants(backend: str) -> list[dict]:
+    """The option sets ``--variants`` adds to the default run of ``backend``."""
+    return [o for o in [PLAIN[backend], *ACCELERATIONS[backend]] if o]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    size: int = 96
+    batches: tuple[int, ...] = (256, 32)
+    repeats: int = 5
+    warmup: int = 1
+    end_to_end_steps: int = 6
+    matmul_n: int = 2048
+    lr: float = preset("chapter").lr
+
+    @classmethod
+    def quick(cls) -> "BenchConfig":
+        """Seconds, not minutes: a smoke run of every path (numbers not meaningful)."""
+        return cls(size=32, batches=(16, 4), repeats=2, warmup=1, end_to_end_steps=2, matmul_n=256)
+
+
+def median_rate(fn, items: int, repeats: int, warmup: int) -> float:
+    """Median ``items / seconds`` of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - tic)
+    return items / statistics.median(seconds)
+
+
+def matmul_gflops(matmul, n: int, repeats: int = 5) -> float:
+    """Median GFLOP/s of ``matmul()``, one ``n x n`` float32 product (2 n^3 FLOPs)."""
+    return median_rate(matmul, 2 * n ** 3, repeats, warmup=1) / 1e9
+
+
+def numpy_matmul(n: int):
+    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+    return lambda: a @ b
+
+
+class D2lresWay:
+    """d2lres's training path: the backend's ``Trainer`` (with ``options``) and the data
+    resized once in memory, served by slicing."""
+
+    def __init__(self, mod, net, lr: float, options: dict):
+        self.trainer, self.lr = mod.Trainer(net, device=mod.try_gpu(), **options), lr
+
+    def loader(self, images, labels, batch_size, size):
+        X = data.resize_images(images, size)[:, None]
+        return data.ArrayBatches(X, labels.astype(np.int64), batch_size, shuffle=True, convert=self.trainer.convert)
+
+    def inputs(self, X, y):
+        return self.trainer.convert(X, y)
+
+    def step(self, X, y) -> None:
+        self.trainer.step(X, y, self.lr)
+
+    def predict(self, X) -> None:
+        self.trainer.predict(X)
+
+
+def end_to_end_rate(way, images, labels, batch_size: int, size: int, steps: int, warmup: int) -> dict:
+    """Images/s of the data path and the step together, timed after ``warmup`` batches; the
+    loader is built (and, for d2lres, the images resized) inside the timing of ``prepare``."""
+    n = min(len(labels), (steps + warmup) * batch_size)
+    tic = time.perf_counter()
+    loader = way.loader(images[:n], labels[:n], batch_size, size)
+    prepare = time.perf_counter() - tic
+    batches, count = iter(loader), 0
+    for _ in range(warmup):
+        way.step(*next(batches))
+    tic = time.perf_counter()
+    for X, y in batches:
+        way.step(X, y)
+        count += int(X.shape[0])
+    return {"images_per_s": count / (time.perf_counter() - tic), "prepare_seconds_per_1k": 1000 * prepare / n}
+
+
+def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=None, end_to_end=True) -> dict:
+    """Measure one backend's way; runs in its own process."""
+    framework = backends.BACKENDS[backend][1]
+    if way == "chapter":
+        importlib.import_module(framework)  # before d2lres sets any thread counts
+    mod = backends.load(backend)
+    fw_bench = importlib.import_module(f"d2lres.{backend}.bench")
+    net = mod.resnet18()
+    mod.init_weights(net, 0)
+    runner = fw_bench.ChapterWay(net, config.lr) if way == "chapter" else D2lresWay(mod, net, config.lr, options)
+    rng = np.random.default_rng(0)
+    result = {"backend": backend, "way": way, "options": options, "device": str(mod.try_gpu()),
+              "matmul_gflops": matmul_gflops(fw_bench.matmul(config.matmul_n), config.matmul_n),
+              "train": {}, "infer": {}}
+    for batch in config.batches:
+        X, y = runner.inputs(rng.random((batch, 1, config.size, config.size), dtype=np.float32),
+                             rng.integers(0, 10, batch))
+        result["train"][str(batch)] = median_rate(lambda: runner.step(X, y), batch, config.repeats, config.warmup)
+        result["infer"][str(batch)] = median_rate(lambda: runner.predict(X), batch, config.repeats, config.warmup)
+    if end_to_end:
+        images, labels = data.FashionMNIST.load(data_dir).raw[True]
+        result["end_to_end"] = end_to_end_rate(runner, images, labels, config.batches[0], config.size,
+                                               config.end_to_end_steps, config.warmup)
+    return result
+
+
+def _run_worker(backend, way, config, options, data_dir, end_to_end, out: Path) -> dict:
+    job = {"backend": backend, "way": way, "config": asdict(config), "options": options,
+           "data_dir": str(data_dir) if data_dir else None, "end_to_end": end_to_end, "out": str(out)}
+    label = f"{backend} {way}{' ' + json.dumps(options) if options else ''}"
+    print(f"== {label}", flush=True)
+    tic = time.perf_counter()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    subprocess.run([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.bench", json.dumps(job)],
+                   check=True, env=env)
+    print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
+    return json.loads(out.read_text())
+
+
+def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, with_variants: bool = False) -> dict:
+    """Run every backend both ways (and its :func:`variants` if asked); write ``bench.json`` and
+    ``bench.png`` in ``out`` and return the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data.fetch_fashion_mnist(data_dir)
+    shape = (1, config.size, config.size)
+    report = {"config": asdict(config), "forward_macs": spec.forward_macs(shape),
+              "training_flops": spec.training_flops(shape),
+              "numpy_matmul_gflops": matmul_gflops(numpy_matmul(config.matmul_n), config.matmul_n), "runs": []}
+    for name in names:
+        jobs = [(way, {}, True) for way in WAYS] + [("d2lres", o, False) for o in variants(name) if with_variants]
+        for i, (way, options, e2e) in enumerate(jobs):
+            report["runs"].append(_run_worker(name, way, config, options, data_dir, e2e, out / f"{name}-{i}.json"))
+    report["matmul_limit_gflops"] = max([report["numpy_matmul_gflops"]] + [r["matmul_gflops"] for r in report["runs"]])
+    summarize(report)
+    (out / "bench.json").write_text(json.dumps(report, indent=1))
+    from .plots import bench_figure
+    bench_figure(report).savefig(out / "bench.png", dpi=110)
+    report["table"] = format_table(report)
+    (out / "bench.md").write_text(report["table"] + "\n\n![bench](bench.png)\n")
+    return report
+
+
+def summarize(report: dict) -> None:
+    """Add achieved GFLOP/s and the share of the matmul limit to each run, and the d2lres /
+    chapter ratios per backend."""
+    flops, limit = report["training_flops"], report["matmul_limit_gflops"]
+    macs = report["forward_macs"]
+    for r in report["runs"]:
+        r["train_gflops"] = {b: v * flops / 1e9 for b, v in r["train"].items()}
+        r["train_share"] = {b: g / limit for b, g in r["train_gflops"].items()}
+        r["infer_share"] = {b: v * 2 * macs / 1e9 / limit for b, v in r["infer"].items()}
+    report["ratios"] = {}
+    for name in dict.fromkeys(r["backend"] for r in report["runs"]):
+        ways = {r["way"]: r for r in report["runs"] if r["backend"] == name and not r["options"]}
+        if set(WAYS) <= set(ways):
+            mine, theirs = ways["d2lres"], ways["chapter"]
+            report["ratios"][name] = {
+                "end_to_end": mine["end_to_end"]["images_per_s"] / theirs["end_to_end"]["images_per_s"],
+                **{f"train_{b}": mine["train"][b] / theirs["train"][b] for b in mine["train"]}}
+
+
+def format_table(report: dict) -> str:
+    """Markdown: one row per (backend, way or variant)."""
+    batches = list(report["runs"][0]["train"])
+    head = (["backend", "way"] + [f"train b{b} img/s" for b in batches] + [f"infer b{b} img/s" for b in batches]
+            + ["end to end img/s", "ratio to chapter (end to end)", f"train b{batches[0]} GFLOP/s",
+               "share of matmul limit"])
+    lines = [f"ResNet-18, 1x{report['config']['size']}x{report['config']['size']}: "
+             f"{report['forward_macs'] / 1e9:.3f} GMAC forward, {report['training_flops'] / 1e9:.2f} GFLOP per "
+             f"training image; matmul limit {report['matmul_limit_gflops']:.0f} GFLOP/s "
+             f"(numpy {report['numpy_matmul_gflops']:.0f}). Medians of {report['config']['repeats']} runs.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["runs"]:
+        way = r["way"] + (" " + ", ".join(f"{k}={v}" for k, v in r["options"].items()) if r["options"] else "")
+        e2e = r.get("end_to_end")
+        ratio = report["ratios"].get(r["backend"], {}).get("end_to_end") if r["way"] == "d2lres" and e2e else None
+        cells = ([r["backend"], way] + [f"{r['train'][b]:.1f}" for b in batches] + [f"{r['infer'][b]:.1f}" for b in batches]
+                 + [f"{e2e['images_per_s']:.1f}" if e2e else "", f"{ratio:.2f}x" if ratio else "",
+                    f"{r['train_gflops'][batches[0]]:.1f}", f"{100 * r['train_share'][batches[0]]:.0f}%"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _main(job: str) -> None:
+    job = json.loads(job)
+    config = BenchConfig(**{**job["config"], "batches": tuple(job["config"]["batches"])})
+    result = worker(job["backend"], job["way"], config, job["options"], job["data_dir"], job["end_to_end"])
+    Path(job["out"]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

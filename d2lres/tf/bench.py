@@ -1,0 +1,37 @@
+"""What ``d2lres bench`` needs from TensorFlow: a float32 matmul, and the chapter's way as the
+baseline: the Keras model compiled and trained as ``train_ch6`` does (``compile`` + ``fit``,
+whose batches run ``train_on_batch``'s function), fed by d2l's ``load_data_fashion_mnist``
+(``tf.data``: batch, shuffle, then ``resize_with_pad`` on each batch)."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def matmul(n: int):
+    """A callable doing one ``n x n`` float32 matmul."""
+    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
+    return lambda: (a @ b).numpy()
+
+
+class ChapterWay:
+    """``net.compile(SGD(lr), SparseCategoricalCrossentropy(from_logits=True), ['accuracy'])``."""
+
+    def __init__(self, net: tf.keras.Model, lr: float):
+        self.net = net
+        net.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=lr),
+                    loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+    def loader(self, images: np.ndarray, labels: np.ndarray, batch_size: int, size: int):
+        X, y = tf.expand_dims(images, axis=3) / 255, tf.cast(labels, dtype="int32")
+        return (tf.data.Dataset.from_tensor_slices((X, y)).batch(batch_size).shuffle(len(images))
+                .map(lambda X, y: (tf.image.resize_with_pad(X, size, size), y)))
+
+    def inputs(self, X: np.ndarray, y: np.ndarray):
+        return tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1))), tf.constant(y.astype(np.int32))
+
+    def step(self, X, y) -> None:
+        self.net.train_on_batch(X, y)
+
+    def predict(self, X) -> None:
+        self.net.predict_on_batch(X)

@@ -62,10 +62,11 @@ def bench_figure(report: dict):
         ax_e2e.bar(xs, [rows[n]["end_to_end"]["images_per_s"] for n in names], width, label=way,
                    color=[COLORS.get(n) for n in names], alpha=1.0 if way == "d2lres" else 0.45,
                    edgecolor="black", hatch="" if way == "d2lres" else "//")
-    for n, (x, ratio) in enumerate((k, report["ratios"].get(name, {}).get("end_to_end")) for k, name in enumerate(names)):
+    for k, name in enumerate(names):
+        ratio = report["ratios"].get(name, {}).get("end_to_end")
+        top = max(r["end_to_end"]["images_per_s"] for r in runs if r["backend"] == name)
         if ratio:
-            top = max(r["end_to_end"]["images_per_s"] for r in runs if r["backend"] == names[n])
-            ax_e2e.annotate(f"{ratio:.2f}x", (x, top), ha="center", va="bottom", fontsize=9)
+            ax_e2e.annotate(f"{ratio:.2f}x", (k, top), ha="center", va="bottom", fontsize=9)
     ax_e2e.set_xticks(range(len(names)), names)
     ax_e2e.set_ylabel("training images/s (data + step)")
     ax_e2e.set_title(f"end to end, batch {batches[0]}: d2lres (solid) vs chapter (hatched)", fontsize=9)

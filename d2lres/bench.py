@@ -45,14 +45,15 @@ class BenchConfig:
     batches: tuple[int, ...] = (256, 32)
     repeats: int = 5
     warmup: int = 1
-    end_to_end_steps: int = 8
+    end_to_end_steps: int = 6
+    rounds: int = 3
     matmul_n: int = 2048
     lr: float = preset("chapter").lr
 
     @classmethod
     def quick(cls) -> "BenchConfig":
         """Seconds, not minutes: a smoke run of every path (numbers not meaningful)."""
-        return cls(size=32, batches=(16, 4), repeats=2, warmup=1, end_to_end_steps=2, matmul_n=256)
+        return cls(size=32, batches=(16, 4), repeats=2, warmup=1, end_to_end_steps=2, rounds=2, matmul_n=256)
 
 
 def median_rate(fn, items: int, repeats: int, warmup: int) -> float:
@@ -99,9 +100,9 @@ class D2lresWay:
 
 
 def end_to_end_rate(way, images, labels, batch_size: int, size: int, steps: int, warmup: int) -> dict:
-    """Images/s of the data path and the step together: the median over ``steps`` batches (after
-    ``warmup``) of the time from one step's end to the next's. Building the loader (for d2lres:
-    resizing the images once) is timed apart, per 1,000 images."""
+    """Images/s of the data path and the step together over ``steps`` batches, after ``warmup``
+    (total time: a loader's stalls count). Building the loader (for d2lres: resizing the
+    images once) is timed apart, per 1,000 images."""
     n = (steps + warmup) * batch_size
     tic = time.perf_counter()
     loader = way.loader(images[:n], labels[:n], batch_size, size)
@@ -109,16 +110,17 @@ def end_to_end_rate(way, images, labels, batch_size: int, size: int, steps: int,
     batches = iter(loader)
     for _ in range(warmup):
         way.step(*next(batches))
-    seconds, tic = [], time.perf_counter()
+    tic = time.perf_counter()
     for X, y in batches:
         way.step(X, y)
-        seconds.append(time.perf_counter() - tic)
-        tic = time.perf_counter()
-    return {"images_per_s": batch_size / statistics.median(seconds), "prepare_seconds_per_1k": 1000 * prepare / n}
+    return {"images_per_s": steps * batch_size / (time.perf_counter() - tic),
+            "prepare_seconds_per_1k": 1000 * prepare / n}
 
 
-def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=None, end_to_end=True) -> dict:
-    """Measure one backend's way; runs in its own process."""
+def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=None,
+           parts=("steps", "end_to_end")) -> dict:
+    """Measure one backend's way (``parts``: fixed-batch steps and inference, end to end); runs
+    in its own process."""
     framework = backends.BACKENDS[backend][1]
     if way == "chapter":
         importlib.import_module(framework)  # before d2lres sets any thread counts
@@ -127,26 +129,27 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
     net = mod.resnet18()
     mod.init_weights(net, 0)
     runner = fw_bench.ChapterWay(net, config.lr) if way == "chapter" else D2lresWay(mod, net, config.lr, options)
-    rng = np.random.default_rng(0)
-    result = {"backend": backend, "way": way, "options": options, "device": str(mod.try_gpu()),
-              "matmul_gflops": matmul_gflops(fw_bench.matmul(config.matmul_n), config.matmul_n),
-              "train": {}, "infer": {}}
-    for batch in config.batches:
-        X, y = runner.inputs(rng.random((batch, 1, config.size, config.size), dtype=np.float32),
-                             rng.integers(0, 10, batch))
-        result["train"][str(batch)] = median_rate(lambda: runner.step(X, y), batch, config.repeats, config.warmup)
-        result["infer"][str(batch)] = median_rate(lambda: runner.predict(X), batch, config.repeats, config.warmup)
-    if end_to_end:
+    result = {"backend": backend, "way": way, "options": options, "device": str(mod.try_gpu())}
+    if "steps" in parts:
+        rng = np.random.default_rng(0)
+        result.update(matmul_gflops=matmul_gflops(fw_bench.matmul(config.matmul_n), config.matmul_n),
+                      train={}, infer={})
+        for batch in config.batches:
+            X, y = runner.inputs(rng.random((batch, 1, config.size, config.size), dtype=np.float32),
+                                 rng.integers(0, 10, batch))
+            result["train"][str(batch)] = median_rate(lambda: runner.step(X, y), batch, config.repeats, config.warmup)
+            result["infer"][str(batch)] = median_rate(lambda: runner.predict(X), batch, config.repeats, config.warmup)
+    if "end_to_end" in parts:
         images, labels = data.FashionMNIST.load(data_dir).raw[True]
         result["end_to_end"] = end_to_end_rate(runner, images, labels, config.batches[0], config.size,
                                                config.end_to_end_steps, config.warmup)
     return result
 
 
-def _run_worker(backend, way, config, options, data_dir, end_to_end, out: Path) -> dict:
+def _run_worker(backend, way, config, options, data_dir, parts, out: Path) -> dict:
     job = {"backend": backend, "way": way, "config": asdict(config), "options": options,
-           "data_dir": str(data_dir) if data_dir else None, "end_to_end": end_to_end, "out": str(out)}
-    label = f"{backend} {way}{' ' + json.dumps(options) if options else ''}"
+           "data_dir": str(data_dir) if data_dir else None, "parts": parts, "out": str(out)}
+    label = f"{backend} {way}{' ' + json.dumps(options) if options else ''}: {' + '.join(parts)}"
     print(f"== {label}", flush=True)
     tic = time.perf_counter()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
@@ -156,23 +159,37 @@ def _run_worker(backend, way, config, options, data_dir, end_to_end, out: Path) 
     return json.loads(out.read_text())
 
 
+def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path) -> list[dict]:
+    """Both ways (steps, then ``config.rounds`` end-to-end rounds alternating d2lres and the
+    chapter so that both see the same machine), then the variants' steps."""
+    runs = {way: _run_worker(name, way, config, {}, data_dir, ["steps", "end_to_end"], out / f"{name}-{way}.json")
+            for way in WAYS}
+    for run in runs.values():
+        run["end_to_end"]["rounds"] = [run["end_to_end"]["images_per_s"]]
+    for i in range(1, config.rounds):
+        for way, run in runs.items():
+            extra = _run_worker(name, way, config, {}, data_dir, ["end_to_end"], out / f"{name}-{way}-{i}.json")
+            run["end_to_end"]["rounds"].append(extra["end_to_end"]["images_per_s"])
+    for run in runs.values():
+        run["end_to_end"]["images_per_s"] = statistics.median(run["end_to_end"]["rounds"])
+    extra = [_run_worker(name, "d2lres", config, options, data_dir, ["steps"], out / f"{name}-variant-{i}.json")
+             for i, options in enumerate(variants(name) if with_variants else [])]
+    return [*runs.values(), *extra]
+
+
 def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, with_variants: bool = False) -> dict:
-    """Run every backend both ways (and its :func:`variants` if asked); write ``bench.json`` and
-    ``bench.png`` in ``out`` and return the report."""
+    """Run every backend both ways (and its :func:`variants` if asked); write ``bench.json``,
+    ``bench.md`` and ``bench.png`` in ``out`` and return the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data.fetch_fashion_mnist(data_dir)
     shape = (1, config.size, config.size)
-    report = {"config": asdict(config), "forward_macs": spec.forward_macs(shape),
-              "training_flops": spec.training_flops(shape),
-              "runs": []}
     numpy_gflops = matmul_gflops(numpy_matmul(config.matmul_n), config.matmul_n)
-    for name in names:
-        jobs = [(way, {}, True) for way in WAYS] + [("d2lres", o, False) for o in variants(name) if with_variants]
-        for i, (way, options, e2e) in enumerate(jobs):
-            report["runs"].append(_run_worker(name, way, config, options, data_dir, e2e, out / f"{name}-{i}.json"))
+    runs = [run for name in names for run in _backend_runs(name, config, data_dir, with_variants, out)]
+    report = {"config": asdict(config), "forward_macs": spec.forward_macs(shape),
+              "training_flops": spec.training_flops(shape), "runs": runs}
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{
-        name: statistics.median(r["matmul_gflops"] for r in report["runs"] if r["backend"] == name) for name in names}}
+        name: statistics.median(r["matmul_gflops"] for r in runs if r["backend"] == name) for name in names}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
     summarize(report)
     (out / "bench.json").write_text(json.dumps(report, indent=1))
@@ -198,7 +215,8 @@ def summarize(report: dict) -> None:
         if set(WAYS) <= set(ways):
             mine, theirs = ways["d2lres"], ways["chapter"]
             report["ratios"][name] = {
-                "end_to_end": mine["end_to_end"]["images_per_s"] / theirs["end_to_end"]["images_per_s"],
+                "end_to_end": statistics.median(a / b for a, b in zip(mine["end_to_end"]["rounds"],
+                                                                     theirs["end_to_end"]["rounds"])),
                 **{f"train_{b}": mine["train"][b] / theirs["train"][b] for b in mine["train"]}}
 
 
@@ -213,8 +231,9 @@ def format_table(report: dict) -> str:
              f"training image. Matmul limit {report['matmul_limit_gflops']:.0f} GFLOP/s, the best of float32 "
              f"{report['config']['matmul_n']}x{report['config']['matmul_n']} matmuls measured in this run ("
              + ", ".join(f"{k} {v:.0f}" for k, v in report["matmul_gflops"].items())
-             + f"). Medians of {report['config']['repeats']} runs; end to end: median step of "
-             f"{report['config']['end_to_end_steps']}, data included.", "",
+             + f"). Steps: medians of {report['config']['repeats']} runs. End to end (data included): "
+             f"median of {report['config']['rounds']} rounds of {report['config']['end_to_end_steps']} steps, "
+             "the ways alternating; the ratio is the median of the rounds' ratios.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["runs"]:
         way = r["way"] + (" " + ", ".join(f"{k}={v}" for k, v in r["options"].items()) if r["options"] else "")
@@ -230,7 +249,7 @@ def format_table(report: dict) -> str:
 def _main(job: str) -> None:
     job = json.loads(job)
     config = BenchConfig(**{**job["config"], "batches": tuple(job["config"]["batches"])})
-    result = worker(job["backend"], job["way"], config, job["options"], job["data_dir"], job["end_to_end"])
+    result = worker(job["backend"], job["way"], config, job["options"], job["data_dir"], job["parts"])
     Path(job["out"]).write_text(json.dumps(result))
 
 

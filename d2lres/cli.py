@@ -117,7 +117,8 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, bench
     config = BenchConfig.quick() if args.quick else BenchConfig()
-    overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats)) if v is not None}
+    overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats), ("rounds", args.rounds))
+                 if v is not None}
     if args.batches:
         overrides["batches"] = tuple(args.batches)
     config = BenchConfig(**{**config.__dict__, **overrides})
@@ -175,7 +176,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
     b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
     b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
-    b.add_argument("--repeats", type=int, help="timed runs per figure (median reported)")
+    b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")
+    b.add_argument("--rounds", type=int, help="end-to-end rounds per way, alternating (median reported)")
     b.add_argument("--out", help="output directory (default runs/bench)")
     b.add_argument("--data-dir", help="Fashion-MNIST directory")
     b.set_defaults(func=cmd_bench)

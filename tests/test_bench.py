@@ -33,6 +33,7 @@ def test_quick_bench_writes_a_well_formed_report(real_data, tmp_path):
         rates = [*r["train"].values(), *r["infer"].values(), r["end_to_end"]["images_per_s"], r["matmul_gflops"]]
         assert all(math.isfinite(v) and v > 0 for v in rates), r
         assert set(r["train"]) == {"16", "4"} and 0 < r["train_share"]["16"] < 10
+        assert len(r["end_to_end"]["rounds"]) == 2
     assert report["training_flops"] == 6 * report["forward_macs"] > 0
     assert set(report["matmul_gflops"]) == {"numpy", *backends.BACKENDS}
     assert report["matmul_limit_gflops"] == max(report["matmul_gflops"].values())

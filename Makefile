@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast check env clean lib-check notebooks lib-sync
+.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-fast: $(STAMP)
 ## The same-function checks across backends, as a table
 check: $(STAMP)
 	$(PY) -m d2lres compare --check
+
+## images/s per backend, d2lres vs the chapter's way, vs the matmul limit: runs/bench/bench.{md,json,png}
+bench: $(STAMP)
+	$(PY) -m d2lres bench --variants --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs

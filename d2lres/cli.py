@@ -115,13 +115,15 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from dataclasses import replace
+
     from .bench import BenchConfig, bench
     config = BenchConfig.quick() if args.quick else BenchConfig()
     overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats), ("rounds", args.rounds))
                  if v is not None}
     if args.batches:
         overrides["batches"] = tuple(args.batches)
-    config = BenchConfig(**{**config.__dict__, **overrides})
+    config = replace(config, **overrides)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
     report = bench([backends.canonical(b) for b in args.backends], out, config, data_dir=args.data_dir,
                    with_variants=args.variants)
@@ -172,7 +174,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="images/s per backend, d2lres vs the chapter's way, vs the matmul limit")
     b.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
     b.add_argument("--variants", action="store_true",
-                   help="also time each backend's other acceleration switches (torch.compile, XLA, ...)")
+                   help="also time each backend's other switches (channels-last or not, torch.compile, "
+                        "eager TF, non-hybridized MXNet)")
     b.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
     b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
     b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")

@@ -8,6 +8,8 @@ import numpy as onp
 from mxnet import autograd, gluon, np
 from mxnet.gluon.data.vision import transforms
 
+from .train import _to_arrays
+
 #: ``d2l.get_dataloader_workers()``
 CHAPTER_WORKERS = 4
 
@@ -32,8 +34,7 @@ class ChapterWay:
         return gluon.data.DataLoader(dataset.transform_first(trans), batch_size, shuffle=True,
                                      num_workers=CHAPTER_WORKERS)
 
-    def inputs(self, X: onp.ndarray, y: onp.ndarray):
-        return np.array(X), np.array(y.astype(onp.int32), dtype="int32")
+    inputs = staticmethod(_to_arrays)
 
     def step(self, X, y) -> None:
         with autograd.record():

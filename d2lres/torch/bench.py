@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .train import _to_tensors
+
 #: ``d2l.get_dataloader_workers()``
 CHAPTER_WORKERS = 4
 
@@ -44,8 +46,7 @@ class ChapterWay:
         return torch.utils.data.DataLoader(_ResizedImages(images, labels, size), batch_size, shuffle=True,
                                            num_workers=CHAPTER_WORKERS)
 
-    def inputs(self, X: np.ndarray, y: np.ndarray):
-        return torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    inputs = staticmethod(_to_tensors)
 
     def step(self, X, y) -> None:
         self.net.train()

@@ -11,7 +11,6 @@ mini-batches by array slicing in an order that depends only on a seed and the ep
 from __future__ import annotations
 
 import base64
-import contextlib
 import gzip
 import hashlib
 import http.client
@@ -31,6 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from .files import atomic_open
 
 __all__ = [
     "DataError", "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE",
@@ -140,28 +141,10 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         raise ValueError(f"write_idx needs a uint8 array with at least one dimension, "
                          f"got {array.dtype} with shape {array.shape}")
     header = bytes([0, 0, _IDX_UINT8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    with _atomic_file(path) as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
+    with atomic_open(path) as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
                                                 compresslevel=6) as gz:
         gz.write(header)
         gz.write(np.ascontiguousarray(array).tobytes())
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike) -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success move it over ``path``, else delete it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the data set is not
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- sources
@@ -235,7 +218,7 @@ def _download(url: str, dest: Path, md5: str, progress: bool) -> None:
     digest = hashlib.md5()
     try:
         with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT) as response, \
-                _atomic_file(dest) as f, \
+                atomic_open(dest) as f, \
                 tqdm(desc=dest.name, total=int(response.headers.get("Content-Length") or 0)
                      or None, unit="B", unit_scale=True, leave=False,
                      disable=not progress) as bar:

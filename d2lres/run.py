@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from . import backends, data, training
+from . import backends, data, files, training
 from . import weights as neutral
 from .presets import TrainConfig
 
@@ -41,5 +41,5 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, init: str | Pat
                "images_per_s": sum(e["images_per_s"] for e in history["epochs"]) / len(history["epochs"]),
                "wall_seconds": time.perf_counter() - tic, "first_step_loss": history["first_step_loss"],
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
-    neutral.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+    files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     return metrics

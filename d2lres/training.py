@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import weights as neutral
+from . import files
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -55,7 +55,7 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
                             f"learning rate. The last checkpoint is kept.")
     arrays.update(trainer.optimizer_state())
     arrays["progress"] = np.array(json.dumps(progress))
-    neutral.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    files.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:

@@ -3,12 +3,12 @@ in PyTorch's layout, written atomically; plus the one initialisation scheme of a
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import spec
+from .files import atomic_write
 
 
 def check_weights(weights: dict[str, np.ndarray], num_classes: int, in_channels: int, arch=None) -> None:
@@ -30,24 +30,6 @@ def infer_config(weights: dict[str, np.ndarray]) -> tuple[int, int]:
         return int(weights["head.fc.weight"].shape[0]), int(weights["b1.conv.weight"].shape[1])
     except KeyError as err:
         raise ValueError(f"not a d2lres ResNet-18 weights file: no {err.args[0]}") from None
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over
-    ``path``: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> Path:

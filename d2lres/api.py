@@ -1,0 +1,172 @@
+"""The public API every backend package (``d2lres.torch``, ``.tf``, ``.mxnet``, ``.jax``) exports,
+written once. Each stub below *is* the contract: its parameters (names, kinds, defaults) are
+what the backend's name must have, and ``tests/test_api.py`` compares ``__all__`` and
+``inspect.signature`` of every backend with it. Classes are described by their constructor and
+the public methods they must have.
+
+Conventions: a framework's own argument (where the work runs) is the keyword-only ``device``
+and accepts what the backend's ``try_gpu()`` returns, or ``None`` for that default; an option a
+backend cannot honour is refused with ``ValueError``, never ignored.
+"""
+from __future__ import annotations
+
+import inspect
+
+# --- blocks and networks ------------------------------------------------------------------
+
+
+class Residual:
+    """The chapter's basic block; ``in_channels=None`` infers the input channels on first use."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, in_channels=None): ...
+
+
+class Bottleneck:
+    """1x1-3x3-1x1 bottleneck (version 1); ``num_channels`` is its output width."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, in_channels=None, bias=True,
+                 shortcut_bn=False, stride_on_3x3=False): ...
+
+
+class PreActResidual(Bottleneck):
+    """Pre-activation basic block (version 2)."""
+
+
+class PreActBottleneck(Bottleneck):
+    """Pre-activation bottleneck (version 2)."""
+
+
+class Block:
+    """Any block of the family, built from its framework-free ``spec.Block``."""
+
+    def __init__(self, block): ...
+
+
+class ResNet:
+    """Stages ``b1`` .. ``b5`` and ``head`` of the variant ``arch`` (``spec.get_arch``; None: the
+    chapter's ResNet-18), iterable like the chapter's ``nn.Sequential``."""
+
+    def __init__(self, num_classes=10, in_channels=1, *, arch=None, device=None): ...
+
+
+def resnet_block(num_channels, num_residuals, first_block=False, *, in_channels=None):
+    """A stage of ``num_residuals`` Residual blocks; all but the first stage halve the size."""
+
+
+def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter", *, device=None):
+    """Any variant of ``spec.ARCHS``, initialised with d2lres's scheme."""
+
+
+def resnet18(num_classes=10, in_channels=1, *, version=1, flavour="chapter", device=None):
+    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
+
+
+resnet34 = resnet50 = resnet101 = resnet152 = resnet18
+
+
+def shape_walk(net, input_shape=(1, 224, 224)):
+    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
+
+
+def count_parameters(net):
+    """``(trainable, BatchNorm statistics)``."""
+
+
+# --- weights in the neutral format (d2lres.weights) ----------------------------------------
+
+
+def get_weights(net):
+    """Canonical name -> numpy array in PyTorch's layout."""
+
+
+def set_weights(net, weights):
+    """Load canonical weights (checked against the network first)."""
+
+
+def save_weights(net, path):
+    """Write the neutral ``.npz`` atomically; returns its path."""
+
+
+def load_weights(net, path):
+    """Read a neutral ``.npz`` into the network."""
+
+
+def init_weights(net, seed=0):
+    """The seeded initialiser shared by all backends (bit-identical across them)."""
+
+
+def load_torchvision_state_dict(net, state_dict):
+    """Load a torchvision-format state dict (tensors or arrays) into a torchvision-flavour net."""
+
+
+# --- data and training ----------------------------------------------------------------------
+
+
+def try_gpu(i=0):
+    """GPU ``i`` if there is one, else the CPU: the value ``device=`` takes in this backend."""
+
+
+def load_data_fashion_mnist(batch_size, resize=None, *, data_dir=None, seed=0, limit=None, device=None):
+    """``(train_iter, test_iter)`` of framework tensors in the backend's layout, values in [0, 1]."""
+
+
+def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, **fit_options):
+    """d2l's ``train_ch6`` (``device`` positional, as d2l calls it); ``train_iter`` may be
+    d2lres's batches or the framework's own data loader; ``fit_options`` go to
+    ``d2lres.training.fit``."""
+
+
+class Trainer:
+    """PyTorch-form SGD (momentum, weight decay) with cross-entropy on one network.
+    ``compile``: the backend's graph compilation (None: the backend's measured default);
+    ``channels_last``: activations NHWC (None: the backend chooses; refused where the backend
+    has one layout only)."""
+
+    def __init__(self, net, momentum=0.0, weight_decay=0.0, *, device=None, compile=None, channels_last=None): ...
+
+    def convert(self, X, y): ...
+
+    def step(self, X, y, lr): ...
+
+    def predict(self, X): ...
+
+    def forward(self, X, training=False): ...
+
+    def get_weights(self): ...
+
+    def set_weights(self, weights): ...
+
+    def optimizer_state(self): ...
+
+    def load_optimizer_state(self, state): ...
+
+
+#: Every public name of a backend package, in the order of its ``__all__``.
+NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block", "ResNet",
+         "resnet_block", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+         "shape_walk", "count_parameters",
+         "get_weights", "set_weights", "save_weights", "load_weights", "init_weights",
+         "load_torchvision_state_dict",
+         "try_gpu", "load_data_fashion_mnist", "train_ch6", "Trainer"]
+
+
+def signature(obj) -> list[tuple[str, str, object]]:
+    """``(name, kind, default)`` per parameter of a function or a class's constructor (``self``
+    left out); annotations are not part of the contract."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    params = list(inspect.signature(target).parameters.values())
+    if inspect.isclass(obj):
+        params = params[1:]
+    return [(p.name, p.kind.name, p.default) for p in params]
+
+
+def methods(cls) -> set[str]:
+    """The public methods a class of the contract must have."""
+    return {name for name, value in vars(cls).items() if callable(value) and not name.startswith("_")}
+
+
+def contract(name: str):
+    """The stub that describes ``name``."""
+    if name not in NAMES:
+        raise KeyError(f"{name!r} is not part of the d2lres API")
+    return globals()[name]

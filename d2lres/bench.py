@@ -24,7 +24,7 @@ from .presets import preset
 WAYS = ("d2lres", "chapter")
 
 #: Each backend's training path without its accelerations (the reference of the tests) ...
-PLAIN = {"torch": {"channels_last": False}, "tf": {"compile": False}, "mxnet": {"hybridize": False}}
+PLAIN = {"torch": {"channels_last": False}, "tf": {"compile": False}, "mxnet": {"compile": False}}
 #: ... and the acceleration switches it offers; ``{}`` is d2lres's default. ``--variants``
 #: times every non-default entry of both.
 ACCELERATIONS = {

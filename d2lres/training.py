@@ -34,12 +34,31 @@ def one_cycle(lr_max: float, total_steps: int, warmup: float = 0.3) -> Callable[
     return lr
 
 
+def to_numpy(value) -> np.ndarray:
+    """A framework's tensor (PyTorch, TensorFlow, MXNet, JAX) or an array as a numpy array."""
+    for method in ("asnumpy", "numpy"):  # MXNet; PyTorch and TensorFlow
+        if hasattr(value, method):
+            return getattr(value, method)()
+    return np.asarray(value)
+
+
+def num_batches(data_iter) -> int:
+    """Batches per epoch of a data loader; a clear error for one without a length."""
+    try:
+        return len(data_iter)
+    except TypeError:
+        raise ValueError(f"the training data must know its number of batches, and this "
+                         f"{type(data_iter).__name__} does not; pass a finite loader (for tf.data: "
+                         f"from_tensor_slices(...).batch(n), or .apply(tf.data.experimental.assert_cardinality(n)))"
+                         ) from None
+
+
 def evaluate_accuracy(trainer, data_iter) -> float:
     """Eval-mode accuracy over ``data_iter``."""
     correct = total = 0
     for X, y in data_iter:
         logits = trainer.predict(X)
-        labels = np.asarray(y).reshape(-1) if not hasattr(y, "numpy") else y.numpy().reshape(-1)
+        labels = to_numpy(y).reshape(-1)
         correct += int((logits.argmax(axis=1) == labels).sum())
         total += labels.size
     return correct / max(total, 1)
@@ -76,13 +95,18 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         verbose: bool = True, stop_after: int | None = None) -> dict:
     """Train for ``num_epochs``; ``lr`` is a constant or a function of the global step.
 
+    ``train_iter`` / ``test_iter`` are d2lres's batches or any re-iterable of ``(X, y)`` with a
+    length that the backend's ``Trainer`` takes (the framework's own data loader). Resuming
+    continues exactly where the batch order is seeded per epoch (d2lres's batches, which have
+    ``set_epoch``); another loader is resumed by skipping the batches already trained.
+
     Returns the history: per-epoch rows, train loss/accuracy points (every ~1/10 epoch), test
     accuracy per epoch, the first step's loss, images/s. With ``checkpoint_dir`` a checkpoint
     (weights, momentum, progress) is written atomically every ``checkpoint_every`` steps and at
     each epoch's end, and ``resume=True`` continues from it exactly. ``stop_after`` stops after
     that many steps in this call (to simulate an interruption)."""
     lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
-    steps_per_epoch = len(train_iter)
+    steps_per_epoch = num_batches(train_iter)
     history = {"backend": trainer.backend, "device": str(trainer.device), "epochs": [],
                "points": [], "first_step_loss": None}
     epoch = step_in_epoch = 0
@@ -107,7 +131,8 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     record_every = max(1, steps_per_epoch // 10)
     steps_this_call = 0
     while epoch < num_epochs:
-        train_iter.set_epoch(epoch)
+        if hasattr(train_iter, "set_epoch"):
+            train_iter.set_epoch(epoch)
         bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"{trainer.backend} epoch {epoch + 1}/{num_epochs}",
                    disable=not progress, leave=False, unit="batch", mininterval=1.0)
         batches = iter(train_iter)

@@ -89,6 +89,17 @@ def backend_functions(get_weights, set_weights):
     return save_weights, load_weights, init_weights_
 
 
+def torchvision_loader(set_weights):
+    """A backend's ``load_torchvision_state_dict(net, state_dict)``, built on its ``set_weights``."""
+
+    def load_torchvision_state_dict(net, state_dict) -> None:
+        """Load a torchvision-format ``state_dict`` (``conv1.weight``, ``layer1.0.bn1.running_mean``,
+        ``layer2.0.downsample.0.weight``, ``fc.bias``, ...; tensors or arrays) into
+        ``resnet(..., flavour="torchvision")``; torchvision itself is not needed."""
+        set_weights(net, from_torchvision(state_dict, net.arch))
+    return load_torchvision_state_dict
+
+
 # --- torchvision's state_dict format ---------------------------------------------------------
 
 def torchvision_keys(arch="resnet18", num_classes: int = 1000, in_channels: int = 3) -> dict[str, str]:

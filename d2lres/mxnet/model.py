@@ -13,7 +13,8 @@ from .. import spec
 npx.set_np()
 
 
-def _bn(channels: int = 0) -> nn.BatchNorm:
+def batch_norm(channels: int = 0) -> nn.BatchNorm:
+    """BatchNorm with d2lres's one setting; ``channels`` 0 are inferred on the first call."""
     return nn.BatchNorm(momentum=1 - spec.BN_MOMENTUM, epsilon=spec.BN_EPS, in_channels=channels)
 
 
@@ -21,13 +22,14 @@ class Residual(nn.HybridBlock):
     """The Residual block of ResNet. ``in_channels`` fixes the input channels up front;
     without it Gluon infers them on the first call, as in the chapter."""
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1,
-                 in_channels: int = 0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None):
+        super().__init__()
+        in_channels = in_channels or 0
         self.conv1 = nn.Conv2D(num_channels, 3, strides, 1, in_channels=in_channels)
         self.conv2 = nn.Conv2D(num_channels, 3, 1, 1, in_channels=num_channels)
         self.conv3 = nn.Conv2D(num_channels, 1, strides, in_channels=in_channels) if use_1x1conv else None
-        self.bn1, self.bn2 = _bn(num_channels), _bn(num_channels)
+        self.bn1, self.bn2 = batch_norm(num_channels), batch_norm(num_channels)
         self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
 
     def forward(self, X):
@@ -43,8 +45,8 @@ class Residual(nn.HybridBlock):
         return F.npx.relu(Y + X)
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False,
-                 in_channels: int = 0) -> nn.HybridSequential:
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int | None = None) -> nn.HybridSequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
     blk = nn.HybridSequential()
     for i in range(num_residuals):
@@ -59,13 +61,14 @@ class Block(nn.HybridBlock):
     """Any block of the family, built from its ``spec.Block``: children named as the spec's
     canonical names (``conv1``, ``bn1``, ...); input channels 0 are inferred on the first call."""
 
-    def __init__(self, block: spec.Block, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, block: spec.Block):
+        super().__init__()
         self.spec = block
         for p in block.layers():
             attr = p.name.rsplit(".", 1)[1]
             setattr(self, attr, nn.Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
-                                          in_channels=p.in_channels) if isinstance(p, spec.Conv) else _bn(p.channels))
+                                          in_channels=p.in_channels) if isinstance(p, spec.Conv)
+                    else batch_norm(p.channels))
         self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
         self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
 
@@ -94,10 +97,11 @@ class Bottleneck(Block):
     ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
     kind, version = "bottleneck", 1
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, in_channels: int = 0,
-                 *, bias: bool = True, shortcut_bn: bool = False, stride_on_3x3: bool = False, **kwargs):
-        super().__init__(spec.Block("", self.kind, self.version, in_channels, num_channels, strides, use_1x1conv,
-                                    bias, shortcut_bn and self.version == 1, stride_on_3x3), **kwargs)
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
+                 stride_on_3x3: bool = False):
+        super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
+                                    use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
 
 class PreActResidual(Bottleneck):
@@ -112,11 +116,36 @@ class PreActBottleneck(Bottleneck):
 
 
 class ResNet(nn.HybridSequential):
-    """Stages ``b1`` .. ``b5`` and ``head``; iterate it like the chapter. Input: NCHW."""
+    """Stages ``b1`` .. ``b5`` and ``head`` of the variant ``arch`` (``spec.get_arch``; None: the
+    chapter's ResNet-18, built from its ``Residual`` and ``resnet_block``), initialised on
+    ``device`` (an MXNet context) with d2lres's scheme (Xavier uniform, zero bias); iterate it
+    like the chapter. Input: NCHW."""
 
-    def __init__(self, in_channels: int, num_classes: int, arch=None, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.num_classes, self.arch = in_channels, num_classes, spec.get_arch(arch)
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, *, arch=None, device=None):
+        super().__init__()
+        self.arch = arch = spec.get_arch(arch)
+        net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
+        self.in_channels, self.num_classes = in_channels, num_classes
+        b1 = nn.HybridSequential()
+        b1.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3, in_channels=in_channels,
+                         use_bias=net_spec["b1"][0].bias), batch_norm(64),
+               nn.Activation("relu"), nn.MaxPool2D(pool_size=3, strides=2, padding=1))
+        self.add(b1)
+        channels = 64
+        for k, (num_residuals, num_channels) in enumerate(arch.stages):
+            if arch == spec.Arch():
+                self.add(resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels))
+            else:
+                stage = nn.HybridSequential()
+                stage.add(*[Block(b) for b in net_spec[f"b{k + 2}"]])
+                self.add(stage)
+            channels = num_channels
+        head = nn.HybridSequential()
+        if arch.version == 2:
+            head.add(batch_norm(channels), nn.Activation("relu"))
+        head.add(nn.GlobalAvgPool2D(), nn.Flatten(), nn.Dense(num_classes, in_units=channels))
+        self.add(head)
+        self.initialize(init.Xavier(), ctx=device)
 
     def __iter__(self):
         return iter(self._children.values())
@@ -128,61 +157,37 @@ class ResNet(nn.HybridSequential):
         return super().forward(X)
 
 
-def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1,
-           flavour: str = "chapter", ctx=None) -> ResNet:
-    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
-    initialised with d2lres's scheme (Xavier uniform, zero bias). ``resnet(18)`` is the chapter's
-    network, built from the chapter's ``Residual`` and ``resnet_block``."""
-    arch = spec.get_arch(depth, version, flavour)
-    net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
-    net = ResNet(in_channels, num_classes, arch)
-    b1 = nn.HybridSequential()
-    b1.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3, in_channels=in_channels,
-                     use_bias=net_spec["b1"][0].bias), _bn(64),
-           nn.Activation("relu"), nn.MaxPool2D(pool_size=3, strides=2, padding=1))
-    net.add(b1)
-    channels = 64
-    for k, (num_residuals, num_channels) in enumerate(arch.stages):
-        if arch == spec.Arch():
-            net.add(resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels))
-        else:
-            stage = nn.HybridSequential()
-            stage.add(*[Block(b) for b in net_spec[f"b{k + 2}"]])
-            net.add(stage)
-        channels = num_channels
-    head = nn.HybridSequential()
-    if arch.version == 2:
-        head.add(_bn(channels), nn.Activation("relu"))
-    head.add(nn.GlobalAvgPool2D(), nn.Flatten(), nn.Dense(num_classes, in_units=channels))
-    net.add(head)
-    net.initialize(init.Xavier(), ctx=ctx)
-    return net
+def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
+           device=None) -> ResNet:
+    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``).
+    ``resnet(18)`` is the chapter's network."""
+    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
-             flavour: str = "chapter") -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
     """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
-    return resnet(18, version, num_classes, in_channels, flavour, ctx)
+    return resnet(18, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet34(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
-             flavour: str = "chapter") -> ResNet:
-    return resnet(34, version, num_classes, in_channels, flavour, ctx)
+def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(34, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet50(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
-             flavour: str = "chapter") -> ResNet:
-    return resnet(50, version, num_classes, in_channels, flavour, ctx)
+def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(50, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet101(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
-              flavour: str = "chapter") -> ResNet:
-    return resnet(101, version, num_classes, in_channels, flavour, ctx)
+def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(101, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet152(num_classes: int = 10, in_channels: int = 1, ctx=None, *, version: int = 1,
-              flavour: str = "chapter") -> ResNet:
-    return resnet(152, version, num_classes, in_channels, flavour, ctx)
+def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(152, version, num_classes, in_channels, flavour, device=device)
 
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:

@@ -24,23 +24,30 @@ def _to_arrays(X: onp.ndarray, y: onp.ndarray, ctx=None):
     return np.array(X, ctx=ctx), np.array(y.astype(onp.int32), dtype="int32", ctx=ctx)
 
 
-def load_data_fashion_mnist(batch_size: int, resize: int | None = None, **options):
-    """``(train_iter, test_iter)`` of ``(X, y)`` arrays, X in NCHW, values in [0, 1]."""
-    return data.load_batches(batch_size, resize, _to_arrays, **options)
+def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
+                            limit: int | None = None, device=None):
+    """``(train_iter, test_iter)`` of ``(X, y)`` arrays on ``device`` (a context), X in NCHW,
+    values in [0, 1]."""
+    return data.load_batches(batch_size, resize, lambda X, y: _to_arrays(X, y, device),
+                             data_dir=data_dir, seed=seed, limit=limit)
 
 
 class Trainer:
     """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
-    ``w -= lr v``) and cross-entropy. ``hybridize`` compiles the network (Gluon CachedOp)."""
+    ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with
+    static memory; ``None``: on). MXNet's convolutions are NCHW only: ``channels_last=True`` is
+    refused."""
 
     backend = "mxnet"
 
-    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, device=None,
-                 hybridize: bool = True):
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
+                 compile: bool | None = None, channels_last: bool | None = None):
+        if channels_last:
+            raise ValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
         self.net, self.device = net, device if device is not None else try_gpu()
         self.momentum, self.weight_decay = momentum, weight_decay
         net.collect_params().reset_ctx(self.device)
-        if hybridize:
+        if compile is None or compile:
             net.hybridize(static_alloc=True, static_shape=True)
         self.params = [(name, p) for name, p in named_parameters(net) if p.grad_req != "null"]
         self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
@@ -117,8 +124,9 @@ class Trainer:
                 mom[:] = -mx.nd.array(state[f"momentum.{name}"], ctx=self.device)
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **kwargs):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. See ``d2lres.training.fit`` for ``kwargs``."""
+    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
+    a Gluon ``DataLoader``; ``fit_options`` go to ``d2lres.training.fit``."""
     trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **kwargs)
+    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)

@@ -47,3 +47,4 @@ def set_weights(net: ResNet, weights: dict[str, onp.ndarray]) -> None:
 
 
 save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)
+load_torchvision_state_dict = neutral.torchvision_loader(set_weights)

@@ -12,30 +12,32 @@ from torch.nn import functional as F
 from .. import spec
 
 
-def _conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1,
-          padding: int = 0) -> nn.Module:
+def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1,
+         padding: int = 0) -> nn.Module:
+    """A biased convolution, lazy when ``in_channels`` is None."""
     if in_channels is None:
         return nn.LazyConv2d(out_channels, kernel, stride, padding)
     return nn.Conv2d(in_channels, out_channels, kernel, stride, padding)
 
 
-def _bn(channels: int | None) -> nn.Module:
+def batch_norm(channels: int | None) -> nn.Module:
+    """BatchNorm with d2lres's one setting (``spec.BN_EPS``, ``spec.BN_MOMENTUM``)."""
     if channels is None:
         return nn.LazyBatchNorm2d(eps=spec.BN_EPS, momentum=spec.BN_MOMENTUM)
     return nn.BatchNorm2d(channels, eps=spec.BN_EPS, momentum=spec.BN_MOMENTUM)
 
 
 class Residual(nn.Module):
-    """The Residual block of ResNet. ``input_channels`` builds it eagerly; without it the
+    """The Residual block of ResNet. ``in_channels`` builds it eagerly; without it the
     convolutions are lazy, as in d2l 1.0."""
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1,
-                 input_channels: int | None = None):
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None):
         super().__init__()
-        self.conv1 = _conv(input_channels, num_channels, 3, strides, 1)
-        self.conv2 = _conv(num_channels, num_channels, 3, 1, 1)
-        self.conv3 = _conv(input_channels, num_channels, 1, strides) if use_1x1conv else None
-        self.bn1, self.bn2 = _bn(num_channels), _bn(num_channels)
+        self.conv1 = conv(in_channels, num_channels, 3, strides, 1)
+        self.conv2 = conv(num_channels, num_channels, 3, 1, 1)
+        self.conv3 = conv(in_channels, num_channels, 1, strides) if use_1x1conv else None
+        self.bn1, self.bn2 = batch_norm(num_channels), batch_norm(num_channels)
         self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
@@ -48,16 +50,15 @@ class Residual(nn.Module):
         return F.relu(Y + X)
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False,
-                 input_channels: int | None = None) -> nn.Sequential:
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int | None = None) -> nn.Sequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
     blocks = []
     for i in range(num_residuals):
         if i == 0 and not first_block:
-            blocks.append(Residual(num_channels, use_1x1conv=True, strides=2,
-                                   input_channels=input_channels))
+            blocks.append(Residual(num_channels, use_1x1conv=True, strides=2, in_channels=in_channels))
         else:
-            blocks.append(Residual(num_channels, input_channels=input_channels if i == 0 else num_channels))
+            blocks.append(Residual(num_channels, in_channels=in_channels if i == 0 else num_channels))
     return nn.Sequential(*blocks)
 
 
@@ -75,7 +76,7 @@ class Block(nn.Module):
                         if p.in_channels else nn.LazyConv2d(p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias))
                 setattr(self, attr, conv)
             else:
-                setattr(self, attr, _bn(p.channels or None))
+                setattr(self, attr, batch_norm(p.channels or None))
         self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
         self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
 
@@ -100,10 +101,10 @@ class Bottleneck(Block):
     ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
     kind, version = "bottleneck", 1
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1,
-                 input_channels: int | None = None, *, bias: bool = True, shortcut_bn: bool = False,
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
                  stride_on_3x3: bool = False):
-        super().__init__(spec.Block("", self.kind, self.version, input_channels or 0, num_channels, strides,
+        super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
                                     use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
 
@@ -119,12 +120,36 @@ class PreActBottleneck(Bottleneck):
 
 
 class ResNet(nn.Sequential):
-    """Stages ``b1`` .. ``b5`` and ``head``; iterate it like the chapter (``for layer in net``).
-    Input: NCHW."""
+    """Stages ``b1`` .. ``b5`` and ``head`` of the variant ``arch`` (``spec.get_arch``; None: the
+    chapter's ResNet-18, built from its ``Residual`` and ``resnet_block``), initialised with
+    d2lres's scheme (Xavier uniform, zero bias); iterate it like the chapter. Input: NCHW."""
 
-    def __init__(self, stages: OrderedDict, in_channels: int, num_classes: int, arch: spec.Arch = spec.Arch()):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, *, arch=None, device=None):
+        arch = spec.get_arch(arch)
+        net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
+        stages = OrderedDict(b1=nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=net_spec["b1"][0].bias),
+            bn=batch_norm(64), relu=nn.ReLU(), pool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1))))
+        channels = 64
+        for k, (num_residuals, num_channels) in enumerate(arch.stages):
+            name = f"b{k + 2}"
+            if arch == spec.Arch():
+                stages[name] = resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels)
+            else:
+                stages[name] = nn.Sequential(*[Block(b) for b in net_spec[name]])
+            channels = num_channels
+        head = OrderedDict(bn=batch_norm(channels), relu=nn.ReLU()) if arch.version == 2 else OrderedDict()
+        stages["head"] = nn.Sequential(OrderedDict(
+            **head, avgpool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes)))
         super().__init__(stages)
         self.in_channels, self.num_classes, self.arch = in_channels, num_classes, arch
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if device is not None:
+            self.to(device)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if X.ndim != 4:
@@ -133,56 +158,37 @@ class ResNet(nn.Sequential):
         return super().forward(X)
 
 
-def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1,
-           flavour: str = "chapter") -> ResNet:
-    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
-    initialised with d2lres's scheme (Xavier uniform, zero bias). ``resnet(18)`` is the chapter's
-    network, built from the chapter's ``Residual`` and ``resnet_block``."""
-    arch = spec.get_arch(depth, version, flavour)
-    net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
-    b1 = net_spec["b1"][0]
-    b1 = nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=b1.bias), bn=_bn(64),
-        relu=nn.ReLU(), pool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
-    stages, channels = OrderedDict(b1=b1), 64
-    for k, (num_residuals, num_channels) in enumerate(arch.stages):
-        name = f"b{k + 2}"
-        if arch == spec.Arch():
-            stages[name] = resnet_block(num_channels, num_residuals, first_block=(k == 0), input_channels=channels)
-        else:
-            stages[name] = nn.Sequential(*[Block(b) for b in net_spec[name]])
-        channels = num_channels
-    head = OrderedDict(bn=_bn(channels), relu=nn.ReLU()) if arch.version == 2 else OrderedDict()
-    stages["head"] = nn.Sequential(OrderedDict(
-        **head, avgpool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes)))
-    net = ResNet(stages, in_channels, num_classes, arch)
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return net
+def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
+           device=None) -> ResNet:
+    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``).
+    ``resnet(18)`` is the chapter's network."""
+    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
     """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
-    return resnet(18, version, num_classes, in_channels, flavour)
+    return resnet(18, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(34, version, num_classes, in_channels, flavour)
+def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(34, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(50, version, num_classes, in_channels, flavour)
+def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(50, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(101, version, num_classes, in_channels, flavour)
+def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(101, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(152, version, num_classes, in_channels, flavour)
+def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(152, version, num_classes, in_channels, flavour, device=device)
 
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:

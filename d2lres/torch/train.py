@@ -15,10 +15,11 @@ def try_gpu(i: int = 0) -> torch.device:
     return torch.device(f"cuda:{i}") if torch.cuda.device_count() > i else torch.device("cpu")
 
 
-def load_data_fashion_mnist(batch_size: int, resize: int | None = None, device=None, **options):
-    """``(train_iter, test_iter)`` of ``(X, y)`` tensors, X in NCHW, values in [0, 1]."""
+def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
+                            limit: int | None = None, device=None):
+    """``(train_iter, test_iter)`` of ``(X, y)`` tensors on ``device``, X in NCHW, values in [0, 1]."""
     return data.load_batches(batch_size, resize, lambda X, y: _to_tensors(X, y, device),
-                             **options)
+                             data_dir=data_dir, seed=seed, limit=limit)
 
 
 def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
@@ -36,12 +37,13 @@ class Trainer:
 
     ``channels_last`` stores activations and weights NHWC (oneDNN's preferred layout); the
     default ``None`` chooses from the first batch (images >= ``CHANNELS_LAST_MIN_SIDE`` wide).
-    ``compile`` runs the training step's forward through ``torch.compile``."""
+    ``compile=True`` runs the training step's forward through ``torch.compile`` (``None``: off;
+    ``d2lres bench --variants`` measured it no faster on CPU, after 60-110 s of compiling)."""
 
     backend = "torch"
 
-    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, device=None, *,
-                 channels_last: bool | None = None, compile: bool = False):
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
+                 compile: bool | None = None, channels_last: bool | None = None):
         self.device = torch.device(device) if device is not None else try_gpu()
         self.memory_format = {True: torch.channels_last, False: torch.contiguous_format}.get(channels_last)
         self.net = net.to(self.device, memory_format=self.memory_format or torch.preserve_format)
@@ -108,8 +110,9 @@ class Trainer:
                     np.array(state[f"momentum.{name}"])).to(self.device)
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **kwargs):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. See ``d2lres.training.fit`` for ``kwargs``."""
+    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
+    a ``torch.utils.data.DataLoader``; ``fit_options`` go to ``d2lres.training.fit``."""
     trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **kwargs)
+    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)

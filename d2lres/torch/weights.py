@@ -22,11 +22,5 @@ def set_weights(net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
             state[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
 
 
-def load_torchvision_state_dict(net: torch.nn.Module, state_dict) -> None:
-    """Load a torchvision-format ``state_dict`` (``conv1.weight``, ``layer1.0.bn1.running_mean``,
-    ``layer2.0.downsample.0.weight``, ``fc.bias``, ...) into ``resnet(..., flavour="torchvision")``;
-    torchvision itself is not needed."""
-    set_weights(net, neutral.from_torchvision(state_dict, net.arch))
-
-
 save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)
+load_torchvision_state_dict = neutral.torchvision_loader(set_weights)

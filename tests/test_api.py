@@ -1,0 +1,64 @@
+"""One API: every backend package exports exactly ``d2lres.api.NAMES`` with the contract's
+signatures (parameter names, kinds, defaults) and the ``Trainer`` methods; the table of names x
+backends is printed (``pytest -s``)."""
+import inspect
+
+import pytest
+
+from d2lres import api, backends
+
+
+def _available():
+    names = []
+    for name in backends.BACKENDS:
+        try:
+            backends.load(name)
+        except backends.BackendUnavailable:
+            continue
+        names.append(name)
+    return names
+
+
+AVAILABLE = _available()
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_exports_exactly_the_contracts_names(backend):
+    mod = backends.load(backend)
+    assert list(mod.__all__) == api.NAMES
+    missing = [n for n in api.NAMES if not hasattr(mod, n)]
+    assert not missing, f"{backend} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", api.NAMES)
+def test_signature_matches_the_contract_in_every_backend(name):
+    want = api.signature(api.contract(name))
+    got = {b: api.signature(getattr(backends.load(b), name)) for b in AVAILABLE}
+    wrong = {b: sig for b, sig in got.items() if sig != want}
+    assert not wrong, f"{name}: contract {want}; differs in {wrong}"
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_trainer_has_the_contracts_methods(backend):
+    cls = backends.load(backend).Trainer
+    have = {n for n, v in inspect.getmembers(cls, callable) if not n.startswith("_")}
+    assert api.methods(api.Trainer) <= have
+    for method in api.methods(api.Trainer):
+        assert api.signature(getattr(cls, method))[1:] == api.signature(getattr(api.Trainer, method))[1:], method
+
+
+def test_the_contract_covers_every_backend_and_prints_the_table(capsys):
+    assert len(AVAILABLE) >= 2, f"the API check needs at least two backends, found {AVAILABLE}"
+    rows = [f"{'name':<28}" + "".join(f"{b:>8}" for b in AVAILABLE)]
+    for name in api.NAMES:
+        want = api.signature(api.contract(name))
+        marks = ["same" if api.signature(getattr(backends.load(b), name)) == want else "DIFF" for b in AVAILABLE]
+        rows.append(f"{name:<28}" + "".join(f"{m:>8}" for m in marks))
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
+    assert "DIFF" not in "\n".join(rows)
+
+
+def test_unknown_contract_name_is_refused():
+    with pytest.raises(KeyError, match="not part of the d2lres API"):
+        api.contract("resnet_block_spec")

@@ -1,19 +1,36 @@
 # d2lres: `make run` (main job) and `make test` build the environment first if it is missing.
-PYTHON ?= python3.11
-VENV := .venv
+#
+# Sets (constraints/<set>.txt pins every package):
+#   SET=all      (default) PyTorch, TensorFlow/Keras 3, MXNet 1.9.1, JAX on numpy 1.26; Python 3.11-3.12
+#   SET=current  the newest PyTorch, TensorFlow and JAX on numpy 2, Python 3.13; no MXNet
+SET ?= all
+ifeq ($(SET),all)
+VENV ?= .venv
+PYTHONS := python3.12 python3.11
+else ifeq ($(SET),current)
+VENV ?= .venv-current
+PYTHONS := python3.13
+else
+$(error unknown SET=$(SET): use all or current)
+endif
+# The newest supported Python on the PATH that runs (a pyenv shim may exist and fail); PYTHON=... to choose.
+PYTHON ?= $(firstword $(foreach p,$(PYTHONS),$(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(SET)
+EXTRAS := $(if $(filter all,$(SET)),all,current)
 
-.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync
+.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync lint
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/$(SET).txt
+	@test -n "$(PYTHON)" || { echo "make: no Python for SET=$(SET) on the PATH (tried: $(PYTHONS)); install one" \
+	  "(e.g. 'apt install python3.11' or 'pyenv install 3.12') or name it: make PYTHON=/path/to/python3.12"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints/$(SET).txt -e '.[$(EXTRAS),dev]'
 	touch $(STAMP)
 
 env: $(STAMP)
 
-## Main job: fetch Fashion-MNIST, train ResNet-18 in all three backends, write runs/compare-quick/report.md
+## Main job: fetch Fashion-MNIST, train ResNet-18 in every backend, write runs/compare-quick/report.md
 run: $(STAMP)
 	$(PY) -m d2lres compare --preset quick --out runs/compare-quick
 
@@ -27,14 +44,17 @@ test-fast: $(STAMP)
 
 ## The same-function checks across backends, as a table
 check: $(STAMP)
-	$(PY) -m d2lres compare --check
+	$(PY) -m d2lres check
 
 ## images/s per backend, d2lres vs the chapter's way, vs the matmul limit: runs/bench/bench.{md,json,png}
 bench: $(STAMP)
 	$(PY) -m d2lres bench --variants --out runs/bench
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check d2lres tests
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf .venv .venv-current runs
 
 ## The chapter: #@save cells vs the library, generated notebooks vs the source
 lib-check: $(STAMP)

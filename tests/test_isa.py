@@ -1,0 +1,28 @@
+"""The CPU record of every timing, and that holding oneDNN to AVX2 takes effect (oneDNN's own
+log line says which kernels it chose)."""
+import pytest
+
+from d2lres import isa
+
+
+def test_cpu_info_names_the_model_and_its_isa_class():
+    info = isa.cpu_info()
+    assert info["model"] and info["cores"] >= 1
+    assert info["isa_class"] in ("avx512+amx", "avx512", "avx2", "pre-avx2")
+    assert info["isa_class"] in isa.describe(info)
+
+
+def test_unknown_isa_is_refused():
+    with pytest.raises(ValueError, match="avx2"):
+        isa.isa_env("avx9")
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_avx2_hold_reaches_onednn(framework):
+    pytest.importorskip({"torch": "torch", "tf": "tensorflow"}[framework])
+    if not isa.cpu_info()["avx2"]:
+        pytest.skip("this CPU has no AVX2")
+    held = isa.probe(framework, isa.isa_env("avx2"))
+    assert held is not None and "AVX2" in held and "512" not in held, held
+    if isa.held_isa() == "native" and isa.cpu_info()["avx512"]:
+        assert "512" in (isa.probe(framework) or "") or "AMX" in (isa.probe(framework) or "")

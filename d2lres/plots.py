@@ -14,9 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"torch": "tab:red", "tf": "tab:orange", "mxnet": "tab:blue"}
 
 
-def curves_figure(histories: dict[str, dict]):
-    """Left: training loss; right: train (solid) and test (markers) accuracy, per backend."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+def curves_figure(histories: dict[str, dict], title: str | None = None):
+    """Left: training loss; right: train (solid) and test (markers) accuracy, per backend;
+    ``title`` (e.g. the architecture) above both."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6 if title else 3.4))
+    if title:
+        fig.suptitle(title, fontsize=10)
     for label, h in histories.items():
         color = COLORS.get(label)
         if h["points"]:
@@ -35,9 +38,10 @@ def curves_figure(histories: dict[str, dict]):
     return fig
 
 
-def show_or_save_curves(histories: dict[str, dict], path: str | Path | None = None) -> None:
+def show_or_save_curves(histories: dict[str, dict], path: str | Path | None = None, *,
+                        title: str | None = None) -> None:
     """In a notebook: redraw the figure in place. Elsewhere: write it to ``path`` (if given)."""
-    fig = curves_figure(histories)
+    fig = curves_figure(histories, title)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)

@@ -1,9 +1,37 @@
 """Training settings by name. ``quick`` is the main job's (one epoch at 40x40 reaches ~0.905
 test accuracy in PyTorch; ~4 minutes per backend on two cores); ``chapter`` is the chapter
-exactly (``lr, num_epochs, batch_size = 0.05, 10, 256``, ``resize=96``, plain SGD)."""
+exactly (``lr, num_epochs, batch_size = 0.05, 10, 256``, ``resize=96``, plain SGD).
+
+:data:`BOUNDS` says which values each numeric setting takes; the command line checks its options
+against it (argparse-style errors) and :class:`TrainConfig` refuses values outside it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+SCHEDULES = ("constant", "onecycle")
+
+#: setting -> (test, what the value must be). ``resize`` may also be ``None`` (28x28, no resize);
+#: its smallest value is the network's (``spec.check_input``), checked by the command line.
+BOUNDS = {
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "resize": (lambda v: v is None or v >= 1, "an integer >= 1"),
+    "limit": (lambda v: v is None or v >= 1, "an integer >= 1 (images of each split)"),
+}
+
+
+def check_value(name: str, value) -> str | None:
+    """``None`` if ``value`` is allowed for setting ``name``, else what it must be."""
+    test, must = BOUNDS[name]
+    try:
+        return None if test(value) else must
+    except TypeError:
+        return must
 
 
 @dataclass(frozen=True)
@@ -17,8 +45,20 @@ class TrainConfig:
     schedule: str = "constant"  # or "onecycle"
     seed: int = 0
 
+    def __post_init__(self):
+        problems = [f"{f.name} must be {must}, got {getattr(self, f.name)!r}" for f in fields(self)
+                    if f.name in BOUNDS and (must := check_value(f.name, getattr(self, f.name)))]
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        return cls(**values)
 
     def with_overrides(self, **overrides) -> "TrainConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

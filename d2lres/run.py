@@ -1,29 +1,182 @@
 """One training run of one backend, as ``d2lres train`` does it: data, the same initial
 weights (a seeded neutral file), the shared loop with checkpoints, and the outputs
-``metrics.json``, ``curves.png``, ``weights.npz`` in the run directory."""
+``metrics.json``, ``curves.png``, ``weights.npz`` in the run folder.
+
+A run folder belongs to one run at a time: :func:`run_folder` holds an ``fcntl.flock`` on its
+``.lock`` file (the kernel drops it when the process ends, however it ends), removes the
+temporary files of killed writes, and refuses a folder that another live run holds. An existing
+run (a checkpoint or ``metrics.json``) is continued only with ``resume=True`` and replaced only
+with ``overwrite=True``. The checkpoint records the run's identity (:func:`run_identity`:
+backend, architecture, settings, data slice, initial weights); resuming refuses another one,
+naming each difference.
+
+``python -m d2lres.run JOB`` runs one JSON job (what ``d2lres compare`` starts per backend)."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
-from . import backends, data, files, training
+import numpy as np
+
+from . import backends, data, files, spec, training
 from . import weights as neutral
 from .presets import TrainConfig
 
 CHECKPOINT_DIR = "checkpoint"
+LOCK_FILE = ".lock"
+#: The files a finished run leaves in its folder (besides ``checkpoint/``).
+OUTPUTS = ("metrics.json", "weights.npz", "curves.png")
 
 
-def train(backend: str, config: TrainConfig, out: str | Path, *, init: str | Path | None = None,
-          data_dir=None, resume: bool = False, progress: bool = True, limit: int | None = None) -> dict:
-    """Train ResNet-18 in ``backend`` with ``config``; returns (and writes) the metrics."""
+class RunError(ValueError):
+    """A run cannot start or go on as asked; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def run_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Create and own the folder ``out`` for the duration: an exclusive ``flock`` on
+    ``out/.lock`` (holding this process's pid), stale temporary files removed. Raises
+    :class:`RunError` if ``out`` is a file, cannot be created or written, or another run holds it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder; choose a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise RunError(f"cannot use {out} as a run folder ({err.strerror or err}); choose another --out "
+                       f"or make it writable") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunError(f"the run folder {out} is in use by another run (pid {_holder(fd)}); wait for it "
+                           f"to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for folder in (out, out / CHECKPOINT_DIR):
+            files.remove_stale_temporaries(folder)
+        yield out
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """The pid the lock's holder wrote (it writes it just after taking the lock)."""
+    for _ in range(20):
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if pid:
+            return pid
+        time.sleep(0.05)
+    return "unknown"
+
+
+def _digest(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def run_identity(backend: str, arch, config: TrainConfig, *, limit: int | None = None, data_dir=None,
+                 init_weights: dict[str, np.ndarray] | None = None) -> dict:
+    """What makes a run the run it is, as a flat JSON-able dict: backend, architecture,
+    training settings, data slice (limit, image counts, a digest of the images and labels used)
+    and initial weights (the seed, or a digest of the ``--init`` arrays)."""
+    arch = spec.get_arch(arch)
+    dataset = data.FashionMNIST.load(data_dir)
+    (x_train, y_train), (x_test, y_test) = dataset.raw[True], dataset.raw[False]
+    sliced = [a[:limit] for a in (x_train, y_train, x_test, y_test)]
+    init = ("seed" if init_weights is None
+            else _digest(init_weights[k] for k in sorted(init_weights)))
+    return {"backend": backends.canonical(backend), "arch": arch.name, "version": arch.version,
+            "flavour": arch.flavour, **config.to_dict(), "limit": limit, "train_images": len(sliced[1]),
+            "test_images": len(sliced[3]), "data": _digest(sliced), "init": init}
+
+
+def check_batches(n_images: int, batch_size: int, resize: int | None, arch) -> None:
+    """Refuse a training batch that BatchNorm cannot train on: one whose last stage holds a
+    single value per channel (one image, and a 1x1 output of the last stage)."""
+    side = resize or 28
+    spec.check_input((1, side, side), 1)
+    _, h, w = [shape for name, shape, _ in spec.walk((1, side, side), 10, spec.get_arch(arch))
+               if len(shape) == 3][-1]
+    smallest = n_images if n_images < batch_size else (n_images % batch_size or batch_size)
+    if smallest * h * w == 1:
+        raise RunError(f"the last training batch would hold 1 image ({n_images} images, batch size {batch_size}) "
+                       f"and BatchNorm cannot train on a single value per channel; change --batch-size or --limit")
+
+
+def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init: str | Path | None = None,
+          data_dir=None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          limit: int | None = None, checkpoint_every: int = 100) -> dict:
+    """Train ``arch`` (default ResNet-18) in ``backend`` with ``config`` in the run folder ``out``;
+    returns (and writes) the metrics. ``resume`` continues the run in ``out`` (which must have a
+    checkpoint of the same run); ``overwrite`` replaces a run found there."""
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if limit is not None and limit < 1:
+        raise RunError(f"--limit must be >= 1, got {limit}")
+    arch = spec.get_arch(arch)
+    backend = backends.canonical(backend)
+    with run_folder(out) as out:
+        checkpoint = out / CHECKPOINT_DIR / training.CHECKPOINT
+        found = [str(p.relative_to(out)) for p in (checkpoint, out / "metrics.json") if p.exists()]
+        if resume and not checkpoint.exists():
+            raise RunError(f"--resume: no checkpoint in {out} (no {checkpoint.relative_to(out)}); "
+                           f"run without --resume to start the run")
+        if found and not resume:
+            if not overwrite:
+                raise RunError(f"{out} holds a run already ({', '.join(found)}); pass --resume to continue it, "
+                               f"--overwrite to replace it, or choose another --out")
+            for path in (checkpoint, *(out / name for name in OUTPUTS)):
+                path.unlink(missing_ok=True)
+        init_weights = neutral.load_npz(init) if init is not None else None
+        identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
+        if resume:
+            differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
+            if differences:
+                raise RunError(f"--resume: the checkpoint in {out} belongs to another run: {'; '.join(differences)}. "
+                               f"Resume with the run's own options, or pass --overwrite to start again")
+            done = _finished_metrics(out, identity)
+            if done is not None:
+                print(f"{backend}: the run in {out} is complete already; its metrics are unchanged")
+                return done
+        check_batches(identity["train_images"], config.batch_size, config.resize, arch)
+        return _train(backend, arch, config, out, init_weights, identity, data_dir=data_dir, resume=resume,
+                      progress=progress, limit=limit, checkpoint_every=checkpoint_every, init=init)
+
+
+def _finished_metrics(out: Path, identity: dict) -> dict | None:
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("run") == identity else None
+
+
+def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resume, progress, limit,
+           checkpoint_every, init) -> dict:
     mod = backends.load(backend)
     tic = time.perf_counter()
-    net = mod.resnet18()
-    if init is not None:
-        mod.load_weights(net, init)
+    net = mod.resnet(arch.depth, arch.version, flavour=arch.flavour)
+    if init_weights is not None:
+        try:
+            mod.set_weights(net, init_weights)
+        except ValueError as err:
+            raise RunError(f"--init {init}: {err}; pass weights of {arch} (or the matching --arch)") from None
     else:
         mod.init_weights(net, config.seed)
     trainer = mod.Trainer(net, momentum=config.momentum, weight_decay=config.weight_decay, device=mod.try_gpu())
@@ -33,13 +186,44 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, init: str | Pat
           else config.lr)
     history = training.fit(trainer, train_iter, test_iter, config.epochs, lr,
                            checkpoint_dir=out / CHECKPOINT_DIR, resume=resume, progress=progress,
-                           curves_path=out / "curves.png")
+                           curves_path=out / "curves.png", checkpoint_every=checkpoint_every,
+                           identity=identity, title=f"{arch} in {backend}")
     neutral.save_npz(out / "weights.npz", trainer.get_weights())
     last = history["epochs"][-1]
-    metrics = {"backend": backends.canonical(backend), "config": config.to_dict(), "device": history["device"],
-               "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
+    metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": limit,
+               "device": history["device"], "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+               "test_acc": last["test_acc"],
                "images_per_s": sum(e["images_per_s"] for e in history["epochs"]) / len(history["epochs"]),
                "wall_seconds": time.perf_counter() - tic, "first_step_loss": history["first_step_loss"],
+               "run": identity, "init": None if init is None else str(init),
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
     files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     return metrics
+
+
+# --- the per-backend job of ``d2lres compare`` --------------------------------------------------
+
+def job(backend: str, config: TrainConfig, out, **options) -> str:
+    """The JSON job that :func:`main` runs: ``train(backend, config, out, **options)``."""
+    arch = spec.get_arch(options.pop("arch", None))
+    return json.dumps({"backend": backend, "config": config.to_dict(), "out": str(out),
+                       "arch": [arch.depth, arch.version, arch.flavour],
+                       **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
+
+
+def main(argv=None) -> int:
+    """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s."""
+    from .cli import report_errors
+    spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
+
+    def run() -> int:
+        config = TrainConfig.from_dict(spec_.pop("config"))
+        metrics = train(spec_.pop("backend"), config, spec_.pop("out"), arch=spec.get_arch(*spec_.pop("arch")),
+                        **spec_)
+        print(f"test accuracy {metrics['test_acc']:.4f}")
+        return 0
+    return report_errors(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,6 +64,34 @@ def evaluate_accuracy(trainer, data_iter) -> float:
     return correct / max(total, 1)
 
 
+#: What to do with a checkpoint that cannot be used.
+CHECKPOINT_FIX = "delete it (d2lres train: --overwrite) to start the run again"
+
+
+def identity_differences(saved: dict | None, now: dict) -> list[str]:
+    """``"key: checkpoint A, now B"`` for each entry of a run's identity (backend, architecture,
+    settings, data slice, initial weights) that differs; the checkpoint's is ``saved``."""
+    if saved is None:
+        return ["the checkpoint does not record its run's settings (written by an older d2lres)"]
+
+    def show(value):
+        return "none" if value is None else str(value)
+    return [f"{k}: checkpoint {show(saved.get(k))}, now {show(now.get(k))}"
+            for k in dict.fromkeys([*saved, *now]) if saved.get(k) != now.get(k)]
+
+
+def read_identity(directory: str | Path) -> dict | None:
+    """The identity recorded in the checkpoint in ``directory`` (``None`` if it has none);
+    a damaged checkpoint raises ``ValueError`` naming it."""
+    from .weights import read_npz
+    path = Path(directory) / CHECKPOINT
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",))
+    try:
+        return json.loads(str(data["progress"])).get("identity")
+    except (ValueError, AttributeError) as err:
+        raise TrainingError(f"checkpoint {path}: no readable progress record ({err}); {CHECKPOINT_FIX}") from None
+
+
 def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
     """Write the checkpoint atomically; never overwrite a good one with non-finite weights."""
     arrays = {f"weights.{k}": v for k, v in trainer.get_weights().items()}
@@ -78,21 +106,27 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
 
 
 def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
-    """``(weights, optimizer state, progress)`` of the checkpoint in ``directory``, if any."""
+    """``(weights, optimizer state, progress)`` of the checkpoint in ``directory``, if any; a
+    damaged one raises ``ValueError`` naming the file and what to do."""
+    from .weights import read_npz
     path = Path(directory) / CHECKPOINT
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        weights = {k[len("weights."):]: data[k] for k in data.files if k.startswith("weights.")}
-        state = {k: data[k] for k in data.files if k.startswith("momentum.")}
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None)
+    try:
         progress = json.loads(str(data["progress"]))
+    except (KeyError, ValueError) as err:
+        raise TrainingError(f"checkpoint {path}: no readable progress record ({err}); {CHECKPOINT_FIX}") from None
+    weights = {k[len("weights."):]: v for k, v in data.items() if k.startswith("weights.")}
+    state = {k: v for k, v in data.items() if k.startswith("momentum.")}
     return weights, state, progress
 
 
 def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[int], float], *,
         checkpoint_dir: str | Path | None = None, resume: bool = False, checkpoint_every: int = 100,
         progress: bool = True, plot: bool = True, curves_path: str | Path | None = None,
-        verbose: bool = True, stop_after: int | None = None) -> dict:
+        verbose: bool = True, stop_after: int | None = None, identity: dict | None = None,
+        title: str | None = None) -> dict:
     """Train for ``num_epochs``; ``lr`` is a constant or a function of the global step.
 
     ``train_iter`` / ``test_iter`` are d2lres's batches or any re-iterable of ``(X, y)`` with a
@@ -103,8 +137,11 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     Returns the history: per-epoch rows, train loss/accuracy points (every ~1/10 epoch), test
     accuracy per epoch, the first step's loss, images/s. With ``checkpoint_dir`` a checkpoint
     (weights, momentum, progress) is written atomically every ``checkpoint_every`` steps and at
-    each epoch's end, and ``resume=True`` continues from it exactly. ``stop_after`` stops after
-    that many steps in this call (to simulate an interruption)."""
+    each epoch's end, and ``resume=True`` continues from it exactly. ``identity`` (a JSON-able
+    dict: backend, architecture, settings, data) is recorded in the checkpoint, and resuming a
+    checkpoint whose identity differs raises ``TrainingError`` naming each difference.
+    ``stop_after`` stops after that many steps in this call (to simulate an interruption);
+    ``title`` heads the curves."""
     lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
     steps_per_epoch = num_batches(train_iter)
     history = {"backend": trainer.backend, "device": str(trainer.device), "epochs": [],
@@ -116,6 +153,14 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         found = load_checkpoint(directory)
         if found is not None:
             weights, state, saved = found
+            differences = identity_differences(saved.get("identity"), identity) if identity is not None else []
+            if differences:
+                raise TrainingError(f"cannot resume from {directory / CHECKPOINT}, it belongs to another run: "
+                                    + "; ".join(differences))
+            if saved["step_in_epoch"] > steps_per_epoch:
+                raise TrainingError(f"cannot resume from {directory / CHECKPOINT}: it stopped after batch "
+                                    f"{saved['step_in_epoch']} of an epoch, but this data has {steps_per_epoch} "
+                                    f"batches per epoch (another batch size or data slice?)")
             trainer.set_weights(weights)
             trainer.load_optimizer_state(state)
             history, acc = saved["history"], saved["acc"]
@@ -126,7 +171,7 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     def checkpoint():
         if directory is not None:
             _save_checkpoint(directory, trainer, {"history": history, "acc": acc, "epoch": epoch,
-                                                  "step_in_epoch": step_in_epoch})
+                                                  "step_in_epoch": step_in_epoch, "identity": identity})
 
     record_every = max(1, steps_per_epoch // 10)
     steps_this_call = 0
@@ -179,7 +224,7 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         checkpoint()
         if plot:
             from .plots import show_or_save_curves
-            show_or_save_curves({trainer.backend: history}, curves_path)
+            show_or_save_curves({trainer.backend: history}, curves_path, title=title)
     last = history["epochs"][-1] if history["epochs"] else None
     if verbose and last:
         print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")

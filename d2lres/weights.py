@@ -3,6 +3,8 @@ in PyTorch's layout, written atomically; plus the one initialisation scheme of a
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +40,59 @@ def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a weights file written by :func:`save_npz`."""
+class WeightsFileError(ValueError):
+    """A weights or checkpoint file that cannot be read; the message names the file and what to do."""
+
+
+class MissingWeightsFile(WeightsFileError, FileNotFoundError):
+    """No file at the path given."""
+
+
+def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = "",
+             keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file ``path`` (only ``keys`` if given; every array is read, so
+    a damaged member is found here). Any problem (missing, empty, a folder, not an ``.npz``,
+    truncated or corrupt, pickled objects) raises :class:`WeightsFileError` naming the file,
+    the problem and ``fix`` (what to do)."""
+    path = Path(path)
+    fix = f"; {fix}" if fix else ""
+
+    def error(problem: str, cls=WeightsFileError):
+        return cls(f"{what} {path}: {problem}{fix}")
+
+    if not path.exists():
+        raise error("no such file", MissingWeightsFile)
+    if path.is_dir():
+        raise error("is a folder, not a file")
     try:
+        if path.stat().st_size == 0:
+            raise error("the file is empty (0 bytes), e.g. from an interrupted copy")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04":
+            raise error("not an .npz file (it is not a zip archive" + (", it looks like a pickle"
+                        if magic[:1] == b"\x80" else "") + ")")
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no weights file at {path}") from None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable .npz weights file ({err})") from None
+            missing = [k for k in keys or () if k not in data.files]
+            if missing:
+                raise error(f"has no {', '.join(missing)} (not a file of this kind)")
+            return {k: data[k] for k in (keys or data.files)}
+    except WeightsFileError:
+        raise
+    except PermissionError as err:
+        raise error(f"cannot be read ({err.strerror})") from None
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise error("holds pickled objects, which d2lres never loads") from None
+        raise error(f"damaged ({err})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, zlib.error) as err:
+        raise error(f"truncated or corrupt ({type(err).__name__}: {err})") from None
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a weights file written by :func:`save_npz`; a file that cannot be read raises
+    :class:`WeightsFileError` (a ``ValueError``; ``FileNotFoundError`` too if it is missing)."""
+    return read_npz(path, fix="pass a .npz written by d2lres (save_weights / weights.npz of a run)")
 
 
 def init_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0, arch=None) -> dict[str, np.ndarray]:

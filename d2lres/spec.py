@@ -138,26 +138,14 @@ class MaxPool:
 
 @dataclass(frozen=True)
 class Residual:
-    """The chapter's block: conv3x3-BN-ReLU-conv3x3-BN, plus the input (through a strided
-    1x1 convolution when ``use_1x1conv``), then ReLU."""
+    """Superseded by :class:`Block` (the chapter's block is ``Block(name, "basic", 1, ...)``); the
+    spec builds no ``Residual``. Kept only while ``tf/weights.py``, ``mxnet/weights.py`` and
+    ``jax/weights.py`` still name it in an ``isinstance`` check: remove it with those."""
     name: str
     in_channels: int
     num_channels: int
     use_1x1conv: bool = False
     strides: int = 1
-
-    def layers(self) -> list:
-        n, c = self.name, self.num_channels
-        out = [Conv(f"{n}.conv1", self.in_channels, c, 3, self.strides, 1), BatchNorm(f"{n}.bn1", c),
-               Conv(f"{n}.conv2", c, c, 3, 1, 1), BatchNorm(f"{n}.bn2", c)]
-        if self.use_1x1conv:
-            out.append(Conv(f"{n}.conv3", self.in_channels, c, 1, self.strides, 0))
-        return out
-
-
-    def as_block(self) -> "Block":
-        return Block(self.name, "basic", 1, self.in_channels, self.num_channels, self.strides,
-                     projection=self.use_1x1conv)
 
 
 @dataclass(frozen=True)
@@ -220,19 +208,6 @@ class ParamSpec:
     trainable: bool
 
 
-def resnet_block_spec(name: str, in_channels: int, num_channels: int, num_residuals: int,
-                      first_block: bool = False) -> list[Residual]:
-    """The chapter's ``resnet_block``: the first block halves the size and changes channels,
-    unless it is the first stage (b2)."""
-    blocks = []
-    for i in range(num_residuals):
-        if i == 0 and not first_block:
-            blocks.append(Residual(f"{name}.{i}", in_channels, num_channels, True, 2))
-        else:
-            blocks.append(Residual(f"{name}.{i}", num_channels if i else in_channels, num_channels))
-    return blocks
-
-
 def resnet_spec(arch=None, num_classes: int = 10, in_channels: int = 1) -> dict[str, list]:
     """Stage name -> list of layers of any variant (``"relu"``, ``"flatten"`` and ``"avgpool"``
     are parameter-free). The first block of each stage but b2 halves the size; a stage's first
@@ -269,8 +244,10 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
-def _primitives(layer) -> Iterator:
-    if isinstance(layer, (Residual, Block)):
+def primitives(layer) -> Iterator:
+    """The layers with parameters of one entry of :func:`resnet_spec` (a block's, in canonical
+    order; any other layer is itself)."""
+    if isinstance(layer, Block):
         yield from layer.layers()
     else:
         yield layer
@@ -281,7 +258,7 @@ def parameters(num_classes: int = 10, in_channels: int = 1, arch=None) -> dict[s
     params: dict[str, ParamSpec] = {}
     for stage in resnet_spec(arch, num_classes, in_channels).values():
         for layer in stage:
-            for p in _primitives(layer):
+            for p in primitives(layer):
                 if isinstance(p, Conv):
                     params[f"{p.name}.weight"] = ParamSpec(
                         (p.out_channels, p.in_channels, p.kernel, p.kernel), True)
@@ -328,8 +305,6 @@ def check_input(input_shape: tuple[int, int, int], in_channels: int) -> None:
 
 def _apply(layer, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     """Output shape (C, H, W) or (F,) of one layer, and its forward MACs."""
-    if isinstance(layer, Residual):
-        layer = layer.as_block()
     if isinstance(layer, Block):
         main, macs = shape, 0
         for p in layer.main():
@@ -363,7 +338,9 @@ def _apply(layer, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     return shape, 0  # BatchNorm, ReLU
 
 
-def _layer_name(stage: str, layer) -> str:
+def layer_name(stage: str, layer) -> str:
+    """The name a shape walk gives ``layer`` of ``stage``: its own, or ``"<stage>.<layer>"`` for
+    a parameter-free one (``"head.flatten"``)."""
     return f"{stage}.{layer}" if isinstance(layer, str) else layer.name
 
 
@@ -378,7 +355,7 @@ def walk(input_shape: tuple[int, int, int] = (1, 224, 224), num_classes: int = 1
         if stage in ("b1", "head"):
             for layer in layers:
                 shape, macs = _apply(layer, shape)
-                rows.append((_layer_name(stage, layer), shape, macs))
+                rows.append((layer_name(stage, layer), shape, macs))
         else:
             macs = 0
             for block in layers:
@@ -386,14 +363,6 @@ def walk(input_shape: tuple[int, int, int] = (1, 224, 224), num_classes: int = 1
                 macs += m
             rows.append((stage, shape, macs))
     return rows
-
-
-def stage_shapes(input_shape: tuple[int, int, int] = (1, 224, 224), num_classes: int = 10, arch=None
-                 ) -> list[tuple[str, tuple[int, ...]]]:
-    """Output shape after each top-level stage (what ``for layer in net`` shows)."""
-    rows = walk(input_shape, num_classes, arch)
-    ends = {"b1.pool": "b1", "b2": "b2", "b3": "b3", "b4": "b4", "b5": "b5", "head.fc": "head"}
-    return [(ends[name], shape) for name, shape, _ in rows if name in ends]
 
 
 def forward_macs(input_shape: tuple[int, int, int] = (1, 96, 96), num_classes: int = 10, arch=None) -> int:
@@ -415,7 +384,7 @@ def residual_output_shape(input_shape: tuple[int, int, int], num_channels: int,
         raise ValueError(f"Residual({num_channels}, use_1x1conv=False, strides={strides}) cannot "
                          f"add an input of {c} channel(s) at stride {strides}: it needs "
                          f"{num_channels} input channels and strides=1, or use_1x1conv=True")
-    out, _ = _apply(Residual("r", c, num_channels, use_1x1conv, strides), tuple(input_shape))
+    out, _ = _apply(Block("r", "basic", 1, c, num_channels, strides, projection=use_1x1conv), tuple(input_shape))
     return out
 
 

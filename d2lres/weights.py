@@ -159,7 +159,7 @@ def torchvision_keys(arch="resnet18", num_classes: int = 1000, in_channels: int 
     keys = {}
     for stage in spec.resnet_spec(arch, num_classes, in_channels).values():
         for layer in stage:
-            for p in spec._primitives(layer):
+            for p in spec.primitives(layer):
                 if isinstance(p, str) or not isinstance(p, (spec.Conv, spec.BatchNorm, spec.Dense)):
                     continue
                 if p.name.startswith("b1."):

@@ -199,7 +199,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
         if stage_name in ("b1", "head"):
             for layer_spec, layer in zip(net_spec[stage_name], stage):
                 X = layer(X)
-                rows.append((spec._layer_name(stage_name, layer_spec), tuple(X.shape[1:])))
+                rows.append((spec.layer_name(stage_name, layer_spec), tuple(X.shape[1:])))
         else:
             X = stage(X)
             rows.append((stage_name, tuple(X.shape[1:])))

@@ -216,7 +216,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
         if stage_name in ("b1", "head"):
             for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
                 X = layer(X, training=False)
-                rows.append((spec._layer_name(stage_name, layer_spec), _nchw(X.shape)))
+                rows.append((spec.layer_name(stage_name, layer_spec), _nchw(X.shape)))
         else:
             X = stage(X, training=False)
             rows.append((stage_name, _nchw(X.shape)))

@@ -1,4 +1,4 @@
-"""The chapter's ResNet in TensorFlow/Keras: the d2lres API (channels-last tensors; shapes
+"""The chapter's ResNet in TensorFlow with Keras 3: the d2lres API (channels-last tensors; shapes
 reported NCHW like the other backends)."""
 import os
 
@@ -10,10 +10,12 @@ from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residua
                     count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
                     shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
-from .weights import get_weights, init_weights, load_weights, save_weights, set_weights  # noqa: E402
+from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,  # noqa: E402
+                      save_weights, set_weights)
 
-__all__ = ["Residual", "ResNet", "resnet_block", "resnet18", "shape_walk", "count_parameters",
-           "Block", "Bottleneck", "PreActResidual", "PreActBottleneck",
-           "resnet", "resnet34", "resnet50", "resnet101", "resnet152",
+__all__ = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block", "ResNet",
+           "resnet_block", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+           "shape_walk", "count_parameters",
            "get_weights", "set_weights", "save_weights", "load_weights", "init_weights",
-           "Trainer", "load_data_fashion_mnist", "train_ch6", "try_gpu"]
+           "load_torchvision_state_dict",
+           "try_gpu", "load_data_fashion_mnist", "train_ch6", "Trainer"]

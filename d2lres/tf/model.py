@@ -1,16 +1,27 @@
-"""ResNet-18 in TensorFlow/Keras (channels last), the same function as the PyTorch network.
+"""ResNet in TensorFlow with Keras 3 (channels last), the same function as the PyTorch network.
 
 The chapter's ``padding='same'`` pads stride-2 layers unevenly (0 before, 1 after); here every
-convolution and the max-pool pad symmetrically, as PyTorch and MXNet do. BatchNorm uses
-PyTorch's epsilon and momentum (``spec.BN_EPS``, ``spec.BN_MOMENTUM``). Beside the chapter's
-blocks, the family of ``spec.ARCHS`` (``Bottleneck``, ``PreActResidual``, ``PreActBottleneck``,
-``resnet``).
+convolution and the max-pool pad symmetrically, as PyTorch and MXNet do. ``BatchNorm`` has
+PyTorch's epsilon, momentum and unbiased running variance (``spec.BN_EPS``, ``spec.BN_MOMENTUM``).
+Beside the chapter's blocks, the family of ``spec.ARCHS`` (``Bottleneck``, ``PreActResidual``,
+``PreActBottleneck``, ``resnet``). Keras 3 only (TensorFlow >= 2.16); Keras 2 is not supported.
 """
 from __future__ import annotations
 
-import tensorflow as tf
+import contextlib
+import os
 
-from .. import spec
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from .. import spec  # noqa: E402
+
+if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "tensorflow":
+    raise ImportError(f"d2lres.tf needs Keras 3 on its TensorFlow backend (TensorFlow >= 2.16); found Keras "
+                      f"{keras.__version__} on {keras.backend.backend()!r} (unset KERAS_BACKEND / TF_USE_LEGACY_KERAS)")
 
 
 def _pad(X: tf.Tensor, padding: int, value: float = 0.0) -> tf.Tensor:
@@ -19,50 +30,92 @@ def _pad(X: tf.Tensor, padding: int, value: float = 0.0) -> tf.Tensor:
     return tf.pad(X, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=value)
 
 
-class Conv2D(tf.keras.layers.Conv2D):
-    """``Conv2D`` with PyTorch's symmetric zero padding; Glorot-uniform kernel, zero bias.
-    At stride 1 an odd kernel's ``'same'`` padding is already symmetric and is used as is."""
+def _padded(shape, padding: int) -> tuple:
+    """An NHWC shape with ``padding`` added on both sides of height and width."""
+    shape = tuple(shape)
+    return (shape[0], *(None if s is None else s + 2 * padding for s in shape[1:3]), *shape[3:])
 
-    def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: int = 0, **kwargs):
+
+def _device(device):
+    return tf.device(device) if device is not None else contextlib.nullcontext()
+
+
+class Conv2D(keras.layers.Conv2D):
+    """``Conv2D`` with PyTorch's symmetric zero padding; Glorot-uniform kernel, zero bias.
+    At stride 1 an odd kernel's ``'same'`` padding is already symmetric and is used as is.
+    ``in_channels`` builds it (its variables) now; left out, on the first call."""
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: int = 0, *,
+                 use_bias: bool = True, in_channels: int | None = None):
         same = strides == 1 and kernel_size % 2 == 1 and padding == kernel_size // 2
-        super().__init__(filters, kernel_size, strides, padding="same" if same else "valid", **kwargs)
+        super().__init__(filters, kernel_size, strides, padding="same" if same else "valid", use_bias=use_bias)
         self.explicit_padding = 0 if same else padding
+        if in_channels:
+            self.build((None, None, None, in_channels))
 
     def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape).as_list()
-        for axis in (1, 2):
-            if input_shape[axis] is not None:
-                input_shape[axis] += 2 * self.explicit_padding
-        super().build(input_shape)
+        super().build(_padded(input_shape, self.explicit_padding))
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded(input_shape, self.explicit_padding))
 
     def call(self, X):
         return super().call(_pad(X, self.explicit_padding))
 
 
-class MaxPool2D(tf.keras.layers.MaxPool2D):
+class MaxPool2D(keras.layers.MaxPool2D):
     """``MaxPool2D`` with symmetric padding that never wins the max (PyTorch's)."""
 
-    def __init__(self, pool_size: int, strides: int, padding: int = 0, **kwargs):
-        super().__init__(pool_size, strides, padding="valid", **kwargs)
+    def __init__(self, pool_size: int, strides: int, padding: int = 0):
+        super().__init__(pool_size, strides, padding="valid")
         self.explicit_padding = padding
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded(input_shape, self.explicit_padding))
 
     def call(self, X):
         return super().call(_pad(X, self.explicit_padding, float("-inf")))
 
 
-def _bn() -> tf.keras.layers.BatchNormalization:
-    return tf.keras.layers.BatchNormalization(momentum=1 - spec.BN_MOMENTUM, epsilon=spec.BN_EPS)
+class BatchNorm(keras.layers.BatchNormalization):
+    """BatchNorm over the channels (last axis) with d2lres's one setting: epsilon ``spec.BN_EPS``,
+    PyTorch's momentum ``spec.BN_MOMENTUM`` (weight of the new batch; Keras's ``momentum`` is the
+    weight of the old average, ``1 - spec.BN_MOMENTUM``), and the running variance updated with
+    the unbiased batch variance as PyTorch does (Keras 3's own layer uses the biased one). Runs as
+    TensorFlow's fused batch norm. ``channels`` builds it now; left out, on the first call."""
+
+    def __init__(self, channels: int | None = None):
+        super().__init__(momentum=1 - spec.BN_MOMENTUM, epsilon=spec.BN_EPS)
+        if channels:
+            self.build((None, None, None, channels))
+
+    def call(self, X, training=None):
+        if len(X.shape) != 4:
+            raise ValueError(f"BatchNorm expects an NHWC batch, got shape {tuple(X.shape)}")
+        stats = (tf.convert_to_tensor(self.moving_mean), tf.convert_to_tensor(self.moving_variance))
+        if training:
+            Y, mean, var, *_ = tf.compat.v1.nn.fused_batch_norm(
+                X, self.gamma, self.beta, *stats, epsilon=self.epsilon, is_training=True,
+                exponential_avg_factor=spec.BN_MOMENTUM)  # returns the updated running statistics
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(var)  # fused_batch_norm's batch variance is the unbiased one
+            return Y
+        return tf.compat.v1.nn.fused_batch_norm(X, self.gamma, self.beta, *stats, epsilon=self.epsilon,
+                                                is_training=False)[0]
 
 
-class Residual(tf.keras.layers.Layer):
-    """The Residual block of ResNet."""
+class Residual(keras.layers.Layer):
+    """The Residual block of ResNet. ``in_channels`` builds it for that many input channels now;
+    left out, Keras builds it on the first call, as in the chapter."""
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.conv1 = Conv2D(num_channels, 3, strides, padding=1)
-        self.conv2 = Conv2D(num_channels, 3, padding=1)
-        self.conv3 = Conv2D(num_channels, 1, strides) if use_1x1conv else None
-        self.bn1, self.bn2 = _bn(), _bn()
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None):
+        super().__init__()
+        inner = num_channels if in_channels else None  # conv2's and the BatchNorms' input, if built now
+        self.conv1 = Conv2D(num_channels, 3, strides, padding=1, in_channels=in_channels)
+        self.conv2 = Conv2D(num_channels, 3, padding=1, in_channels=inner)
+        self.conv3 = Conv2D(num_channels, 1, strides, in_channels=in_channels) if use_1x1conv else None
+        self.bn1, self.bn2 = BatchNorm(inner), BatchNorm(inner)
         self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
 
     def call(self, X, training=None):
@@ -75,25 +128,30 @@ class Residual(tf.keras.layers.Layer):
         return tf.nn.relu(Y + X)
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False,
-                 name: str | None = None) -> tf.keras.Sequential:
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int | None = None) -> keras.Sequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
-    blocks = [Residual(num_channels, use_1x1conv=True, strides=2) if i == 0 and not first_block
-              else Residual(num_channels) for i in range(num_residuals)]
-    return tf.keras.Sequential(blocks, name=name)
+    blocks = []
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blocks.append(Residual(num_channels, use_1x1conv=True, strides=2, in_channels=in_channels))
+        else:
+            blocks.append(Residual(num_channels, in_channels=in_channels if i == 0 else num_channels))
+    return keras.Sequential(blocks)
 
 
-class Block(tf.keras.layers.Layer):
+class Block(keras.layers.Layer):
     """Any block of the family, built from its ``spec.Block``: sublayers named as the spec's
-    canonical names (``conv1``, ``bn1``, ...)."""
+    canonical names (``conv1``, ``bn1``, ...); input channels 0 build those layers lazily."""
 
-    def __init__(self, block: spec.Block, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, block: spec.Block):
+        super().__init__()
         self.spec = block
         for p in block.layers():
             attr = p.name.rsplit(".", 1)[1]
-            setattr(self, attr, Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias)
-                    if isinstance(p, spec.Conv) else _bn())
+            setattr(self, attr, Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
+                                       in_channels=p.in_channels or None)
+                    if isinstance(p, spec.Conv) else BatchNorm(p.channels or None))
         self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
         self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
 
@@ -120,10 +178,11 @@ class Bottleneck(Block):
     ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
     kind, version = "bottleneck", 1
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *, bias: bool = True,
-                 shortcut_bn: bool = False, stride_on_3x3: bool = False, **kwargs):
-        super().__init__(spec.Block("", self.kind, self.version, 0, num_channels, strides, use_1x1conv, bias,
-                                    shortcut_bn and self.version == 1, stride_on_3x3), **kwargs)
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
+                 stride_on_3x3: bool = False):
+        super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
+                                    use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
 
 class PreActResidual(Bottleneck):
@@ -137,33 +196,45 @@ class PreActBottleneck(Bottleneck):
     kind, version = "bottleneck", 2
 
 
-class ResNet(tf.keras.Model):
-    """Stages ``b1`` .. ``b5`` and ``head``; iterate it like the chapter. Input: NHWC.
-    ``arch`` (see ``spec.get_arch``) picks the variant; left out, the chapter's ResNet-18."""
+def _stage(layers, name: str) -> keras.Sequential:
+    """A stage named as the spec's stages (``b1`` .. ``b5``, ``head``)."""
+    return keras.Sequential(list(layers), name=name)
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, arch=None, **kwargs):
-        super().__init__(**kwargs)
-        self.arch = arch = spec.get_arch(arch)
+
+class ResNet(keras.Model):
+    """Stages ``b1`` .. ``b5`` and ``head`` of the variant ``arch`` (``spec.get_arch``; None: the
+    chapter's ResNet-18, built from its ``Residual`` and ``resnet_block``), built (variables
+    created on ``device``) and initialised with d2lres's scheme (Glorot uniform, zero bias);
+    iterate it like the chapter. Input: NHWC."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, *, arch=None, device=None):
+        super().__init__()
+        arch = spec.get_arch(arch)
         net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.b1 = tf.keras.Sequential([Conv2D(64, 7, 2, padding=3, use_bias=net_spec["b1"][0].bias), _bn(),
-                                       tf.keras.layers.ReLU(), MaxPool2D(3, 2, padding=1)], name="b1")
-        if arch == spec.Arch():
-            self.b2, self.b3, self.b4, self.b5 = (
-                resnet_block(c, n, first_block=(k == 0), name=f"b{k + 2}") for k, (n, c) in enumerate(spec.STAGES))
-        else:
-            self.b2, self.b3, self.b4, self.b5 = (
-                tf.keras.Sequential([Block(b) for b in net_spec[f"b{k + 2}"]], name=f"b{k + 2}") for k in range(4))
-        head = [_bn(), tf.keras.layers.ReLU()] if arch.version == 2 else []
-        self.head = tf.keras.Sequential(head + [tf.keras.layers.GlobalAveragePooling2D(keepdims=True),
-                                                tf.keras.layers.Flatten(), tf.keras.layers.Dense(num_classes)],
-                                        name="head")
+        self.arch, self.in_channels, self.num_classes, self.device = arch, in_channels, num_classes, device
+        with _device(device):
+            self.b1 = _stage([Conv2D(64, 7, 2, padding=3, use_bias=net_spec["b1"][0].bias, in_channels=in_channels),
+                              BatchNorm(64), keras.layers.ReLU(), MaxPool2D(3, 2, padding=1)], "b1")
+            channels = 64
+            for k, (num_residuals, num_channels) in enumerate(arch.stages):
+                name = f"b{k + 2}"
+                if arch == spec.Arch():
+                    layers = resnet_block(num_channels, num_residuals, first_block=(k == 0),
+                                          in_channels=channels).layers
+                else:
+                    layers = [Block(b) for b in net_spec[name]]
+                setattr(self, name, _stage(layers, name))
+                channels = num_channels
+            head = [BatchNorm(channels), keras.layers.ReLU()] if arch.version == 2 else []
+            self.head = _stage(head + [keras.layers.GlobalAveragePooling2D(keepdims=True), keras.layers.Flatten(),
+                                       keras.layers.Dense(num_classes)], "head")
+            self(tf.zeros((1, 32, 32, in_channels)), training=False)  # builds the rest (Dense, Sequentials)
 
     def __iter__(self):
         return iter([self.b1, self.b2, self.b3, self.b4, self.b5, self.head])
 
     def call(self, X, training=None):
-        if X.shape.rank != 4:
+        if len(X.shape) != 4:
             raise ValueError(f"expected a batch of shape (N, H, W, {self.in_channels}), got {tuple(X.shape)}")
         spec.check_input((X.shape[-1], X.shape[1] or 1, X.shape[2] or 1), self.in_channels)
         for stage in self:
@@ -171,35 +242,37 @@ class ResNet(tf.keras.Model):
         return X
 
 
-def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1,
-           flavour: str = "chapter") -> ResNet:
-    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``), built
-    (variables created) and initialised with d2lres's scheme (Keras defaults: Glorot-uniform
-    kernels, zero biases). ``resnet(18)`` is the chapter's network."""
-    net = ResNet(num_classes, in_channels, spec.get_arch(depth, version, flavour))
-    net(tf.zeros((1, 32, 32, in_channels)))
-    return net
+def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
+           device=None) -> ResNet:
+    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
+    initialised with d2lres's scheme. ``resnet(18)`` is the chapter's network."""
+    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
     """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
-    return resnet(18, version, num_classes, in_channels, flavour)
+    return resnet(18, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(34, version, num_classes, in_channels, flavour)
+def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
+    return resnet(34, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(50, version, num_classes, in_channels, flavour)
+def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
+    return resnet(50, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(101, version, num_classes, in_channels, flavour)
+def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(101, version, num_classes, in_channels, flavour, device=device)
 
 
-def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter") -> ResNet:
-    return resnet(152, version, num_classes, in_channels, flavour)
+def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(152, version, num_classes, in_channels, flavour, device=device)
 
 
 def _nchw(shape) -> tuple[int, ...]:
@@ -223,7 +296,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
     return rows
 
 
-def count_parameters(net: tf.keras.Model) -> tuple[int, int]:
+def count_parameters(net: keras.Model) -> tuple[int, int]:
     """``(trainable, non-trainable)``: weights, and BatchNorm moving statistics."""
-    return (sum(int(tf.size(v)) for v in net.trainable_weights),
-            sum(int(tf.size(v)) for v in net.non_trainable_weights))
+    return (sum(int(np.prod(v.shape)) for v in net.trainable_weights),
+            sum(int(np.prod(v.shape)) for v in net.non_trainable_weights))

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import data, training
+from .model import _device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
 
@@ -15,43 +16,69 @@ def try_gpu(i: int = 0) -> str:
     return f"/GPU:{i}" if len(tf.config.list_physical_devices("GPU")) > i else "/CPU:0"
 
 
-def _to_tensors(X: np.ndarray, y: np.ndarray):
-    return tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1))), tf.constant(y.astype(np.int32))
+def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
+    with _device(device):
+        return tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1))), tf.constant(y.astype(np.int32))
 
 
-def load_data_fashion_mnist(batch_size: int, resize: int | None = None, **options):
-    """``(train_iter, test_iter)`` of ``(X, y)`` tensors, X in NHWC, values in [0, 1]."""
-    return data.load_batches(batch_size, resize, _to_tensors, **options)
+def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
+                            limit: int | None = None, device=None):
+    """``(train_iter, test_iter)`` of ``(X, y)`` tensors on ``device``, X in NHWC, values in [0, 1]."""
+    return data.load_batches(batch_size, resize, lambda X, y: _to_tensors(X, y, device),
+                             data_dir=data_dir, seed=seed, limit=limit)
+
+
+def _inputs(X, y=None):
+    """A batch from d2lres's batches or a ``tf.data.Dataset`` (or numpy) as float32 NHWC images
+    and int32 labels."""
+    X = tf.convert_to_tensor(X)
+    X = X if X.dtype == tf.float32 else tf.cast(X, tf.float32)
+    if y is None:
+        return X
+    y = tf.convert_to_tensor(y)
+    return X, (y if y.dtype == tf.int32 else tf.cast(y, tf.int32))
 
 
 class Trainer:
     """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
-    ``w -= lr v``) and cross-entropy; the step runs as one ``tf.function`` (``compile``)."""
+    ``w -= lr v``) and cross-entropy. ``compile``: the step and the prediction run as one
+    ``tf.function`` each (None: on, measured +13-55% over eager; XLA is not offered: slower on
+    CPU and beyond the checks' tolerances). ``channels_last``: TensorFlow's CPU convolutions are
+    NHWC only, so None and True are accepted and False is refused."""
 
     backend = "tf"
 
-    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, device=None,
-                 compile: bool = True):
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
+                 compile: bool | None = None, channels_last: bool | None = None):
+        if channels_last is False:
+            raise ValueError("channels_last=False cannot be honoured: d2lres.tf runs NHWC (channels last) only; "
+                             "leave channels_last None or True")
+        if compile not in (None, True, False):
+            raise ValueError(f"compile must be None, True or False (tf.function or eager), got {compile!r}")
         self.net, self.device = net, device or try_gpu()
         self.momentum, self.weight_decay = momentum, weight_decay
-        self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-        kinds = {var.ref(): (name, kind) for name, var, kind in variables(net)}
-        self._slots = [kinds[v.ref()] for v in net.trainable_variables]
+        self.compile = compile is not False
+        # Keras 3 variables are not tf.Variables (no .ref()): keep the trainable ones in order,
+        # with their canonical names, and update the tf.Variables behind them (``.value``).
+        kinds = {id(var): (name, kind) for name, var, kind in variables(net)}
+        self._weights = [v.value for v in net.trainable_variables]
+        self._slots = [kinds[id(v)] for v in net.trainable_variables]
         with tf.device(self.device):
-            self.buffers = [tf.Variable(tf.zeros_like(v), trainable=False) for v in net.trainable_variables] \
+            self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+            self.buffers = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights] \
                 if momentum else []
-        wrap = (lambda f: tf.function(f, reduce_retracing=True)) if compile else (lambda f: f)
+        wrap = (lambda f: tf.function(f, reduce_retracing=True)) if self.compile else (lambda f: f)
         self._step, self._predict = wrap(self._step_impl), wrap(lambda X: net(X, training=False))
 
     def convert(self, X: np.ndarray, y: np.ndarray):
-        return _to_tensors(X, y)
+        return _to_tensors(X, y, self.device)
 
     def _step_impl(self, X, y):
         with tf.GradientTape() as tape:
             logits = self.net(X, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        grads = tape.gradient(loss, self.net.trainable_variables)
-        for i, (w, g) in enumerate(zip(self.net.trainable_variables, grads)):
+        grads = tape.gradient(loss, self._weights)
+        for i, (w, g) in enumerate(zip(self._weights, grads)):
             if self.weight_decay:
                 g = g + self.weight_decay * w
             if self.momentum:
@@ -64,12 +91,13 @@ class Trainer:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
         self.lr.assign(lr)
         with tf.device(self.device):
-            loss, correct = self._step(X, y)
+            loss, correct = self._step(*_inputs(X, y))
         return float(loss), int(correct)
 
     def predict(self, X) -> np.ndarray:
+        """Eval-mode logits."""
         with tf.device(self.device):
-            return self._predict(X).numpy()
+            return self._predict(_inputs(X)).numpy()
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
@@ -93,8 +121,10 @@ class Trainer:
                 buf.assign(from_canonical(state[f"momentum.{name}"], kind))
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **kwargs):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. See ``d2lres.training.fit`` for ``kwargs``."""
+    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
+    a ``tf.data.Dataset`` of ``(X, y)`` batches (X NHWC, float; y integer labels); ``fit_options``
+    go to ``d2lres.training.fit``."""
     trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **kwargs)
+    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)

@@ -1,8 +1,19 @@
 """Keep framework caches (Keras, MXNet, matplotlib) out of the user's home: the whole session
-runs with a temporary HOME. The real data set's directory is resolved before that."""
+runs with a temporary HOME. The real data set's directory is resolved before that.
+
+Also the helpers the tests share: every pair of backends, and one way to call any backend's
+models on a numpy batch (:func:`forward`)."""
+import importlib
+import itertools
 import os
 import tempfile
+from dataclasses import dataclass
 
+import numpy as np
+import pytest
+
+# None of these imports a framework or matplotlib, which read the variables set below.
+from d2lres import backends
 from d2lres.data import default_data_dir
 
 REAL_DATA_DIR = str(default_data_dir())
@@ -12,11 +23,61 @@ os.environ.update(HOME=_home, XDG_CACHE_HOME=os.path.join(_home, ".cache"),
                   MXNET_HOME=os.path.join(_home, ".mxnet"), TF_CPP_MIN_LOG_LEVEL="2")
 os.environ.setdefault("D2LRES_DATA_DIR", REAL_DATA_DIR)
 
+#: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).
+PAIRS = [f"{a}-{b}" for a, b in itertools.combinations(backends.BACKENDS, 2)]
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
-from d2lres import backends  # noqa: E402
+@dataclass(frozen=True)
+class Calling:
+    """How the tests call one backend's models on a numpy batch held in NCHW.
+
+    ``array``: the dotted name of the function that makes the framework's array from numpy;
+    ``channels_last``: its models take NHWC (4-D inputs are transposed, outputs transposed back);
+    ``call_options``: keyword arguments of an inference-mode call; ``eval``: call ``net.eval()``
+    first; ``init``: the method a freshly built block needs before its first call."""
+    array: str
+    channels_last: bool = False
+    call_options: tuple[tuple[str, object], ...] = ()
+    eval: bool = False
+    init: str | None = None
+
+
+#: One line per backend.
+CALLING = {
+    "torch": Calling("torch.from_numpy", eval=True),
+    "tf": Calling("numpy.asarray", channels_last=True, call_options=(("training", False),)),
+    "mxnet": Calling("mxnet.numpy.array", init="initialize"),
+    "jax": Calling("jax.numpy.asarray", channels_last=True, eval=True),
+}
+
+
+def backend_name(mod) -> str:
+    """``"torch"`` for ``d2lres.torch``."""
+    return mod.__name__.rsplit(".", 1)[1]
+
+
+def as_input(mod, x: np.ndarray):
+    """A numpy batch (NCHW when 4-D) as the framework array ``mod``'s models take."""
+    how = CALLING[backend_name(mod)]
+    module, _, function = how.array.rpartition(".")
+    if how.channels_last and x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    return getattr(importlib.import_module(module), function)(x)
+
+
+def forward(mod, net, x: np.ndarray, *, fresh: bool = False) -> np.ndarray:
+    """Inference-mode output of ``net`` (a network or block of ``mod``) for the numpy batch ``x``
+    (NCHW), as numpy (NCHW when 4-D). ``fresh``: ``net`` was just built and never called."""
+    how = CALLING[backend_name(mod)]
+    if fresh and how.init:
+        getattr(net, how.init)()
+    if how.eval:
+        net.eval()
+    out = net(as_input(mod, x), **dict(how.call_options))
+    for method in ("detach", "asnumpy"):  # PyTorch: off the autograd graph; MXNet: to numpy
+        out = getattr(out, method)() if hasattr(out, method) else out
+    out = np.asarray(out)
+    return out.transpose(0, 3, 1, 2) if how.channels_last and out.ndim == 4 else out
 
 
 @pytest.fixture(params=list(backends.BACKENDS))
@@ -37,18 +98,8 @@ def real_data():
 
 @pytest.fixture
 def block_output():
-    """``block_output(mod, block, shape)``: NCHW output shape of a block on a random NCHW input."""
+    """``block_output(mod, block, shape)``: NCHW output shape of a new block on a random NCHW input."""
     def run(mod, block, shape):
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        name = mod.__name__.rsplit(".", 1)[1]
-        if name == "torch":
-            import torch
-            block.eval()
-            return tuple(block(torch.from_numpy(x)).shape)
-        if name == "tf":
-            s = tuple(block(x.transpose(0, 2, 3, 1)).shape)
-            return s[0], s[3], s[1], s[2]
-        from mxnet import np as mnp
-        block.initialize()
-        return tuple(block(mnp.array(x)).shape)
+        return forward(mod, block, x, fresh=True).shape
     return run

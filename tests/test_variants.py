@@ -3,7 +3,8 @@ backend -- shapes, parameter counts and canonical names equal the spec; the same
 same outputs in every pair of backends; the torchvision flavour has torchvision's published counts
 and loads a torchvision-format state_dict in all three backends.
 
-Tolerance for the outputs: max |difference| / max(1, max |logit|) <= 1e-3 (``checks.FAMILY_TOLERANCES``);
+Tolerance for the outputs: max |difference| / max(1, max |logit|) <= 1e-3 (``checks.FAMILY_TOLERANCES``'s
+``eval_logits``);
 float32 rounding grows with depth (152 layers) and the logits of pre-activation networks grow
 with depth too. Measured differences are ~1e-6. Inputs are small (1x32x32, 3x32x32) so that the
 deep variants stay fast: eval-mode forward only, except the full checks (train mode + one SGD step,
@@ -18,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PAIRS, forward
 from d2lres import backends, checks, spec
 from d2lres import weights as neutral
 
 BACKENDS = list(backends.BACKENDS)
-PAIRS = ["torch-tf", "torch-mxnet", "tf-mxnet"]
 ARCHS = spec.all_archs()
 IDS = [f"{a.name}-v{a.version}-{a.flavour}" for a in ARCHS]
-TOLERANCE = 1e-3  # relative, see the module docstring
+TOLERANCE = checks.FAMILY_TOLERANCES["eval_logits"]  # relative, see the module docstring
 #: torchvision's published parameter counts (3 input channels, 1000 classes).
 PUBLISHED = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,20 +36,6 @@ def config(arch):
     """torchvision flavour, version 1: ImageNet's 3 channels / 1000 classes (the published counts);
     every other entry: the chapter's 1 channel / 10 classes."""
     return (1000, 3) if arch.flavour == "torchvision" and arch.version == 1 else (10, 1)
-
-
-def forward(mod, net, X):
-    """Eval-mode logits of a NCHW numpy batch."""
-    name = mod.__name__.rsplit(".", 1)[1]
-    if name == "torch":
-        import torch
-        net.eval()
-        with torch.no_grad():
-            return net(torch.from_numpy(X)).numpy()
-    if name == "tf":
-        return net(X.transpose(0, 2, 3, 1), training=False).numpy()
-    from mxnet import np as mnp
-    return net(mnp.array(X)).asnumpy()
 
 
 _RUNS: dict = {}
@@ -100,7 +87,7 @@ def test_variant(arch, case):
     else:
         a, b = case.split("-")
         la, lb = runs[a]["logits"], runs[b]["logits"]
-        assert np.abs(la - lb).max() / max(1.0, np.abs(la).max()) <= TOLERANCE
+        np.testing.assert_allclose(lb, la, rtol=0, atol=TOLERANCE * max(1.0, np.abs(la).max()))
 
 
 # --- the spec table ------------------------------------------------------------------------
@@ -170,7 +157,8 @@ def test_seeded_init_and_round_trip(mod, tmp_path):
     mod.init_weights(net, seed=4)
     expected = neutral.init_weights(seed=4, arch=arch)
     w = mod.get_weights(net)
-    assert all(np.array_equal(w[k], v) for k, v in expected.items())
+    for k, v in expected.items():
+        np.testing.assert_array_equal(w[k], v, err_msg=k)
     mod.save_weights(net, tmp_path / "w.npz")
     with pytest.raises(ValueError, match="ResNet-18"):
         mod.load_weights(mod.resnet18(), tmp_path / "w.npz")
@@ -279,9 +267,11 @@ def test_torchvision_state_dict_loads_in_all_backends(depth, tmp_path):
         other = mod.resnet(depth, flavour="torchvision", num_classes=1000, in_channels=3)
         mod.load_weights(other, path)
         logits = forward(mod, other, X)
-        assert np.abs(logits - reference).max() / max(1.0, np.abs(reference).max()) <= TOLERANCE, name
+        np.testing.assert_allclose(logits, reference, rtol=0, atol=TOLERANCE * max(1.0, np.abs(reference).max()),
+                                   err_msg=name)
     back = neutral.to_torchvision(torch_mod.get_weights(net), depth)
-    assert all(np.array_equal(back[k], sd[k].numpy()) for k in back)
+    for k in back:
+        np.testing.assert_array_equal(back[k], sd[k].numpy(), err_msg=k)
 
 
 # --- the command line and the full check ----------------------------------------------------

@@ -1,4 +1,4 @@
-"""The three backends by name, imported on demand with a clear message when a framework is
+"""The backends by name, imported on demand with a clear message when a framework is
 missing."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ BACKENDS = {
     "torch": ("d2lres.torch", "torch", "torch"),
     "tf": ("d2lres.tf", "tensorflow", "tf"),
     "mxnet": ("d2lres.mxnet", "mxnet", "mxnet"),
+    "jax": ("d2lres.jax", "jax", "jax"),
 }
 ALIASES = {"pytorch": "torch", "tensorflow": "tf"}
 

@@ -1,0 +1,32 @@
+"""The chapter's ResNet in JAX + Flax ``nnx`` + optax: the d2lres API (``d2lres.api``; see
+``d2lres.spec`` for what it builds). Tensors are NHWC (channels last, XLA's CPU layout and the
+book's JAX layout); shapes are reported NCHW like the other backends.
+
+Why ``nnx`` and not ``linen`` (the book's JAX tab): the API is stateful -- ``get_weights(net)``,
+``set_weights(net, w)``, ``count_parameters(net)``, ``shape_walk(net)``, ``train_ch6(net, ...)``
+take one network object and change it in place, as in PyTorch, TensorFlow and MXNet. An ``nnx``
+module *is* such an object (its parameters and BatchNorm statistics live in it, it is called as
+``net(X)``, iterated stage by stage like the chapter's ``nn.Sequential``, switched with
+``net.train()`` / ``net.eval()``), and ``nnx.split`` / ``nnx.merge`` turn it into the pure
+functions that ``jax.jit`` compiles for training. A linen module is a stateless description; the
+API would have to carry a separate ``variables`` dict beside every net. ``d2lres.jax.bench`` keeps
+the book's linen code as the baseline.
+
+``XLA_PYTHON_CLIENT_PREALLOCATE`` is set to ``false`` (unless already set) before JAX is
+imported, so that a GPU is not 75% reserved by JAX while another framework shares it.
+"""
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402,F401  (a missing framework fails here, with the backends' hint upstream)
+
+from ..api import NAMES  # noqa: E402
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,  # noqa: E402
+                    count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
+                    shape_walk)
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
+from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,  # noqa: E402
+                      save_weights, set_weights)
+
+__all__ = list(NAMES)

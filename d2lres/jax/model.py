@@ -1,0 +1,328 @@
+"""ResNet-18 in JAX with Flax ``nnx`` (channels last, NHWC), the same function as the PyTorch
+network; beside the chapter's blocks, the family of ``spec.ARCHS`` (``Bottleneck``,
+``PreActResidual``, ``PreActBottleneck``, ``resnet``).
+
+What makes it PyTorch's function, layer by layer:
+
+- every convolution pads symmetrically (``((p, p), (p, p))``; the book's ``padding='same'`` pads
+  stride-2 layers 0 before / 1 after, as TF does), and the max-pool pads with ``-inf``;
+- BatchNorm (:class:`BatchNorm`) has epsilon 1e-5 and PyTorch's momentum 0.1 (Flax's momentum
+  is the weight of the *old* average: 0.9), computes the batch variance in two passes
+  (``use_fast_variance=False``: ``E[x^2] - E[x]^2`` loses digits in float32) and keeps the
+  running variance *unbiased* (Flax averages in the biased batch variance; PyTorch and Keras
+  the unbiased one);
+- convolutions and the dense layer: Xavier-uniform kernels, zero biases, float32 parameters
+  and computation at ``lax.Precision.HIGHEST`` (no TF32 or bfloat16 passes on an accelerator).
+
+Canonical names (``d2lres.spec``) are attribute paths: ``b3.0.conv1`` is ``net.b3.layers[0].conv1``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from .. import spec
+
+#: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
+PRECISION = lax.Precision.HIGHEST
+
+# Flax's layers want ``rngs``; the initial values come from one numpy generator instead, as
+# PyTorch's come from its global one (``init_weights(net, seed)`` gives seeded values, the same
+# in every backend). JAX's own ``jax.random`` would compile one XLA program per parameter shape:
+# ~10 s to build ResNet-18 the first time, against ~0.3 s this way.
+_RNGS = nnx.Rngs(0)
+_GENERATOR = np.random.default_rng(0)
+
+
+def xavier_uniform(key, shape, dtype=jnp.float32) -> jax.Array:
+    """d2l's ``train_ch6`` initialiser for a Flax kernel (``(..., in, out)``): Glorot uniform."""
+    receptive = int(np.prod(shape[:-2]))
+    limit = np.sqrt(6.0 / ((shape[-2] + shape[-1]) * receptive))
+    return jnp.asarray(_GENERATOR.uniform(-limit, limit, shape).astype(np.float32), dtype)
+
+
+def zeros(key, shape, dtype=jnp.float32) -> jax.Array:
+    return jnp.asarray(np.zeros(shape, np.float32), dtype)
+
+
+def ones(key, shape, dtype=jnp.float32) -> jax.Array:
+    return jnp.asarray(np.ones(shape, np.float32), dtype)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` with d2lres's one setting (``spec.BN_EPS``, ``spec.BN_MOMENTUM``) and the
+    running variance updated with the unbiased batch variance ``v n / (n - 1)``, as PyTorch does."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, momentum=1 - spec.BN_MOMENTUM, epsilon=spec.BN_EPS, use_fast_variance=False,
+                         dtype=jnp.float32, param_dtype=jnp.float32, scale_init=ones, bias_init=zeros, rngs=_RNGS)
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        training = not (self.use_running_average if use_running_average is None else use_running_average)
+        old = self.var[...]
+        y = super().__call__(x, use_running_average=use_running_average, mask=mask)
+        n = x.size // x.shape[-1]
+        if training and n > 1:  # Flax did rv = m old + (1 - m) v_biased; make it ... v_biased n / (n - 1)
+            new = self.var[...]
+            self.var[...] = new + (new - self.momentum * old) / (n - 1)
+        return y
+
+
+class Lazy(nnx.Module):
+    """A layer built on its first call, when the input's channels (last axis) are known; as
+    PyTorch's ``LazyConv2d``. Build it eagerly (a call outside ``jax.jit``) before training."""
+
+    def __init__(self, make):
+        self.make = make
+        self.layer = nnx.data(None)
+
+    def __call__(self, X):
+        if self.layer is None:
+            if isinstance(X, jax.core.Tracer):
+                raise ValueError("a layer without in_channels is built on its first call, which must be eager "
+                                 "(outside jax.jit); call the block once on an example batch, or pass in_channels")
+            self.layer = self.make(X.shape[-1])
+        return self.layer(X)
+
+
+def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1, padding: int = 0,
+         bias: bool = True) -> nnx.Module:
+    """A convolution with symmetric zero padding; lazy when ``in_channels`` is None."""
+    if not in_channels:
+        return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias))
+    return nnx.Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
+                    padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform, bias_init=zeros,
+                    precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_RNGS)
+
+
+def batch_norm(channels: int | None) -> nnx.Module:
+    """:class:`BatchNorm`; lazy when ``channels`` is None."""
+    return BatchNorm(channels) if channels else Lazy(BatchNorm)
+
+
+def relu(X: jax.Array) -> jax.Array:
+    return jax.nn.relu(X)
+
+
+class MaxPool(nnx.Module):
+    """Max-pool with symmetric padding that never wins the max (``-inf``), as PyTorch's."""
+
+    def __init__(self, kernel: int = 3, stride: int = 2, padding: int = 1):
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def __call__(self, X):
+        k, s, p = self.kernel, self.stride, self.padding
+        return nnx.max_pool(X, (k, k), (s, s), ((p, p), (p, p)))  # lax.reduce_window from -inf: pads with -inf
+
+
+def global_avg_pool(X: jax.Array) -> jax.Array:
+    """NHWC -> (N, 1, 1, C)."""
+    return X.mean(axis=(1, 2), keepdims=True)
+
+
+def flatten(X: jax.Array) -> jax.Array:
+    return X.reshape(X.shape[0], -1)
+
+
+class Residual(nnx.Module):
+    """The Residual block of ResNet (NHWC). Without ``in_channels`` the layers that see the
+    input are built on the first call."""
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None):
+        self.conv1 = conv(in_channels, num_channels, 3, strides, 1)
+        self.conv2 = conv(num_channels, num_channels, 3, 1, 1)
+        self.conv3 = conv(in_channels, num_channels, 1, strides) if use_1x1conv else nnx.data(None)
+        self.bn1, self.bn2 = batch_norm(num_channels), batch_norm(num_channels)
+        self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        if self.conv3 is None and X.shape[-1] != self.num_channels:
+            spec.residual_output_shape((X.shape[-1], *X.shape[1:3]), self.num_channels, False, self.strides)
+        Y = relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return relu(Y + X)
+
+
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int | None = None) -> nnx.Sequential:
+    """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
+    blocks = []
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blocks.append(Residual(num_channels, use_1x1conv=True, strides=2, in_channels=in_channels))
+        else:
+            blocks.append(Residual(num_channels, in_channels=in_channels if i == 0 else num_channels))
+    return nnx.Sequential(*blocks)
+
+
+class Block(nnx.Module):
+    """Any block of the family, built from its ``spec.Block``: sublayers named as the spec's
+    canonical names (``conv1``, ``bn1``, ...); input channels 0 build those layers lazily."""
+
+    def __init__(self, block: spec.Block):
+        self.spec = block
+        for p in block.layers():
+            attr = p.name.rsplit(".", 1)[1]
+            setattr(self, attr, conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias)
+                    if isinstance(p, spec.Conv) else batch_norm(p.channels))
+        self.main_path = tuple(p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main())
+        self.shortcut_path = tuple(p.name.rsplit(".", 1)[1] for p in block.shortcut())
+
+    def _run(self, path, X):
+        for step in path:
+            X = relu(X) if step == "relu" else getattr(self, step)(X)
+        return X
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        b = self.spec
+        if not b.projection and X.shape[-1] != b.out_channels:
+            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                             f"of {X.shape[-1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+        if b.version == 1:
+            return relu(self._run(self.main_path, X) + self._run(self.shortcut_path, X))
+        P = self._run(self.main_path[:2], X)  # bn1, relu: the pre-activation both paths share
+        return self._run(self.main_path[2:], P) + (self._run(self.shortcut_path, P) if b.projection else X)
+
+
+class Bottleneck(Block):
+    """conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU (version 1).
+    ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
+    kind, version = "bottleneck", 1
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
+                 stride_on_3x3: bool = False):
+        super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
+                                    use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
+
+
+class PreActResidual(Bottleneck):
+    """Pre-activation basic block (version 2): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut
+    (projected from the pre-activated input when ``use_1x1conv``); no ReLU after the sum."""
+    kind, version = "basic", 2
+
+
+class PreActBottleneck(Bottleneck):
+    """Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, 3x3, 1x1 kernels."""
+    kind, version = "bottleneck", 2
+
+
+class ResNet(nnx.Module):
+    """Stages ``b1`` .. ``b5`` and ``head`` (``nnx.Sequential``) of the variant ``arch``
+    (``spec.get_arch``; None: the chapter's ResNet-18, built from its ``Residual`` and
+    ``resnet_block``); iterate it like the chapter. Input: NHWC. BatchNorm starts in training
+    mode (``net.eval()`` / ``net.train()`` switch it), as a PyTorch module does."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, *, arch=None, device=None):
+        arch = spec.get_arch(arch)
+        net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
+        self.b1 = nnx.Sequential(conv(in_channels, 64, 7, 2, 3, net_spec["b1"][0].bias), batch_norm(64), relu,
+                                 MaxPool(3, 2, 1))
+        channels = 64
+        for k, (num_residuals, num_channels) in enumerate(arch.stages):
+            name = f"b{k + 2}"
+            if arch == spec.Arch():
+                stage = resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels)
+            else:
+                stage = nnx.Sequential(*[Block(b) for b in net_spec[name]])
+            setattr(self, name, stage)
+            channels = num_channels
+        head = [batch_norm(channels), relu] if arch.version == 2 else []
+        self.head = nnx.Sequential(*head, global_avg_pool, flatten,
+                                   nnx.Linear(channels, num_classes, kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION,
+                                              dtype=jnp.float32, param_dtype=jnp.float32, rngs=_RNGS))
+        self.in_channels, self.num_classes, self.arch = in_channels, num_classes, arch
+        if device is not None:
+            to_device(self, device)
+
+    def __iter__(self):
+        return iter([self.b1, self.b2, self.b3, self.b4, self.b5, self.head])
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        if X.ndim != 4:
+            raise ValueError(f"expected a batch of shape (N, H, W, {self.in_channels}), got {tuple(X.shape)}")
+        spec.check_input((X.shape[-1], X.shape[1], X.shape[2]), self.in_channels)
+        for stage in self:
+            X = stage(X)
+        return X
+
+
+def to_device(net: nnx.Module, device) -> None:
+    """Move every parameter and statistic of ``net`` to ``device``."""
+    nnx.update(net, jax.device_put(nnx.state(net), device))
+
+
+def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
+           device=None) -> ResNet:
+    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``).
+    ``resnet(18)`` is the chapter's network."""
+    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
+    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
+    return resnet(18, version, num_classes, in_channels, flavour, device=device)
+
+
+def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
+    return resnet(34, version, num_classes, in_channels, flavour, device=device)
+
+
+def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+             device=None) -> ResNet:
+    return resnet(50, version, num_classes, in_channels, flavour, device=device)
+
+
+def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(101, version, num_classes, in_channels, flavour, device=device)
+
+
+def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
+              device=None) -> ResNet:
+    return resnet(152, version, num_classes, in_channels, flavour, device=device)
+
+
+def batch_norms(net: nnx.Module) -> list[BatchNorm]:
+    return [m for _, m in nnx.iter_graph(net) if isinstance(m, nnx.BatchNorm)]
+
+
+def _nchw(shape) -> tuple[int, ...]:
+    return (shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape[1:])
+
+
+def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
+    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them (shapes
+    only: ``jax.eval_shape``, no computation, the BatchNorm statistics untouched)."""
+    spec.check_input(tuple(input_shape), net.in_channels)
+    c, h, w = input_shape
+    X, rows = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32), []
+    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
+    modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]
+    net.eval()
+    try:
+        for stage_name, stage in zip(spec.STAGE_NAMES, net):
+            if stage_name in ("b1", "head"):
+                for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
+                    X = jax.eval_shape(layer, X)
+                    rows.append((spec.layer_name(stage_name, layer_spec), _nchw(X.shape)))
+            else:
+                X = jax.eval_shape(stage, X)
+                rows.append((stage_name, _nchw(X.shape)))
+    finally:
+        for bn, mode in modes:
+            bn.use_running_average = mode
+    return rows
+
+
+def count_parameters(net: nnx.Module) -> tuple[int, int]:
+    """``(trainable, non-trainable)``: ``nnx.Param`` and ``nnx.BatchStat`` (running statistics)."""
+    return tuple(sum(int(x.size) for x in jax.tree.leaves(nnx.state(net, kind))) for kind in (nnx.Param, nnx.BatchStat))

@@ -1,0 +1,175 @@
+"""Training primitives of the JAX backend for the shared loop in ``d2lres.training`` (the step
+compiled with ``jax.jit``), and d2l's ``try_gpu`` / ``load_data_fashion_mnist`` / ``train_ch6``.
+
+The network stays the stateful ``nnx`` object the user holds; each step splits its state
+(``nnx.Param``, ``nnx.BatchStat``), runs one pure, jit-compiled function of that state and writes
+the result back (``nnx.update``), so ``get_weights(net)`` / ``set_weights(net, w)`` between steps
+see and change what the next step uses. The optimizer is optax's ``add_decayed_weights`` then
+``trace`` (PyTorch's SGD: ``v = m v + g + wd w``), and ``w -= lr v`` with the learning rate passed
+to the compiled step as a value (a schedule does not recompile it).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from .. import data, training
+from .model import batch_norms, to_device
+from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
+
+
+def try_gpu(i: int = 0):
+    """GPU ``i`` if there is one, else the CPU (a ``jax.Device``)."""
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib
+        gpus = []
+    return gpus[i] if len(gpus) > i else jax.devices("cpu")[0]
+
+
+def _to_arrays(X: np.ndarray, y: np.ndarray, device=None):
+    """A NCHW numpy batch as JAX arrays: X NHWC float32, y int32."""
+    X = np.ascontiguousarray(np.asarray(X, dtype=np.float32).transpose(0, 2, 3, 1))
+    y = np.asarray(y).astype(np.int32)
+    return jax.device_put(X, device), jax.device_put(y, device)
+
+
+def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
+                            limit: int | None = None, device=None):
+    """``(train_iter, test_iter)`` of ``(X, y)`` JAX arrays on ``device``, X in NHWC, values in [0, 1]."""
+    return data.load_batches(batch_size, resize, lambda X, y: _to_arrays(X, y, device),
+                             data_dir=data_dir, seed=seed, limit=limit)
+
+
+# --- the pure functions that get compiled ------------------------------------------------------
+
+def _logits_and_stats(graphdef, params, stats, X):
+    # fresh Variables at this trace level (under jax.grad the statistics were created outside)
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, stats))
+    return model(X), nnx.state(model, nnx.BatchStat)
+
+
+def _eval_logits(graphdef, params, stats, X):
+    return nnx.merge(graphdef, params, stats)(X)
+
+
+def _train_step(tx, graphdef, params, stats, opt_state, X, y, lr):
+    def loss_fn(params):
+        logits, new_stats = _logits_and_stats(graphdef, params, stats, X)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree.map(lambda w, v: w - lr * v, params, updates)
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
+    return params, stats, opt_state, loss, correct
+
+
+class Trainer:
+    """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
+    ``w -= lr v``) and cross-entropy. ``compile`` (None: on) runs the step and the forward passes
+    through ``jax.jit`` (one compilation per input shape). JAX convolutions here are NHWC only:
+    ``channels_last`` may be None or True; False is refused."""
+
+    backend = "jax"
+
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
+                 compile: bool | None = None, channels_last: bool | None = None):
+        if channels_last is False:
+            raise ValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
+        self.net, self.device = net, device if device is not None else try_gpu()
+        self.momentum, self.weight_decay = momentum, weight_decay
+        to_device(net, self.device)
+        modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]
+        net.train()
+        self._graph_train = nnx.graphdef(net)
+        net.eval()
+        self._graph_eval = nnx.graphdef(net)
+        for bn, mode in modes:
+            bn.use_running_average = mode
+        paths = {id(v): path for path, v in nnx.iter_graph(net) if isinstance(v, nnx.Variable)}
+        self._slots = [(name, paths[id(var)], kind) for name, var, kind in variables(net)
+                       if isinstance(var, nnx.Param)]
+        self.tx = optax.chain(optax.identity(), *([optax.add_decayed_weights(weight_decay)] if weight_decay else []),
+                              *([optax.trace(decay=momentum)] if momentum else []))
+        self.opt_state = self.tx.init(nnx.state(net, nnx.Param))
+        jit = (lambda f, **kw: jax.jit(f, **kw)) if compile is None or compile else (lambda f, **kw: f)
+        self._step = jit(lambda *a: _train_step(self.tx, *a), static_argnums=0)
+        self._train_forward = jit(_logits_and_stats, static_argnums=0)
+        self._eval_forward = jit(_eval_logits, static_argnums=0)
+
+    def convert(self, X: np.ndarray, y: np.ndarray):
+        return _to_arrays(X, y, self.device)
+
+    def _state(self):
+        return nnx.state(self.net, nnx.Param, nnx.BatchStat)
+
+    def step(self, X, y, lr: float) -> tuple[float, int]:
+        """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        X, y = jax.device_put(X, self.device), jax.device_put(jnp.asarray(y, jnp.int32), self.device)
+        params, stats = self._state()
+        params, stats, self.opt_state, loss, correct = self._step(
+            self._graph_train, params, stats, self.opt_state, X, y, jnp.asarray(lr, jnp.float32))
+        nnx.update(self.net, params, stats)
+        return float(loss), int(correct)
+
+    def predict(self, X) -> np.ndarray:
+        """Eval-mode logits of a NHWC batch."""
+        return np.asarray(self._eval_forward(self._graph_eval, *self._state(), jax.device_put(X, self.device)))
+
+    def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
+        """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
+        X = jax.device_put(np.ascontiguousarray(np.asarray(X, np.float32).transpose(0, 2, 3, 1)), self.device)
+        if not training:
+            return np.asarray(self._eval_forward(self._graph_eval, *self._state(), X))
+        logits, stats = self._train_forward(self._graph_train, *self._state(), X)
+        nnx.update(self.net, stats)
+        return np.asarray(logits)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return get_weights(self.net)
+
+    def set_weights(self, weights) -> None:
+        set_weights(self.net, weights)
+
+    def _trace(self):
+        return optax.tree_utils.tree_get(self.opt_state, "trace") if self.momentum else None
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Momentum buffers under ``momentum.<canonical name>``, in the canonical layout."""
+        trace = self._trace()
+        if trace is None:
+            return {}
+        flat = dict(nnx.to_flat_state(trace))
+        return {f"momentum.{name}": to_canonical(_value(flat[path]), kind) for name, path, kind in self._slots}
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        trace = self._trace()
+        if trace is None:
+            return
+        given = {path: from_canonical(state[f"momentum.{name}"], kind) for name, path, kind in self._slots
+                 if f"momentum.{name}" in state}
+
+        def load(path, v):
+            if path not in given:
+                return v
+            new = jax.device_put(given[path], self.device)
+            return v.replace(value=new) if isinstance(v, nnx.Variable) else new
+
+        self.opt_state = optax.tree_utils.tree_set(self.opt_state, trace=nnx.map_state(load, trace))
+
+
+def _value(v):
+    return v.value if isinstance(v, nnx.Variable) else v
+
+
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
+    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
+    any re-iterable of NHWC ``(X, y)`` arrays with a length; ``fit_options`` go to
+    ``d2lres.training.fit``."""
+    trainer = Trainer(net, device=device)
+    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)

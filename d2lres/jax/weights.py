@@ -1,0 +1,76 @@
+"""Weights I/O for the JAX backend: ``nnx`` variables <-> neutral weights file (kernels HWIO <->
+OIHW, dense ``(in, out)`` <-> ``(out, in)``; BatchNorm ``scale/bias/mean/var`` <->
+``weight/bias/running_mean/running_var``)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+
+from .. import spec
+from .. import weights as neutral
+from .model import Lazy, ResNet
+
+_BN = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var"))
+
+
+def _built(layer, name: str):
+    if isinstance(layer, Lazy):
+        if layer.layer is None:
+            raise ValueError(f"{name} has no weights yet: it is built on its first call (or pass in_channels)")
+        return layer.layer
+    return layer
+
+
+def named_layers(net: ResNet) -> Iterator[tuple[str, nnx.Module]]:
+    """``(canonical name, layer)`` for every layer with weights, in the spec's order."""
+    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
+    for stage_name, stage in zip(spec.STAGE_NAMES, net):
+        for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
+            if isinstance(layer_spec, (spec.Residual, spec.Block)):
+                for p in layer_spec.layers():
+                    yield p.name, _built(getattr(layer, p.name.rsplit(".", 1)[1]), p.name)
+            elif isinstance(layer_spec, (spec.Conv, spec.BatchNorm, spec.Dense)):
+                yield layer_spec.name, _built(layer, layer_spec.name)
+
+
+def variables(net: ResNet) -> Iterator[tuple[str, nnx.Variable, str]]:
+    """``(canonical name, variable, kind)``; kind says how to convert the layout."""
+    for name, layer in named_layers(net):
+        if isinstance(layer, nnx.BatchNorm):
+            for key, attr in _BN:
+                yield f"{name}.{key}", getattr(layer, attr), "vector"
+        else:
+            yield f"{name}.weight", layer.kernel, "dense" if isinstance(layer, nnx.Linear) else "conv"
+            if layer.bias is not None:
+                yield f"{name}.bias", layer.bias, "vector"
+
+
+def to_canonical(value, kind: str) -> np.ndarray:
+    value = np.asarray(value)
+    value = value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
+    return np.array(value, dtype=np.float32, order="C")  # a copy: JAX's buffers are read-only
+
+
+def from_canonical(value, kind: str) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float32)
+    return np.ascontiguousarray(value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value)
+
+
+def get_weights(net: ResNet) -> dict[str, np.ndarray]:
+    """The network's parameters and BatchNorm statistics under canonical names."""
+    return {name: to_canonical(var.value, kind) for name, var, kind in variables(net)}
+
+
+def set_weights(net: ResNet, weights: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights into ``net`` (checked against the spec first), each onto the
+    device its variable is on."""
+    neutral.check_weights(weights, net.num_classes, net.in_channels, net.arch)
+    for name, var, kind in variables(net):
+        var.value = jax.device_put(from_canonical(weights[name], kind), var.value.sharding)
+
+
+save_weights, load_weights, init_weights = neutral.backend_functions(get_weights, set_weights)
+load_torchvision_state_dict = neutral.torchvision_loader(set_weights)

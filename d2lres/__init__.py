@@ -1,2 +1,6 @@
-"""d2lres: the ResNet chapter of Dive into Deep Learning in three frameworks, one API."""
+"""d2lres: the ResNet chapter of Dive into Deep Learning as software, one API in every framework."""
+from .threads import prepare_openmp
+
 __version__ = "0.1.0"
+
+prepare_openmp()

@@ -1,5 +1,11 @@
 """Thread counts when several frameworks share a process.
 
+OpenMP threads that spin while they wait collapse when another program takes a core: a small
+PyTorch training step went from 129 to 4-10 images/s on two loaded cores with the default wait
+policy, and ran at 50-90 with ``OMP_WAIT_POLICY=PASSIVE`` (129 -> 139 on idle cores: no cost).
+Unless the user chose a policy, d2lres sets the passive one when it is imported, before any
+framework (it has no effect on a framework imported before d2lres).
+
 Importing MXNet sets the shared OpenMP runtime to one thread, which halves PyTorch's speed on
 two cores whichever of the two is imported first; and MXNet's own operators use fewer OpenMP
 threads than there are cores unless told (on two cores: ~120 instead of ~190 training
@@ -12,6 +18,11 @@ import sys
 
 #: ``OMP_NUM_THREADS`` as the user set it (None: d2lres chooses).
 USER_OMP_NUM_THREADS = os.environ.get("OMP_NUM_THREADS")
+
+
+def prepare_openmp() -> None:
+    """Call before any framework is imported: idle OpenMP threads sleep instead of spinning."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def available_cores() -> int:

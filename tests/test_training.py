@@ -90,7 +90,8 @@ def test_interrupted_run_resumes_exactly(backend, tmp_path):
     straight, h_straight = run()
     a, b = resumed.get_weights(), straight.get_weights()
     # atol: the convolution biases in front of BatchNorm get ~1e-9 gradients (BN cancels them)
-    assert all(np.allclose(a[k], b[k], rtol=0, atol=1e-4 * np.abs(b[k]).max() + 1e-6) for k in b)
+    for k in b:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-4 * np.abs(b[k]).max() + 1e-6, err_msg=k)
     assert [e["train_loss"] for e in h_resumed["epochs"]] == pytest.approx(
         [e["train_loss"] for e in h_straight["epochs"]], rel=1e-4)
 
@@ -110,7 +111,8 @@ def test_checkpoint_is_complete_after_interruption(tmp_path):
 def test_diverging_loss_stops_with_epoch_and_batch(backend, tmp_path):
     trainer = make(backend)
     X, y = toy_data(n=256)
-    with pytest.raises(training.TrainingError, match=r"(loss is (nan|inf)|weights are no longer finite.*) at epoch 1, batch \d+"):
+    message = r"(loss is (nan|inf)|weights are no longer finite.*) at epoch 1, batch \d+"
+    with pytest.raises(training.TrainingError, match=message):
         training.fit(trainer, batches(trainer, X, y), None, 1, 1e6, checkpoint_dir=tmp_path, checkpoint_every=1,
                      progress=False, plot=False, verbose=False)
     weights, _, progress = training.load_checkpoint(tmp_path)  # the last good state is kept

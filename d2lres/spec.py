@@ -28,8 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-#: ResNet-18 stages b2..b5: (number of Residual blocks, channels).
-STAGES = ((2, 64), (2, 128), (2, 256), (2, 512))
 STAGE_NAMES = ("b1", "b2", "b3", "b4", "b5", "head")
 
 #: One BatchNorm setting for all three backends: PyTorch's. ``momentum`` is the weight of the

@@ -1,9 +1,10 @@
 """What ``d2lres bench`` needs from TensorFlow: a float32 matmul, and the chapter's way as the
-baseline: the Keras model compiled and trained as ``train_ch6`` does (``compile`` + ``fit``,
+baseline: the Keras 3 model compiled and trained as ``train_ch6`` does (``compile`` + ``fit``,
 whose batches run ``train_on_batch``'s function), fed by d2l's ``load_data_fashion_mnist``
 (``tf.data``: batch, shuffle, then ``resize_with_pad`` on each batch)."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -19,10 +20,10 @@ def matmul(n: int):
 class ChapterWay:
     """``net.compile(SGD(lr), SparseCategoricalCrossentropy(from_logits=True), ['accuracy'])``."""
 
-    def __init__(self, net: tf.keras.Model, lr: float):
+    def __init__(self, net: keras.Model, lr: float):
         self.net = net
-        net.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=lr),
-                    loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        net.compile(optimizer=keras.optimizers.SGD(learning_rate=lr),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     def loader(self, images: np.ndarray, labels: np.ndarray, batch_size: int, size: int):
         X, y = tf.expand_dims(images, axis=3) / 255, tf.cast(labels, dtype="int32")

@@ -239,10 +239,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def report_errors(func, *args) -> int:
-    """``func(*args)``, with every expected failure as one ``d2lres: error:`` line (exit 2):
-    bad values, data, training and file errors carry their own message; an ``OSError`` is named
-    by its file."""
+def report_errors(func, *args, stream=None) -> int:
+    """``func(*args)``, with every expected failure as one ``d2lres: error:`` line on ``stream``
+    (default stderr) and exit status 2: bad values, data, training and file errors carry their
+    own message; an ``OSError`` is named by its file."""
     try:
         return func(*args)
     except (ValueError, backends.BackendUnavailable) as err:
@@ -257,7 +257,7 @@ def report_errors(func, *args) -> int:
         if not isinstance(err, (DataError, TrainingError)):
             raise
         message = str(err)
-    print(f"d2lres: error: {message}", file=sys.stderr)
+    print(f"d2lres: error: {message}", file=stream or sys.stderr)
     return 2
 
 

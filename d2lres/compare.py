@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,12 +35,16 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
     already in ``out`` is continued (and a finished one reused) if it is the same run; another
     run there is refused unless ``overwrite``."""
     resume = not overwrite and (out / CHECKPOINT_DIR / CHECKPOINT).exists()
-    job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
-                  overwrite=overwrite)
-    print(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "d2lres.run", job])
-    if done.returncode != 0:
-        raise CompareError(f"{backend}: training failed (exit status {done.returncode}, its error is above)")
+    with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
+        error_file = Path(tmp) / "error"
+        job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
+                      overwrite=overwrite, error_file=error_file)
+        print(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "d2lres.run", job])
+        if done.returncode != 0:
+            error = error_file.read_text().strip().removeprefix("d2lres: error: ") if error_file.exists() else ""
+            raise CompareError(f"{backend}: {error}" if error else
+                               f"{backend}: training failed (exit status {done.returncode}, its error is above)")
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -212,9 +212,13 @@ def job(backend: str, config: TrainConfig, out, **options) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s."""
+    """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
+    on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
+    import io
+
     from .cli import report_errors
     spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
+    error_file = spec_.pop("error_file", None)
 
     def run() -> int:
         config = TrainConfig.from_dict(spec_.pop("config"))
@@ -222,7 +226,13 @@ def main(argv=None) -> int:
                         **spec_)
         print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0
-    return report_errors(run)
+    if error_file is None:
+        return report_errors(run)
+    message = io.StringIO()
+    status = report_errors(run, stream=message)
+    if status:
+        Path(error_file).write_text(message.getvalue())
+    return status
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import backends, spec
+from . import backends, isa, spec
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -162,7 +162,7 @@ def cmd_bench(args) -> int:
     config = replace(config, **overrides)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
     report = bench([backends.canonical(b) for b in args.backends], out, config, data_dir=args.data_dir,
-                   with_variants=args.variants)
+                   with_variants=args.variants, held=args.isa)
     print(report["table"])
     print(f"\nreport: {out / 'bench.md'}, {out / 'bench.json'}, chart: {out / 'bench.png'}")
     return 0
@@ -234,6 +234,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")
     b.add_argument("--rounds", type=int, help="end-to-end rounds per way, alternating (median reported)")
     b.add_argument("--out", help="output directory (default runs/bench)")
+    b.add_argument("--isa", choices=isa.ISAS, default="native",
+                   help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process (what most "
+                        "learners' CPUs have), to measure an AVX2 machine on a newer one")
     b.add_argument("--data-dir", help="Fashion-MNIST directory")
     b.set_defaults(func=cmd_bench)
     return p
@@ -248,7 +251,7 @@ def report_errors(func, *args, stream=None) -> int:
     except (ValueError, backends.BackendUnavailable) as err:
         message = str(err)
     except OSError as err:  # unwritable, full disk, a folder where a file belongs, ...
-        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        where = err.filename2 if err.filename2 is not None else err.filename  # a rename's target
         message = (f"{where}: {err.strerror or err}; check the path, its permissions and free space"
                    if where else f"{err}")
     except Exception as err:  # data and training errors carry their own clear message

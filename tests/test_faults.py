@@ -257,6 +257,14 @@ def test_out_naming_a_file_or_below_one(real_data, tmp_path):
         assert str(out) in line and "--out" in line
 
 
+def test_unwritable_output_gives_one_error_line(real_data, tmp_path):
+    (tmp_path / "weights.npz").mkdir()  # where the run's weights file belongs
+    line = one_error_line(d2lres("train", *RUN, "--epochs", "1", "--limit", "8", "--data-dir", real_data,
+                                 "--out", tmp_path))
+    assert f"{tmp_path / 'weights.npz'}: Is a directory" in line
+    assert temporaries(tmp_path) == []
+
+
 def test_stale_temporaries_are_removed(reference, tmp_path, real_data):
     out = tmp_path / "run"
     shutil.copytree(reference, out)

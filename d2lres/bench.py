@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, data, spec
+from . import backends, data, isa, spec
 from .presets import preset
 
 WAYS = ("d2lres", "chapter")
@@ -123,6 +123,9 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
     in its own process."""
     framework = backends.BACKENDS[backend][1]
     if way == "chapter":
+        if backend == "mxnet":
+            from .mxnet_compat import prepare_numpy
+            prepare_numpy()  # MXNet cannot import on numpy 1.24+ without it
         importlib.import_module(framework)  # before d2lres sets any thread counts
     mod = backends.load(backend)
     fw_bench = importlib.import_module(f"d2lres.{backend}.bench")
@@ -146,47 +149,49 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
     return result
 
 
-def _run_worker(backend, way, config, options, data_dir, parts, out: Path) -> dict:
+def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held: str = "native") -> dict:
     job = {"backend": backend, "way": way, "config": asdict(config), "options": options,
            "data_dir": str(data_dir) if data_dir else None, "parts": parts, "out": str(out)}
     label = f"{backend} {way}{' ' + json.dumps(options) if options else ''}: {' + '.join(parts)}"
     print(f"== {label}", flush=True)
     tic = time.perf_counter()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa.isa_env(held)}
     subprocess.run([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.bench", json.dumps(job)],
                    check=True, env=env)
     print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
     return json.loads(out.read_text())
 
 
-def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path) -> list[dict]:
+def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path, held: str) -> list[dict]:
     """Both ways (steps, then ``config.rounds`` end-to-end rounds alternating d2lres and the
     chapter so that both see the same machine), then the variants' steps."""
-    runs = {way: _run_worker(name, way, config, {}, data_dir, ["steps", "end_to_end"], out / f"{name}-{way}.json")
-            for way in WAYS}
+    runs = {way: _run_worker(name, way, config, {}, data_dir, ["steps", "end_to_end"], out / f"{name}-{way}.json",
+                             held) for way in WAYS}
     for run in runs.values():
         run["end_to_end"]["rounds"] = [run["end_to_end"]["images_per_s"]]
     for i in range(1, config.rounds):
         for way, run in runs.items():
-            extra = _run_worker(name, way, config, {}, data_dir, ["end_to_end"], out / f"{name}-{way}-{i}.json")
+            extra = _run_worker(name, way, config, {}, data_dir, ["end_to_end"], out / f"{name}-{way}-{i}.json", held)
             run["end_to_end"]["rounds"].append(extra["end_to_end"]["images_per_s"])
     for run in runs.values():
         run["end_to_end"]["images_per_s"] = statistics.median(run["end_to_end"]["rounds"])
-    extra = [_run_worker(name, "d2lres", config, options, data_dir, ["steps"], out / f"{name}-variant-{i}.json")
+    extra = [_run_worker(name, "d2lres", config, options, data_dir, ["steps"], out / f"{name}-variant-{i}.json", held)
              for i, options in enumerate(variants(name) if with_variants else [])]
     return [*runs.values(), *extra]
 
 
-def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, with_variants: bool = False) -> dict:
-    """Run every backend both ways (and its :func:`variants` if asked); write ``bench.json``,
-    ``bench.md`` and ``bench.png`` in ``out`` and return the report."""
+def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, with_variants: bool = False,
+          held: str = "native") -> dict:
+    """Run every backend both ways (and its :func:`variants` if asked), every timed process held
+    to the instruction set ``held`` (``native`` or ``avx2``, see ``d2lres.isa``); write
+    ``bench.json``, ``bench.md`` and ``bench.png`` in ``out`` and return the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data.fetch_fashion_mnist(data_dir)
     shape = (1, config.size, config.size)
-    numpy_gflops = matmul_gflops(numpy_matmul(config.matmul_n), config.matmul_n)
-    runs = [run for name in names for run in _backend_runs(name, config, data_dir, with_variants, out)]
-    report = {"config": asdict(config), "forward_macs": spec.forward_macs(shape),
+    numpy_gflops = _numpy_gflops(config.matmul_n, held)
+    runs = [run for name in names for run in _backend_runs(name, config, data_dir, with_variants, out, held)]
+    report = {"cpu": isa.cpu_info(held), "config": asdict(config), "forward_macs": spec.forward_macs(shape),
               "training_flops": spec.training_flops(shape), "runs": runs}
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{
         name: statistics.median(r["matmul_gflops"] for r in runs if r["backend"] == name) for name in names}}
@@ -198,6 +203,15 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     report["table"] = format_table(report)
     (out / "bench.md").write_text(report["table"] + "\n\n![bench](bench.png)\n")
     return report
+
+
+def _numpy_gflops(n: int, held: str) -> float:
+    """numpy's float32 matmul GFLOP/s, in a process held to ``held`` (OpenBLAS reads its core
+    type when it loads)."""
+    code = f"from d2lres.bench import matmul_gflops, numpy_matmul; print(matmul_gflops(numpy_matmul({n}), {n}))"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **isa.isa_env(held)}, check=True,
+                          capture_output=True, text=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def summarize(report: dict) -> None:
@@ -226,7 +240,8 @@ def format_table(report: dict) -> str:
     head = (["backend", "way"] + [f"train b{b} img/s" for b in batches] + [f"infer b{b} img/s" for b in batches]
             + ["end to end img/s", "ratio to chapter (end to end)", f"train b{batches[0]} GFLOP/s",
                "share of matmul limit"])
-    lines = [f"ResNet-18, 1x{report['config']['size']}x{report['config']['size']}: "
+    lines = [f"CPU: {isa.describe(report['cpu'])}. "
+             f"ResNet-18, 1x{report['config']['size']}x{report['config']['size']}: "
              f"{report['forward_macs'] / 1e9:.3f} GMAC forward, {report['training_flops'] / 1e9:.2f} GFLOP per "
              f"training image. Matmul limit {report['matmul_limit_gflops']:.0f} GFLOP/s, the best of float32 "
              f"{report['config']['matmul_n']}x{report['config']['matmul_n']} matmuls measured in this run ("

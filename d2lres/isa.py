@@ -7,7 +7,8 @@ more than AVX2, so an AVX2 machine can be measured on a newer one:
 - ``ONEDNN_MAX_CPU_ISA``: oneDNN 2.5+ (PyTorch, TensorFlow); verified by their oneDNN log line
   ``isa:Intel AVX2`` (:func:`probe`).
 - ``DNNL_MAX_CPU_ISA``: the oneDNN 2.x that MXNet 1.9.1 bundles reads this name.
-- ``MKL_ENABLE_INSTRUCTIONS``: MKL (none of the default set's wheels uses MKL for convolutions).
+- ``MKL_ENABLE_INSTRUCTIONS``: MKL (PyTorch's matmuls on x86).
+- ``OPENBLAS_CORETYPE=Haswell``: OpenBLAS (numpy's and MXNet's matmuls) on its AVX2 kernels.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import sys
 from pathlib import Path
 
 #: What ``--isa avx2`` sets in every timed process.
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "OPENBLAS_CORETYPE": "Haswell"}
 ISAS = ("native", "avx2")
 
 
@@ -34,8 +36,9 @@ def held_isa() -> str:
     return "avx2" if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" else "native"
 
 
-def cpu_info() -> dict:
-    """CPU model, its ISA class (avx512+amx / avx512 / avx2 / older), cores, and any ISA held."""
+def cpu_info(held: str | None = None) -> dict:
+    """CPU model, its ISA class (avx512+amx / avx512 / avx2 / older), cores, and the ISA the
+    frameworks are held to (``held``; default: what this process's environment says)."""
     flags: set[str] = set()
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -52,7 +55,7 @@ def cpu_info() -> dict:
     cls = "avx512+amx" if amx else "avx512" if avx512 else "avx2" if "avx2" in flags else "pre-avx2"
     return {"model": model, "isa_class": cls, "avx2": "avx2" in flags, "avx512": avx512, "amx": amx,
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "held": held_isa()}
+            "held": held or held_isa()}
 
 
 def describe(info: dict | None = None) -> str:

@@ -2,7 +2,7 @@
 import warnings
 
 from ..threads import prepare_mxnet_threads, restore_torch_threads
-from .compat import prepare_numpy
+from ..mxnet_compat import prepare_numpy
 
 prepare_numpy()
 prepare_mxnet_threads()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mxnet as mx
 import numpy as onp
-from mxnet import autograd, np, npx
+from mxnet import autograd, np
 
 from .. import data, spec, training
 from .weights import get_weights, named_parameters, set_weights

@@ -1,4 +1,6 @@
-"""MXNet 1.9.1 (retired to the Apache Attic in 2023) on today's numpy, before ``import mxnet``.
+"""MXNet 1.9.1 (retired to the Apache Attic in 2023) on today's numpy, before ``import mxnet``
+(framework-free, outside ``d2lres.mxnet`` so that the chapter's way in ``d2lres bench`` can
+import MXNet with this fix and nothing else of d2lres).
 
 MXNet refers to ``numpy.bool`` at import and at run time (boolean masks: ``x[mask]``,
 ``x[x > 0]``; comparisons of dtypes), an alias numpy 1.24 removed. On numpy 1.24-1.26 the one
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backends import BackendUnavailable
+from .backends import BackendUnavailable
 
 #: The numpy releases MXNet 1.9.1 runs on (with :func:`prepare_numpy`).
 SUPPORTED_NUMPY = "numpy 1.24-1.26 (the default set: constraints/all.txt)"

@@ -140,8 +140,10 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
         for batch in config.batches:
             X, y = runner.inputs(rng.random((batch, 1, config.size, config.size), dtype=np.float32),
                                  rng.integers(0, 10, batch))
-            result["train"][str(batch)] = median_rate(lambda: runner.step(X, y), batch, config.repeats, config.warmup)
-            result["infer"][str(batch)] = median_rate(lambda: runner.predict(X), batch, config.repeats, config.warmup)
+            result["train"][str(batch)] = median_rate(lambda X=X, y=y: runner.step(X, y), batch, config.repeats,
+                                                      config.warmup)
+            result["infer"][str(batch)] = median_rate(lambda X=X: runner.predict(X), batch, config.repeats,
+                                                      config.warmup)
     if "end_to_end" in parts:
         images, labels = data.FashionMNIST.load(data_dir).raw[True]
         result["end_to_end"] = end_to_end_rate(runner, images, labels, config.batches[0], config.size,
@@ -254,7 +256,8 @@ def format_table(report: dict) -> str:
         way = r["way"] + (" " + ", ".join(f"{k}={v}" for k, v in r["options"].items()) if r["options"] else "")
         e2e = r.get("end_to_end")
         ratio = report["ratios"].get(r["backend"], {}).get("end_to_end") if r["way"] == "d2lres" and e2e else None
-        cells = ([r["backend"], way] + [f"{r['train'][b]:.1f}" for b in batches] + [f"{r['infer'][b]:.1f}" for b in batches]
+        cells = ([r["backend"], way] + [f"{r['train'][b]:.1f}" for b in batches]
+                 + [f"{r['infer'][b]:.1f}" for b in batches]
                  + [f"{e2e['images_per_s']:.1f}" if e2e else "", f"{ratio:.2f}x" if ratio else "",
                     f"{r['train_gflops'][batches[0]]:.1f}", f"{100 * r['train_share'][batches[0]]:.0f}%"])
         lines.append("| " + " | ".join(cells) + " |")

@@ -144,7 +144,8 @@ def cmd_compare(args) -> int:
     from .compare import compare_training
     names = [backends.canonical(b) for b in args.backends]
     report = compare_training(_config(args), args.out or f"runs/compare-{args.preset}", names, arch=_arch(args),
-                              data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite)
+                              data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite,
+                              progress=not args.no_progress, held=args.isa)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -217,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compare", help="train all backends and report (or --check: as d2lres check)")
     c.add_argument("--check", action="store_true", help="only the cross-backend checks (same as d2lres check)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--isa", choices=isa.ISAS, default="native",
+                   help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every backend's process")
     _check_options(c)
     _training_options(c)
     c.set_defaults(func=cmd_compare)

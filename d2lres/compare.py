@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from . import backends, data, spec
+from . import backends, data, isa, spec
 from . import weights as neutral
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
 from .presets import TrainConfig
+from .progress import AcrossBackends
 from .run import CHECKPOINT_DIR, run_folder
 from .run import job as run_job
 from .training import CHECKPOINT
@@ -30,7 +32,7 @@ class CompareError(ValueError):
 
 
 def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Path, *, arch, data_dir, limit,
-                         overwrite: bool) -> dict:
+                         overwrite: bool, bar: AcrossBackends, held: str) -> dict:
     """One backend's run as a JSON job (``python -m d2lres.run JOB``) in its own process. A run
     already in ``out`` is continued (and a finished one reused) if it is the same run; another
     run there is refused unless ``overwrite``."""
@@ -39,26 +41,39 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
         error_file = Path(tmp) / "error"
         job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
                       overwrite=overwrite, error_file=error_file)
-        print(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}", flush=True)
-        done = subprocess.run([sys.executable, "-m", "d2lres.run", job])
-        if done.returncode != 0:
+        bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
+        env, fds = bar.start(backend)
+        env = {**os.environ, **isa.isa_env(held), **env}
+        process = subprocess.Popen([sys.executable, "-m", "d2lres.run", job], env=env,
+                                   pass_fds=fds)
+        bar.started()
+        returncode = process.wait()
+        bar.finish()
+        if returncode != 0:
             error = error_file.read_text().strip().removeprefix("d2lres: error: ") if error_file.exists() else ""
             raise CompareError(f"{backend}: {error}" if error else
-                               f"{backend}: training failed (exit status {done.returncode}, its error is above)")
+                               f"{backend}: training failed (exit status {returncode}, its error is above)")
     return json.loads((out / "metrics.json").read_text())
 
 
 def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.BACKENDS), *, arch=None,
-                     data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False) -> Path:
-    """Train each backend, then write ``out/report.md``, ``out/curves.png``, ``out/report.json``."""
+                     data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False,
+                     progress: bool = True, held: str = "native") -> Path:
+    """Train each backend, then write ``out/report.md``, ``out/curves.png``, ``out/report.json``.
+    ``progress``: one bar over every backend's steps, and the expected time once the first
+    backend's steps are measured; ``held``: the instruction set every backend's process is held
+    to (``d2lres.isa``), recorded with the CPU in the report."""
     arch = spec.get_arch(arch)
     tic = time.perf_counter()
     with run_folder(out) as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
         init = out / "init.npz"  # the same bytes' worth of weights for every backend (a seeded initialiser)
         neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch))
-        results = {n: _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir, limit=limit,
-                                           overwrite=overwrite) for n in names}
+        available = len(data.FashionMNIST.load(data_dir).raw[True][1])
+        steps = config.epochs * -(-min(limit or available, available) // config.batch_size)
+        with AcrossBackends({n: steps for n in names}, enabled=progress) as bar:
+            results = {n: _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir, limit=limit,
+                                               overwrite=overwrite, bar=bar, held=held) for n in names}
         check_md = ""
         if checks:
             done = subprocess.run([sys.executable, "-m", "d2lres", "check", "--json", str(out / "checks.json"),
@@ -73,10 +88,11 @@ def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.
             fig.savefig(f, dpi=110, format="png")
         summary = parity(results)
         summary["wall_seconds"] = time.perf_counter() - tic
-        report = {"arch": str(arch), "config": config.to_dict(), "limit": limit, "parity": summary,
+        cpu = isa.cpu_info(held)
+        report = {"arch": str(arch), "config": config.to_dict(), "limit": limit, "cpu": cpu, "parity": summary,
                   "results": {n: {k: v for k, v in r.items() if k != "history"} for n, r in results.items()}}
         atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
-        text = render(config, results, summary, check_md, arch=arch, limit=limit)
+        text = render(config, results, summary, check_md, arch=arch, limit=limit, cpu=cpu)
         atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return out / "report.md"
 
@@ -91,7 +107,7 @@ def parity(results: dict[str, dict]) -> dict:
 
 
 def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str, *, arch=None,
-           limit: int | None = None) -> str:
+           limit: int | None = None, cpu: dict | None = None) -> str:
     c = config
     arch = spec.get_arch(arch)
     count = {1: "one backend", 2: "two backends", 3: "three backends"}.get(len(results), f"{len(results)} backends")
@@ -101,7 +117,9 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
              f"({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
              + (f", the first {limit} images of each split" if limit else "") + ". "
              "Every backend starts from the same weights (`init.npz`) and sees the same batch order.", "",
-             "| backend | device | train loss | train acc | test acc | images/s (training) | wall time (s) | first-step loss |",
+             f"Measured on: {isa.describe(cpu)}; total wall time {summary['wall_seconds']:.0f} s.", "",
+             "| backend | device | train loss | train acc | test acc | images/s (training) | wall time (s) "
+             "| first-step loss |",
              "|---|---|---|---|---|---|---|---|"]
     for n, r in results.items():
         lines.append(f"| {n} | {r['device']} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_acc']:.4f} | "

@@ -221,6 +221,10 @@ def main(argv=None) -> int:
     error_file = spec_.pop("error_file", None)
 
     def run() -> int:
+        from .progress import step_reporter
+        reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
+        if reporter is not None:
+            spec_["progress"] = reporter
         config = TrainConfig.from_dict(spec_.pop("config"))
         metrics = train(spec_.pop("backend"), config, spec_.pop("out"), arch=spec.get_arch(*spec_.pop("arch")),
                         **spec_)

@@ -124,10 +124,12 @@ def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
 
 def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[int], float], *,
         checkpoint_dir: str | Path | None = None, resume: bool = False, checkpoint_every: int = 100,
-        progress: bool = True, plot: bool = True, curves_path: str | Path | None = None,
+        progress: bool | Callable[[], None] = True, plot: bool = True, curves_path: str | Path | None = None,
         verbose: bool = True, stop_after: int | None = None, identity: dict | None = None,
         title: str | None = None) -> dict:
     """Train for ``num_epochs``; ``lr`` is a constant or a function of the global step.
+    ``progress``: True draws a bar per epoch; a function is called after each step instead (the
+    bar across backends of ``d2lres compare``, see ``d2lres.progress``).
 
     ``train_iter`` / ``test_iter`` are d2lres's batches or any re-iterable of ``(X, y)`` with a
     length that the backend's ``Trainer`` takes (the framework's own data loader). Resuming
@@ -174,12 +176,14 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                                                   "step_in_epoch": step_in_epoch, "identity": identity})
 
     record_every = max(1, steps_per_epoch // 10)
+    on_step = progress if callable(progress) else None
     steps_this_call = 0
     while epoch < num_epochs:
         if hasattr(train_iter, "set_epoch"):
             train_iter.set_epoch(epoch)
-        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"{trainer.backend} epoch {epoch + 1}/{num_epochs}",
-                   disable=not progress, leave=False, unit="batch", mininterval=1.0)
+        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch,
+                   desc=f"{trainer.backend} epoch {epoch + 1}/{num_epochs}",
+                   disable=not progress or on_step is not None, leave=False, unit="batch", mininterval=1.0)
         batches = iter(train_iter)
         for _ in range(step_in_epoch):
             next(batches)
@@ -200,6 +204,8 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
             step_in_epoch += 1
             steps_this_call += 1
             bar.update(1)
+            if on_step is not None:
+                on_step()
             if step_in_epoch % record_every == 0 or step_in_epoch == steps_per_epoch:
                 history["points"].append([epoch + step_in_epoch / steps_per_epoch,
                                           acc["loss"] / acc["n"], acc["correct"] / acc["n"]])

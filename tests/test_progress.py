@@ -1,0 +1,36 @@
+"""The bar across backends of ``d2lres compare``: a training process's steps reach it through a
+pipe, and after the warm-up steps it says how long the whole job should take."""
+import os
+import subprocess
+import sys
+
+from d2lres import progress
+
+CHILD = ("import time; from d2lres.progress import step_reporter; tick = step_reporter()\n"
+         "for _ in range({n}): time.sleep(0.01); tick()")
+
+
+def test_steps_of_each_backend_advance_one_bar_and_an_estimate_is_given(capsys):
+    steps = {"a": 10, "b": 10}
+    with progress.AcrossBackends(steps, enabled=True) as bar:
+        for name in steps:
+            env, fds = bar.start(name)
+            child = subprocess.Popen([sys.executable, "-c", CHILD.format(n=steps[name])],
+                                     env={**os.environ, **env}, pass_fds=fds)
+            bar.started()
+            assert child.wait(timeout=60) == 0
+            bar.finish()
+        assert bar.bar.n == 20
+        assert bar.estimated
+    err = capsys.readouterr()
+    assert "expected: about" in err.out + err.err and "measured in a" in err.out + err.err
+
+
+def test_without_a_pipe_a_process_reports_nothing(monkeypatch):
+    monkeypatch.delenv(progress.PROGRESS_FD, raising=False)
+    assert progress.step_reporter() is None
+
+
+def test_expectation_reads_in_minutes_or_seconds():
+    assert "about 10 min" in progress.expectation(1.0, 600, "torch", 3)
+    assert "about 60 s" in progress.expectation(0.1, 600, "torch", 3)

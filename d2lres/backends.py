@@ -28,6 +28,15 @@ def canonical(name: str) -> str:
     return key
 
 
+def available() -> list[str]:
+    """The backends that can run here, in ``BACKENDS`` order: their framework is installed (and
+    for MXNet, numpy is older than 2; see ``d2lres.mxnet_compat``). Imports no framework."""
+    import numpy
+    numpy2 = int(numpy.__version__.split(".")[0]) >= 2
+    return [name for name, (_, framework, _) in BACKENDS.items()
+            if importlib.util.find_spec(framework) is not None and not (name == "mxnet" and numpy2)]
+
+
 def load(name: str) -> ModuleType:
     """Import ``d2lres.<backend>``, or raise :class:`BackendUnavailable` with the install hint."""
     module, framework, extra = BACKENDS[canonical(name)]

@@ -125,7 +125,7 @@ def differences(ra: dict, rb: dict, arch=None) -> dict[str, float]:
             "bn_stats": _max_rel(ra["after_step"], rb["after_step"], stats)}
 
 
-def cross_backend_checks(names=tuple(backends.BACKENDS), input_shape=(1, 96, 96), step_size: int = 96,
+def cross_backend_checks(names=tuple(backends.available()), input_shape=(1, 96, 96), step_size: int = 96,
                          batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0,
                          arch=None) -> dict:
     """Run every backend in ``names`` from the same weights files and compare every pair.

@@ -188,7 +188,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def _check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the results as JSON")
     p.add_argument("--input", type=_shape, default=(1, 96, 96), help="CxHxW (default 1x96x96)")
-    p.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
+    p.add_argument("--backends", nargs="+", default=backends.available(), type=_backend)
     _arch_options(p)
 
 
@@ -232,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--variants", action="store_true",
                    help="also time each backend's other switches (channels-last or not, torch.compile, "
                         "eager TF, non-hybridized MXNet)")
-    b.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), type=_backend)
+    b.add_argument("--backends", nargs="+", default=backends.available(), type=_backend)
     b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
     b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
     b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")

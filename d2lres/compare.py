@@ -56,7 +56,7 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
     return json.loads((out / "metrics.json").read_text())
 
 
-def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.BACKENDS), *, arch=None,
+def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.available()), *, arch=None,
                      data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False,
                      progress: bool = True, held: str = "native") -> Path:
     """Train each backend, then write ``out/report.md``, ``out/curves.png``, ``out/report.json``.

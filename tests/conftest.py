@@ -24,7 +24,7 @@ os.environ.update(HOME=_home, XDG_CACHE_HOME=os.path.join(_home, ".cache"),
 os.environ.setdefault("D2LRES_DATA_DIR", REAL_DATA_DIR)
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).
-PAIRS = [f"{a}-{b}" for a, b in itertools.combinations(backends.BACKENDS, 2)]
+PAIRS = [f"{a}-{b}" for a, b in itertools.combinations(backends.available(), 2)]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def forward(mod, net, x: np.ndarray, *, fresh: bool = False) -> np.ndarray:
     return out.transpose(0, 3, 1, 2) if how.channels_last and out.ndim == 4 else out
 
 
-@pytest.fixture(params=list(backends.BACKENDS))
+@pytest.fixture(params=backends.available())
 def mod(request):
     """Each backend package in turn (d2lres.torch, d2lres.tf, d2lres.mxnet)."""
     return backends.load(request.param)

@@ -8,18 +8,16 @@ import pytest
 from d2lres import api, backends
 
 
-def _available():
-    names = []
-    for name in backends.BACKENDS:
-        try:
-            backends.load(name)
-        except backends.BackendUnavailable:
-            continue
-        names.append(name)
-    return names
+AVAILABLE = backends.available()
 
 
-AVAILABLE = _available()
+def test_every_backend_of_the_set_is_here():
+    """The default set (numpy 1.26) has all four backends; the current set (numpy 2) all but MXNet.
+    A backend missing from its set would otherwise only shrink the parametrized tests."""
+    import numpy
+    numpy2 = int(numpy.__version__.split(".")[0]) >= 2
+    expected = [b for b in backends.BACKENDS if not (b == "mxnet" and numpy2)]
+    assert AVAILABLE == expected
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)

@@ -27,7 +27,7 @@ def framework_loader(backend, X, y, batch_size):
     raise AssertionError(f"no loader for {backend}")
 
 
-@pytest.mark.parametrize("backend", list(backends.BACKENDS))
+@pytest.mark.parametrize("backend", backends.available())
 def test_train_ch6_takes_the_frameworks_loader(backend):
     mod = backends.load(backend)
     X, y = toy_data(n=48, size=32)

@@ -23,7 +23,7 @@ from conftest import PAIRS, forward
 from d2lres import backends, checks, spec
 from d2lres import weights as neutral
 
-BACKENDS = list(backends.BACKENDS)
+BACKENDS = backends.available()
 ARCHS = spec.all_archs()
 IDS = [f"{a.name}-v{a.version}-{a.flavour}" for a in ARCHS]
 TOLERANCE = checks.FAMILY_TOLERANCES["eval_logits"]  # relative, see the module docstring

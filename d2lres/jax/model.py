@@ -71,6 +71,30 @@ class BatchNorm(nnx.BatchNorm):
         return y
 
 
+#: Outputs of at most this many pixels (H x W) are convolved as one matmul over explicit patches:
+#: XLA's CPU convolution is pathological there (ResNet-18's b5 at 40x40 input: 2x2 outputs with
+#: 512 channels run at ~3 GFLOP/s, 40-70x slower than the same work as a matmul; measured here
+#: on two cores, forward and gradient). Larger outputs keep XLA's convolution (faster there).
+PATCHES_MAX_PIXELS = 4
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches."""
+
+    def __call__(self, X):
+        k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
+        ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
+        if ho * wo > PATCHES_MAX_PIXELS:
+            return super().__call__(X)
+        Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
+        patches = jnp.concatenate([Xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+                                   for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
+        kernel = self.kernel[...]
+        Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
+                            precision=self.precision)
+        return Y + self.bias[...] if self.bias is not None else Y
+
+
 class Lazy(nnx.Module):
     """A layer built on its first call, when the input's channels (last axis) are known; as
     PyTorch's ``LazyConv2d``. Build it eagerly (a call outside ``jax.jit``) before training."""
@@ -93,7 +117,7 @@ def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 
     """A convolution with symmetric zero padding; lazy when ``in_channels`` is None."""
     if not in_channels:
         return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias))
-    return nnx.Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
+    return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
                     padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform, bias_init=zeros,
                     precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_RNGS)
 

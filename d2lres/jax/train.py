@@ -56,7 +56,15 @@ def _eval_logits(graphdef, params, stats, X):
     return nnx.merge(graphdef, params, stats)(X)
 
 
-def _train_step(tx, graphdef, params, stats, opt_state, X, y, lr):
+def sgd(momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    """PyTorch's SGD direction ``v = m v + g + wd w`` (the step is ``w -= lr v``)."""
+    return optax.chain(optax.identity(), *([optax.add_decayed_weights(weight_decay)] if weight_decay else []),
+                       *([optax.trace(decay=momentum)] if momentum else []))
+
+
+def _train_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y, lr):
+    tx = sgd(momentum, weight_decay)
+
     def loss_fn(params):
         logits, new_stats = _logits_and_stats(graphdef, params, stats, X)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_stats)
@@ -66,6 +74,13 @@ def _train_step(tx, graphdef, params, stats, opt_state, X, y, lr):
     params = jax.tree.map(lambda w, v: w - lr * v, params, updates)
     correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
     return params, stats, opt_state, loss, correct
+
+
+# Compiled once per process for each network structure, optimizer setting and input shape (the
+# graph definitions of two networks of the same variant are equal): a second Trainer reuses them.
+_jit_train_step = jax.jit(_train_step, static_argnums=(0, 1, 2))
+_jit_logits_and_stats = jax.jit(_logits_and_stats, static_argnums=0)
+_jit_eval_logits = jax.jit(_eval_logits, static_argnums=0)
 
 
 class Trainer:
@@ -81,7 +96,7 @@ class Trainer:
         if channels_last is False:
             raise ValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
         self.net, self.device = net, device if device is not None else try_gpu()
-        self.momentum, self.weight_decay = momentum, weight_decay
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         to_device(net, self.device)
         modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]
         net.train()
@@ -93,13 +108,11 @@ class Trainer:
         paths = {id(v): path for path, v in nnx.iter_graph(net) if isinstance(v, nnx.Variable)}
         self._slots = [(name, paths[id(var)], kind) for name, var, kind in variables(net)
                        if isinstance(var, nnx.Param)]
-        self.tx = optax.chain(optax.identity(), *([optax.add_decayed_weights(weight_decay)] if weight_decay else []),
-                              *([optax.trace(decay=momentum)] if momentum else []))
-        self.opt_state = self.tx.init(nnx.state(net, nnx.Param))
-        jit = (lambda f, **kw: jax.jit(f, **kw)) if compile is None or compile else (lambda f, **kw: f)
-        self._step = jit(lambda *a: _train_step(self.tx, *a), static_argnums=0)
-        self._train_forward = jit(_logits_and_stats, static_argnums=0)
-        self._eval_forward = jit(_eval_logits, static_argnums=0)
+        self.opt_state = sgd(momentum, weight_decay).init(nnx.state(net, nnx.Param))
+        compiled = compile is None or compile
+        self._step, self._train_forward, self._eval_forward = (
+            (_jit_train_step, _jit_logits_and_stats, _jit_eval_logits) if compiled
+            else (_train_step, _logits_and_stats, _eval_logits))
 
     def convert(self, X: np.ndarray, y: np.ndarray):
         return _to_arrays(X, y, self.device)
@@ -112,7 +125,8 @@ class Trainer:
         X, y = jax.device_put(X, self.device), jax.device_put(jnp.asarray(y, jnp.int32), self.device)
         params, stats = self._state()
         params, stats, self.opt_state, loss, correct = self._step(
-            self._graph_train, params, stats, self.opt_state, X, y, jnp.asarray(lr, jnp.float32))
+            self.momentum, self.weight_decay, self._graph_train, params, stats, self.opt_state, X, y,
+            jnp.asarray(lr, jnp.float32))
         nnx.update(self.net, params, stats)
         return float(loss), int(correct)
 

@@ -40,16 +40,32 @@ def _device(device):
     return tf.device(device) if device is not None else contextlib.nullcontext()
 
 
+#: The matmul path's rule (``Conv2D.uses_matmul``): outputs at most this many pixels on a side...
+MATMUL_MAX_SIDE = 2
+#: ... from at least this many input channels. Measured by single-convolution forward+backward
+#: micro-benchmarks at batch 128 (``python -m d2lres.tf.convbench``, medians; AMD EPYC, 2 cores,
+#: AVX-512, also with oneDNN held to AVX2): every such layer of ResNet-18 at 40x40 (stage 5, 2x2)
+#: is 1.1-3.2x faster as im2col + matmul; at 3x3 outputs the stride-1 3x3 convolutions lose
+#: (0.6-0.8x, 1.0 for 512 channels under AVX2) and the strided ones vary (0.9-2.4x); at 128
+#: channels or fewer and larger images TF's own kernels win (0.4-0.9x).
+MATMUL_MIN_CHANNELS = 256
+
+
 class Conv2D(keras.layers.Conv2D):
     """``Conv2D`` with PyTorch's symmetric zero padding; Glorot-uniform kernel, zero bias.
     At stride 1 an odd kernel's ``'same'`` padding is already symmetric and is used as is.
-    ``in_channels`` builds it (its variables) now; left out, on the first call."""
+    ``in_channels`` builds it (its variables) now; left out, on the first call.
+
+    Small images with many channels run as im2col (``tf.image.extract_patches``) and one matmul
+    instead of TF's convolution, whose backward pass is very slow there on CPU (the same function
+    within float32 rounding); ``uses_matmul`` is the rule, ``conv_path`` says what the last call ran."""
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: int = 0, *,
                  use_bias: bool = True, in_channels: int | None = None):
         same = strides == 1 and kernel_size % 2 == 1 and padding == kernel_size // 2
         super().__init__(filters, kernel_size, strides, padding="same" if same else "valid", use_bias=use_bias)
         self.explicit_padding = 0 if same else padding
+        self.conv_path = None  # "conv" or "matmul": what the last call ran
         if in_channels:
             self.build((None, None, None, in_channels))
 
@@ -59,8 +75,31 @@ class Conv2D(keras.layers.Conv2D):
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(_padded(input_shape, self.explicit_padding))
 
+    def uses_matmul(self, input_shape) -> bool:
+        """Whether an NHWC input of ``input_shape`` (before padding) runs as im2col + matmul:
+        output side <= ``MATMUL_MAX_SIDE`` and input channels >= ``MATMUL_MIN_CHANNELS``, with
+        the spatial size known when the step is traced."""
+        _, h, w, c = _padded(input_shape, self.explicit_padding)
+        if h is None or w is None or c is None:
+            return False
+        out = super().compute_output_shape((None, h, w, c))[1:3]  # the shape as padded
+        return max(out) <= MATMUL_MAX_SIDE and c >= MATMUL_MIN_CHANNELS
+
     def call(self, X):
-        return super().call(_pad(X, self.explicit_padding))
+        self.conv_path = "matmul" if self.uses_matmul(X.shape) else "conv"
+        X = _pad(X, self.explicit_padding)
+        return self._matmul(X) if self.conv_path == "matmul" else super().call(X)
+
+    def _matmul(self, X):
+        (k, _), (s, _) = self.kernel_size, self.strides
+        if self.padding == "same":
+            X = _pad(X, k // 2)
+        P = X[:, ::s, ::s, :] if k == 1 else \
+            tf.image.extract_patches(X, [1, k, k, 1], [1, s, s, 1], [1, 1, 1, 1], "VALID")  # (kh, kw, c) order
+        depth = P.shape[-1]
+        Y = tf.reshape(P, [-1, depth]) @ tf.reshape(tf.convert_to_tensor(self.kernel), [depth, self.filters])
+        Y = tf.reshape(Y, tf.concat([tf.shape(P)[:3], [self.filters]], 0))
+        return Y + self.bias if self.use_bias else Y
 
 
 class MaxPool2D(keras.layers.MaxPool2D):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import keras
+import numpy as np
 
 from .. import spec
 from .. import weights as neutral

@@ -24,13 +24,15 @@ from .presets import preset
 WAYS = ("d2lres", "chapter")
 
 #: Each backend's training path without its accelerations (the reference of the tests) ...
-PLAIN = {"torch": {"channels_last": False}, "tf": {"compile": False}, "mxnet": {"compile": False}}
+PLAIN = {"torch": {"channels_last": False}, "tf": {"compile": False}, "mxnet": {"compile": False},
+         "jax": {"compile": False}}
 #: ... and the acceleration switches it offers; ``{}`` is d2lres's default. ``--variants``
 #: times every non-default entry of both.
 ACCELERATIONS = {
     "torch": [{}, {"channels_last": True}, {"compile": True}],
     "tf": [{}],
     "mxnet": [{}],
+    "jax": [{}],
 }
 
 

@@ -11,7 +11,7 @@ if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"torch": "tab:red", "tf": "tab:orange", "mxnet": "tab:blue"}
+COLORS = {"torch": "tab:red", "tf": "tab:orange", "mxnet": "tab:blue", "jax": "tab:green"}
 
 
 def curves_figure(histories: dict[str, dict], title: str | None = None):

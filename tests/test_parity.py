@@ -51,7 +51,8 @@ def _step(trainer, X, y):
 
 
 @pytest.mark.parametrize("backend, fast, plain", [("tf", {"compile": True}, {"compile": False}),
-                                                  ("mxnet", {"compile": True}, {"compile": False})])
+                                                  ("mxnet", {"compile": True}, {"compile": False}),
+                                                  ("jax", {"compile": True}, {"compile": False})])
 def test_acceleration_path_gives_plain_outputs(backend, fast, plain):
     mod = backends.load(backend)
     rng = np.random.default_rng(0)

@@ -1,14 +1,14 @@
-"""The ResNet chapter as notebooks: one source, three generated notebooks, and ``#@save``.
+"""The ResNet chapter as notebooks: one source, a generated notebook per framework, and ``#@save``.
 
 ``notebooks/resnet.md`` is the chapter in d2l's tab style: markdown with ```` ```{.python .input} ````
 code cells whose first line names their tab (``#@tab pytorch``, ``#@tab tensorflow``,
-``#@tab mxnet``, ``#@tab all``), and markdown passages inside ``:begin_tab:X`` / ``:end_tab:``.
-``build`` writes ``notebooks/<framework>/resnet.ipynb`` for each framework (its own cells plus the
+``#@tab mxnet``, ``#@tab jax``, ``#@tab all``), and markdown passages inside ``:begin_tab:X`` /
+``:end_tab:``. ``build`` writes ``notebooks/<framework>/resnet.ipynb`` for each framework (its own cells plus the
 ``all`` cells, without outputs) through jupytext's markdown reader.
 
 **One source of truth: the library code.** A code cell marked ``#@save`` holds chapter-level
 definitions (``Residual``, ``resnet_block``) of its framework's backend (``d2lres.torch``,
-``d2lres.tf``, ``d2lres.mxnet``); its text must equal ``inspect.getsource`` of those objects,
+``d2lres.tf``, ``d2lres.mxnet``, ``d2lres.jax``); its text must equal ``inspect.getsource`` of those objects,
 joined by one blank line. Edit the library, never the cell: ``sync`` copies the library's source
 back into the chapter's ``#@save`` cells (and rebuilds the notebooks); ``check`` exits non-zero
 naming every ``#@save`` cell that differs from the library and every notebook that differs from
@@ -37,7 +37,8 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOK_NAME = "resnet.ipynb"
 
 #: tab name -> the backend package whose objects the tab's ``#@save`` cells define
-FRAMEWORKS = {"pytorch": "d2lres.torch", "tensorflow": "d2lres.tf", "mxnet": "d2lres.mxnet"}
+FRAMEWORKS = {"pytorch": "d2lres.torch", "tensorflow": "d2lres.tf", "mxnet": "d2lres.mxnet",
+              "jax": "d2lres.jax"}
 
 _FENCE = re.compile(r"^```\{\.python \.input[^}\n]*\}[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _TAB_LINE = re.compile(r"^#@tab[ \t]+(.+?)[ \t]*$")
@@ -187,7 +188,7 @@ def notebook_path(out: Path, framework: str) -> Path:
 
 
 def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
-    """Write the three notebooks; returns those whose text changed."""
+    """Write the notebooks (one per framework); returns those whose text changed."""
     text, written = Path(source).read_text(), []
     for framework in FRAMEWORKS:
         path, nb = notebook_path(out, framework), build_notebook(text, framework)

@@ -166,11 +166,11 @@ class Residual(nnx.Module):
     def __call__(self, X: jax.Array) -> jax.Array:
         if self.conv3 is None and X.shape[-1] != self.num_channels:
             spec.residual_output_shape((X.shape[-1], *X.shape[1:3]), self.num_channels, False, self.strides)
-        Y = relu(self.bn1(self.conv1(X)))
+        Y = nnx.relu(self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
         if self.conv3 is not None:
             X = self.conv3(X)
-        return relu(Y + X)
+        return nnx.relu(Y + X)
 
 
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,

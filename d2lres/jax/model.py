@@ -29,12 +29,16 @@ from .. import spec
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
 PRECISION = lax.Precision.HIGHEST
 
-# Flax's layers want ``rngs``; the initial values come from one numpy generator instead, as
-# PyTorch's come from its global one (``init_weights(net, seed)`` gives seeded values, the same
-# in every backend). JAX's own ``jax.random`` would compile one XLA program per parameter shape:
-# ~10 s to build ResNet-18 the first time, against ~0.3 s this way.
-_RNGS = nnx.Rngs(0)
+# The initial values come from one numpy generator, as PyTorch's come from its global one
+# (``init_weights(net, seed)`` gives seeded values, the same in every backend). JAX's own
+# ``jax.random`` would compile one XLA program per parameter shape: ~10 s to build ResNet-18 the
+# first time, against ~0.3 s this way. Flax's layers still take ``rngs`` (unused by these
+# initialisers): a fresh one per layer, so that layers can also be built inside a JAX transform.
 _GENERATOR = np.random.default_rng(0)
+
+
+def _rngs() -> nnx.Rngs:
+    return nnx.Rngs(0)
 
 
 def xavier_uniform(key, shape, dtype=jnp.float32) -> jax.Array:
@@ -58,7 +62,7 @@ class BatchNorm(nnx.BatchNorm):
 
     def __init__(self, num_features: int):
         super().__init__(num_features, momentum=1 - spec.BN_MOMENTUM, epsilon=spec.BN_EPS, use_fast_variance=False,
-                         dtype=jnp.float32, param_dtype=jnp.float32, scale_init=ones, bias_init=zeros, rngs=_RNGS)
+                         dtype=jnp.float32, param_dtype=jnp.float32, scale_init=ones, bias_init=zeros, rngs=_rngs())
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         training = not (self.use_running_average if use_running_average is None else use_running_average)
@@ -119,7 +123,7 @@ def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 
         return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias))
     return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
                     padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform, bias_init=zeros,
-                    precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_RNGS)
+                    precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
 
 
 def batch_norm(channels: int | None) -> nnx.Module:
@@ -260,7 +264,7 @@ class ResNet(nnx.Module):
         head = [batch_norm(channels), relu] if arch.version == 2 else []
         self.head = nnx.Sequential(*head, global_avg_pool, flatten,
                                    nnx.Linear(channels, num_classes, kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION,
-                                              dtype=jnp.float32, param_dtype=jnp.float32, rngs=_RNGS))
+                                              dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs()))
         self.in_channels, self.num_classes, self.arch = in_channels, num_classes, arch
         if device is not None:
             to_device(self, device)

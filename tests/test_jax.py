@@ -1,0 +1,111 @@
+"""What only the JAX backend needs: its BatchNorm keeps PyTorch's running statistics (Flax's
+momentum is the other way round and its running variance biased), its convolution's matmul path
+for tiny outputs is XLA's convolution, optax SGD with momentum and weight decay is PyTorch's SGD
+over several steps with a changing learning rate, and the layout options."""
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax import lax  # noqa: E402
+
+from d2lres import backends, checks, spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def res():
+    return backends.load("jax")
+
+
+def test_batchnorm_running_statistics_are_pytorchs(res):
+    from d2lres.jax.model import BatchNorm
+    bn = BatchNorm(3)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (4, 5, 5, 3)).astype(np.float32)
+    y = np.asarray(bn(jnp.asarray(x)))  # train mode: batch statistics
+    n = x.size // 3
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + spec.BN_EPS), atol=1e-5)
+    m = spec.BN_MOMENTUM
+    np.testing.assert_allclose(np.asarray(bn.mean[...]), m * mean, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.var[...]), (1 - m) + m * var * n / (n - 1), rtol=1e-5)
+    bn.eval()
+    before = np.asarray(bn.var[...]).copy()
+    bn(jnp.asarray(x))
+    assert np.array_equal(np.asarray(bn.var[...]), before)  # eval mode leaves them alone
+
+
+@pytest.mark.parametrize("size, stride, kernel, patches", [(2, 1, 3, True), (3, 2, 3, True), (1, 1, 3, True),
+                                                           (3, 2, 1, True), (4, 2, 3, True), (5, 1, 3, False)])
+def test_matmul_path_for_tiny_outputs_is_xlas_convolution(res, size, stride, kernel, patches):
+    from d2lres.jax.model import PATCHES_MAX_PIXELS, conv
+    layer = conv(8, 16, kernel, stride, kernel // 2)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, 8)).astype(np.float32))
+    out = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    assert (out * out <= PATCHES_MAX_PIXELS) == patches
+
+    def xla(x, kernel_, bias):
+        p = layer.padding[0][0]
+        return lax.conv_general_dilated(x, kernel_, (stride, stride), ((p, p), (p, p)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=lax.Precision.HIGHEST) + bias
+
+    graphdef, state = nnx.split(layer)
+    leaves, treedef = jax.tree.flatten(state)
+    kernel_first = leaves[0].ndim == 4
+
+    def ours(x, kernel_, bias):  # the layer as a function of its parameters (nnx's functional API)
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, [kernel_, bias] if kernel_first else [bias, kernel_]))(x)
+
+    args = (x, layer.kernel[...], layer.bias[...])
+    np.testing.assert_allclose(ours(*args), xla(*args), atol=1e-5)
+    g_ours = jax.grad(lambda *a: (ours(*a) ** 2).sum(), argnums=(0, 1, 2))(*args)
+    g_xla = jax.grad(lambda *a: (xla(*a) ** 2).sum(), argnums=(0, 1, 2))(*args)
+    for a, b in zip(g_ours, g_xla):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def _conv_bias(name: str) -> bool:
+    """Convolution biases in front of BatchNorm: BN cancels them, their gradients are rounding."""
+    return ".conv" in name and name.endswith(".bias")
+
+
+def test_sgd_with_momentum_and_weight_decay_is_pytorchs_over_steps():
+    rng = np.random.default_rng(0)
+    X, y = rng.random((8, 1, 64, 64), dtype=np.float32), rng.integers(0, 10, 8)
+    w0 = checks.test_weights(bn_shift=checks.STEP_BN_SHIFT)
+    runs = {}
+    for name in ("torch", "jax"):
+        mod = backends.load(name)
+        net = mod.resnet18()
+        mod.set_weights(net, w0)
+        trainer = mod.Trainer(net, momentum=0.9, weight_decay=5e-4)
+        Xb, yb = trainer.convert(X, y)
+        losses = [trainer.step(Xb, yb, lr)[0] for lr in (0.001, 0.002, 0.0005)]
+        runs[name] = losses, trainer.get_weights(), trainer.optimizer_state()
+    (l_t, w_t, m_t), (l_j, w_j, m_j) = runs["torch"], runs["jax"]
+    np.testing.assert_allclose(l_j, l_t, rtol=1e-5)
+    assert sorted(m_j) == sorted(m_t)
+    for ref, got, tol in ((w_t, w_j, checks.TOLERANCES["step_weights"]), (m_t, m_j, 1e-3)):
+        for k in ref:  # measured: weights 8e-7, momentum 7e-5 relative
+            if not _conv_bias(k.removeprefix("momentum.")):
+                np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=tol * np.abs(ref[k]).max(), err_msg=k)
+
+
+def test_layout_options(res):
+    net = res.resnet18()
+    with pytest.raises(ValueError, match="NHWC .* only; channels_last=False"):
+        res.Trainer(net, channels_last=False)
+    for option in (None, True):
+        res.Trainer(net, channels_last=option)
+
+
+def test_chapter_block_is_built_on_its_first_call(res):
+    blk = res.Residual(6, use_1x1conv=True, strides=2)
+    assert blk.conv1.layer is None
+    assert blk(jnp.zeros((2, 6, 6, 3))).shape == (2, 3, 3, 6)
+    assert blk.conv1.layer.kernel[...].shape == (3, 3, 3, 6)
+    with pytest.raises(ValueError, match="first call, which must be eager"):
+        jax.jit(lambda x: res.Residual(4)(x))(jnp.zeros((1, 4, 4, 4)))

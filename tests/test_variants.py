@@ -254,7 +254,7 @@ def test_torchvision_state_dict_errors():
                                    pytest.param(152, marks=pytest.mark.slow)])
 def test_torchvision_state_dict_loads_in_all_backends(depth, tmp_path):
     """torch: ``load_torchvision_state_dict`` (torch tensors, as torchvision's ``state_dict()``);
-    TF and MXNet: the same dict through the neutral weights file. Same outputs everywhere."""
+    the other backends: the same dict through the neutral weights file. Same outputs everywhere."""
     import torch
     sd = {k: torch.from_numpy(v) for k, v in random_state_dict(depth).items()}
     X = np.random.default_rng(3).random((2, 3, 32, 32), dtype=np.float32)
@@ -264,7 +264,7 @@ def test_torchvision_state_dict_loads_in_all_backends(depth, tmp_path):
     assert np.array_equal(net.state_dict()["b2.0.conv1.weight"].numpy(), sd["layer1.0.conv1.weight"].numpy())
     reference = forward(torch_mod, net, X)
     path = neutral.torchvision_to_npz(sd, tmp_path / "tv.npz")
-    for name in ("tf", "mxnet"):
+    for name in [b for b in BACKENDS if b != "torch"]:
         mod = backends.load(name)
         other = mod.resnet(depth, flavour="torchvision", num_classes=1000, in_channels=3)
         mod.load_weights(other, path)

@@ -122,7 +122,7 @@ class Trainer:
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
-        X, y = jax.device_put(X, self.device), jax.device_put(jnp.asarray(y, jnp.int32), self.device)
+        X, y = self._input(X), jax.device_put(jnp.asarray(y, jnp.int32), self.device)
         params, stats = self._state()
         params, stats, self.opt_state, loss, correct = self._step(
             self.momentum, self.weight_decay, self._graph_train, params, stats, self.opt_state, X, y,
@@ -132,7 +132,12 @@ class Trainer:
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits of a NHWC batch."""
-        return np.asarray(self._eval_forward(self._graph_eval, *self._state(), jax.device_put(X, self.device)))
+        return np.asarray(self._eval_forward(self._graph_eval, *self._state(), self._input(X)))
+
+    def _input(self, X) -> jax.Array:
+        """A NHWC batch (JAX or numpy) on the device, float32."""
+        X = jax.device_put(X, self.device)
+        return X if X.dtype == jnp.float32 else X.astype(jnp.float32)
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""

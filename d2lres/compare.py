@@ -56,14 +56,16 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
     return json.loads((out / "metrics.json").read_text())
 
 
-def compare_training(config: TrainConfig, out: str | Path, names=tuple(backends.available()), *, arch=None,
+def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=None,
                      data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False,
                      progress: bool = True, held: str = "native") -> Path:
-    """Train each backend, then write ``out/report.md``, ``out/curves.png``, ``out/report.json``.
+    """Train each backend (``names``; default: every one available), then write ``out/report.md``,
+    ``out/curves.png``, ``out/report.json``.
     ``progress``: one bar over every backend's steps, and the expected time once the first
     backend's steps are measured; ``held``: the instruction set every backend's process is held
     to (``d2lres.isa``), recorded with the CPU in the report."""
     arch = spec.get_arch(arch)
+    names = list(names or backends.available())
     tic = time.perf_counter()
     with run_folder(out) as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")

@@ -7,7 +7,6 @@ import pytest
 
 from d2lres import api, backends
 
-
 AVAILABLE = backends.available()
 
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from d2lres import backends, data, training
-
 from test_training import toy_data
 
 

@@ -8,14 +8,14 @@ prepare_numpy()
 prepare_mxnet_threads()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import mxnet  # noqa: F401,E402
+    import mxnet
 
-from ..api import NAMES  # noqa: E402
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,  # noqa: E402
+from ..api import NAMES
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,
                     count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
                     shape_walk)
-from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
-from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,  # noqa: E402
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu
+from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
                       save_weights, set_weights)
 
 restore_torch_threads()

@@ -1,5 +1,6 @@
 """Weights I/O for the MXNet backend: Gluon parameters <-> neutral weights file (same layouts)."""
 from __future__ import annotations
+
 from typing import Iterator
 
 import numpy as onp

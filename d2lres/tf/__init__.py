@@ -4,13 +4,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no INFO lines at import
 
-import tensorflow as tf  # noqa: E402,F401
+import tensorflow as tf
 
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,  # noqa: E402
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,
                     count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
                     shape_walk)
-from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
-from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,  # noqa: E402
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu
+from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
                       save_weights, set_weights)
 
 __all__ = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block", "ResNet",

@@ -1,6 +1,6 @@
 """The chapter's ResNet in PyTorch: the d2lres API (``d2lres.api``; see ``d2lres.spec`` for what it
 builds). Tensors are NCHW."""
-import torch  # noqa: F401  (a missing framework fails here, with the backends' hint upstream)
+import torch  # a missing framework fails here, with the backends' hint upstream
 
 from ..api import NAMES
 from ..threads import restore_torch_threads

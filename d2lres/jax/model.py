@@ -122,8 +122,8 @@ def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 
     if not in_channels:
         return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias))
     return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
-                    padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform, bias_init=zeros,
-                    precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
+                padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform,
+                bias_init=zeros, precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
 
 
 def batch_norm(channels: int | None) -> nnx.Module:
@@ -263,8 +263,9 @@ class ResNet(nnx.Module):
             channels = num_channels
         head = [batch_norm(channels), relu] if arch.version == 2 else []
         self.head = nnx.Sequential(*head, global_avg_pool, flatten,
-                                   nnx.Linear(channels, num_classes, kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION,
-                                              dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs()))
+                                   nnx.Linear(channels, num_classes, kernel_init=xavier_uniform, bias_init=zeros,
+                                              precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32,
+                                              rngs=_rngs()))
         self.in_channels, self.num_classes, self.arch = in_channels, num_classes, arch
         if device is not None:
             to_device(self, device)

@@ -56,7 +56,8 @@ def to_canonical(value, kind: str) -> np.ndarray:
 
 def from_canonical(value, kind: str) -> np.ndarray:
     value = np.asarray(value, dtype=np.float32)
-    return np.ascontiguousarray(value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value)
+    value = value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value
+    return np.ascontiguousarray(value)
 
 
 def get_weights(net: ResNet) -> dict[str, np.ndarray]:

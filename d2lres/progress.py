@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 #: Environment variable: the file descriptor a training process reports its steps to.
 PROGRESS_FD = "D2LRES_PROGRESS_FD"
 #: Steps left out of the estimate (compilation, caches), then steps timed for it.
-WARMUP_STEPS, TIMED_STEPS = 3, 5
+WARMUP_STEPS, TIMED_STEPS = 10, 10
 
 
 def step_reporter() -> Callable[[], None] | None:

@@ -29,7 +29,7 @@ def named_layers(net: ResNet) -> Iterator[tuple[str, nnx.Module]]:
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
     for stage_name, stage in zip(spec.STAGE_NAMES, net):
         for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
-            if isinstance(layer_spec, (spec.Residual, spec.Block)):
+            if isinstance(layer_spec, spec.Block):
                 for p in layer_spec.layers():
                     yield p.name, _built(getattr(layer, p.name.rsplit(".", 1)[1]), p.name)
             elif isinstance(layer_spec, (spec.Conv, spec.BatchNorm, spec.Dense)):

@@ -125,12 +125,14 @@ def differences(ra: dict, rb: dict, arch=None) -> dict[str, float]:
             "bn_stats": _max_rel(ra["after_step"], rb["after_step"], stats)}
 
 
-def cross_backend_checks(names=tuple(backends.available()), input_shape=(1, 96, 96), step_size: int = 96,
+def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 96,
                          batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0,
                          arch=None) -> dict:
     """Run every backend in ``names`` from the same weights files and compare every pair.
     The forward checks run at ``input_shape``, the SGD step at ``step_size`` x ``step_size``.
-    ``arch``: any variant (``spec.get_arch``); left out, the chapter's ResNet-18."""
+    ``arch``: any variant (``spec.get_arch``); left out, the chapter's ResNet-18. ``names``:
+    default, every backend available."""
+    names = list(names or backends.available())
     arch = spec.get_arch(arch)
     tol = tolerances(arch)
     runs = run_all({n: (n, {}) for n in names}, input_shape, step_size, batch_size, num_classes, lr, seed, arch)

@@ -19,14 +19,14 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402,F401  (a missing framework fails here, with the backends' hint upstream)
+import jax  # a missing framework fails here, with the backends' hint upstream
 
-from ..api import NAMES  # noqa: E402
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,  # noqa: E402
+from ..api import NAMES
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,
                     count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
                     shape_walk)
-from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu  # noqa: E402
-from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,  # noqa: E402
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu
+from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
                       save_weights, set_weights)
 
 __all__ = list(NAMES)

@@ -91,7 +91,6 @@ class ParallelTrainer(Trainer):
         self.replicated, self.sharded = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(AXIS))
         super().__init__(net, momentum, weight_decay, device=self.replicated, compile=True,
                          channels_last=channels_last)
-        self.device = f"{self.replicas} x {self.mesh.devices.flat[0].platform} (mesh {AXIS})"
         self.opt_state = jax.device_put(self.opt_state, self.replicated)
 
     def _batch_sharding(self, n: int):

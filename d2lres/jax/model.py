@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from .. import spec
+from .. import inputs, spec
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
 PRECISION = lax.Precision.HIGHEST
@@ -274,9 +274,11 @@ class ResNet(nnx.Module):
         return iter([self.b1, self.b2, self.b3, self.b4, self.b5, self.head])
 
     def __call__(self, X: jax.Array) -> jax.Array:
-        if X.ndim != 4:
-            raise ValueError(f"expected a batch of shape (N, H, W, {self.in_channels}), got {tuple(X.shape)}")
-        spec.check_input((X.shape[-1], X.shape[1], X.shape[2]), self.in_channels)
+        inputs.check_batch(tuple(X.shape), X.dtype, self.in_channels, channels_last=True,
+                           training=not self.b1.layers[1].use_running_average, arch=self.arch,
+                           num_classes=self.num_classes)
+        X = jnp.asarray(X)
+        X = X if X.dtype == jnp.float32 else X.astype(jnp.float32)  # floating inputs: cast
         for stage in self:
             X = stage(X)
         return X

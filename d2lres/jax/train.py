@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .. import data, training
+from .. import data, inputs, training
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -32,7 +32,8 @@ def try_gpu(i: int = 0):
 
 def _to_arrays(X: np.ndarray, y: np.ndarray, device=None):
     """A NCHW numpy batch as JAX arrays: X NHWC float32, y int32."""
-    X = np.ascontiguousarray(np.asarray(X, dtype=np.float32).transpose(0, 2, 3, 1))
+    X = np.asarray(X)  # floating -> float32; integer images stay as they are (d2lres.inputs refuses them)
+    X = np.ascontiguousarray((X.astype(np.float32) if X.dtype.kind == "f" else X).transpose(0, 2, 3, 1))
     y = np.asarray(y).astype(np.int32)
     return jax.device_put(X, device), jax.device_put(y, device)
 
@@ -122,16 +123,39 @@ class Trainer:
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        self._check(X, training=True)
         X, y = self._input(X), jax.device_put(jnp.asarray(y, jnp.int32), self.device)
-        params, stats = self._state()
-        params, stats, self.opt_state, loss, correct = self._step(
-            self.momentum, self.weight_decay, self._graph_train, params, stats, self.opt_state, X, y,
-            jnp.asarray(lr, jnp.float32))
-        nnx.update(self.net, params, stats)
-        return float(loss), int(correct)
+
+        def run():
+            params, stats = self._state()
+            params, stats, self.opt_state, loss, correct = self._step(
+                self.momentum, self.weight_decay, self._graph_train, params, stats, self.opt_state, X, y,
+                jnp.asarray(lr, jnp.float32))
+            nnx.update(self.net, params, stats)
+            return float(loss), int(correct)
+        return self._keep_statistics_finite(run)
+
+    def _check(self, X, training: bool, channels_last: bool = True) -> None:
+        """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
+        net = self.net
+        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, channels_last=channels_last,
+                           training=training, arch=net.arch, num_classes=net.num_classes)
+        inputs.check_finite(bool(jnp.all(jnp.isfinite(jnp.asarray(X)))))
+
+    def _keep_statistics_finite(self, run):
+        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
+        stats = [(n, v) for n, v, _ in variables(self.net) if n.endswith(("running_mean", "running_var"))]
+
+        def restore(saved):
+            for (_, v), old in zip(stats, saved):
+                v.value = old
+        return inputs.keep_statistics_finite(
+            [n for n, _ in stats], lambda: [v.value for _, v in stats],
+            lambda: np.asarray(jnp.stack([jnp.all(jnp.isfinite(v.value)) for _, v in stats])).tolist(), restore, run)
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits of a NHWC batch."""
+        self._check(X, training=False)
         return np.asarray(self._eval_forward(self._graph_eval, *self._state(), self._input(X)))
 
     def _input(self, X) -> jax.Array:
@@ -141,12 +165,16 @@ class Trainer:
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
+        self._check(np.asarray(X), training, channels_last=False)
         X = jax.device_put(np.ascontiguousarray(np.asarray(X, np.float32).transpose(0, 2, 3, 1)), self.device)
         if not training:
             return np.asarray(self._eval_forward(self._graph_eval, *self._state(), X))
-        logits, stats = self._train_forward(self._graph_train, *self._state(), X)
-        nnx.update(self.net, stats)
-        return np.asarray(logits)
+
+        def run():
+            logits, stats = self._train_forward(self._graph_train, *self._state(), X)
+            nnx.update(self.net, stats)
+            return np.asarray(logits)
+        return self._keep_statistics_finite(run)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return get_weights(self.net)

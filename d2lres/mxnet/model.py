@@ -8,7 +8,7 @@ import mxnet as mx
 from mxnet import init, np, npx
 from mxnet.gluon import nn
 
-from .. import spec
+from .. import inputs, spec
 
 npx.set_np()
 
@@ -151,10 +151,9 @@ class ResNet(nn.HybridSequential):
         return iter(self._children.values())
 
     def forward(self, X):
-        if X.ndim != 4:
-            raise ValueError(f"expected a batch of shape (N, {self.in_channels}, H, W), got {tuple(X.shape)}")
-        spec.check_input(tuple(X.shape[1:]), self.in_channels)
-        return super().forward(X)
+        inputs.check_batch(tuple(X.shape), X.dtype, self.in_channels, training=mx.autograd.is_training(),
+                           arch=self.arch, num_classes=self.num_classes)
+        return super().forward(X if X.dtype == "float32" else X.astype("float32"))  # floating inputs: cast
 
 
 def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,

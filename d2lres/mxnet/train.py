@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
 
-from .. import data, spec, training
+from .. import data, inputs, spec, training
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -64,7 +64,11 @@ class Trainer:
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        self._check(X, training=True)
         X, y = X.as_in_ctx(self.device), y.as_in_ctx(self.device)
+        return self._keep_statistics_finite(lambda: self._step(X, y, lr))
+
+    def _step(self, X, y, lr: float) -> tuple[float, int]:
         old_vars = [p.data().copy() for _, p in self.running_vars]
         with autograd.record():
             logits = self.net(X)
@@ -96,12 +100,41 @@ class Trainer:
                 rv[:] = rv + (rv - keep * old) / (n - 1)
 
     def predict(self, X) -> onp.ndarray:
+        self._check(X, training=False)
         return self.net(X.as_in_ctx(self.device)).asnumpy()
 
     def forward(self, X: onp.ndarray, training: bool = False) -> onp.ndarray:
         """Logits for a NCHW numpy batch (train mode uses batch statistics)."""
-        with autograd.train_mode() if training else autograd.predict_mode():
-            return self.net(np.array(X, ctx=self.device)).asnumpy()
+        self._check(X, training)
+
+        def run():
+            with autograd.train_mode() if training else autograd.predict_mode():
+                return self.net(np.array(X, dtype=X.dtype, ctx=self.device)).asnumpy()
+        if not training:
+            return run()
+        logits = self._keep_statistics_finite(run)
+        if not onp.isfinite(logits).all():  # MXNet updates the running statistics in backward only: none
+            inputs.check_statistics(["the batch statistics"])  # changed, but the same answer as elsewhere
+        return logits
+
+    def _check(self, X, training: bool) -> None:
+        """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
+        net = self.net
+        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, training=training, arch=net.arch,
+                           num_classes=net.num_classes)
+        finite = onp.isfinite(X).all() if isinstance(X, onp.ndarray) else np.isfinite(X).all().item()
+        inputs.check_finite(bool(finite))
+
+    def _keep_statistics_finite(self, run):
+        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
+        stats = [(n, p) for n, p in named_parameters(self.net) if n.endswith(("running_mean", "running_var"))]
+
+        def restore(saved):
+            for (_, p), old in zip(stats, saved):
+                p.data()[:] = old
+        return inputs.keep_statistics_finite(
+            [n for n, _ in stats], lambda: [p.data().copy() for _, p in stats],
+            lambda: np.stack([np.isfinite(p.data()).all() for _, p in stats]).asnumpy().tolist(), restore, run)
 
     def get_weights(self) -> dict[str, onp.ndarray]:
         return get_weights(self.net)

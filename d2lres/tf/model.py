@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from .. import spec  # noqa: E402
+from .. import inputs, spec  # noqa: E402
 
 if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2lres.tf needs Keras 3 on its TensorFlow backend (TensorFlow >= 2.16); found Keras "
@@ -273,9 +273,9 @@ class ResNet(keras.Model):
         return iter([self.b1, self.b2, self.b3, self.b4, self.b5, self.head])
 
     def call(self, X, training=None):
-        if len(X.shape) != 4:
-            raise ValueError(f"expected a batch of shape (N, H, W, {self.in_channels}), got {tuple(X.shape)}")
-        spec.check_input((X.shape[-1], X.shape[1] or 1, X.shape[2] or 1), self.in_channels)
+        inputs.check_batch(tuple(X.shape), X.dtype, self.in_channels, channels_last=True, training=bool(training),
+                           arch=self.arch, num_classes=self.num_classes)
+        X = X if X.dtype == tf.float32 else tf.cast(X, tf.float32)  # floating inputs: cast
         for stage in self:
             X = stage(X, training=training)
         return X

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .. import data, training
+from .. import data, inputs, training
 from .model import _device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -89,20 +89,51 @@ class Trainer:
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        X = self._check(X, training=True)
         self.lr.assign(lr)
-        with tf.device(self.device):
-            loss, correct = self._step(*_inputs(X, y))
-        return float(loss), int(correct)
+
+        def run():
+            with tf.device(self.device):
+                loss, correct = self._step(*_inputs(X, y))
+            return float(loss), int(correct)
+        return self._keep_statistics_finite(run)
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits."""
+        X = self._check(X, training=False)
         with tf.device(self.device):
             return self._predict(_inputs(X)).numpy()
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
-        with tf.device(self.device):
-            return self.net(tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1))), training=training).numpy()
+        X = np.asarray(X)
+        inputs.check_batch(X.shape, X.dtype, self.net.in_channels, training=training, arch=self.net.arch,
+                           num_classes=self.net.num_classes)
+
+        def run():
+            with tf.device(self.device):
+                X_ = tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1)))
+                return self.net(self._check(X_, training), training=training).numpy()
+        return self._keep_statistics_finite(run) if training else run()
+
+    def _check(self, X, training: bool):
+        """``d2lres.inputs``' rules for a NHWC batch (shape, dtype, finite pixels), before anything runs."""
+        X, net = tf.convert_to_tensor(X), self.net
+        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, channels_last=True, training=training,
+                           arch=net.arch, num_classes=net.num_classes)
+        inputs.check_finite(bool(tf.reduce_all(tf.math.is_finite(X))))
+        return X
+
+    def _keep_statistics_finite(self, run):
+        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
+        stats = [(n, v) for n, v, _ in variables(self.net) if n.endswith(("running_mean", "running_var"))]
+
+        def restore(saved):
+            for (_, v), old in zip(stats, saved):
+                v.assign(old)
+        return inputs.keep_statistics_finite(
+            [n for n, _ in stats], lambda: [tf.identity(v.value) for _, v in stats],
+            lambda: tf.stack([tf.reduce_all(tf.math.is_finite(v)) for _, v in stats]).numpy().tolist(), restore, run)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return get_weights(self.net)

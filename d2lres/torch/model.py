@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import spec
+from .. import inputs, spec
 
 
 def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1,
@@ -152,10 +152,10 @@ class ResNet(nn.Sequential):
             self.to(device)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        if X.ndim != 4:
-            raise ValueError(f"expected a batch of shape (N, {self.in_channels}, H, W), got {tuple(X.shape)}")
-        spec.check_input(tuple(X.shape[1:]), self.in_channels)
-        return super().forward(X)
+        inputs.check_batch(tuple(X.shape), X.dtype, self.in_channels, training=self.training, arch=self.arch,
+                           num_classes=self.num_classes)
+        dtype = self.head.fc.weight.dtype  # float32 (float64 after .double()): floating inputs are cast
+        return super().forward(X if X.dtype == dtype else X.to(dtype))
 
 
 def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import data, training
+from .. import data, inputs, training
 from .weights import get_weights, set_weights
 
 
@@ -57,28 +57,55 @@ class Trainer:
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        self._check(X, training=True)
         X, y = self._input(X), y.to(self.device)
         self.net.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self._train_forward(X)
-        loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+        def run():
+            logits = self._train_forward(X)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return float(loss.detach()), int((logits.argmax(1) == y).sum())
+        return self._keep_statistics_finite(run)
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits."""
+        self._check(X, training=False)
         self.net.eval()
         with torch.no_grad():
             return self.net(self._input(X)).cpu().numpy()
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
+        X = torch.from_numpy(np.asarray(X))
+        self._check(X, training)
         self.net.train(training)
         with torch.no_grad():
-            return self.net(self._input(torch.from_numpy(X))).cpu().numpy()
+            run = lambda: self.net(self._input(X)).cpu().numpy()  # noqa: E731
+            return self._keep_statistics_finite(run) if training else run()
+
+    def _check(self, X: torch.Tensor, training: bool) -> None:
+        """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
+        net = self.net
+        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, training=training, arch=net.arch,
+                           num_classes=net.num_classes)
+        inputs.check_finite(bool(torch.isfinite(X).all()))
+
+    def _keep_statistics_finite(self, run):
+        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
+        stats = [(n, b) for n, b in self.net.named_buffers() if n.endswith(("running_mean", "running_var"))]
+
+        def restore(saved):
+            with torch.no_grad():
+                for (_, b), old in zip(stats, saved):
+                    b.copy_(old)
+        return inputs.keep_statistics_finite(
+            [n for n, _ in stats], lambda: [b.detach().clone() for _, b in stats],
+            lambda: torch.stack([torch.isfinite(b).all() for _, b in stats]).tolist(), restore, run)
 
     def _input(self, X: torch.Tensor) -> torch.Tensor:
         """``X`` on the device in the chosen layout (chosen now if not yet: the net follows)."""

@@ -170,18 +170,19 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
     """One data-parallel step on ``replicas`` replicas against the single-device step on the same
     global batch, from the same weights, in this process (which must be set up for the backend's
     replicas: see :func:`run_check`). Returns the differences (``checks.differences``' metric) of
-    loss, weights and BatchNorm statistics, the tolerances (``checks.tolerances(arch)``) and
+    loss, weights and BatchNorm statistics, the tolerances (``checks.TOLERANCES``: another execution
+    path of the same backend, as the acceleration switches) and
     ``ok``. With ``sync_bn`` the data-parallel step is compared with the single-device step;
     without it, with :func:`emulate_unsynchronized` (what it is), and the distance to the
     single-device step is reported as ``unsync_vs_single``."""
-    from .checks import tolerances
+    from .checks import TOLERANCES
     arch = get_arch(arch)
     weights, X, y = step_inputs(input_shape, batch_size, seed=seed, arch=arch)
     par = _parallel_module(backend)
     options = {"arch": arch, "momentum": momentum, "weight_decay": weight_decay}
     parallel = par.data_parallel_step(weights, X, y, lr, replicas=replicas, sync_bn=sync_bn, **options)
     single = single_device_step(backend, weights, X, y, lr, **options)
-    tol = {q: tolerances(arch)[q] for q in STEP_QUANTITIES}
+    tol = {q: TOLERANCES[q] for q in STEP_QUANTITIES}
     result = {"backend": backend, "replicas": replicas, "sync_bn": sync_bn, "arch": str(arch),
               "input_shape": list(input_shape), "batch_size": batch_size, "tolerances": tol,
               "step_loss": {"parallel": parallel["step_loss"], "single": single["step_loss"]}}

@@ -11,7 +11,8 @@ CHILD = ("import time; from d2lres.progress import step_reporter; tick = step_re
 
 
 def test_steps_of_each_backend_advance_one_bar_and_an_estimate_is_given(capsys):
-    steps = {"a": 10, "b": 10}
+    per_backend = progress.WARMUP_STEPS + progress.TIMED_STEPS + 2
+    steps = {"a": per_backend, "b": per_backend}
     with progress.AcrossBackends(steps, enabled=True) as bar:
         for name in steps:
             env, fds = bar.start(name)
@@ -20,7 +21,7 @@ def test_steps_of_each_backend_advance_one_bar_and_an_estimate_is_given(capsys):
             bar.started()
             assert child.wait(timeout=60) == 0
             bar.finish()
-        assert bar.bar.n == 20
+        assert bar.bar.n == 2 * per_backend
         assert bar.estimated
     err = capsys.readouterr()
     assert "expected: about" in err.out + err.err and "measured in a" in err.out + err.err

@@ -111,9 +111,9 @@ def check_statistics(non_finite: list[str]) -> None:
     if non_finite:
         from .training import TrainingError
         more = f" and {len(non_finite) - 1} more" if len(non_finite) > 1 else ""
-        raise TrainingError(f"the BatchNorm statistics of this batch are not finite ({non_finite[0]}{more}); "
-                            f"the running statistics were kept as they were before it. The activations "
-                            f"overflow: try a lower learning rate")
+        raise TrainingError(f"the BatchNorm statistics of this batch are not finite ({non_finite[0]}{more}): "
+                            f"the activations overflow (try a lower learning rate); the running statistics "
+                            f"were kept as they were before the batch")
 
 
 def keep_statistics_finite(names: list[str], snapshot, finite, restore, run):

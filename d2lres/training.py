@@ -190,7 +190,13 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         tic = time.perf_counter()
         for X, y in batches:
             n = int(X.shape[0])
-            loss, correct = trainer.step(X, y, lr_at(epoch * steps_per_epoch + step_in_epoch))
+            try:
+                loss, correct = trainer.step(X, y, lr_at(epoch * steps_per_epoch + step_in_epoch))
+            except TrainingError as err:  # non-finite batch statistics (kept out of the running ones)
+                bar.close()
+                raise TrainingError(f"{err} at epoch {epoch + 1}, batch {step_in_epoch + 1} "
+                                    f"(lr {lr_at(epoch * steps_per_epoch + step_in_epoch):g}). "
+                                    f"The last checkpoint is kept.") from None
             if not math.isfinite(loss):
                 bar.close()
                 raise TrainingError(f"the loss is {loss} at epoch {epoch + 1}, batch {step_in_epoch + 1} "

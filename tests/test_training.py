@@ -111,7 +111,8 @@ def test_checkpoint_is_complete_after_interruption(tmp_path):
 def test_diverging_loss_stops_with_epoch_and_batch(backend, tmp_path):
     trainer = make(backend)
     X, y = toy_data(n=256)
-    message = r"(loss is (nan|inf)|weights are no longer finite.*) at epoch 1, batch \d+"
+    message = (r"(loss is (nan|inf)|weights are no longer finite.*|BatchNorm statistics of this batch are not finite.*)"
+               r" at epoch 1, batch \d+")
     with pytest.raises(training.TrainingError, match=message):
         training.fit(trainer, batches(trainer, X, y), None, 1, 1e6, checkpoint_dir=tmp_path, checkpoint_every=1,
                      progress=False, plot=False, verbose=False)

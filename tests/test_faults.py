@@ -132,7 +132,7 @@ def test_kill_at_random_moments_then_resume_is_exact(reference, real_data, tmp_p
     out = tmp_path / "run"
     wall = float((reference / ".seconds").read_text())  # the whole command, start-up included
     kills = 0
-    for _ in range(3):
+    for _ in range(6):
         resume = ["--resume"] if (out / "checkpoint" / "checkpoint.npz").exists() else []
         proc = start("train", *RUN, "--data-dir", real_data, "--out", out, *resume)
         try:
@@ -141,7 +141,11 @@ def test_kill_at_random_moments_then_resume_is_exact(reference, real_data, tmp_p
             proc.send_signal(signal.SIGKILL)
             kills += 1
         _, err = proc.communicate(timeout=60)
-        if proc.returncode == 0:
+        if proc.returncode == 0 and kills == 0:  # faster than the reference run: again, killed sooner
+            shutil.rmtree(out)
+            wall /= 2
+            continue
+        if proc.returncode == 0 or kills == 3:
             break
         assert proc.returncode == -signal.SIGKILL, err[-3000:]
     resume = ["--resume"] if (out / "checkpoint" / "checkpoint.npz").exists() else []

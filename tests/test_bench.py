@@ -9,7 +9,8 @@ import pytest
 
 from d2lres import backends, bench, checks
 
-ACCELERATED = [(name, options) for name, variants in bench.ACCELERATIONS.items() for options in variants]
+ACCELERATED = [(name, options) for name, variants in bench.ACCELERATIONS.items() if name in backends.available()
+               for options in variants]
 
 
 @pytest.mark.parametrize("backend,options", [pytest.param(n, o, id=f"{n}-{'-'.join(o) or 'default'}",

@@ -150,6 +150,26 @@ NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block"
          "try_gpu", "load_data_fashion_mnist", "train_ch6", "Trainer"]
 
 
+def factories(ResNet) -> tuple:
+    """A backend's ``resnet`` and ``resnet18`` ... ``resnet152``, with the contract's signatures,
+    built on its ``ResNet`` class (which builds and initialises the network)."""
+    from . import spec
+
+    def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter", *, device=None):
+        """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
+        initialised with d2lres's scheme. ``resnet(18)`` is the chapter's network."""
+        return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
+
+    def of_depth(depth: int):
+        def factory(num_classes=10, in_channels=1, *, version=1, flavour="chapter", device=None):
+            return resnet(depth, version, num_classes, in_channels, flavour, device=device)
+        factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+        factory.__doc__ = f"ResNet-{depth} (version 1 or 2, flavour chapter or torchvision)" + (
+            "; ResNet-18 is the chapter's network." if depth == 18 else ".")
+        return factory
+    return (resnet, *(of_depth(d) for d in (18, 34, 50, 101, 152)))
+
+
 def signature(obj) -> list[tuple[str, str, object]]:
     """``(name, kind, default)`` per parameter of a function or a class's constructor (``self``
     left out); annotations are not part of the contract."""

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from .. import inputs, spec
+from .. import api, inputs, spec
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
 PRECISION = lax.Precision.HIGHEST
@@ -289,37 +289,7 @@ def to_device(net: nnx.Module, device) -> None:
     nnx.update(net, jax.device_put(nnx.state(net), device))
 
 
-def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
-           device=None) -> ResNet:
-    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``).
-    ``resnet(18)`` is the chapter's network."""
-    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
-
-
-def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
-    return resnet(18, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    return resnet(34, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    return resnet(50, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(101, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(152, version, num_classes, in_channels, flavour, device=device)
+resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNet)
 
 
 def batch_norms(net: nnx.Module) -> list[BatchNorm]:

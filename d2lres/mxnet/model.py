@@ -8,7 +8,7 @@ import mxnet as mx
 from mxnet import init, np, npx
 from mxnet.gluon import nn
 
-from .. import inputs, spec
+from .. import api, inputs, spec
 
 npx.set_np()
 
@@ -156,37 +156,7 @@ class ResNet(nn.HybridSequential):
         return super().forward(X if X.dtype == "float32" else X.astype("float32"))  # floating inputs: cast
 
 
-def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
-           device=None) -> ResNet:
-    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``).
-    ``resnet(18)`` is the chapter's network."""
-    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
-
-
-def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
-    return resnet(18, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(34, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(50, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(101, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(152, version, num_classes, in_channels, flavour, device=device)
+resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNet)
 
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:

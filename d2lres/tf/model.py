@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from .. import inputs, spec  # noqa: E402
+from .. import api, inputs, spec  # noqa: E402
 
 if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2lres.tf needs Keras 3 on its TensorFlow backend (TensorFlow >= 2.16); found Keras "
@@ -281,37 +281,7 @@ class ResNet(keras.Model):
         return X
 
 
-def resnet(depth=18, version: int = 1, num_classes: int = 10, in_channels: int = 1, flavour: str = "chapter", *,
-           device=None) -> ResNet:
-    """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
-    initialised with d2lres's scheme. ``resnet(18)`` is the chapter's network."""
-    return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
-
-
-def resnet18(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    """The chapter's ResNet-18 (or its version 2 / torchvision flavour)."""
-    return resnet(18, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet34(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    return resnet(34, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet50(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-             device=None) -> ResNet:
-    return resnet(50, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet101(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(101, version, num_classes, in_channels, flavour, device=device)
-
-
-def resnet152(num_classes: int = 10, in_channels: int = 1, *, version: int = 1, flavour: str = "chapter",
-              device=None) -> ResNet:
-    return resnet(152, version, num_classes, in_channels, flavour, device=device)
+resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNet)
 
 
 def _nchw(shape) -> tuple[int, ...]:

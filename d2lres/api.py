@@ -141,6 +141,21 @@ class Trainer:
     def load_optimizer_state(self, state): ...
 
 
+# --- more than one device: ``d2lres.<backend>.parallel`` ---------------------------------------
+
+class ParallelTrainer(Trainer):
+    """The ``Trainer`` of a data-parallel run on the framework's own engine: ``step`` takes the
+    global batch and splits it over ``replicas`` (None: every device the run's launcher set up);
+    ``sync_bn``: synchronized BatchNorm (default ``d2lres.parallel.SYNC_BN_DEFAULT``). Its
+    attributes ``replicas``, ``rank`` (this process's index; 0 writes) and ``sync_bn`` say how it runs."""
+
+    def __init__(self, net, momentum=0.0, weight_decay=0.0, *, device=None, compile=None, channels_last=None,
+                 replicas=None, sync_bn=True): ...
+
+
+#: The public names every backend's ``parallel`` module shares.
+PARALLEL_NAMES = ["ParallelTrainer"]
+
 #: Every public name of a backend package, in the order of its ``__all__``.
 NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block", "ResNet",
          "resnet_block", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -187,6 +202,6 @@ def methods(cls) -> set[str]:
 
 def contract(name: str):
     """The stub that describes ``name``."""
-    if name not in NAMES:
+    if name not in NAMES + PARALLEL_NAMES:
         raise KeyError(f"{name!r} is not part of the d2lres API")
     return globals()[name]

@@ -1,4 +1,4 @@
-"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, check, bench."""
+"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, check, bench, profile."""
 from __future__ import annotations
 
 import argparse
@@ -114,15 +114,44 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
+    from . import parallel
     from .run import train
     config = _config(args)
     arch = _arch(args)
     out = Path(args.out or f"runs/{args.preset}/{backends.canonical(args.backend)}")
-    metrics = train(args.backend, config, out, arch=arch, init=args.init, data_dir=args.data_dir,
-                    resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, limit=args.limit,
-                    checkpoint_every=args.checkpoint_every)
-    print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
-          f"metrics, curves and weights in {out}")
+    options = {"arch": arch, "init": args.init, "data_dir": args.data_dir, "resume": args.resume,
+               "overwrite": args.overwrite, "limit": args.limit, "checkpoint_every": args.checkpoint_every,
+               "devices": args.devices, "sync_bn": not args.no_sync_bn}
+    if args.devices > 1 and not parallel.launched():  # start the backend's own launcher, which runs the job
+        return _launch(args.backend, config, out, progress=not args.no_progress, **options)
+    if parallel.launched():
+        parallel.die_with_launcher()
+    metrics = train(args.backend, config, out, progress=not args.no_progress, **options)
+    if parallel.process_rank() == 0:
+        print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
+              f"metrics, curves and weights in {out}")
+    return 0
+
+
+def _launch(backend: str, config, out: Path, **options) -> int:
+    """``d2lres train --devices N``: the run as a JSON job in the process(es) ``parallel.launch_command``
+    sets up for ``backend``'s engine; its error (if any) as this command's."""
+    import subprocess
+    import tempfile
+
+    from . import parallel, run
+    with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
+        error_file = Path(tmp) / "error"
+        job = run.job(backend, config, out, error_file=error_file, **options)
+        argv, env = parallel.launch_command(backend, options["devices"], job)
+        status = subprocess.run(argv, env=env).returncode
+        if status:
+            error = error_file.read_text().strip() if error_file.exists() else ""
+            raise run.RunError(error.removeprefix("d2lres: error: ") if error else
+                               f"data-parallel training in {backend} failed (exit status {status}; its error is above)")
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"{metrics['arch']} in {metrics['backend']} on {metrics['devices']} devices: test accuracy "
+          f"{metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
     return 0
 
 
@@ -145,7 +174,8 @@ def cmd_compare(args) -> int:
     names = [backends.canonical(b) for b in args.backends]
     report = compare_training(_config(args), args.out or f"runs/compare-{args.preset}", names, arch=_arch(args),
                               data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite,
-                              progress=not args.no_progress, held=args.isa)
+                              progress=not args.no_progress, held=args.isa, devices=args.devices,
+                              sync_bn=not args.no_sync_bn)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -169,6 +199,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from dataclasses import replace
+
+    from .profile import ProfileConfig, profile
+    config = ProfileConfig.quick() if args.quick else ProfileConfig()
+    config = replace(config, **{k: v for k, v in (("size", args.size), ("batch", args.batch),
+                                                  ("repeats", args.repeats)) if v is not None})
+    out = Path(args.out or ("runs/profile-quick" if args.quick else "runs/profile"))
+    report = profile([backends.canonical(b) for b in args.backends], out, config, held=args.isa)
+    print(report["table"])
+    print(f"\nreport: {out / 'profile.md'}, {out / 'profile.json'}, chart: {out / 'profile.png'}")
+    return 0
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
     from .presets import BOUNDS, SCHEDULES
     p.add_argument("--preset", default="quick", choices=["quick", "chapter"])
@@ -183,6 +227,11 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
     p.add_argument("--limit", type=_number(int, "limit"),
                    help="use only the first N images of each split (smoke runs; N >= 1)")
+    p.add_argument("--devices", type=_number(int, "devices"), default=1, metavar="N",
+                   help="data-parallel on N devices of this machine with the framework's own engine (default 1; "
+                        "the global batch is split over them)")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="with --devices: BatchNorm per device instead of synchronized (see README)")
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
@@ -243,6 +292,17 @@ def parser() -> argparse.ArgumentParser:
                         "learners' CPUs have), to measure an AVX2 machine on a newer one")
     b.add_argument("--data-dir", help="Fashion-MNIST directory")
     b.set_defaults(func=cmd_bench)
+    f = sub.add_parser("profile", help="where a training step's time goes: each stage of ResNet-18 timed apart "
+                                       "(forward + backward), the update and the step, per backend")
+    f.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
+    f.add_argument("--backends", nargs="+", default=backends.available(), type=_backend)
+    f.add_argument("--size", type=_resize, help="image side (default 40, the quick preset's; 96 is the chapter's)")
+    f.add_argument("--batch", type=_number(int, "batch_size"), help="batch size (default 128)")
+    f.add_argument("--repeats", type=_number(int, "epochs"), help="timed rounds (median reported; default 7)")
+    f.add_argument("--out", help="output directory (default runs/profile)")
+    f.add_argument("--isa", choices=isa.ISAS, default="native",
+                   help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process")
+    f.set_defaults(func=cmd_profile)
     return p
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from . import backends, data, isa, spec
+from . import backends, data, isa, parallel, spec
 from . import weights as neutral
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
@@ -32,20 +31,19 @@ class CompareError(ValueError):
 
 
 def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Path, *, arch, data_dir, limit,
-                         overwrite: bool, bar: AcrossBackends, held: str) -> dict:
-    """One backend's run as a JSON job (``python -m d2lres.run JOB``) in its own process. A run
-    already in ``out`` is continued (and a finished one reused) if it is the same run; another
-    run there is refused unless ``overwrite``."""
+                         overwrite: bool, bar: AcrossBackends, held: str, devices: int, sync_bn: bool) -> dict:
+    """One backend's run as a JSON job (``python -m d2lres.run JOB``) in its own process(es), on
+    ``devices`` devices (``parallel.launch_command``). A run already in ``out`` is continued (and a
+    finished one reused) if it is the same run; another run there is refused unless ``overwrite``."""
     resume = not overwrite and (out / CHECKPOINT_DIR / CHECKPOINT).exists()
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
-                      overwrite=overwrite, error_file=error_file)
+                      overwrite=overwrite, error_file=error_file, devices=devices, sync_bn=sync_bn)
         bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
         env, fds = bar.start(backend)
-        env = {**os.environ, **isa.isa_env(held), **env}
-        process = subprocess.Popen([sys.executable, "-m", "d2lres.run", job], env=env,
-                                   pass_fds=fds)
+        argv, launch_env = parallel.launch_command(backend, devices, job)
+        process = subprocess.Popen(argv, env={**launch_env, **isa.isa_env(held), **env}, pass_fds=fds)
         bar.started()
         returncode = process.wait()
         bar.finish()
@@ -58,12 +56,14 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
 
 def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=None,
                      data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False,
-                     progress: bool = True, held: str = "native") -> Path:
+                     progress: bool = True, held: str = "native", devices: int = 1,
+                     sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> Path:
     """Train each backend (``names``; default: every one available), then write ``out/report.md``,
     ``out/curves.png``, ``out/report.json``.
     ``progress``: one bar over every backend's steps, and the expected time once the first
     backend's steps are measured; ``held``: the instruction set every backend's process is held
-    to (``d2lres.isa``), recorded with the CPU in the report."""
+    to (``d2lres.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
+    training in every backend (``d2lres.run.train``)."""
     arch = spec.get_arch(arch)
     names = list(names or backends.available())
     tic = time.perf_counter()
@@ -75,7 +75,8 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
         steps = config.epochs * -(-min(limit or available, available) // config.batch_size)
         with AcrossBackends({n: steps for n in names}, enabled=progress) as bar:
             results = {n: _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir, limit=limit,
-                                               overwrite=overwrite, bar=bar, held=held) for n in names}
+                                               overwrite=overwrite, bar=bar, held=held, devices=devices,
+                                               sync_bn=sync_bn) for n in names}
         check_md = ""
         if checks:
             done = subprocess.run([sys.executable, "-m", "d2lres", "check", "--json", str(out / "checks.json"),
@@ -124,7 +125,8 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
              "| first-step loss |",
              "|---|---|---|---|---|---|---|---|"]
     for n, r in results.items():
-        lines.append(f"| {n} | {r['device']} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_acc']:.4f} | "
+        device = r["device"] if r.get("devices", 1) == 1 else f"{r['devices']} x {r['device']}"
+        lines.append(f"| {n} | {device} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_acc']:.4f} | "
                      f"{r['images_per_s']:.1f} | {r['wall_seconds']:.0f} | {r['first_step_loss']:.6f} |")
     lines += ["", "![training curves](curves.png)", "", "## Parity", "",
               f"- first-step loss, largest difference between backends: {summary['first_step_loss_max_diff']:.2e} "

@@ -164,6 +164,23 @@ def single_device_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray
     return {"step_loss": loss, "after_step": trainer.get_weights()}
 
 
+def data_parallel_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
+                       sync_bn: bool = SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
+                       weight_decay: float = 0.0) -> dict:
+    """One data-parallel step of ``backend``'s ``ParallelTrainer`` on ``replicas`` replicas from
+    ``weights`` on the global batch ``(X, y)`` (NCHW numpy, through the trainer's ``convert``):
+    ``{"step_loss", "after_step"}``. JAX and MXNet use this; PyTorch (processes it spawns) and
+    TensorFlow (the net built in the strategy's scope) have their own ``data_parallel_step``."""
+    mod = backends.load(backend)
+    a = get_arch(arch)
+    net = mod.resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
+    mod.set_weights(net, weights)
+    trainer = backend_module(backend).ParallelTrainer(net, momentum, weight_decay, replicas=replicas,
+                                                      sync_bn=sync_bn)
+    loss, _ = trainer.step(*trainer.convert(X, y), lr)
+    return {"step_loss": loss, "after_step": trainer.get_weights()}
+
+
 def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_shape=(1, 64, 64),
                batch_size: int = 4, lr: float = 0.05, momentum: float = 0.0, weight_decay: float = 0.0,
                seed: int = 0, arch=None) -> dict:
@@ -178,9 +195,12 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
     from .checks import TOLERANCES
     arch = get_arch(arch)
     weights, X, y = step_inputs(input_shape, batch_size, seed=seed, arch=arch)
-    par = _parallel_module(backend)
+    par = backend_module(backend)
     options = {"arch": arch, "momentum": momentum, "weight_decay": weight_decay}
-    parallel = par.data_parallel_step(weights, X, y, lr, replicas=replicas, sync_bn=sync_bn, **options)
+    own = getattr(par, "data_parallel_step", None)  # torch's (spawned processes) and TF's (strategy first)
+    options_step = {"replicas": replicas, "sync_bn": sync_bn, **options}
+    parallel = (own(weights, X, y, lr, **options_step) if own is not None
+                else data_parallel_step(backend, weights, X, y, lr, **options_step))
     single = single_device_step(backend, weights, X, y, lr, **options)
     tol = {q: TOLERANCES[q] for q in STEP_QUANTITIES}
     result = {"backend": backend, "replicas": replicas, "sync_bn": sync_bn, "arch": str(arch),
@@ -197,7 +217,8 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
     return result
 
 
-def _parallel_module(backend: str):
+def backend_module(backend: str):
+    """``d2lres.<backend>.parallel`` (imports the framework)."""
     import importlib
     return importlib.import_module(f"d2lres.{backends.canonical(backend)}.parallel")
 
@@ -213,6 +234,55 @@ def environment(backend: str, replicas: int, env: dict | None = None) -> dict:
         env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={replicas}"])
     env["D2LRES_REPLICAS"] = str(replicas)
     return env
+
+
+def launch_command(backend: str, devices: int, job: str) -> tuple[list[str], dict]:
+    """``(argv, env)`` of the process that runs the JSON job ``job`` (``python -m d2lres.run``) on
+    ``devices`` devices of this machine with ``backend``'s own engine: PyTorch through ``torchrun``
+    (one process per device), the others as one process set up by :func:`environment`."""
+    run = ["-m", "d2lres.run", job]
+    if backends.canonical(backend) == "torch" and devices > 1:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}", *run]
+    else:
+        argv = [sys.executable, *run]
+    return argv, environment(backend, devices)
+
+
+def launched(env=None) -> bool:
+    """Whether this process is one of several that a multi-process launcher started for one run
+    (torchrun's ``WORLD_SIZE``, TensorFlow's ``TF_CONFIG``, JAX's ``JAX_COORDINATOR_ADDRESS``, MXNet's
+    ``DMLC_ROLE=worker``)."""
+    env = os.environ if env is None else env
+    return (int(env.get("WORLD_SIZE", "1")) > 1 or bool(env.get("TF_CONFIG") or env.get("JAX_COORDINATOR_ADDRESS"))
+            or env.get("DMLC_ROLE") == "worker")
+
+
+def die_with_launcher() -> None:
+    """In a process of a multi-process launcher: be killed when the launcher dies. torchrun starts
+    its workers in sessions of their own, so killing the command (``kill``, a closed terminal)
+    would otherwise leave them training, holding the run folder (Linux ``PR_SET_PDEATHSIG``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the launcher died before prctl
+        os._exit(1)
+
+
+def process_rank(env=None) -> int:
+    """This process's index in a multi-process run, from its launcher's environment (torchrun's
+    ``RANK``, ``TF_CONFIG``'s task index, ``D2LRES_PROCESS_ID`` with JAX's coordinator: see
+    ``d2lres.jax.distributed``, and of MXNet's dist_sync workers: see ``d2lres.mxnet.launch``); 0
+    in a single process. Rank 0 writes the run's files."""
+    env = os.environ if env is None else env
+    if "RANK" in env:
+        return int(env["RANK"])
+    if env.get("JAX_COORDINATOR_ADDRESS") or env.get("DMLC_ROLE") == "worker":  # JAX's, MXNet's dist_sync workers
+        return int(env.get("D2LRES_PROCESS_ID") or 0)
+    if env.get("TF_CONFIG"):
+        return int(json.loads(env["TF_CONFIG"]).get("task", {}).get("index", 0))
+    return 0
 
 
 def run_check(backend: str, replicas: int = 2, sync_bn: bool = True, *, timeout: float = CHECK_TIMEOUT,

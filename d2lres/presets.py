@@ -22,6 +22,7 @@ BOUNDS = {
     "seed": (lambda v: v >= 0, "an integer >= 0"),
     "resize": (lambda v: v is None or v >= 1, "an integer >= 1"),
     "limit": (lambda v: v is None or v >= 1, "an integer >= 1 (images of each split)"),
+    "devices": (lambda v: v >= 1, "an integer >= 1"),
 }
 
 

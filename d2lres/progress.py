@@ -26,7 +26,13 @@ def step_reporter() -> Callable[[], None] | None:
     fd = os.environ.get(PROGRESS_FD)
     if not fd:
         return None
-    pipe = os.fdopen(int(fd), "w", buffering=1)
+    try:
+        pipe = os.fdopen(int(fd), "w", buffering=1)
+    except OSError:  # a launcher in between (torchrun) closed it for us but holds it open itself
+        try:
+            pipe = open(f"/proc/{os.getppid()}/fd/{int(fd)}", "w", buffering=1)
+        except OSError:
+            return None
     return lambda: pipe.write("1\n")
 
 

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import backends, data, files, spec, training
+from . import backends, data, files, parallel, spec, training
 from . import weights as neutral
 from .presets import TrainConfig
 
@@ -121,17 +121,28 @@ def check_batches(n_images: int, batch_size: int, resize: int | None, arch) -> N
 
 def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init: str | Path | None = None,
           data_dir=None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          limit: int | None = None, checkpoint_every: int = 100) -> dict:
+          limit: int | None = None, checkpoint_every: int = 100, devices: int = 1,
+          sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> dict:
     """Train ``arch`` (default ResNet-18) in ``backend`` with ``config`` in the run folder ``out``;
     returns (and writes) the metrics. ``resume`` continues the run in ``out`` (which must have a
-    checkpoint of the same run); ``overwrite`` replaces a run found there."""
+    checkpoint of the same run); ``overwrite`` replaces a run found there.
+
+    ``devices > 1``, or a process of a multi-process launcher (``parallel.launched``), trains
+    data-parallel with the backend's ``ParallelTrainer`` (``sync_bn``: synchronized BatchNorm) in a
+    process that ``parallel.launch_command`` set up. Only rank 0 (``parallel.process_rank``) holds
+    the folder and writes; the others read the checkpoint to resume. Synchronized, the run is the
+    one-device run with the same global batch, so it is the same run (identity) on any number of
+    devices, and its checkpoint resumes on any."""
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be >= 1, got {limit}")
+    if devices < 1:
+        raise RunError(f"--devices must be >= 1, got {devices}")
     arch = spec.get_arch(arch)
     backend = backends.canonical(backend)
-    with run_folder(out) as out:
+    writer = parallel.process_rank() == 0
+    with (run_folder(out) if writer else contextlib.nullcontext(Path(out))) as out:
         checkpoint = out / CHECKPOINT_DIR / training.CHECKPOINT
         found = [str(p.relative_to(out)) for p in (checkpoint, out / "metrics.json") if p.exists()]
         if resume and not checkpoint.exists():
@@ -141,7 +152,7 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
             if not overwrite:
                 raise RunError(f"{out} holds a run already ({', '.join(found)}); pass --resume to continue it, "
                                f"--overwrite to replace it, or choose another --out")
-            for path in (checkpoint, *(out / name for name in OUTPUTS)):
+            for path in (checkpoint, *(out / name for name in OUTPUTS)) if writer else ():
                 path.unlink(missing_ok=True)
         init_weights = neutral.load_npz(init) if init is not None else None
         identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
@@ -156,7 +167,8 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
                 return done
         check_batches(identity["train_images"], config.batch_size, config.resize, arch)
         return _train(backend, arch, config, out, init_weights, identity, data_dir=data_dir, resume=resume,
-                      progress=progress, limit=limit, checkpoint_every=checkpoint_every, init=init)
+                      progress=progress and writer, limit=limit, checkpoint_every=checkpoint_every, init=init,
+                      devices=devices, sync_bn=sync_bn, writer=writer)
 
 
 def _finished_metrics(out: Path, identity: dict) -> dict | None:
@@ -168,7 +180,7 @@ def _finished_metrics(out: Path, identity: dict) -> dict | None:
 
 
 def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resume, progress, limit,
-           checkpoint_every, init) -> dict:
+           checkpoint_every, init, devices, sync_bn, writer) -> dict:
     mod = backends.load(backend)
     tic = time.perf_counter()
     net = mod.resnet(arch.depth, arch.version, flavour=arch.flavour)
@@ -179,7 +191,11 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
             raise RunError(f"--init {init}: {err}; pass weights of {arch} (or the matching --arch)") from None
     else:
         mod.init_weights(net, config.seed)
-    trainer = mod.Trainer(net, momentum=config.momentum, weight_decay=config.weight_decay, device=mod.try_gpu())
+    options = {"momentum": config.momentum, "weight_decay": config.weight_decay, "device": mod.try_gpu()}
+    if devices > 1 or parallel.launched():
+        trainer = parallel.backend_module(backend).ParallelTrainer(net, sync_bn=sync_bn, **options)
+    else:
+        trainer = mod.Trainer(net, **options)
     train_iter, test_iter = data.load_batches(config.batch_size, config.resize, trainer.convert,
                                               data_dir=data_dir, seed=config.seed, limit=limit)
     lr = (training.one_cycle(config.lr, config.epochs * len(train_iter)) if config.schedule == "onecycle"
@@ -187,17 +203,21 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
     history = training.fit(trainer, train_iter, test_iter, config.epochs, lr,
                            checkpoint_dir=out / CHECKPOINT_DIR, resume=resume, progress=progress,
                            curves_path=out / "curves.png", checkpoint_every=checkpoint_every,
-                           identity=identity, title=f"{arch} in {backend}")
-    neutral.save_npz(out / "weights.npz", trainer.get_weights())
+                           identity=identity, title=f"{arch} in {backend}", write=writer)
+    weights = trainer.get_weights()
     last = history["epochs"][-1]
     metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": limit,
-               "device": history["device"], "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+               "device": history["device"], "devices": getattr(trainer, "replicas", 1),
+               "sync_bn": getattr(trainer, "sync_bn", None), "train_loss": last["train_loss"],
+               "train_acc": last["train_acc"],
                "test_acc": last["test_acc"],
                "images_per_s": sum(e["images_per_s"] for e in history["epochs"]) / len(history["epochs"]),
                "wall_seconds": time.perf_counter() - tic, "first_step_loss": history["first_step_loss"],
                "run": identity, "init": None if init is None else str(init),
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
-    files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+    if writer:
+        neutral.save_npz(out / "weights.npz", weights)
+        files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     return metrics
 
 
@@ -220,6 +240,9 @@ def main(argv=None) -> int:
     spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
     error_file = spec_.pop("error_file", None)
 
+    if parallel.launched():
+        parallel.die_with_launcher()
+
     def run() -> int:
         from .progress import step_reporter
         reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
@@ -228,7 +251,8 @@ def main(argv=None) -> int:
         config = TrainConfig.from_dict(spec_.pop("config"))
         metrics = train(spec_.pop("backend"), config, spec_.pop("out"), arch=spec.get_arch(*spec_.pop("arch")),
                         **spec_)
-        print(f"test accuracy {metrics['test_acc']:.4f}")
+        if parallel.process_rank() == 0:
+            print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0
     if error_file is None:
         return report_errors(run)

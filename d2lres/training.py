@@ -126,7 +126,7 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         checkpoint_dir: str | Path | None = None, resume: bool = False, checkpoint_every: int = 100,
         progress: bool | Callable[[], None] = True, plot: bool = True, curves_path: str | Path | None = None,
         verbose: bool = True, stop_after: int | None = None, identity: dict | None = None,
-        title: str | None = None) -> dict:
+        title: str | None = None, write: bool = True) -> dict:
     """Train for ``num_epochs``; ``lr`` is a constant or a function of the global step.
     ``progress``: True draws a bar per epoch; a function is called after each step instead (the
     bar across backends of ``d2lres compare``, see ``d2lres.progress``).
@@ -143,7 +143,8 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     dict: backend, architecture, settings, data) is recorded in the checkpoint, and resuming a
     checkpoint whose identity differs raises ``TrainingError`` naming each difference.
     ``stop_after`` stops after that many steps in this call (to simulate an interruption);
-    ``title`` heads the curves."""
+    ``title`` heads the curves. ``write=False`` (the other processes of a multi-process run, whose
+    rank 0 writes) reads the checkpoint to resume but writes no checkpoint or curves."""
     lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
     steps_per_epoch = num_batches(train_iter)
     history = {"backend": trainer.backend, "device": str(trainer.device), "epochs": [],
@@ -167,11 +168,11 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
             trainer.load_optimizer_state(state)
             history, acc = saved["history"], saved["acc"]
             epoch, step_in_epoch = saved["epoch"], saved["step_in_epoch"]
-            if verbose:
+            if verbose and write:
                 print(f"resuming from {directory / CHECKPOINT}: epoch {epoch + 1}, step {step_in_epoch}")
 
     def checkpoint():
-        if directory is not None:
+        if directory is not None and write:
             _save_checkpoint(directory, trainer, {"history": history, "acc": acc, "epoch": epoch,
                                                   "step_in_epoch": step_in_epoch, "identity": identity})
 
@@ -234,11 +235,11 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         epoch, step_in_epoch = epoch + 1, 0
         acc = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
         checkpoint()
-        if plot:
+        if plot and write:
             from .plots import show_or_save_curves
             show_or_save_curves({trainer.backend: history}, curves_path, title=title)
     last = history["epochs"][-1] if history["epochs"] else None
-    if verbose and last:
+    if verbose and write and last:
         print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")
         print(f"{last['images_per_s']:.1f} examples/sec on {trainer.device}")
     return history

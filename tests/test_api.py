@@ -44,6 +44,18 @@ def test_trainer_has_the_contracts_methods(backend):
         assert api.signature(getattr(cls, method))[1:] == api.signature(getattr(api.Trainer, method))[1:], method
 
 
+@pytest.mark.parametrize("name", api.PARALLEL_NAMES)
+def test_data_parallel_names_match_the_contract_in_every_backend(name):
+    import importlib
+
+    from d2lres import parallel
+    want = api.signature(api.contract(name))
+    got = {b: api.signature(getattr(importlib.import_module(f"d2lres.{b}.parallel"), name)) for b in AVAILABLE}
+    wrong = {b: sig for b, sig in got.items() if sig != want}
+    assert not wrong, f"{name}: contract {want}; differs in {wrong}"
+    assert ("sync_bn", "KEYWORD_ONLY", parallel.SYNC_BN_DEFAULT) in want
+
+
 def test_the_contract_covers_every_backend_and_prints_the_table(capsys):
     assert len(AVAILABLE) >= 2, f"the API check needs at least two backends, found {AVAILABLE}"
     rows = [f"{'name':<28}" + "".join(f"{b:>8}" for b in AVAILABLE)]

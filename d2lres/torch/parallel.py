@@ -79,11 +79,21 @@ class ParallelTrainer(Trainer):
     the replicas' running statistics are averaged after every step."""
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None,
+                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
                  sync_bn: bool = parallel.SYNC_BN_DEFAULT):
         if not dist.is_initialized():
-            raise parallel.ParallelError("ParallelTrainer needs an initialized process group (torchrun, or "
-                                         "d2lres.torch.parallel.init_process_group)")
+            if "WORLD_SIZE" not in os.environ:
+                raise parallel.ParallelError(
+                    "data-parallel PyTorch runs one process per device: start it with torchrun (d2lres train "
+                    "--devices N does), or call d2lres.torch.parallel.init_process_group in each process")
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # torchrun's environment
+        if replicas is not None and replicas != dist.get_world_size():
+            raise parallel.ParallelError(f"{replicas} replicas asked, the process group has {dist.get_world_size()} "
+                                         f"processes (one per replica)")
+        if torch.cuda.is_available():  # one GPU per process of this machine
+            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', dist.get_rank()))}")
+        elif "LOCAL_WORLD_SIZE" in os.environ:  # share this machine's cores between its processes
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
         super().__init__(net, momentum, weight_decay, device=device, compile=compile, channels_last=channels_last)
         self.rank, self.replicas, self.sync_bn = dist.get_rank(), dist.get_world_size(), sync_bn
         if sync_bn:

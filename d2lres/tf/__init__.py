@@ -12,6 +12,9 @@ from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residua
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu
 from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
                       save_weights, set_weights)
+# Before TensorFlow's runtime starts: TF_CONFIG's MultiWorkerMirroredStrategy (which waits for
+# every worker), or D2LRES_REPLICAS logical CPUs (d2lres.tf.parallel.prepare).
+from . import parallel  # noqa: E402,F401
 
 __all__ = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block", "ResNet",
            "resnet_block", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",

@@ -1,8 +1,18 @@
 """Data-parallel training in TensorFlow: ``tf.distribute.MirroredStrategy`` over the GPUs, or over
 logical CPU devices on a machine without one (``logical_cpus``, which must run before TensorFlow
-starts its runtime: importing this module does it when ``D2LRES_REPLICAS`` is set, as
-``d2lres.parallel.environment`` sets it). Across machines, ``MultiWorkerMirroredStrategy`` with
-``TF_CONFIG`` (README). See ``d2lres.parallel`` for the split and the BatchNorm option.
+starts its runtime: importing ``d2lres.tf`` does it when ``D2LRES_REPLICAS`` is set, as
+``d2lres.parallel.environment`` sets it). See ``d2lres.parallel`` for the split and the BatchNorm
+option.
+
+**Across machines** (or processes): ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set
+(``{"cluster": {"worker": ["host0:port", "host1:port", ...]}, "task": {"type": "worker",
+"index": i}}``; README). Every worker process runs the same program (``d2lres train`` with the
+same options); its local devices are its GPUs, or its CPU; the replicas are numbered over all
+workers, so each process takes its own shards of the same global batch (d2lres's seeded batches
+are the same in every process). The strategy configures TensorFlow's collective ops, which
+TensorFlow allows only before its runtime starts, so importing ``d2lres.tf`` with ``TF_CONFIG``
+set creates it (:func:`multi_worker_strategy`; it waits there for every worker of the cluster).
+Worker 0 is rank 0 (``d2lres.parallel.process_rank``), the one that writes the run's files.
 
 The network is built inside the strategy's scope (its variables mirrored on every replica);
 :class:`ParallelTrainer` rebuilds a single-device network there with the same weights. Each
@@ -20,6 +30,7 @@ variance and the unbiased running variance over the global count.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -43,8 +54,56 @@ def logical_cpus(n: int) -> None:
                 f"d2lres.tf.parallel.logical_cpus({n}) first)") from None
 
 
-if int(os.environ.get("D2LRES_REPLICAS", "1")) > 1 and not tf.config.list_physical_devices("GPU"):
-    logical_cpus(int(os.environ["D2LRES_REPLICAS"]))
+def tf_config(env=None) -> dict | None:
+    """``TF_CONFIG`` of this process (``env``: default ``os.environ``) as a dict, None if unset;
+    refuses one that is not a worker of a cluster of workers."""
+    env = os.environ if env is None else env
+    if not env.get("TF_CONFIG"):
+        return None
+    try:
+        config = json.loads(env["TF_CONFIG"])
+        workers, task = config["cluster"]["worker"], config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise parallel.ParallelError(
+            f"TF_CONFIG is not a cluster of workers ({type(err).__name__}: {err}); set it to "
+            f'{{"cluster": {{"worker": ["host0:port", "host1:port"]}}, "task": {{"type": "worker", "index": i}}}} '
+            f"or unset it") from None
+    if task.get("type") != "worker" or not 0 <= index < len(workers) or set(config["cluster"]) - {"worker"}:
+        raise parallel.ParallelError(
+            f"TF_CONFIG: d2lres runs a cluster of workers only (task type 'worker', index 0..{len(workers) - 1}); "
+            f"got task {task} in a cluster of {sorted(config['cluster'])}")
+    return config
+
+
+_MULTI_WORKER = None
+
+
+def multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy | None:
+    """The process's ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set (created once,
+    before TensorFlow's runtime starts; it waits for every worker), else None."""
+    global _MULTI_WORKER
+    if _MULTI_WORKER is None and tf_config() is not None:
+        try:
+            _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as err:
+            raise parallel.ParallelError(
+                f"TF_CONFIG is set but TensorFlow's runtime started before d2lres could configure its collective "
+                f"ops ({err}); import d2lres.tf (or d2lres.tf.parallel) before running anything in TensorFlow") \
+                from None
+    return _MULTI_WORKER
+
+
+def prepare() -> None:
+    """What must happen before TensorFlow's runtime starts (``d2lres.tf`` calls it on import):
+    the multi-worker strategy under ``TF_CONFIG``, else ``D2LRES_REPLICAS`` logical CPUs on a
+    machine without a GPU."""
+    if multi_worker_strategy() is None and int(os.environ.get("D2LRES_REPLICAS", "1")) > 1 \
+            and not tf.config.list_physical_devices("GPU"):
+        logical_cpus(int(os.environ["D2LRES_REPLICAS"]))
+
+
+prepare()
 
 from .model import BatchNorm  # noqa: E402  (after the logical devices)
 from .train import Trainer, _inputs  # noqa: E402
@@ -71,9 +130,25 @@ class SyncBatchNorm(BatchNorm):
         return Y
 
 
-def strategy(replicas: int) -> tf.distribute.MirroredStrategy:
-    """``MirroredStrategy`` over the first ``replicas`` GPUs, or logical CPUs without a GPU."""
+def strategy(replicas: int | None = None) -> tf.distribute.Strategy:
+    """The run's strategy: ``MultiWorkerMirroredStrategy`` under ``TF_CONFIG`` (``replicas``, if
+    given, must be its number of replicas over all workers), else ``MirroredStrategy`` over
+    ``replicas`` GPUs, or logical CPUs without a GPU (None: ``D2LRES_REPLICAS``, else every GPU,
+    else every logical CPU; a number other than ``D2LRES_REPLICAS`` is refused)."""
+    multi = multi_worker_strategy()
+    if multi is not None:
+        if replicas is not None and replicas != multi.num_replicas_in_sync:
+            raise parallel.ParallelError(
+                f"{replicas} replicas asked, the TF_CONFIG cluster has {multi.num_replicas_in_sync} "
+                f"({len(tf_config()['cluster']['worker'])} worker(s) x {len(multi.extended.worker_devices)} local "
+                f"device(s)); leave the number to the cluster")
+        return multi
+    launched = os.environ.get("D2LRES_REPLICAS")
+    if replicas is not None and launched is not None and replicas != int(launched):
+        raise parallel.ParallelError(f"{replicas} replicas asked in a process set up for D2LRES_REPLICAS={launched}")
     gpus = tf.config.list_logical_devices("GPU")
+    if replicas is None:
+        replicas = int(launched) if launched is not None else len(gpus or tf.config.list_logical_devices("CPU"))
     if not gpus:
         logical_cpus(replicas)
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))][:replicas]
@@ -89,17 +164,24 @@ def _mean_statistics(next_creator, **kwargs):
 
 
 class ParallelTrainer(Trainer):
-    """``Trainer`` over ``replicas`` devices with ``MirroredStrategy``: ``step`` takes the global
-    batch and splits it (``d2lres.parallel.shard_slices``). ``net`` is rebuilt inside the
-    strategy's scope with its weights (``self.net`` is the mirrored one). ``sync_bn``:
-    synchronized BatchNorm (default ``d2lres.parallel.SYNC_BN_DEFAULT``)."""
+    """``Trainer`` over every replica of the run (:func:`strategy`): ``MirroredStrategy`` on one
+    machine, ``MultiWorkerMirroredStrategy`` across the workers of ``TF_CONFIG``. ``step`` takes
+    the global batch, trains each local replica on its shard (``d2lres.parallel.shard_slices``)
+    and returns the global batch's loss and correct count. ``net`` is rebuilt inside the
+    strategy's scope with its weights (``self.net`` is the mirrored one). ``replicas``: None, or
+    the run's number, checked; ``rank``: this worker's index (0 in one process); ``sync_bn``:
+    synchronized BatchNorm (default ``d2lres.parallel.SYNC_BN_DEFAULT``). ``device`` is not used:
+    the strategy places the replicas."""
 
-    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, replicas: int = 2,
-                 compile: bool | None = None, channels_last: bool | None = None,
-                 sync_bn: bool = parallel.SYNC_BN_DEFAULT, device=None):
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
+                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
+                 sync_bn: bool = parallel.SYNC_BN_DEFAULT):
         from . import resnet
         from .weights import get_weights, set_weights
-        self.strategy, self.replicas, self.sync_bn = strategy(replicas), replicas, sync_bn
+        self.strategy = strategy(replicas)
+        self.replicas, self.sync_bn = self.strategy.num_replicas_in_sync, sync_bn
+        config = tf_config() if self.strategy is _MULTI_WORKER else None
+        self.rank = 0 if config is None else int(config["task"]["index"])
         weights, arch = get_weights(net), net.arch
         with self.strategy.scope(), tf.variable_creator_scope(_mean_statistics):
             mirrored = resnet(arch.depth, arch.version, num_classes=net.num_classes, in_channels=net.in_channels,
@@ -135,14 +217,22 @@ class ParallelTrainer(Trainer):
         return self.strategy.reduce(total, loss, axis=None), self.strategy.reduce(total, correct, axis=None)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
+        """One SGD step on the global batch ``(X, y)``; returns its mean loss and correct count."""
+        X = self._check(X, training=True)
         X, y = _inputs(X, y)
         n = int(X.shape[0])
         parts = parallel.shard_slices(n, self.replicas)
         self.lr.assign(lr)
-        Xd = self.strategy.experimental_distribute_values_from_function(lambda c: X[parts[c.replica_id_in_sync_group]])
-        yd = self.strategy.experimental_distribute_values_from_function(lambda c: y[parts[c.replica_id_in_sync_group]])
-        loss, correct = self._dist_step(Xd, yd, tf.constant(n, tf.float32))
-        return float(loss), int(correct)
+
+        def run():
+            # replica ids count over all workers: each process places its own replicas' shards
+            Xd = self.strategy.experimental_distribute_values_from_function(
+                lambda c: X[parts[c.replica_id_in_sync_group]])
+            yd = self.strategy.experimental_distribute_values_from_function(
+                lambda c: y[parts[c.replica_id_in_sync_group]])
+            loss, correct = self._dist_step(Xd, yd, tf.constant(n, tf.float32))
+            return float(loss), int(correct)
+        return self._keep_statistics_finite(run)
 
 
 def _layers(net):
@@ -159,8 +249,7 @@ def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *
                        weight_decay: float = 0.0) -> dict:
     """One data-parallel step on ``replicas`` devices from ``weights`` on the global batch
     ``(X, y)`` (NCHW numpy): ``{"step_loss", "after_step"}``."""
-    st = strategy(replicas)  # before anything else runs TensorFlow
-    del st
+    strategy(replicas)  # before anything else runs TensorFlow (refuses a number the run does not have)
     from . import resnet, set_weights
     a = parallel.get_arch(arch)
     net = resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)

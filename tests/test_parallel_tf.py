@@ -1,0 +1,169 @@
+"""TensorFlow across processes (issue 14): ``MultiWorkerMirroredStrategy`` with ``TF_CONFIG``, two
+worker processes on 127.0.0.1 (ports from :func:`free_port`), one CPU replica each.
+
+One data-parallel step on the 2 workers equals the single-device step on the same global batch
+within ``d2lres.checks``' tolerances with synchronized BatchNorm (and, without it, the per-shard
+emulation), as ``d2lres.parallel.check_step`` checks on one machine; ``d2lres train`` run in each
+worker process joins one run that only worker 0 writes, the one-device run's first step, the same
+run as ``--devices 2`` on one machine (``MirroredStrategy``), and resumes after both workers are
+killed. ResNet-18; the runs: 28x28 images,
+batch 4, 24 real images, 2 epochs (``tests/test_parallel_torch.py``'s)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from d2lres import backends, parallel
+
+TIMEOUT = 420
+RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",
+       "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "24", "--checkpoint-every", "2"]
+
+#: What each worker of the step check runs: the strategy's layout, the contract's attributes and
+#: refusal, then the step check with and without synchronized BatchNorm.
+WORKER = """
+import json, sys
+from d2lres import parallel
+import d2lres.tf as mod
+from d2lres.tf import parallel as tfp
+net = mod.resnet18()
+mod.init_weights(net, 0)
+trainer = tfp.ParallelTrainer(net)
+info = {"replicas": trainer.replicas, "rank": trainer.rank, "sync_bn": trainer.sync_bn,
+        "local": len(trainer.strategy.extended.worker_devices), "process_rank": parallel.process_rank()}
+try:
+    tfp.ParallelTrainer(net, replicas=3)
+except parallel.ParallelError as err:
+    info["refused"] = str(err)
+info["checks"] = [parallel.check_step("tf", 2, sync) for sync in (True, False)]
+open(f"{sys.argv[1]}/{trainer.rank}.json", "w").write(json.dumps(info))
+"""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster(workers: int = 2) -> list[dict]:
+    """Each worker's environment: ``TF_CONFIG`` for a cluster of ``workers`` on loopback."""
+    hosts = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+    env = {k: v for k, v in os.environ.items() if k not in ("D2LRES_REPLICAS", "TF_CONFIG")}
+    return [{**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})}
+            for i in range(workers)]
+
+
+def spawn_workers(argv, workers: int = 2) -> list[subprocess.Popen]:
+    """``argv`` in ``workers`` processes of one cluster on loopback (each in its own session)."""
+    return [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True) for env in cluster(workers)]
+
+
+def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """``(returncode, stdout, stderr)`` of each worker (killed if one outlives the timeout)."""
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [err[-4000:] for _, err in outs]
+    return [(p.returncode, *o) for p, o in zip(procs, outs)]
+
+
+def d2lres(*args, **kwargs) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
+                         timeout=TIMEOUT, **kwargs)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    return out
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    with np.load(folder / "weights.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tf():
+    if "tf" not in backends.available():
+        pytest.skip("tf is not available in this set")
+
+
+def test_tf_config_names_this_process_and_refuses_what_it_cannot_run():
+    from d2lres.tf.parallel import tf_config
+    env = cluster(2)[1]
+    assert parallel.process_rank(env) == 1 and parallel.launched(env)
+    assert tf_config(env)["cluster"]["worker"] == json.loads(env["TF_CONFIG"])["cluster"]["worker"]
+    assert tf_config({}) is None
+    for bad in ['{"cluster": {}}', "not json",
+                '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+                '{"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}']:
+        with pytest.raises(parallel.ParallelError, match="TF_CONFIG"):
+            tf_config({"TF_CONFIG": bad})
+
+
+@pytest.mark.slow
+def test_two_workers_step_equals_one_device(tmp_path):
+    """MultiWorkerMirroredStrategy over 2 worker processes: replicas counted over the cluster, rank =
+    task index, a wrong explicit number refused; the step with synchronized BatchNorm is the
+    1-device step within the checks' tolerances (loss, weights, running statistics), without it the
+    per-shard steps averaged -- in both workers."""
+    finish(spawn_workers([sys.executable, "-c", WORKER, str(tmp_path)]))
+    for rank in (0, 1):
+        info = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert (info["replicas"], info["rank"], info["process_rank"], info["sync_bn"], info["local"]) == \
+            (2, rank, rank, True, 1)
+        assert "3 replicas asked, the TF_CONFIG cluster has 2 (2 worker(s) x 1 local device(s))" in info["refused"]
+        synced, unsynced = info["checks"]
+        print(rank, parallel.format_results(info["checks"]))
+        assert synced["sync_bn"] and synced["ok"], synced["differences"]
+        assert not unsynced["sync_bn"] and unsynced["ok"], unsynced["differences"]
+        assert all(unsynced["unsync_vs_single"][q] > unsynced["tolerances"][q] for q in parallel.STEP_QUANTITIES)
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_run_that_worker_0_writes_and_resume_it(real_data, tmp_path):
+    """``d2lres train`` in each of 2 worker processes (TF_CONFIG) joins one run; killed (both
+    workers) after its first checkpoint and resumed by 2 workers, it is the ``--devices 2`` run on
+    one machine (MirroredStrategy over 2 logical CPUs; the same losses, the weights within float32
+    reduction order) and has the 1-device run's first step. Worker 0 holds the folder, writes and
+    speaks; worker 1 says nothing."""
+    one, two, workers = tmp_path / "one", tmp_path / "two", tmp_path / "workers"
+    d2lres(*RUN, "--data-dir", real_data, "--out", one)
+    assert "on 2 devices" in d2lres(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
+    argv = [sys.executable, "-m", "d2lres", *RUN, "--data-dir", str(real_data), "--out", str(workers)]
+    procs, checkpoint = spawn_workers(argv), workers / "checkpoint" / "checkpoint.npz"
+    deadline = time.monotonic() + TIMEOUT
+    while not checkpoint.exists() and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), "the run ended before its first checkpoint"
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+    assert not (workers / "metrics.json").exists()
+    outs = finish(spawn_workers([*argv, "--resume"]))
+    assert "test accuracy" in outs[0][1] and outs[1][1] == ""
+    a, b, c = metrics(one), metrics(two), metrics(workers)
+    assert (a["devices"], b["devices"], c["devices"], b["sync_bn"], c["sync_bn"]) == (1, 2, 2, True, True)
+    assert a["run"] == b["run"] == c["run"]
+    assert abs(a["first_step_loss"] - c["first_step_loss"]) <= 1e-5
+    assert "/job:worker/replica:0/task:0/" in c["device"]
+    for key in ("first_step_loss", "train_loss", "test_acc"):  # the same arithmetic in one process or two
+        assert c[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+    want, got = weights(two), weights(workers)
+    assert max(float(np.abs(want[k] - got[k]).max() / max(np.abs(want[k]).max(), 1e-30)) for k in want) < 1e-5

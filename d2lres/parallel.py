@@ -32,7 +32,8 @@ running statistics -- which diverge per replica -- are averaged over replicas af
 large shards the difference shrinks but does not vanish.
 
 The backends' data-parallel trainers live in ``d2lres.<backend>.parallel`` (``ParallelTrainer``
-with the ``Trainer`` interface, and ``data_parallel_step`` for the checks). ``python -m
+with the ``Trainer`` interface); :func:`data_parallel_step` runs one step of it for the checks
+(PyTorch and TensorFlow have their own: processes it spawns, the strategy's scope). ``python -m
 d2lres.parallel check --backend B`` runs :func:`check_step` in a process set up for ``B``'s
 replicas (JAX's host-platform device count, TensorFlow's logical CPUs must be set before the
 framework starts) and prints the comparison as JSON.

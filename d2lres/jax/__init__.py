@@ -13,13 +13,20 @@ API would have to carry a separate ``variables`` dict beside every net. ``d2lres
 the book's linen code as the baseline.
 
 ``XLA_PYTHON_CLIENT_PREALLOCATE`` is set to ``false`` (unless already set) before JAX is
-imported, so that a GPU is not 75% reserved by JAX while another framework shares it.
+imported, so that a GPU is not 75% reserved by JAX while another framework shares it. With
+``JAX_COORDINATOR_ADDRESS`` set, ``jax.distributed.initialize`` runs on import
+(``d2lres.jax.distributed``).
 """
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # a missing framework fails here, with the backends' hint upstream
+
+from . import distributed
+
+distributed.initialize()  # several processes as one run (JAX_COORDINATOR_ADDRESS ...), before any computation
+
 
 from ..api import NAMES
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,

@@ -15,13 +15,17 @@
   (even shards, so the global mean) and the statistics too (``d2lres.parallel``'s convention).
   Shards must be even here: a batch that does not divide raises ``ParallelError``.
 
-Several machines: ``jax.distributed.initialize(coordinator_address, num_processes, process_id)``
-in each process before anything else; ``jax.devices()`` then lists every process's devices and the
-same code shards over all of them (each process feeds its addressable shards).
+Several processes (one machine or several): ``jax.distributed.initialize`` in each process when
+``d2lres.jax`` is imported, from ``JAX_COORDINATOR_ADDRESS``, ``D2LRES_NUM_PROCESSES`` and
+``D2LRES_PROCESS_ID`` (``d2lres.jax.distributed``); ``jax.devices()`` then lists every process's
+devices, the mesh spans them, and the same compiled step runs in every process on the same global
+batch, each process placing its own devices' shards (``jax.make_array_from_callback``). The
+cross-process all-reduces run over gloo on the CPU, NCCL on GPUs.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +36,50 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .. import parallel
-from .train import Trainer, _jit_train_step, _logits_and_stats, sgd
+from .train import Trainer, _eval_logits, _host_arrays, _jit_train_step, _logits_and_stats, sgd
 
 AXIS = "data"
 
 
-def mesh(replicas: int | None = None) -> Mesh:
-    """A one-axis mesh ``("data",)`` over the first ``replicas`` devices (all by default)."""
+def run_devices() -> list:
+    """The devices of the run: every process's (``jax.devices()``); in a single process that
+    ``d2lres.parallel.environment`` set up (``D2LRES_REPLICAS=N``), the first N of them."""
     devices = jax.devices()
-    replicas = replicas or len(devices)
-    if replicas > len(devices):
+    wanted = os.environ.get("D2LRES_REPLICAS")
+    if jax.process_count() > 1 or not wanted:
+        return devices
+    if int(wanted) > len(devices):
         raise parallel.ParallelError(
-            f"{replicas} replicas asked, JAX sees {len(devices)} device(s) ({devices[0].platform}); on the CPU set "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={replicas} before JAX is imported")
-    return Mesh(np.array(devices[:replicas]), (AXIS,))
+            f"{wanted} devices asked, JAX sees {len(devices)} ({devices[0].platform}); on the CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={wanted} before JAX is imported (d2lres train "
+            f"--devices does)")
+    return devices[:int(wanted)]
+
+
+def mesh(replicas: int | None = None) -> Mesh:
+    """A one-axis mesh ``("data",)`` over the run's devices (:func:`run_devices`: all processes'
+    after ``jax.distributed.initialize``); ``replicas``, if given, must be their number."""
+    devices = run_devices()
+    if replicas is not None and replicas != len(devices):
+        hint = (f"on the CPU set XLA_FLAGS=--xla_force_host_platform_device_count={replicas} before JAX is imported"
+                if jax.process_count() == 1 else "or start the run with as many processes x devices")
+        raise parallel.ParallelError(
+            f"{replicas} replicas asked, the JAX run has {len(devices)} device(s) ({devices[0].platform}, "
+            f"{jax.process_count()} process(es)); pass replicas=None for all of them, {hint}")
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def global_array(x, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same value in every process: numpy, or a JAX array) as one array of the run
+    with ``sharding``; each process places the pieces its own devices hold. An array that has
+    that sharding already is returned as it is."""
+    if isinstance(x, jax.Array):
+        if x.sharding == sharding:
+            return x
+        if not x.is_fully_addressable:  # another sharding over the run's devices
+            return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _unsync_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y, lr):
@@ -77,62 +111,68 @@ def _compiled_unsync(the_mesh: Mesh, momentum: float, weight_decay: float, graph
 
 
 class ParallelTrainer(Trainer):
-    """``Trainer`` over ``replicas`` devices (default: all of ``jax.devices()``) in one process:
-    ``step`` takes the global batch and shards it over the mesh. ``sync_bn``: synchronized
-    BatchNorm (default ``d2lres.parallel.SYNC_BN_DEFAULT``)."""
+    """``Trainer`` over every device of the run (``replicas=None``; a number must match), in one
+    process or several (``jax.distributed``, see ``d2lres.jax.distributed``): ``step`` takes the
+    global batch -- the same in every process -- and shards it over the mesh; each process feeds
+    its own devices' shards. ``sync_bn``: synchronized BatchNorm (default
+    ``d2lres.parallel.SYNC_BN_DEFAULT``). ``rank``: ``jax.process_index()`` (0 writes the run's
+    files). ``device`` is not used: the mesh is the device set."""
 
-    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, replicas: int | None = None,
-                 compile: bool | None = None, channels_last: bool | None = None,
-                 sync_bn: bool = parallel.SYNC_BN_DEFAULT, device=None):
+    def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
+                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
+                 sync_bn: bool = parallel.SYNC_BN_DEFAULT):
         if compile is False:
             raise parallel.ParallelError("data-parallel JAX runs compiled (jax.jit); compile=False is not available")
         self.mesh = mesh(replicas)
-        self.replicas, self.sync_bn = self.mesh.size, sync_bn
+        self.replicas, self.sync_bn, self.rank = self.mesh.size, sync_bn, jax.process_index()
         self.replicated, self.sharded = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(AXIS))
+        nnx.update(net, self._replicate(nnx.state(net)))  # so that Trainer's device_put keeps them
         super().__init__(net, momentum, weight_decay, device=self.replicated, compile=True,
                          channels_last=channels_last)
-        self.opt_state = jax.device_put(self.opt_state, self.replicated)
+        self.opt_state = self._replicate(self.opt_state)
+
+    def _replicate(self, tree):
+        return jax.tree.map(lambda x: global_array(x, self.replicated), tree)
 
     def _batch_sharding(self, n: int):
         return self.sharded if n % self.replicas == 0 else self.replicated
 
+    def convert(self, X: np.ndarray, y: np.ndarray):
+        """The global batch on the host (NHWC float32, int32 labels): ``step`` and ``predict``
+        place each process's shards."""
+        return _host_arrays(X, y)
+
     def step(self, X, y, lr: float) -> tuple[float, int]:
+        self._check(X, training=True)
         n = int(X.shape[0])
         where = self._batch_sharding(n)
         if not self.sync_bn and where is self.replicated:
             raise parallel.ParallelError(
                 f"unsynchronized BatchNorm in JAX needs batches that divide over the {self.replicas} devices; "
                 f"this one has {n} images (choose a batch size and --limit that divide, or synchronized BatchNorm)")
-        X = jax.device_put(jnp.asarray(X, jnp.float32), where)
-        y = jax.device_put(jnp.asarray(y, jnp.int32), where)
-        params, stats = jax.device_put(self._state(), self.replicated)
-        lr = jax.device_put(jnp.asarray(lr, jnp.float32), self.replicated)
+        X = global_array(np.asarray(X, np.float32), where)
+        y = global_array(np.asarray(y, np.int32), where)
+        lr = global_array(np.float32(lr), self.replicated)
         if self.sync_bn:
             step = functools.partial(_jit_train_step, self.momentum, self.weight_decay, self._graph_train)
         else:
             step = _compiled_unsync(self.mesh, self.momentum, self.weight_decay, self._graph_train)
-        params, stats, self.opt_state, loss, correct = step(params, stats, self.opt_state, X, y, lr)
-        nnx.update(self.net, params, stats)
-        return float(loss), int(correct)
 
-    def _input(self, X) -> jax.Array:
-        X = jnp.asarray(X, jnp.float32)
-        return jax.device_put(X, self._batch_sharding(int(X.shape[0])))
+        def run():
+            params, stats = self._replicate(self._state())
+            params, stats, opt_state, loss, correct = step(params, stats, self._replicate(self.opt_state), X, y, lr)
+            self.opt_state = opt_state
+            nnx.update(self.net, params, stats)
+            return float(loss), int(correct)
+        return self._keep_statistics_finite(run)
 
     def predict(self, X) -> np.ndarray:
-        return np.asarray(self._eval_forward(self._graph_eval, *jax.device_put(self._state(), self.replicated),
-                                             self._input(X)))
+        self._check(X, training=False)
+        X = global_array(np.asarray(X, np.float32), self._batch_sharding(int(X.shape[0])))
+        return np.asarray(_compiled_eval(self.replicated, self._graph_eval)(*self._replicate(self._state()), X))
 
 
-def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
-                       sync_bn: bool = parallel.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
-                       weight_decay: float = 0.0) -> dict:
-    """One data-parallel step on ``replicas`` devices from ``weights`` on the global batch
-    ``(X, y)`` (NCHW numpy): ``{"step_loss", "after_step"}``."""
-    from . import resnet, set_weights
-    a = parallel.get_arch(arch)
-    net = resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
-    set_weights(net, weights)
-    trainer = ParallelTrainer(net, momentum, weight_decay, replicas=replicas, sync_bn=sync_bn)
-    loss, _ = trainer.step(np.ascontiguousarray(X.transpose(0, 2, 3, 1)), y, lr)
-    return {"step_loss": loss, "after_step": trainer.get_weights()}
+@functools.lru_cache(maxsize=None)
+def _compiled_eval(replicated: NamedSharding, graphdef):
+    """The eval forward with its logits gathered on every device (each process reads them all)."""
+    return jax.jit(functools.partial(_eval_logits, graphdef), out_shardings=replicated)

@@ -22,19 +22,24 @@ from .weights import from_canonical, get_weights, set_weights, to_canonical, var
 
 
 def try_gpu(i: int = 0):
-    """GPU ``i`` if there is one, else the CPU (a ``jax.Device``)."""
+    """This process's GPU ``i`` if there is one, else its CPU (a ``jax.Device``)."""
     try:
-        gpus = jax.devices("gpu")
+        gpus = jax.local_devices(backend="gpu")
     except RuntimeError:  # no GPU backend in this jaxlib
         gpus = []
-    return gpus[i] if len(gpus) > i else jax.devices("cpu")[0]
+    return gpus[i] if len(gpus) > i else jax.local_devices(backend="cpu")[0]
+
+
+def _host_arrays(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A NCHW numpy batch as numpy X NHWC float32, y int32."""
+    X = np.asarray(X)  # floating -> float32; integer images stay as they are (d2lres.inputs refuses them)
+    X = np.ascontiguousarray((X.astype(np.float32) if X.dtype.kind == "f" else X).transpose(0, 2, 3, 1))
+    return X, np.asarray(y).astype(np.int32)
 
 
 def _to_arrays(X: np.ndarray, y: np.ndarray, device=None):
     """A NCHW numpy batch as JAX arrays: X NHWC float32, y int32."""
-    X = np.asarray(X)  # floating -> float32; integer images stay as they are (d2lres.inputs refuses them)
-    X = np.ascontiguousarray((X.astype(np.float32) if X.dtype.kind == "f" else X).transpose(0, 2, 3, 1))
-    y = np.asarray(y).astype(np.int32)
+    X, y = _host_arrays(X, y)
     return jax.device_put(X, device), jax.device_put(y, device)
 
 

@@ -1,0 +1,116 @@
+"""JAX across processes (issue 14): ``jax.distributed.initialize`` from the environment
+(``JAX_COORDINATOR_ADDRESS``, ``D2LRES_NUM_PROCESSES``, ``D2LRES_PROCESS_ID``), the same GSPMD step
+sharding the global batch over every process's devices, gloo on loopback.
+
+- 2 processes x 1 CPU device: one data-parallel step (synchronized BatchNorm) equals the
+  single-device step on the same global batch within ``checks.TOLERANCES`` (``parallel.check_step``
+  in each process).
+- ``d2lres train --backend jax --devices 2`` (one process, 2 host devices) and the same run as two
+  processes (two "machines" on 127.0.0.1) are the one-device run (first step, identity); only
+  process 0 writes. ResNet-18, 28x28 images, batch 4, 16 real images, 1 epoch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from d2lres import parallel
+
+pytest.importorskip("jax")
+from d2lres.jax import distributed  # noqa: E402
+
+TIMEOUT = 420
+RUN = ["train", "--backend", "jax", "--resize", "28", "--epochs", "1", "--no-progress", "--lr", "0.01",
+       "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "16"]
+
+
+def test_settings_from_the_environment():
+    assert distributed.settings({}) is None
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "D2LRES_NUM_PROCESSES": "2", "D2LRES_PROCESS_ID": "1"}
+    assert distributed.settings(env) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+                                         "process_id": 1}
+    assert distributed.settings({"JAX_COORDINATOR_ADDRESS": "h:1"}) == {"coordinator_address": "h:1"}
+    with pytest.raises(ValueError, match="D2LRES_PROCESS_ID must be an integer"):
+        distributed.settings({**env, "D2LRES_PROCESS_ID": "one"})
+    assert parallel.launched(env) and parallel.process_rank(env) == 1
+    assert not parallel.launched({"D2LRES_PROCESS_ID": "1"}) and parallel.process_rank({"D2LRES_PROCESS_ID": "1"}) == 0
+
+
+def test_local_environments():
+    envs = distributed.local_environments(3, 4321, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --x",
+                                                   "D2LRES_REPLICAS": "8"})
+    assert [e["D2LRES_PROCESS_ID"] for e in envs] == ["0", "1", "2"]
+    assert {e["JAX_COORDINATOR_ADDRESS"] for e in envs} == {"127.0.0.1:4321"}
+    assert all(e["XLA_FLAGS"] == "--x --xla_force_host_platform_device_count=1" and "D2LRES_REPLICAS" not in e
+               for e in envs)
+
+
+def test_one_process_refuses_another_number_of_replicas():
+    from d2lres.jax.parallel import mesh
+    with pytest.raises(parallel.ParallelError, match="3 replicas asked"):
+        mesh(3)
+
+
+def _processes(argv: list[str], n: int = 2) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for env in distributed.local_environments(n)]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
+    return [subprocess.CompletedProcess(argv, p.returncode, *o) for p, o in zip(procs, outs)]
+
+
+@pytest.mark.slow
+def test_two_processes_step_equals_one_device(tmp_path):
+    job = json.dumps({"backend": "jax", "replicas": 2, "sync_bn": True, "arch": parallel.arch_key()})
+    _processes([sys.executable, "-c", "import os, sys; from d2lres import parallel; "
+                "sys.exit(parallel.main(['check-job', sys.argv[1], sys.argv[2] + os.environ['D2LRES_PROCESS_ID']]))",
+                job, str(tmp_path / "result")])
+    results = [json.loads((tmp_path / f"result{i}").read_text()) for i in range(2)]
+    print(parallel.format_results(results))
+    assert all(r["ok"] for r in results), [r["differences"] for r in results]
+    assert results[0]["step_loss"] == results[1]["step_loss"]  # one step, seen from both processes
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def d2lres(*args) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_device(real_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    d2lres(*RUN, "--data-dir", real_data, "--out", out)
+    return metrics(out)
+
+
+@pytest.mark.slow
+def test_two_devices_are_the_one_device_run(one_device, real_data, tmp_path):
+    printed = d2lres(*RUN, "--data-dir", real_data, "--out", tmp_path, "--devices", 2).stdout
+    m = metrics(tmp_path)
+    assert (m["devices"], m["sync_bn"]) == (2, True) and m["run"] == one_device["run"]
+    assert abs(m["first_step_loss"] - one_device["first_step_loss"]) <= 1e-5
+    assert "on 2 devices" in printed and (tmp_path / "weights.npz").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run(one_device, real_data, tmp_path):
+    """Two "machines": ``d2lres train`` in two processes with JAX's coordinator on 127.0.0.1."""
+    outs = _processes([sys.executable, "-m", "d2lres", *RUN, "--data-dir", str(real_data), "--out", str(tmp_path)])
+    m = metrics(tmp_path)
+    assert m["devices"] == 2 and m["run"] == one_device["run"]
+    assert abs(m["first_step_loss"] - one_device["first_step_loss"]) <= 1e-5
+    assert "examples/sec" in outs[0].stdout and "examples/sec" not in outs[1].stdout  # process 0 speaks and writes

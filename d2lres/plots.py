@@ -90,3 +90,52 @@ def bench_figure(report: dict):
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def profile_figure(report: dict):
+    """Left: each backend's step as a stacked bar of its parts (ms), beside the time each part
+    would take at the FLOP share of the fastest step; right: each part's GFLOP/s as a share of
+    the matmul limit."""
+    from .isa import describe
+    parts = [s["stage"] for s in report["stages"]] + ["update", "other"]
+    runs = report["runs"]
+    colors = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(parts)}
+    fig, (ax_ms, ax_eff) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fastest = min(r["ms"]["step"] for r in runs)
+    flop_share = {s["stage"]: s["flop_share"] for s in report["stages"]}
+    bars = [("FLOP share\n(x fastest step)", {p: flop_share.get(p, 0.0) * fastest for p in parts})]
+    bars += [(r["backend"], {**{p: r["ms"][p] for p in parts if p != "other"}, "other": max(r["other_ms"], 0.0)})
+             for r in runs]
+    for k, (_, values) in enumerate(bars):
+        bottom = 0.0
+        for p in parts:
+            ax_ms.bar(k, values[p], 0.6, bottom=bottom, color=colors[p], edgecolor="black", linewidth=0.5,
+                      hatch="//" if k == 0 else "", label=p if k == 1 else None)
+            bottom += values[p]
+    for k, r in enumerate(runs, 1):
+        ax_ms.hlines(r["ms"]["step"], k - 0.4, k + 0.4, color="black", linewidth=2,
+                     label="the whole step" if k == 1 else None)
+        ax_ms.annotate(f"step {r['ms']['step']:.0f} ms", (k, max(r["ms"]["step"], sum(bars[k][1].values()))),
+                       ha="center", va="bottom", fontsize=8)
+    ax_ms.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax_ms.set_ylabel("ms per training step")
+    ax_ms.set_title("where the step's time goes (stages timed apart; other = step - parts)", fontsize=9)
+    ax_ms.legend(fontsize=7, ncol=2)
+    ax_ms.margins(y=0.12)
+    stages = [s["stage"] for s in report["stages"]] + ["step"]
+    width = 0.8 / len(runs)
+    for j, r in enumerate(runs):
+        xs = [k + (j - (len(runs) - 1) / 2) * width for k in range(len(stages))]
+        ax_eff.bar(xs, [100 * r["share_of_limit"][p] for p in stages], width, label=r["backend"],
+                   color=COLORS.get(r["backend"]), edgecolor="black", linewidth=0.5)
+    ax_eff.set_xticks(range(len(stages)), stages)
+    ax_eff.set_ylabel("% of the matmul limit")
+    ax_eff.set_title(f"GFLOP/s vs the {report['matmul_limit_gflops']:.0f} GFLOP/s matmul limit", fontsize=9)
+    ax_eff.legend(fontsize=7)
+    for ax in (ax_ms, ax_eff):
+        ax.grid(alpha=0.3, axis="y")
+    c = report["config"]
+    fig.suptitle(f"ResNet-18, batch {c['batch']} of {c['size']}x{c['size']}; {describe(report['cpu'])}",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -74,6 +74,13 @@ class Trainer:
             logits = self.net(X)
             loss = self.loss(logits, y).mean()
         loss.backward()
+        self._update(lr)
+        self._unbias_running_vars(old_vars, X.shape)
+        correct = (logits.argmax(axis=1).astype("int32") == y).sum()
+        return float(loss), int(correct)
+
+    def _update(self, lr: float) -> None:
+        """The SGD update of every weight from the gradient the backward pass left."""
         if self.momentum and self.last_lr and lr != self.last_lr:
             for mom in self.buffers:
                 mom *= lr / self.last_lr
@@ -82,9 +89,6 @@ class Trainer:
             mx.nd.sgd_mom_update(w, p.grad().as_nd_ndarray(), mom, lr=lr, momentum=self.momentum,
                                  wd=self.weight_decay, out=w)
         self.last_lr = lr
-        self._unbias_running_vars(old_vars, X.shape)
-        correct = (logits.argmax(axis=1).astype("int32") == y).sum()
-        return float(loss), int(correct)
 
     def _unbias_running_vars(self, old_vars, shape) -> None:
         """MXNet did ``rv = m rv_old + (1 - m) v_biased``; make it ``... v_biased n / (n - 1)``."""

@@ -77,15 +77,18 @@ class Trainer:
         with tf.GradientTape() as tape:
             logits = self.net(X, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        grads = tape.gradient(loss, self._weights)
+        self._update(tape.gradient(loss, self._weights))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=y.dtype), y), tf.int32))
+        return loss, correct
+
+    def _update(self, grads) -> None:
+        """The SGD update of every weight from its gradient (inside the step's function)."""
         for i, (w, g) in enumerate(zip(self._weights, grads)):
             if self.weight_decay:
                 g = g + self.weight_decay * w
             if self.momentum:
                 g = self.buffers[i].assign(self.momentum * self.buffers[i] + g)
             w.assign_sub(self.lr * g)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=y.dtype), y), tf.int32))
-        return loss, correct
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""

@@ -194,6 +194,10 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
     options = {"momentum": config.momentum, "weight_decay": config.weight_decay, "device": mod.try_gpu()}
     if devices > 1 or parallel.launched():
         trainer = parallel.backend_module(backend).ParallelTrainer(net, sync_bn=sync_bn, **options)
+        if devices > 1 and trainer.replicas != devices:  # under a launcher, its processes decide
+            raise RunError(f"--devices {devices}: this process was set up for {trainer.replicas} replica(s) (by its "
+                           f"launcher, or d2lres.parallel.launch_command); under a launcher leave --devices out, "
+                           f"its processes decide")
     else:
         trainer = mod.Trainer(net, **options)
     train_iter, test_iter = data.load_batches(config.batch_size, config.resize, trainer.convert,

@@ -99,3 +99,15 @@ def test_two_replicas_without_synchronized_batchnorm_are_the_per_shard_steps(bac
     tol = result["tolerances"]
     assert all(result["unsync_vs_single"][q] > tol[q] for q in parallel.STEP_QUANTITIES), \
         result["unsync_vs_single"]
+
+
+@pytest.mark.skipif("mxnet" not in backends.available(), reason="MXNet is not in this set")
+def test_devices_the_process_was_not_set_up_for_are_refused(real_data, tmp_path):
+    """An accepted --devices takes effect or is refused: a process set up for one replica (no
+    launcher) does not train on one device when asked for two."""
+    from d2lres import run
+    from d2lres.presets import preset
+    config = preset("quick").with_overrides(resize=28, batch_size=4)
+    with pytest.raises(run.RunError, match=r"--devices 2: this process was set up for 1 replica"):
+        run.train("mxnet", config, tmp_path, data_dir=real_data, limit=8, devices=2, sync_bn=False, progress=False)
+    assert not (tmp_path / "metrics.json").exists()

@@ -5,16 +5,19 @@ sharding the global batch over every process's devices, gloo on loopback.
 - 2 processes x 1 CPU device: one data-parallel step (synchronized BatchNorm) equals the
   single-device step on the same global batch within ``checks.TOLERANCES`` (``parallel.check_step``
   in each process).
-- ``d2lres train --backend jax --devices 2`` (one process, 2 host devices) and the same run as two
-  processes (two "machines" on 127.0.0.1) are the one-device run (first step, identity); only
-  process 0 writes. ResNet-18, 28x28 images, batch 4, 16 real images, 1 epoch."""
+- ``d2lres train --backend jax --devices 2`` (one process, 2 host devices) is the one-device run
+  (first step, identity); the same run as two processes (two "machines" on 127.0.0.1), killed
+  after its first checkpoint and resumed, is the ``--devices 2`` run bit for bit; only process 0
+  writes. ResNet-18, 28x28 images, batch 4, 16 real images, 1 epoch."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from d2lres import parallel
@@ -24,7 +27,7 @@ from d2lres.jax import distributed  # noqa: E402
 
 TIMEOUT = 420
 RUN = ["train", "--backend", "jax", "--resize", "28", "--epochs", "1", "--no-progress", "--lr", "0.01",
-       "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "16"]
+       "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "16", "--checkpoint-every", "2"]
 
 
 def test_settings_from_the_environment():
@@ -90,27 +93,55 @@ def d2lres(*args) -> subprocess.CompletedProcess:
     return out
 
 
+def weights(folder: Path) -> dict:
+    with np.load(folder / "weights.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
 @pytest.fixture(scope="module")
-def one_device(real_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one")
-    d2lres(*RUN, "--data-dir", real_data, "--out", out)
-    return metrics(out)
+def runs(real_data, tmp_path_factory):
+    """The small run on one device, and on 2 devices in one process (``--devices 2``)."""
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    d2lres(*RUN, "--data-dir", real_data, "--out", one)
+    printed = d2lres(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
+    return one, two, printed
 
 
 @pytest.mark.slow
-def test_two_devices_are_the_one_device_run(one_device, real_data, tmp_path):
-    printed = d2lres(*RUN, "--data-dir", real_data, "--out", tmp_path, "--devices", 2).stdout
-    m = metrics(tmp_path)
-    assert (m["devices"], m["sync_bn"]) == (2, True) and m["run"] == one_device["run"]
-    assert abs(m["first_step_loss"] - one_device["first_step_loss"]) <= 1e-5
-    assert "on 2 devices" in printed and (tmp_path / "weights.npz").exists()
+def test_two_devices_are_the_one_device_run(runs):
+    one, two, printed = runs
+    a, b = metrics(one), metrics(two)
+    assert (a["devices"], b["devices"], b["sync_bn"]) == (1, 2, True) and a["run"] == b["run"]
+    assert abs(a["first_step_loss"] - b["first_step_loss"]) <= 1e-5
+    assert "on 2 devices" in printed and (two / "weights.npz").exists()
 
 
 @pytest.mark.slow
-def test_two_processes_train_one_run(one_device, real_data, tmp_path):
-    """Two "machines": ``d2lres train`` in two processes with JAX's coordinator on 127.0.0.1."""
-    outs = _processes([sys.executable, "-m", "d2lres", *RUN, "--data-dir", str(real_data), "--out", str(tmp_path)])
+def test_two_processes_killed_and_resumed_are_the_two_device_run(runs, real_data, tmp_path):
+    """Two "machines": ``d2lres train`` in two processes with JAX's coordinator on 127.0.0.1, both
+    killed after the first checkpoint, resumed by two processes: the same weights, bit for bit, as
+    ``--devices 2`` in one process (2 processes x 1 device run the same partitioned program)."""
+    one, two, _ = runs
+    argv = [sys.executable, "-m", "d2lres", *RUN, "--data-dir", str(real_data), "--out", str(tmp_path)]
+    checkpoint = tmp_path / "checkpoint" / "checkpoint.npz"
+    logs = [(tmp_path.parent / f"{tmp_path.name}-{i}.log").open("w") for i in range(2)]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+             for env, log in zip(distributed.local_environments(2), logs)]
+    deadline = time.monotonic() + TIMEOUT
+    while not checkpoint.exists() and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ended = [p.poll() for p in procs]
+    for p, log in zip(procs, logs):
+        p.kill()
+        p.wait()
+        log.close()
+    assert ended == [None, None], ("the run ended before its first checkpoint",
+                                   [Path(log.name).read_text()[-2000:] for log in logs])
+    assert not (tmp_path / "metrics.json").exists()
+    outs = _processes([*argv, "--resume"])
     m = metrics(tmp_path)
-    assert m["devices"] == 2 and m["run"] == one_device["run"]
-    assert abs(m["first_step_loss"] - one_device["first_step_loss"]) <= 1e-5
+    assert m["devices"] == 2 and m["run"] == metrics(one)["run"]
+    assert abs(m["first_step_loss"] - metrics(one)["first_step_loss"]) <= 1e-5
+    want, got = weights(two), weights(tmp_path)
+    assert all(np.array_equal(want[k], got[k]) for k in want), "the resumed 2-process run differs from --devices 2"
     assert "examples/sec" in outs[0].stdout and "examples/sec" not in outs[1].stdout  # process 0 speaks and writes

@@ -73,6 +73,16 @@ def _need(backend):
         pytest.skip(f"{backend} is not available in this set")
 
 
+_CHECKS: dict = {}
+
+
+def _check(backend: str, sync_bn: bool) -> dict:
+    """``parallel.run_check`` once per backend and mode in this session (the agreement test reuses them)."""
+    if (backend, sync_bn) not in _CHECKS:
+        _CHECKS[backend, sync_bn] = parallel.run_check(backend, 2, sync_bn=sync_bn, timeout=TIMEOUT)
+    return _CHECKS[backend, sync_bn]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "jax", "tf", "mxnet"])
 def test_two_replicas_with_synchronized_batchnorm_equal_one_device(backend):
@@ -81,7 +91,7 @@ def test_two_replicas_with_synchronized_batchnorm_equal_one_device(backend):
         with pytest.raises(RuntimeError, match="synchronized BatchNorm over CPU contexts is not available"):
             parallel.run_check(backend, 2, sync_bn=True, timeout=TIMEOUT)
         return
-    result = parallel.run_check(backend, 2, sync_bn=True, timeout=TIMEOUT)
+    result = _check(backend, True)
     print(parallel.format_results([result]))
     assert result["ok"], result["differences"]
 
@@ -93,12 +103,25 @@ def test_two_replicas_without_synchronized_batchnorm_are_the_per_shard_steps(bac
     tolerances, and far outside them from the 1-device step (the shards' own BatchNorm statistics
     change the loss, the gradients and the running statistics)."""
     _need(backend)
-    result = parallel.run_check(backend, 2, sync_bn=False, timeout=TIMEOUT)
+    result = _check(backend, False)
     print(parallel.format_results([result]))
     assert result["ok"], result["differences"]
     tol = result["tolerances"]
     assert all(result["unsync_vs_single"][q] > tol[q] for q in parallel.STEP_QUANTITIES), \
         result["unsync_vs_single"]
+
+
+@pytest.mark.slow
+def test_the_data_parallel_steps_of_every_backend_agree():
+    """Not only each engine against its own single-device step: the data-parallel steps of every
+    pair of backends against each other, in each BatchNorm mode (MXNet: per replica only)."""
+    results = [_check(b, sync) for sync in (True, False) for b in backends.available()
+               if not (b == "mxnet" and sync)]
+    rows = parallel.agreement(results)
+    print(parallel.format_agreement(rows))
+    n, synced = len(backends.available()), len([b for b in backends.available() if b != "mxnet"])
+    assert len(rows) == synced * (synced - 1) // 2 + n * (n - 1) // 2
+    assert all(r["ok"] for r in rows), parallel.format_agreement(rows)
 
 
 @pytest.mark.skipif("mxnet" not in backends.available(), reason="MXNet is not in this set")

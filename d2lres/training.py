@@ -147,7 +147,8 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     rank 0 writes) reads the checkpoint to resume but writes no checkpoint or curves."""
     lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
     steps_per_epoch = num_batches(train_iter)
-    history = {"backend": trainer.backend, "device": str(trainer.device), "epochs": [],
+    device = getattr(trainer, "device_label", None) or str(trainer.device)  # JAX's data-parallel: a sharding
+    history = {"backend": trainer.backend, "device": device, "epochs": [],
                "points": [], "first_step_loss": None}
     epoch = step_in_epoch = 0
     acc = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
@@ -241,5 +242,5 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     last = history["epochs"][-1] if history["epochs"] else None
     if verbose and write and last:
         print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")
-        print(f"{last['images_per_s']:.1f} examples/sec on {trainer.device}")
+        print(f"{last['images_per_s']:.1f} examples/sec on {device}")
     return history

@@ -125,6 +125,7 @@ class ParallelTrainer(Trainer):
             raise parallel.ParallelError("data-parallel JAX runs compiled (jax.jit); compile=False is not available")
         self.mesh = mesh(replicas)
         self.replicas, self.sync_bn, self.rank = self.mesh.size, sync_bn, jax.process_index()
+        self.device_label = self.mesh.devices.flat[0].platform  # reports name it, not the sharding (training.fit)
         self.replicated, self.sharded = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(AXIS))
         nnx.update(net, self._replicate(nnx.state(net)))  # so that Trainer's device_put keeps them
         super().__init__(net, momentum, weight_decay, device=self.replicated, compile=True,

@@ -184,7 +184,7 @@ def data_parallel_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray
 
 def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_shape=(1, 64, 64),
                batch_size: int = 4, lr: float = 0.05, momentum: float = 0.0, weight_decay: float = 0.0,
-               seed: int = 0, arch=None) -> dict:
+               seed: int = 0, arch=None, weights_to: str | Path | None = None) -> dict:
     """One data-parallel step on ``replicas`` replicas against the single-device step on the same
     global batch, from the same weights, in this process (which must be set up for the backend's
     replicas: see :func:`run_check`). Returns the differences (``checks.differences``' metric) of
@@ -192,7 +192,8 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
     path of the same backend, as the acceleration switches) and
     ``ok``. With ``sync_bn`` the data-parallel step is compared with the single-device step;
     without it, with :func:`emulate_unsynchronized` (what it is), and the distance to the
-    single-device step is reported as ``unsync_vs_single``."""
+    single-device step is reported as ``unsync_vs_single``. ``weights_to``: also save the
+    data-parallel step's weights there (``.npz``)."""
     from .checks import TOLERANCES
     arch = get_arch(arch)
     weights, X, y = step_inputs(input_shape, batch_size, seed=seed, arch=arch)
@@ -215,7 +216,8 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
         result["differences"] = step_differences(expected, parallel, scale=single)
         result["unsync_vs_single"] = step_differences(single, parallel)
     result["ok"] = all(result["differences"][q] <= tol[q] for q in STEP_QUANTITIES)
-    result["after_step"] = parallel["after_step"]  # for :func:`agreement` (arrays: not in the JSON)
+    if weights_to is not None:  # the step's weights, for :func:`agreement` between backends
+        np.savez(weights_to, **parallel["after_step"])
     return result
 
 
@@ -353,8 +355,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check-job":  # internal: one check in this (prepared) process
         options = json.loads(argv[1])
-        result = check_step(options.pop("backend"), options.pop("replicas"), options.pop("sync_bn"), **options)
-        np.savez(Path(argv[2]).with_suffix(".npz"), **result.pop("after_step"))
+        result = check_step(options.pop("backend"), options.pop("replicas"), options.pop("sync_bn"), **options,
+                            weights_to=Path(argv[2]).with_suffix(".npz"))
         Path(argv[2]).write_text(json.dumps(result, indent=1))
         return 0
     p = argparse.ArgumentParser(prog="python -m d2lres.parallel")

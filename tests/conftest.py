@@ -1,13 +1,18 @@
 """Keep framework caches (Keras, MXNet, matplotlib) out of the user's home: the whole session
 runs with a temporary HOME. The real data set's directory is resolved before that.
 
-Also the helpers the tests share: every pair of backends, and one way to call any backend's
-models on a numpy batch (:func:`forward`)."""
+Also the helpers the tests share: every pair of backends, one way to call any backend's
+models on a numpy batch (:func:`forward`), and the command line's runs (:func:`d2lres_cli`,
+:func:`run_metrics`, :func:`run_weights`, :func:`wait_all`)."""
 import importlib
 import itertools
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +27,51 @@ os.environ.update(HOME=_home, XDG_CACHE_HOME=os.path.join(_home, ".cache"),
                   MPLCONFIGDIR=os.path.join(_home, ".matplotlib"), KERAS_HOME=os.path.join(_home, ".keras"),
                   MXNET_HOME=os.path.join(_home, ".mxnet"), TF_CPP_MIN_LOG_LEVEL="2")
 os.environ.setdefault("D2LRES_DATA_DIR", REAL_DATA_DIR)
+
+#: Seconds any one command of a test may take (two shared cores can be slow).
+COMMAND_TIMEOUT = 600
+
+
+def d2lres_cli(*args) -> subprocess.CompletedProcess:
+    """``python -m d2lres ARGS``, its output captured; it must succeed."""
+    out = subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
+                         timeout=COMMAND_TIMEOUT)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    return out
+
+
+def wait_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    """``(stdout, stderr)`` of processes started together (the rest killed if one outlives the
+    timeout); every one must succeed."""
+    try:
+        outs = [p.communicate(timeout=COMMAND_TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [err[-4000:] for _, err in outs]
+    return outs
+
+
+def one_and_two_devices(run: list, data_dir, tmp_path_factory) -> tuple[Path, Path, str]:
+    """The run ``d2lres *run`` on one device and on ``--devices 2``: both folders, and what the
+    two-device command printed."""
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    d2lres_cli(*run, "--data-dir", data_dir, "--out", one)
+    printed = d2lres_cli(*run, "--data-dir", data_dir, "--out", two, "--devices", 2).stdout
+    return one, two, printed
+
+
+def run_metrics(folder) -> dict:
+    """A run folder's ``metrics.json``."""
+    return json.loads((Path(folder) / "metrics.json").read_text())
+
+
+def run_weights(folder) -> dict[str, np.ndarray]:
+    """A run folder's ``weights.npz``."""
+    with np.load(Path(folder) / "weights.npz") as data:
+        return {k: data[k] for k in data.files}
+
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).
 PAIRS = [f"{a}-{b}" for a, b in itertools.combinations(backends.available(), 2)]

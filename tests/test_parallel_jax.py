@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_and_two_devices, run_metrics, run_weights, wait_all
 from d2lres import parallel
 
 pytest.importorskip("jax")
@@ -57,17 +58,10 @@ def test_one_process_refuses_another_number_of_replicas():
         mesh(3)
 
 
-def _processes(argv: list[str], n: int = 2) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for env in distributed.local_environments(n)]
-    try:
-        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
-    return [subprocess.CompletedProcess(argv, p.returncode, *o) for p, o in zip(procs, outs)]
+def _processes(argv: list[str], n: int = 2) -> list[tuple[str, str]]:
+    """``(stdout, stderr)`` of ``argv`` in ``n`` processes of one JAX run on loopback."""
+    return wait_all([subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for env in distributed.local_environments(n)])
 
 
 @pytest.mark.slow
@@ -82,35 +76,16 @@ def test_two_processes_step_equals_one_device(tmp_path):
     assert results[0]["step_loss"] == results[1]["step_loss"]  # one step, seen from both processes
 
 
-def metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
-
-
-def d2lres(*args) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
-                         timeout=TIMEOUT)
-    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
-    return out
-
-
-def weights(folder: Path) -> dict:
-    with np.load(folder / "weights.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
 @pytest.fixture(scope="module")
 def runs(real_data, tmp_path_factory):
     """The small run on one device, and on 2 devices in one process (``--devices 2``)."""
-    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    d2lres(*RUN, "--data-dir", real_data, "--out", one)
-    printed = d2lres(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
-    return one, two, printed
+    return one_and_two_devices(RUN, real_data, tmp_path_factory)
 
 
 @pytest.mark.slow
 def test_two_devices_are_the_one_device_run(runs):
     one, two, printed = runs
-    a, b = metrics(one), metrics(two)
+    a, b = run_metrics(one), run_metrics(two)
     assert (a["devices"], b["devices"], b["sync_bn"]) == (1, 2, True) and a["run"] == b["run"]
     assert abs(a["first_step_loss"] - b["first_step_loss"]) <= 1e-5
     assert "on 2 devices" in printed and (two / "weights.npz").exists()
@@ -139,9 +114,9 @@ def test_two_processes_killed_and_resumed_are_the_two_device_run(runs, real_data
                                    [Path(log.name).read_text()[-2000:] for log in logs])
     assert not (tmp_path / "metrics.json").exists()
     outs = _processes([*argv, "--resume"])
-    m = metrics(tmp_path)
-    assert m["devices"] == 2 and m["run"] == metrics(one)["run"]
-    assert abs(m["first_step_loss"] - metrics(one)["first_step_loss"]) <= 1e-5
-    want, got = weights(two), weights(tmp_path)
+    m = run_metrics(tmp_path)
+    assert m["devices"] == 2 and m["run"] == run_metrics(one)["run"]
+    assert abs(m["first_step_loss"] - run_metrics(one)["first_step_loss"]) <= 1e-5
+    want, got = run_weights(two), run_weights(tmp_path)
     assert all(np.array_equal(want[k], got[k]) for k in want), "the resumed 2-process run differs from --devices 2"
-    assert "examples/sec" in outs[0].stdout and "examples/sec" not in outs[1].stdout  # process 0 speaks and writes
+    assert "examples/sec" in outs[0][0] and "examples/sec" not in outs[1][0]  # process 0 speaks and writes

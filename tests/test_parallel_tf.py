@@ -17,11 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import d2lres_cli, run_metrics, run_weights, wait_all
 from d2lres import backends, parallel
 
 TIMEOUT = 420
@@ -70,34 +70,6 @@ def spawn_workers(argv, workers: int = 2) -> list[subprocess.Popen]:
                              start_new_session=True) for env in cluster(workers)]
 
 
-def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
-    """``(returncode, stdout, stderr)`` of each worker (killed if one outlives the timeout)."""
-    try:
-        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), [err[-4000:] for _, err in outs]
-    return [(p.returncode, *o) for p, o in zip(procs, outs)]
-
-
-def d2lres(*args, **kwargs) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
-                         timeout=TIMEOUT, **kwargs)
-    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
-    return out
-
-
-def metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
-
-
-def weights(folder: Path) -> dict[str, np.ndarray]:
-    with np.load(folder / "weights.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _tf():
     if "tf" not in backends.available():
@@ -123,7 +95,7 @@ def test_two_workers_step_equals_one_device(tmp_path):
     task index, a wrong explicit number refused; the step with synchronized BatchNorm is the
     1-device step within the checks' tolerances (loss, weights, running statistics), without it the
     per-shard steps averaged -- in both workers."""
-    finish(spawn_workers([sys.executable, "-c", WORKER, str(tmp_path)]))
+    wait_all(spawn_workers([sys.executable, "-c", WORKER, str(tmp_path)]))
     for rank in (0, 1):
         info = json.loads((tmp_path / f"{rank}.json").read_text())
         assert (info["replicas"], info["rank"], info["process_rank"], info["sync_bn"], info["local"]) == \
@@ -144,8 +116,8 @@ def test_two_workers_train_one_run_that_worker_0_writes_and_resume_it(real_data,
     reduction order) and has the 1-device run's first step. Worker 0 holds the folder, writes and
     speaks; worker 1 says nothing."""
     one, two, workers = tmp_path / "one", tmp_path / "two", tmp_path / "workers"
-    d2lres(*RUN, "--data-dir", real_data, "--out", one)
-    assert "on 2 devices" in d2lres(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
+    d2lres_cli(*RUN, "--data-dir", real_data, "--out", one)
+    assert "on 2 devices" in d2lres_cli(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
     argv = [sys.executable, "-m", "d2lres", *RUN, "--data-dir", str(real_data), "--out", str(workers)]
     procs, checkpoint = spawn_workers(argv), workers / "checkpoint" / "checkpoint.npz"
     deadline = time.monotonic() + TIMEOUT
@@ -156,14 +128,14 @@ def test_two_workers_train_one_run_that_worker_0_writes_and_resume_it(real_data,
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
     assert not (workers / "metrics.json").exists()
-    outs = finish(spawn_workers([*argv, "--resume"]))
-    assert "test accuracy" in outs[0][1] and outs[1][1] == ""
-    a, b, c = metrics(one), metrics(two), metrics(workers)
+    outs = wait_all(spawn_workers([*argv, "--resume"]))
+    assert "test accuracy" in outs[0][0] and outs[1][0] == ""
+    a, b, c = run_metrics(one), run_metrics(two), run_metrics(workers)
     assert (a["devices"], b["devices"], c["devices"], b["sync_bn"], c["sync_bn"]) == (1, 2, 2, True, True)
     assert a["run"] == b["run"] == c["run"]
     assert abs(a["first_step_loss"] - c["first_step_loss"]) <= 1e-5
     assert "/job:worker/replica:0/task:0/" in c["device"]
     for key in ("first_step_loss", "train_loss", "test_acc"):  # the same arithmetic in one process or two
         assert c[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
-    want, got = weights(two), weights(workers)
+    want, got = run_weights(two), run_weights(workers)
     assert max(float(np.abs(want[k] - got[k]).max() / max(np.abs(want[k]).max(), 1e-30)) for k in want) < 1e-5

@@ -5,17 +5,16 @@ a run killed with both its processes resumes exactly, its checkpoint resumes on 
 PyTorch, 28x28 images, batch 4, 24 real images, 2 epochs."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import d2lres_cli, one_and_two_devices, run_metrics, run_weights, wait_all
 from d2lres.torch.parallel import free_port
 
 pytestmark = pytest.mark.slow
@@ -24,34 +23,15 @@ RUN = ["train", "--backend", "torch", "--resize", "28", "--epochs", "2", "--no-p
        "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "24", "--checkpoint-every", "2"]
 
 
-def d2lres(*args, prefix=(), **kwargs) -> subprocess.CompletedProcess:
-    out = subprocess.run([*(prefix or [sys.executable]), "-m", "d2lres", *map(str, args)], capture_output=True,
-                         text=True, timeout=TIMEOUT, **kwargs)
-    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
-    return out
-
-
-def metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
-
-
-def weights(folder: Path) -> dict[str, np.ndarray]:
-    with np.load(folder / "weights.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
 @pytest.fixture(scope="module")
 def runs(real_data, tmp_path_factory):
     """The small run on one device and on two, uninterrupted."""
-    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    d2lres(*RUN, "--data-dir", real_data, "--out", one)
-    printed = d2lres(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
-    return one, two, printed
+    return one_and_two_devices(RUN, real_data, tmp_path_factory)
 
 
 def test_two_devices_are_the_one_device_run(runs):
     one, two, printed = runs
-    a, b = metrics(one), metrics(two)
+    a, b = run_metrics(one), run_metrics(two)
     assert (a["devices"], b["devices"], b["sync_bn"]) == (1, 2, True)
     assert abs(a["first_step_loss"] - b["first_step_loss"]) <= 1e-5
     assert a["run"] == b["run"]  # the same run (identity), so either checkpoint resumes on the other
@@ -75,15 +55,15 @@ def test_killed_two_process_run_resumes_exactly_and_on_one_device(runs, real_dat
     proc.wait()
     assert not (out / "metrics.json").exists()
     shutil.copytree(out, tmp_path / "copy")
-    d2lres(*RUN, "--data-dir", real_data, "--out", out, "--devices", 2, "--resume")
-    want, got = weights(two), weights(out)
+    d2lres_cli(*RUN, "--data-dir", real_data, "--out", out, "--devices", 2, "--resume")
+    want, got = run_weights(two), run_weights(out)
     assert all(np.array_equal(want[k], got[k]) for k in want), "the resumed run differs from the uninterrupted one"
     # the checkpoint is neutral and the run the same on any number of devices: it goes on on one. (Its
     # weights are not compared: this tiny run is chaotic -- one device with and without channels-last
     # differs by 0.4 in the loss by step 3 -- and the step itself is checked in tests/test_parallel.py.)
-    d2lres(*RUN, "--data-dir", real_data, "--out", tmp_path / "copy", "--resume")
-    assert metrics(tmp_path / "copy")["devices"] == 1
-    assert metrics(tmp_path / "copy")["run"] == metrics(two)["run"]
+    d2lres_cli(*RUN, "--data-dir", real_data, "--out", tmp_path / "copy", "--resume")
+    assert run_metrics(tmp_path / "copy")["devices"] == 1
+    assert run_metrics(tmp_path / "copy")["run"] == run_metrics(two)["run"]
 
 
 def test_two_machines_meet_at_a_torchrun_rendezvous(runs, real_data, tmp_path):
@@ -92,9 +72,7 @@ def test_two_machines_meet_at_a_torchrun_rendezvous(runs, real_data, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                 "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"]
     args = [*RUN, "--data-dir", str(real_data), "--out", str(tmp_path)]
-    nodes = [subprocess.Popen([*torchrun, "-m", "d2lres", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outs = [n.communicate(timeout=TIMEOUT) for n in nodes]
-    assert all(n.returncode == 0 for n in nodes), [o[1][-3000:] for o in outs]
-    m = metrics(tmp_path)
-    assert m["devices"] == 2 and abs(m["first_step_loss"] - metrics(one)["first_step_loss"]) <= 1e-5
+    wait_all([subprocess.Popen([*torchrun, "-m", "d2lres", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)])
+    m = run_metrics(tmp_path)
+    assert m["devices"] == 2 and abs(m["first_step_loss"] - run_metrics(one)["first_step_loss"]) <= 1e-5

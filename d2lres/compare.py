@@ -39,7 +39,8 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
-                      overwrite=overwrite, error_file=error_file, devices=devices, sync_bn=sync_bn)
+                      overwrite=overwrite, error_file=error_file, devices=devices, sync_bn=sync_bn,
+                      progress=bar.enabled)  # the bar across backends, or none (not each job's own)
         bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
         env, fds = bar.start(backend)
         argv, launch_env = parallel.launch_command(backend, devices, job)

@@ -58,6 +58,8 @@ SYNC_BN_DEFAULT = True
 STEP_QUANTITIES = ("step_loss", "step_weights", "bn_stats")
 #: Seconds a check's subprocess may take before it is killed.
 CHECK_TIMEOUT = 600
+#: The address of every process of a run on one machine (tests stay on it).
+LOOPBACK = "127.0.0.1"
 
 
 class ParallelError(ValueError):
@@ -238,6 +240,25 @@ def environment(backend: str, replicas: int, env: dict | None = None) -> dict:
         env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={replicas}"])
     env["D2LRES_REPLICAS"] = str(replicas)
     return env
+
+
+def free_ports(count: int = 1, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` now, ascending (for launchers and tests)."""
+    import socket
+    socks = []
+    try:
+        for _ in range(count):
+            socks.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            socks[-1].bind((host, 0))
+        return sorted(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """One TCP port free on ``host`` now."""
+    return free_ports(1, host)[0]
 
 
 def launch_command(backend: str, devices: int, job: str) -> tuple[list[str], dict]:

@@ -1,5 +1,5 @@
 """TensorFlow across processes (issue 14): ``MultiWorkerMirroredStrategy`` with ``TF_CONFIG``, two
-worker processes on 127.0.0.1 (ports from :func:`free_port`), one CPU replica each.
+worker processes on 127.0.0.1 (ports from ``parallel.free_port``), one CPU replica each.
 
 One data-parallel step on the 2 workers equals the single-device step on the same global batch
 within ``d2lres.checks``' tolerances with synchronized BatchNorm (and, without it, the per-shard
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,16 +48,9 @@ open(f"{sys.argv[1]}/{trainer.rank}.json", "w").write(json.dumps(info))
 """
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cluster(workers: int = 2) -> list[dict]:
     """Each worker's environment: ``TF_CONFIG`` for a cluster of ``workers`` on loopback."""
-    hosts = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+    hosts = [f"{parallel.LOOPBACK}:{p}" for p in parallel.free_ports(workers)]
     env = {k: v for k, v in os.environ.items() if k not in ("D2LRES_REPLICAS", "TF_CONFIG")}
     return [{**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})}
             for i in range(workers)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import d2lres_cli, one_and_two_devices, run_metrics, run_weights, wait_all
-from d2lres.torch.parallel import free_port
+from d2lres.parallel import free_port
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 600
@@ -76,3 +76,12 @@ def test_two_machines_meet_at_a_torchrun_rendezvous(runs, real_data, tmp_path):
                                text=True) for _ in range(2)])
     m = run_metrics(tmp_path)
     assert m["devices"] == 2 and abs(m["first_step_loss"] - run_metrics(one)["first_step_loss"]) <= 1e-5
+
+
+def test_compare_on_two_devices_reports_them_without_bars(real_data, tmp_path):
+    """``d2lres compare --devices 2`` (PyTorch alone here): the report names the devices;
+    ``--no-progress`` leaves out every bar, the training processes' own included."""
+    out = d2lres_cli("compare", "--backends", "torch", "--devices", 2, "--no-progress", "--resize", 28, "--epochs", 1,
+                     "--batch-size", 8, "--limit", 32, "--data-dir", real_data, "--out", tmp_path)
+    assert "| torch | 2 x cpu |" in (tmp_path / "report.md").read_text()
+    assert "batch/s" not in out.stderr and "epoch 1/1" not in out.stderr

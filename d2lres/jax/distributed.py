@@ -61,20 +61,13 @@ def initialize(env=None) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (for a coordinator on this machine)."""
-    import socket
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def local_environments(num_processes: int, port: int | None = None, env=None, *, devices_per_process: int = 1,
                        host: str = "127.0.0.1") -> list[dict]:
     """The environments of ``num_processes`` JAX processes of one run on this machine, the
     coordinator on ``host:port`` (a free port by default; bound to ``host`` only), each process
     with ``devices_per_process`` CPU devices (``--xla_force_host_platform_device_count``)."""
     base = dict(os.environ if env is None else env)
+    from ..parallel import free_port
     port = port or free_port(host)
     flags = [f for f in base.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     base.update({COORDINATOR: f"{host}:{port}", "JAX_COORDINATOR_BIND_ADDRESS": f"{host}:{port}",

@@ -24,30 +24,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+
+from ..parallel import LOOPBACK, free_ports
 
 #: Seconds the scheduler and servers may take to exit after the last worker finished.
 SERVER_EXIT_TIMEOUT = 30.0
 #: Seconds between SIGTERM and SIGKILL when stopping processes.
 GRACE = 5.0
-LOOPBACK = "127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on the loopback address, ascending."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return sorted(s.getsockname()[1] for s in socks)
-    finally:
-        for s in socks:
-            s.close()
 
 
 def environments(workers: int, servers: int = 1, contexts: int = 1, env: dict | None = None) -> dict[str, list[dict]]:

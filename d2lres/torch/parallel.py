@@ -14,7 +14,6 @@ global count. On GPUs :func:`convert_sync_batchnorm` uses ``torch.nn.SyncBatchNo
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from .. import parallel
 from .train import Trainer, try_gpu
 from .weights import get_weights, set_weights
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = parallel.LOOPBACK
 
 
 class SyncBatchNorm(nn.BatchNorm2d):
@@ -132,13 +131,6 @@ class ParallelTrainer(Trainer):
                 dist.all_reduce(b)
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def init_process_group(rank: int, world_size: int, port: int, backend: str | None = None) -> None:
     """gloo (CPU) or NCCL (CUDA) over ``tcp://127.0.0.1:port``: the init ``torchrun`` does from its
     environment (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``)."""
@@ -170,7 +162,7 @@ def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, 
 def spawn(fn, replicas: int, *args) -> None:
     """``fn(rank, replicas, port, *args)`` in ``replicas`` fresh processes (``torch.multiprocessing``)."""
     import torch.multiprocessing as mp
-    mp.spawn(fn, args=(replicas, free_port(), *args), nprocs=replicas, join=True)
+    mp.spawn(fn, args=(replicas, parallel.free_port(), *args), nprocs=replicas, join=True)
 
 
 def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,

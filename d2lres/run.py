@@ -167,7 +167,7 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
                 return done
         check_batches(identity["train_images"], config.batch_size, config.resize, arch)
         return _train(backend, arch, config, out, init_weights, identity, data_dir=data_dir, resume=resume,
-                      progress=progress and writer, limit=limit, checkpoint_every=checkpoint_every, init=init,
+                      progress=progress if writer else False, limit=limit, checkpoint_every=checkpoint_every, init=init,
                       devices=devices, sync_bn=sync_bn, writer=writer)
 
 

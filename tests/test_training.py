@@ -156,6 +156,8 @@ def test_compare_on_real_data_writes_the_report(real_data, tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for backend in BACKENDS:
         assert (tmp_path / backend / "weights.npz").exists()
+    steps = 4 * len(backends.available())  # 256 images in batches of 64, one epoch, per backend
+    assert f"{steps}/{steps}" in out.stderr  # the one bar across backends counted every step
 
 
 @pytest.mark.slow

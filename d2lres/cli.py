@@ -124,8 +124,7 @@ def cmd_train(args) -> int:
                "devices": args.devices, "sync_bn": not args.no_sync_bn}
     if args.devices > 1 and not parallel.launched():  # start the backend's own launcher, which runs the job
         return _launch(args.backend, config, out, progress=not args.no_progress, **options)
-    if parallel.launched():
-        parallel.die_with_launcher()
+    parallel.die_with_launcher()
     metrics = train(args.backend, config, out, progress=not args.no_progress, **options)
     if parallel.process_rank() == 0:
         print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "

@@ -285,8 +285,9 @@ def launched(env=None) -> bool:
 def die_with_launcher() -> None:
     """In a process of a multi-process launcher: be killed when the launcher dies. torchrun starts
     its workers in sessions of their own, so killing the command (``kill``, a closed terminal)
-    would otherwise leave them training, holding the run folder (Linux ``PR_SET_PDEATHSIG``)."""
-    if not sys.platform.startswith("linux"):
+    would otherwise leave them training, holding the run folder (Linux ``PR_SET_PDEATHSIG``).
+    Outside such a process (:func:`launched`) it does nothing."""
+    if not launched() or not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal

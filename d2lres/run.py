@@ -244,8 +244,7 @@ def main(argv=None) -> int:
     spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
     error_file = spec_.pop("error_file", None)
 
-    if parallel.launched():
-        parallel.die_with_launcher()
+    parallel.die_with_launcher()
 
     def run() -> int:
         from .progress import step_reporter

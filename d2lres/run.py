@@ -139,6 +139,9 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
         raise RunError(f"--limit must be >= 1, got {limit}")
     if devices < 1:
         raise RunError(f"--devices must be >= 1, got {devices}")
+    if not sync_bn and devices == 1 and not parallel.launched():
+        raise RunError("--no-sync-bn is for data-parallel runs: on one device BatchNorm sees the whole batch; "
+                       "pass --devices N (N > 1) with it, or leave it out")
     arch = spec.get_arch(arch)
     backend = backends.canonical(backend)
     writer = parallel.process_rank() == 0

@@ -134,3 +134,14 @@ def test_devices_the_process_was_not_set_up_for_are_refused(real_data, tmp_path)
     with pytest.raises(run.RunError, match=r"--devices 2: this process was set up for 1 replica"):
         run.train("mxnet", config, tmp_path, data_dir=real_data, limit=8, devices=2, sync_bn=False, progress=False)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_no_sync_bn_on_one_device_is_refused(tmp_path):
+    """An accepted option takes effect or is refused: per-device BatchNorm means nothing on one device."""
+    from d2lres import cli
+    from d2lres.presets import preset
+    from d2lres.run import RunError, train
+    with pytest.raises(RunError, match="--no-sync-bn is for data-parallel runs"):
+        train("torch", preset("quick"), tmp_path, sync_bn=False)
+    assert not any(tmp_path.iterdir())
+    assert cli.main(["train", "--backend", "torch", "--no-sync-bn", "--out", str(tmp_path / "run")]) == 2

@@ -1,6 +1,6 @@
 """What only the JAX backend needs: its BatchNorm keeps PyTorch's running statistics (Flax's
 momentum is the other way round and its running variance biased), its convolution's matmul path
-for tiny outputs is XLA's convolution, optax SGD with momentum and weight decay is PyTorch's SGD
+for tiny outputs is XLA's convolution, its max-pool gradient is XLA's, optax SGD with momentum and weight decay is PyTorch's SGD
 over several steps with a changing learning rate, and the layout options."""
 import numpy as np
 import pytest
@@ -65,6 +65,27 @@ def test_matmul_path_for_tiny_outputs_is_xlas_convolution(res, size, stride, ker
     g_xla = jax.grad(lambda *a: (xla(*a) ** 2).sum(), argnums=(0, 1, 2))(*args)
     for a, b in zip(g_ours, g_xla):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("side, kernel, stride, padding", [(20, 3, 2, 1), (17, 3, 2, 1), (9, 3, 2, 1), (8, 2, 2, 0),
+                                                        (7, 3, 1, 1), (9, 3, 3, 0), (11, 5, 2, 2), (6, 3, 2, 0)])
+def test_max_pool_gradient_is_xlas(res, side, kernel, stride, padding):
+    """The phase-wise gradient equals XLA's select_and_scatter exactly, ties included: ReLU zeros
+    and small integers make many windows with several maxima, where the first one (row-major)
+    must take the gradient; integer upstream gradients keep every sum exact."""
+    from d2lres.jax.model import max_pool
+    rng = np.random.default_rng(side)
+    x = jnp.asarray(np.maximum(rng.integers(-3, 3, (2, side, side, 3)), 0).astype(np.float32))
+
+    def xla(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
+                                 ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    np.testing.assert_array_equal(max_pool(x, kernel, stride, padding), xla(x))
+    g = jnp.asarray(rng.integers(-4, 5, xla(x).shape).astype(np.float32))
+    ours = jax.grad(lambda x: (max_pool(x, kernel, stride, padding) * g).sum())(x)
+    np.testing.assert_array_equal(ours, jax.grad(lambda x: (xla(x) * g).sum())(x))
+    np.testing.assert_array_equal(jax.jit(jax.grad(lambda x: (max_pool(x, kernel, stride, padding) * g).sum()))(x),
+                                  ours)
 
 
 def _conv_bias(name: str) -> bool:

@@ -1,7 +1,8 @@
 """What only the JAX backend needs: its BatchNorm keeps PyTorch's running statistics (Flax's
 momentum is the other way round and its running variance biased), its convolution's matmul path
-for tiny outputs is XLA's convolution, its max-pool gradient is XLA's, optax SGD with momentum and weight decay is PyTorch's SGD
-over several steps with a changing learning rate, and the layout options."""
+for tiny outputs is XLA's convolution, its max-pool gradient is XLA's, optax SGD with momentum and
+weight decay is PyTorch's SGD over several steps with a changing learning rate, and the layout
+options."""
 import numpy as np
 import pytest
 

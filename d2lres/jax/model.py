@@ -171,7 +171,7 @@ def relu(X: jax.Array) -> jax.Array:
 
 
 def _reduce_max(X, k: int, s: int, p: int):
-    return lax.reduce_window(X, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
+    return nnx.max_pool(X, (k, k), (s, s), ((p, p), (p, p)))  # lax.reduce_window from -inf: pads with -inf
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

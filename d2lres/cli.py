@@ -26,6 +26,13 @@ def _backend(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _folder(text: str) -> str:
+    """An argparse type: a folder's path, not empty (an empty one would silently mean another)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a folder (or leave the option out for its default)")
+    return text
+
+
 def _arch_name(text: str) -> str:
     try:
         return spec.get_arch(text).name
@@ -221,9 +228,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=_number(kind, setting), help=f"overrides the preset ({BOUNDS[setting][1]})")
     p.add_argument("--resize", type=_resize, help="overrides the preset (image side, an integer >= 1)")
     p.add_argument("--schedule", choices=SCHEDULES, help="overrides the preset")
-    p.add_argument("--out", help="the run folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a run found in --out")
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
+    p.add_argument("--out", type=_folder,
+                   help="the run folder: new, empty, or a d2lres run of this command (default runs/PRESET/...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the d2lres run found in --out (only d2lres's own files are replaced)")
+    p.add_argument("--data-dir", type=_folder,
+                   help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
     p.add_argument("--limit", type=_number(int, "limit"),
                    help="use only the first N images of each split (smoke runs; N >= 1)")
     p.add_argument("--devices", type=_number(int, "devices"), default=1, metavar="N",
@@ -251,7 +261,8 @@ def parser() -> argparse.ArgumentParser:
     _arch_options(s)
     s.set_defaults(func=cmd_summary)
     d = sub.add_parser("data", help="fetch and verify Fashion-MNIST, say which source served")
-    d.add_argument("--data-dir")
+    d.add_argument("--data-dir", type=_folder,
+                   help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="train ResNet-18 (or --arch ...) in one backend")
     t.add_argument("--backend", required=True, type=_backend)
@@ -285,11 +296,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
     b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")
     b.add_argument("--rounds", type=int, help="end-to-end rounds per way, alternating (median reported)")
-    b.add_argument("--out", help="output directory (default runs/bench)")
+    b.add_argument("--out", type=_folder, help="output directory (default runs/bench)")
     b.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process (what most "
                         "learners' CPUs have), to measure an AVX2 machine on a newer one")
-    b.add_argument("--data-dir", help="Fashion-MNIST directory")
+    b.add_argument("--data-dir", type=_folder, help="Fashion-MNIST directory")
     b.set_defaults(func=cmd_bench)
     f = sub.add_parser("profile", help="where a training step's time goes: each stage of ResNet-18 timed apart "
                                        "(forward + backward), the update and the step, per backend")
@@ -298,7 +309,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--size", type=_resize, help="image side (default 40, the quick preset's; 96 is the chapter's)")
     f.add_argument("--batch", type=_number(int, "batch_size"), help="batch size (default 128)")
     f.add_argument("--repeats", type=_number(int, "epochs"), help="timed rounds (median reported; default 7)")
-    f.add_argument("--out", help="output directory (default runs/profile)")
+    f.add_argument("--out", type=_folder, help="output directory (default runs/profile)")
     f.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process")
     f.set_defaults(func=cmd_profile)

@@ -68,7 +68,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     arch = spec.get_arch(arch)
     names = list(names or backends.available())
     tic = time.perf_counter()
-    with run_folder(out) as out:
+    with run_folder(out, "compare") as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
         init = out / "init.npz"  # the same bytes' worth of weights for every backend (a seeded initialiser)
         neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch))

@@ -54,3 +54,84 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+# --- folders that d2lres writes into --------------------------------------------------------------
+
+#: The file that marks a folder as one of d2lres's runs, with its kind.
+MARKER = ".d2lres-run.json"
+#: What d2lres itself writes into a run folder of each kind (besides ``MARKER`` and temporaries).
+OWN_FILES = {
+    "train": (".lock", "checkpoint", "metrics.json", "weights.npz", "curves.png"),
+    "compare": (".lock", "init.npz", "checks.json", "curves.png", "report.json", "report.md",
+                "torch", "tf", "mxnet", "jax"),
+}
+#: Files that show an unmarked folder is a run of that kind written before the marker existed.
+LEGACY_SIGNS = {"train": ("checkpoint/checkpoint.npz", "metrics.json"), "compare": ("report.json", "init.npz")}
+
+
+class FolderError(ValueError):
+    """A folder d2lres will not write into; the message names what is there and the options."""
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def folder_kind(folder: Path) -> str | None:
+    """The kind of d2lres run ``folder`` holds (``"train"``/``"compare"``), by its marker or, for
+    runs older than the marker, by the files only d2lres writes; ``None`` if it holds none."""
+    marker = folder / MARKER
+    if marker.is_file():
+        import json
+        try:
+            kind = json.loads(marker.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        return kind if kind in OWN_FILES else None
+    for kind, signs in LEGACY_SIGNS.items():
+        if any((folder / sign).exists() for sign in signs):
+            return kind
+    return None
+
+
+def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out") -> Path:
+    """Check that d2lres may write a ``kind`` run into ``folder`` and mark it as one: the folder is
+    new, empty, or already a d2lres run of that kind. Refused (:class:`FolderError`, naming what is
+    there and the options): an empty path, the filesystem root, a home folder itself, a run of the
+    other kind, a folder holding files that are not a d2lres run."""
+    import json
+    if str(folder) == "":
+        raise FolderError(f"{option} is empty; name a folder for the run (or leave {option} out for the default)")
+    folder = Path(folder).expanduser()
+    resolved = folder.resolve()
+    homes = {Path.home().resolve(), Path("/root")}
+    if resolved == Path(resolved.anchor) or resolved in homes or resolved.parent == Path("/home"):
+        what = "the filesystem root" if resolved == Path(resolved.anchor) else "a home folder"
+        raise FolderError(f"{option} {folder} is {what}; d2lres writes a run into a folder of its own: "
+                          f"name a new folder, e.g. {option} {folder / 'runs' / kind}")
+    if folder.is_dir():
+        found = folder_kind(folder)
+        entries = [p.name for p in folder.iterdir() if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+        if found is not None and found != kind:
+            raise FolderError(f"{option} {folder} is a d2lres {found} folder ({_listing(entries)}), not a {kind} "
+                              f"run; {'d2lres train' if kind == 'train' else 'd2lres compare'} would replace its "
+                              f"files: choose another {option}")
+        if found is None and entries:
+            raise FolderError(f"{option} {folder} holds files that are not a d2lres {kind} run "
+                              f"({_listing(entries)}); d2lres writes only into a new or empty folder or one of "
+                              f"its own runs: choose another {option}, or move those files away")
+        if (folder / MARKER).is_file():
+            return folder
+    elif folder.exists():
+        raise FolderError(f"{option} {folder} is a file, not a folder; choose a folder for the run")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        from . import __version__
+        atomic_write(folder / MARKER, lambda f: f.write(json.dumps(
+            {"kind": kind, "d2lres": __version__}).encode()))
+    except OSError as err:
+        raise FolderError(f"cannot use {folder} as a run folder ({err.strerror or err}); choose another "
+                          f"{option} or make it writable") from None
+    return folder

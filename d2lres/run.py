@@ -2,7 +2,9 @@
 weights (a seeded neutral file), the shared loop with checkpoints, and the outputs
 ``metrics.json``, ``curves.png``, ``weights.npz`` in the run folder.
 
-A run folder belongs to one run at a time: :func:`run_folder` holds an ``fcntl.flock`` on its
+A run folder is d2lres's or it is refused (``files.claim_folder``: new, empty, or marked by
+``.d2lres-run.json`` as a run of the same kind), and belongs to one run at a time:
+:func:`run_folder` holds an ``fcntl.flock`` on its
 ``.lock`` file (the kernel drops it when the process ends, however it ends), removes the
 temporary files of killed writes, and refuses a folder that another live run holds. An existing
 run (a checkpoint or ``metrics.json``) is continued only with ``resume=True`` and replaced only
@@ -41,15 +43,17 @@ class RunError(ValueError):
 
 
 @contextlib.contextmanager
-def run_folder(out: str | os.PathLike) -> Iterator[Path]:
-    """Create and own the folder ``out`` for the duration: an exclusive ``flock`` on
-    ``out/.lock`` (holding this process's pid), stale temporary files removed. Raises
-    :class:`RunError` if ``out`` is a file, cannot be created or written, or another run holds it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file, not a folder; choose a folder for the run")
+def run_folder(out: str | os.PathLike, kind: str = "train") -> Iterator[Path]:
+    """Create and own the folder ``out`` for the duration: a ``kind`` run folder of d2lres
+    (``files.claim_folder``: new, empty or already such a run, and marked so), an exclusive
+    ``flock`` on ``out/.lock`` (holding this process's pid), stale temporary files removed. Raises
+    :class:`RunError` if ``out`` is not d2lres's to write, cannot be created or written, or another
+    run holds it."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out = files.claim_folder(out, kind)
+    except files.FolderError as err:
+        raise RunError(str(err)) from None
+    try:
         fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         raise RunError(f"cannot use {out} as a run folder ({err.strerror or err}); choose another --out "

@@ -1,0 +1,77 @@
+"""Users' files (issue 26): d2lres writes only into folders that are new, empty or its own runs of
+the same kind, and never deletes a data set it does not recognise. Framework-free, no training."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from d2lres import files
+
+
+def test_a_new_or_empty_folder_is_claimed_and_marked(tmp_path):
+    for folder in (tmp_path / "empty", tmp_path / "new" / "run"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        assert files.claim_folder(folder, "train") == folder
+        assert json.loads((folder / files.MARKER).read_text())["kind"] == "train"
+        assert files.claim_folder(folder, "train") == folder  # its own run: again
+
+
+def test_foreign_files_are_refused_naming_them(tmp_path):
+    for name in ("weights.npz", "curves.png", "notes.txt"):
+        (tmp_path / name).write_text("the user's")
+    with pytest.raises(files.FolderError, match="not a d2lres train run .*curves.png, notes.txt, weights.npz"):
+        files.claim_folder(tmp_path, "train")
+    assert not (tmp_path / files.MARKER).exists()
+    assert (tmp_path / "weights.npz").read_text() == "the user's"
+
+
+def test_a_run_of_the_other_kind_is_refused(tmp_path):
+    files.claim_folder(tmp_path / "c", "compare")
+    with pytest.raises(files.FolderError, match="is a d2lres compare folder"):
+        files.claim_folder(tmp_path / "c", "train")
+    legacy = tmp_path / "old-compare"  # a compare folder written before the marker
+    legacy.mkdir()
+    for name in ("report.md", "report.json", "curves.png"):
+        (legacy / name).write_text("{}")
+    with pytest.raises(files.FolderError, match="compare folder"):
+        files.claim_folder(legacy, "train")
+
+
+def test_an_unmarked_old_run_keeps_working(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "checkpoint.npz").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("left alone")
+    assert files.claim_folder(tmp_path, "train") == tmp_path
+    assert (tmp_path / files.MARKER).exists() and (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["/", "~", ""])
+def test_root_home_and_empty_are_refused(where):
+    with pytest.raises(files.FolderError, match="filesystem root|home folder|empty"):
+        files.claim_folder(where, "train")
+
+
+def test_a_file_is_not_a_folder(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(files.FolderError, match="is a file"):
+        files.claim_folder(tmp_path / "f", "train")
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_train_and_compare_refuse_a_users_folder_before_any_work(tmp_path):
+    (tmp_path / "weights.npz").write_text("mine")
+    for command in (["train", "--backend", "torch"], ["compare", "--backends", "torch", "tf"]):
+        out = run_cli(*command, "--out", tmp_path, "--limit", "64", "--epochs", "1")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"d2lres: error: --out {tmp_path} holds files that are not a d2lres" in out.stderr
+    assert (tmp_path / "weights.npz").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "weights.npz"]
+    empty = run_cli("train", "--backend", "torch", "--out", "")
+    assert empty.returncode == 2 and "argument --out: is empty" in empty.stderr

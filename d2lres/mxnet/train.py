@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
 
-from .. import data, inputs, spec, training
+from .. import data, devices, inputs, spec, training
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -44,7 +44,9 @@ class Trainer:
                  compile: bool | None = None, channels_last: bool | None = None):
         if channels_last:
             raise ValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
-        self.net, self.device = net, device if device is not None else try_gpu()
+        self.net = net
+        self.device = try_gpu() if device is None else devices.resolve(
+            device, "mxnet", mx.context.num_gpus(), lambda kind, i: mx.cpu() if kind == "cpu" else mx.gpu(i))
         self.momentum, self.weight_decay = momentum, weight_decay
         net.collect_params().reset_ctx(self.device)
         if compile is None or compile:

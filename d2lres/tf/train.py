@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .. import data, inputs, training
+from .. import data, devices, inputs, training
 from .model import _device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -55,7 +55,9 @@ class Trainer:
                              "leave channels_last None or True")
         if compile not in (None, True, False):
             raise ValueError(f"compile must be None, True or False (tf.function or eager), got {compile!r}")
-        self.net, self.device = net, device or try_gpu()
+        self.net = net
+        self.device = try_gpu() if device is None else devices.resolve(
+            device, "tf", len(tf.config.list_physical_devices("GPU")), lambda kind, i: f"/{kind.upper()}:{i}")
         self.momentum, self.weight_decay = momentum, weight_decay
         self.compile = compile is not False
         # Keras 3 variables are not tf.Variables (no .ref()): keep the trainable ones in order,

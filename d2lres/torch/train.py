@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import data, inputs, training
+from .. import data, devices, inputs, training
 from .weights import get_weights, set_weights
 
 
@@ -44,7 +44,9 @@ class Trainer:
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None):
-        self.device = torch.device(device) if device is not None else try_gpu()
+        self.device = try_gpu() if device is None else devices.resolve(
+            device, "torch", torch.cuda.device_count(),
+            lambda kind, i: torch.device("cpu" if kind == "cpu" else f"cuda:{i}"))
         self.memory_format = {True: torch.channels_last, False: torch.contiguous_format}.get(channels_last)
         self.net = net.to(self.device, memory_format=self.memory_format or torch.preserve_format)
         self._train_forward = torch.compile(self.net) if compile else self.net

@@ -17,13 +17,22 @@ from .files import atomic_open, atomic_write
 from .plots import curves_figure
 from .presets import TrainConfig
 from .progress import AcrossBackends
-from .run import CHECKPOINT_DIR, run_folder
+from .run import CHECKPOINT_DIR, TIMING, run_folder
 from .run import job as run_job
+from .stamps import describe as describe_stamps
+from .stamps import stamps
 from .training import CHECKPOINT
 
 #: What the report requires of every pair of backends after training.
 FIRST_STEP_TOLERANCE = 1e-4
 TEST_ACC_SPREAD = 0.015
+#: A run with fewer training images, or a test accuracy below this, is a smoke run: no verdict.
+SMOKE_IMAGES = 5000
+SMOKE_ACCURACY = 0.2  # twice chance (ten classes)
+
+
+#: What the report's total wall time includes.
+TOTAL_TIME = "everything: each backend's process start and import, training, and the cross-backend checks"
 
 
 class CompareError(ValueError):
@@ -66,7 +75,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     to (``d2lres.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
     training in every backend (``d2lres.run.train``)."""
     arch = spec.get_arch(arch)
-    names = list(names or backends.available())
+    names = distinct(names or backends.available())
     tic = time.perf_counter()
     with run_folder(out, "compare") as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
@@ -92,26 +101,48 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
             fig.savefig(f, dpi=110, format="png")
         summary = parity(results)
         summary["wall_seconds"] = time.perf_counter() - tic
-        cpu = isa.cpu_info(held)
+        stamp = stamps(names, data_dir, held)
+        cpu = stamp["cpu"]
         report = {"arch": str(arch), "config": config.to_dict(), "limit": limit, "cpu": cpu, "parity": summary,
+                  "stamps": stamp, "timing": {**TIMING, "total wall_seconds": TOTAL_TIME},
                   "results": {n: {k: v for k, v in r.items() if k != "history"} for n, r in results.items()}}
         atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
-        text = render(config, results, summary, check_md, arch=arch, limit=limit, cpu=cpu)
+        text = render(config, results, summary, check_md, arch=arch, limit=limit, cpu=cpu, stamp=stamp)
         atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return out / "report.md"
 
 
+def distinct(names) -> list[str]:
+    """The backends ``names`` (any spelling), each once; a note says so when one was named twice."""
+    given = [backends.canonical(n) for n in names]
+    unique = list(dict.fromkeys(given))
+    twice = [n for n in unique if given.count(n) > 1]
+    if twice:
+        print(f"d2lres: note: {', '.join(twice)} named more than once in --backends; each backend is trained once "
+              f"({', '.join(unique)})")
+    return unique
+
+
 def parity(results: dict[str, dict]) -> dict:
+    """The parity figures of every pair of backends and the verdict: ``PASS``/``FAIL``, or ``None``
+    with the reason (``no_verdict``) for fewer than two backends or a smoke run."""
     pairs = list(itertools.combinations(results, 2))
     first = max((abs(results[a]["first_step_loss"] - results[b]["first_step_loss"]) for a, b in pairs), default=0.0)
     accs = [r["test_acc"] for r in results.values()]
     spread = max(accs) - min(accs)
-    return {"first_step_loss_max_diff": first, "test_acc_spread": spread,
-            "ok": first <= FIRST_STEP_TOLERANCE and spread <= TEST_ACC_SPREAD}
+    images = min(r["run"]["train_images"] for r in results.values())
+    reason = None
+    if len(results) < 2:
+        reason = f"one backend ({', '.join(results)}): nothing to compare"
+    elif images < SMOKE_IMAGES or max(accs) < SMOKE_ACCURACY:
+        reason = (f"a smoke run ({images:,} training images, test accuracy at most {max(accs):.3f}; a verdict needs "
+                  f">= {SMOKE_IMAGES:,} images and accuracy >= {SMOKE_ACCURACY:g}): it shows the run works, not parity")
+    ok = None if reason else first <= FIRST_STEP_TOLERANCE and spread <= TEST_ACC_SPREAD
+    return {"first_step_loss_max_diff": first, "test_acc_spread": spread, "ok": ok, "no_verdict": reason}
 
 
 def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str, *, arch=None,
-           limit: int | None = None, cpu: dict | None = None) -> str:
+           limit: int | None = None, cpu: dict | None = None, stamp: dict | None = None) -> str:
     c = config
     arch = spec.get_arch(arch)
     count = {1: "one backend", 2: "two backends", 3: "three backends"}.get(len(results), f"{len(results)} backends")
@@ -121,9 +152,10 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
              f"({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
              + (f", the first {limit} images of each split" if limit else "") + ". "
              "Every backend starts from the same weights (`init.npz`) and sees the same batch order.", "",
-             f"Measured on: {isa.describe(cpu)}; total wall time {summary['wall_seconds']:.0f} s.", "",
-             "| backend | device | train loss | train acc | test acc | images/s (training) | wall time (s) "
-             "| first-step loss |",
+             f"Total wall time {summary['wall_seconds']:.0f} s ({TOTAL_TIME}).",
+             "", *(describe_stamps(stamp) if stamp else [f"- CPU: {isa.describe(cpu)}"]), "",
+             "| backend | device | train loss | train acc | test acc | images/s (training steps) "
+             "| wall time (s, in the backend's process) | first-step loss |",
              "|---|---|---|---|---|---|---|---|"]
     for n, r in results.items():
         device = r["device"] if r.get("devices", 1) == 1 else f"{r['devices']} x {r['device']}"
@@ -134,7 +166,9 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
               f"(required <= {FIRST_STEP_TOLERANCE:g})",
               f"- test accuracy spread: {100 * summary['test_acc_spread']:.2f} points "
               f"(required <= {100 * TEST_ACC_SPREAD:g})",
-              f"- result: {'PASS' if summary['ok'] else 'FAIL'}", ""]
+              f"- result: {'PASS' if summary['ok'] else 'FAIL'}" if summary["ok"] is not None
+              else f"- result: no verdict -- {summary['no_verdict']}", "",
+              f"Times: images/s: {TIMING['images_per_s']}; wall time: {TIMING['wall_seconds']}.", ""]
     if check_md:
         lines += ["## Cross-backend checks (random weights)", "", check_md, ""]
     return "\n".join(lines)

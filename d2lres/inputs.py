@@ -24,6 +24,7 @@ message (a ``ValueError``, the :class:`InputError` subclass) and accepts the sam
 """
 from __future__ import annotations
 
+import numbers
 from functools import lru_cache
 
 from . import spec
@@ -36,8 +37,7 @@ class InputError(ValueError):
 def dtype_kind(dtype) -> str:
     """``"float"``, ``"int"``, ``"bool"``, ``"complex"`` or ``"other"`` for a numpy, PyTorch,
     TensorFlow, MXNet or JAX dtype."""
-    name = str(getattr(dtype, "name", None) or dtype).lower().replace("torch.", "")
-    name = name.replace("<dtype: '", "").replace("'>", "")
+    name = dtype_name(dtype).lower()
     if name.startswith(("float", "bfloat", "half", "double")):
         return "float"
     if name.startswith(("int", "uint", "long", "short", "qint", "quint")):
@@ -50,7 +50,16 @@ def dtype_kind(dtype) -> str:
 
 
 def dtype_name(dtype) -> str:
-    return str(getattr(dtype, "name", None) or dtype).replace("torch.", "").replace("<dtype: '", "").replace("'>", "")
+    """``float32`` for any framework's spelling (``torch.float32``, TF's ``<dtype: 'float32'>``, MXNet's
+    ``numpy.float32`` class)."""
+    name = getattr(dtype, "name", None)
+    if not isinstance(name, str):
+        try:
+            import numpy
+            name = numpy.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    return name.replace("torch.", "").replace("<dtype: '", "").replace("'>", "")
 
 
 @lru_cache(maxsize=256)
@@ -96,6 +105,29 @@ def check_batch(shape, dtype, in_channels: int, *, channels_last: bool = False, 
             raise InputError(f"a train-mode batch of {n} image(s) of {h}x{w} gives BatchNorm layer {layer} "
                              f"{n * positions} value per channel; batch statistics need at least 2: use a larger "
                              f"batch or larger images, or eval mode")
+
+
+def check_network(net, accepted: bool, backend: str, what: str) -> None:
+    """Raise :class:`InputError` unless ``accepted`` (``net`` is a network ``what`` can take)."""
+    if not accepted:
+        raise InputError(f"{what} needs a network of the {backend} backend, e.g. d2lres.{backend}.resnet18(); "
+                         f"got {net!r:.60} ({type(net).__name__})")
+
+
+def check_shape(input_shape, in_channels: int) -> tuple[int, int, int]:
+    """``input_shape`` as three ints ``(C, H, W)`` the network takes; :class:`InputError` for
+    anything else (strings, fractions, the wrong length) and ``spec.check_input``'s refusals."""
+    dims = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if dims is None or len(dims) != 3 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                                 for d in dims):
+        raise InputError(f"an input shape is three integers (channels, height, width), e.g. ({in_channels}, 28, 28); "
+                         f"got {input_shape!r}")
+    dims = tuple(int(d) for d in dims)
+    try:
+        spec.check_input(dims, in_channels)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return dims
 
 
 def check_finite(all_finite: bool) -> None:

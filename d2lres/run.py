@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import backends, data, files, parallel, spec, training
+from . import backends, data, files, parallel, spec, stamps, training
 from . import weights as neutral
 from .presets import TrainConfig
 
@@ -36,6 +36,13 @@ CHECKPOINT_DIR = "checkpoint"
 LOCK_FILE = ".lock"
 #: The files a finished run leaves in its folder (besides ``checkpoint/``).
 OUTPUTS = ("metrics.json", "weights.npz", "curves.png")
+
+
+#: What each time of ``metrics.json`` includes.
+TIMING = {"wall_seconds": "this process's run after the framework's import: building the network, loading and "
+                          "resizing the data, training (compilation included) and evaluation",
+          "images_per_s": "training images per second of the training steps alone (the first step's "
+                          "compilation included; evaluation and checkpoints not)"}
 
 
 class RunError(ValueError):
@@ -172,6 +179,10 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
             for path in (checkpoint, *(out / name for name in OUTPUTS)) if writer else ():
                 path.unlink(missing_ok=True)
         init_weights = neutral.load_npz(init) if init is not None else None
+        if init_weights is not None and "progress" in init_weights:
+            raise RunError(f"--init {init} is a d2lres checkpoint (a run's weights, momentum and progress), not a "
+                           f"weights file: to continue that run, pass --resume with --out set to its run folder; to "
+                           f"start a new run from its weights, pass --init with that run's weights.npz")
         identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
         if resume:
             differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
@@ -234,7 +245,8 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
                "test_acc": last["test_acc"],
                "images_per_s": sum(e["images_per_s"] for e in history["epochs"]) / len(history["epochs"]),
                "wall_seconds": time.perf_counter() - tic, "first_step_loss": history["first_step_loss"],
-               "run": identity, "init": None if init is None else str(init),
+               "run": identity, "init": None if init is None else str(init), "timing": TIMING,
+               "stamps": stamps.stamps([backend], data_dir),
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
     if writer:
         neutral.save_npz(out / "weights.npz", weights)

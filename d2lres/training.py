@@ -93,6 +93,13 @@ def read_identity(directory: str | Path) -> dict | None:
         raise TrainingError(f"checkpoint {path}: no readable progress record ({err}); {CHECKPOINT_FIX}") from None
 
 
+def kept(directory: Path | None) -> str:
+    """What a failed run leaves to resume from: the last checkpoint, or that there is none."""
+    if directory is not None and (Path(directory) / CHECKPOINT).exists():
+        return f"The last checkpoint ({Path(directory) / CHECKPOINT}) is kept."
+    return "No checkpoint was written before this (nothing to resume): start again with other settings."
+
+
 def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
     """Write the checkpoint atomically; never overwrite a good one with non-finite weights."""
     arrays = {f"weights.{k}": v for k, v in trainer.get_weights().items()}
@@ -100,7 +107,7 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
     if bad:
         raise TrainingError(f"the weights are no longer finite ({bad[0][len('weights.'):]} and {len(bad) - 1} more) "
                             f"at epoch {progress['epoch'] + 1}, batch {progress['step_in_epoch']}; try a lower "
-                            f"learning rate. The last checkpoint is kept.")
+                            f"learning rate. {kept(directory)}")
     arrays.update(trainer.optimizer_state())
     arrays["progress"] = np.array(json.dumps(progress))
     files.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
@@ -199,12 +206,12 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                 bar.close()
                 raise TrainingError(f"{err} at epoch {epoch + 1}, batch {step_in_epoch + 1} "
                                     f"(lr {lr_at(epoch * steps_per_epoch + step_in_epoch):g}). "
-                                    f"The last checkpoint is kept.") from None
+                                    f"{kept(directory if write else None)}") from None
             if not math.isfinite(loss):
                 bar.close()
                 raise TrainingError(f"the loss is {loss} at epoch {epoch + 1}, batch {step_in_epoch + 1} "
                                     f"(lr {lr_at(epoch * steps_per_epoch + step_in_epoch):g}); "
-                                    f"try a lower learning rate. The last checkpoint is kept.")
+                                    f"try a lower learning rate. {kept(directory if write else None)}")
             if history["first_step_loss"] is None:
                 history["first_step_loss"] = loss
             acc["loss"] += loss * n

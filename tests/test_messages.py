@@ -39,3 +39,56 @@ def test_cpu_is_accepted_and_reported_in_one_spelling(backend):
     for device in ("cpu", "/CPU:0", "cpu:0"):
         trainer = mod.Trainer(net, device=device)
         assert devices.describe(trainer.device, name).startswith(f"cpu ({name}: ")
+
+
+def test_non_networks_and_non_shapes_are_refused_alike(backend):
+    import numpy as np
+    name, mod, net = backend
+    for call in (lambda: mod.count_parameters(None), lambda: mod.shape_walk(None, (1, 28, 28))):
+        with pytest.raises(ValueError, match=f"needs a network of the {name} backend, e.g. d2lres.{name}.resnet18"):
+            call()
+    for shape in (("1", "28", "28"), (1, 28.5, 28), (1, 28), "1x28x28"):
+        with pytest.raises(ValueError, match=r"an input shape is three integers \(channels, height, width\)"):
+            mod.shape_walk(net, shape)
+    assert mod.shape_walk(net, (np.int64(1), 28, 28))[-1][1] == (10,)
+
+
+def test_a_training_step_takes_numpy_batches_in_every_backend(backend):
+    import numpy as np
+    name, mod, net = backend
+    trainer = mod.Trainer(net, device="cpu")
+    X = np.random.default_rng(0).random((2, 1, 28, 28), np.float32)
+    if name in ("tf", "jax"):  # channels-last backends
+        X = X.transpose(0, 2, 3, 1).copy()
+    loss, correct = trainer.step(X, np.array([1, 2]), 0.01)
+    assert np.isfinite(loss) and 0 <= correct <= 2
+    with pytest.raises(ValueError, match=r"integer images \(uint8\) are not accepted"):
+        trainer.step((X * 255).astype(np.uint8), np.array([1, 2]), 0.01)
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+TINY = ["train", "--backend", "torch", "--limit", "64", "--epochs", "1", "--resize", "28", "--batch-size", "32",
+        "--no-progress"]
+
+
+def test_a_diverging_run_does_not_claim_a_checkpoint(real_data, tmp_path):
+    out = run_cli(*TINY, "--lr", "1e30", "--data-dir", real_data, "--out", tmp_path / "run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "No checkpoint was written before this" in out.stderr and "is kept" not in out.stderr
+
+
+def test_init_with_a_checkpoint_says_what_it_is(real_data, tmp_path):
+    import json
+
+    import numpy as np
+    np.savez(tmp_path / "checkpoint.npz", **{"weights.b1.conv.weight": np.zeros(3, np.float32),
+                                            "progress": np.array(json.dumps({"epoch": 0}))})
+    out = run_cli(*TINY, "--init", tmp_path / "checkpoint.npz", "--data-dir", real_data, "--out", tmp_path / "run")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "is a d2lres checkpoint" in out.stderr and "--resume" in out.stderr and "missing" not in out.stderr

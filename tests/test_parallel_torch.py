@@ -83,5 +83,5 @@ def test_compare_on_two_devices_reports_them_without_bars(real_data, tmp_path):
     ``--no-progress`` leaves out every bar, the training processes' own included."""
     out = d2lres_cli("compare", "--backends", "torch", "--devices", 2, "--no-progress", "--resize", 28, "--epochs", 1,
                      "--batch-size", 8, "--limit", 32, "--data-dir", real_data, "--out", tmp_path)
-    assert "| torch | 2 x cpu |" in (tmp_path / "report.md").read_text()
+    assert "| torch | 2 x cpu (torch: cpu) |" in (tmp_path / "report.md").read_text()
     assert "batch/s" not in out.stderr and "epoch 1/1" not in out.stderr

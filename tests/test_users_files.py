@@ -98,3 +98,21 @@ def test_another_idx_data_set_in_the_data_folder_is_never_deleted(tmp_path):
         data.fetch_fashion_mnist("")
     with pytest.raises(data.DataError, match="data directory is empty"):
         data.FashionMNIST.load("")
+
+
+def fake_result(acc: float, images: int, loss: float = 2.3) -> dict:
+    return {"test_acc": acc, "first_step_loss": loss, "run": {"train_images": images}}
+
+
+def test_reports_give_no_verdict_for_one_backend_or_a_smoke_run(capsys):
+    from d2lres import compare
+    assert compare.distinct(["torch", "Torch", "pytorch"]) == ["torch"]
+    assert capsys.readouterr().out.count("torch named more than once") == 1
+    one = compare.parity({"torch": fake_result(0.9, 60000)})
+    assert one["ok"] is None and "one backend" in one["no_verdict"]
+    smoke = compare.parity({"torch": fake_result(0.156, 64), "tf": fake_result(0.145, 64)})
+    assert smoke["ok"] is None and "a smoke run (64 training images" in smoke["no_verdict"]
+    chance = compare.parity({"torch": fake_result(0.11, 60000), "tf": fake_result(0.1, 60000)})
+    assert chance["ok"] is None and "smoke run" in chance["no_verdict"]
+    real = compare.parity({"torch": fake_result(0.91, 60000), "tf": fake_result(0.905, 60000)})
+    assert real["ok"] is True and real["no_verdict"] is None

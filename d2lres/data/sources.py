@@ -161,6 +161,19 @@ def _foreign_idx(path: Path, shape: tuple[int, ...]) -> DataError:
                      f"D2LRES_DATA_DIR) for Fashion-MNIST, or move this data set's files out of {path.parent}")
 
 
+def data_stamp(data_dir: str | os.PathLike | None = None) -> dict:
+    """Where the verified files in ``data_dir`` come from: their origin (the official files, or
+    the conversion of the npm package) and the MD5 each passed (of the ``.gz`` file for the
+    official ones, of the decompressed IDX bytes for the converted ones)."""
+    data_dir = data_dir_path(data_dir)
+    origins = {name: _origin(data_dir / name, OFFICIAL_MD5, NPM_MD5) for name in FILES}
+    origin = origins[FILES[0]] if len(set(origins.values())) == 1 else None
+    label = {"official": "the official files (MD5 of each .gz)",
+             "npm": f"converted from {NPM_PACKAGE} (MD5 of each decompressed file)"}.get(origin, "unverified")
+    table = OFFICIAL_MD5 if origin == "official" else NPM_MD5
+    return {"dir": str(data_dir), "origin": label, "md5": {name: table[name] if origin else None for name in FILES}}
+
+
 def convert_npm_package(package_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                         test_per_class: int = NPM_TEST_PER_CLASS, seed: int = 0,
                         progress: bool = False) -> None:

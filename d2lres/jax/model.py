@@ -387,7 +387,8 @@ def _nchw(shape) -> tuple[int, ...]:
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them (shapes
     only: ``jax.eval_shape``, no computation, the BatchNorm statistics untouched)."""
-    spec.check_input(tuple(input_shape), net.in_channels)
+    inputs.check_network(net, isinstance(net, ResNet), "jax", "shape_walk")
+    input_shape = inputs.check_shape(input_shape, net.in_channels)
     c, h, w = input_shape
     X, rows = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32), []
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
@@ -410,4 +411,5 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
 
 def count_parameters(net: nnx.Module) -> tuple[int, int]:
     """``(trainable, non-trainable)``: ``nnx.Param`` and ``nnx.BatchStat`` (running statistics)."""
+    inputs.check_network(net, isinstance(net, nnx.Module), "jax", "count_parameters")
     return tuple(sum(int(x.size) for x in jax.tree.leaves(nnx.state(net, kind))) for kind in (nnx.Param, nnx.BatchStat))

@@ -161,7 +161,8 @@ resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNe
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
-    spec.check_input(tuple(input_shape), net.in_channels)
+    inputs.check_network(net, isinstance(net, ResNet), "mxnet", "shape_walk")
+    input_shape = inputs.check_shape(input_shape, net.in_channels)
     X, rows = np.zeros((1, *input_shape)), []
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
     for stage_name, stage in zip(spec.STAGE_NAMES, net):
@@ -177,6 +178,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
 
 def count_parameters(net: nn.Block) -> tuple[int, int]:
     """``(trainable, non-trainable)``: weights, and BatchNorm running statistics."""
+    inputs.check_network(net, isinstance(net, nn.Block), "mxnet", "count_parameters")
     trainable = stats = 0
     for p in net.collect_params().values():
         size = int(p.data().size)

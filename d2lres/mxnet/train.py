@@ -24,6 +24,14 @@ def _to_arrays(X: onp.ndarray, y: onp.ndarray, ctx=None):
     return np.array(X, ctx=ctx), np.array(y.astype(onp.int32), dtype="int32", ctx=ctx)
 
 
+def _as_np(X):
+    """An ``mxnet.np`` array of a numpy array or a legacy ``mx.nd.NDArray`` (as the other backends
+    take numpy batches); an ``mxnet.np`` array as it is."""
+    if isinstance(X, onp.ndarray):
+        return np.array(X, dtype=X.dtype)
+    return X.as_np_ndarray() if isinstance(X, mx.nd.NDArray) else X
+
+
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
                             limit: int | None = None, device=None):
     """``(train_iter, test_iter)`` of ``(X, y)`` arrays on ``device`` (a context), X in NCHW,
@@ -65,7 +73,10 @@ class Trainer:
         return _to_arrays(X, y, self.device)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
-        """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        """One SGD step; returns the batch's mean loss and number of correct predictions. ``X``, ``y``:
+        ``mxnet.np`` or numpy arrays, as in the other backends."""
+        X, y = _as_np(X), _as_np(y)
+        y = y if y.dtype == onp.int32 else y.astype("int32")
         self._check(X, training=True)
         X, y = X.as_in_ctx(self.device), y.as_in_ctx(self.device)
         return self._keep_statistics_finite(lambda: self._step(X, y, lr))
@@ -106,6 +117,7 @@ class Trainer:
                 rv[:] = rv + (rv - keep * old) / (n - 1)
 
     def predict(self, X) -> onp.ndarray:
+        X = _as_np(X)
         self._check(X, training=False, values=False)
         logits = self.net(X.as_in_ctx(self.device)).asnumpy()
         self._check(X, training=False)  # after: a wait on X before the forward changed MXNet's result

@@ -290,7 +290,8 @@ def _nchw(shape) -> tuple[int, ...]:
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
-    spec.check_input(tuple(input_shape), net.in_channels)
+    inputs.check_network(net, isinstance(net, ResNet), "tf", "shape_walk")
+    input_shape = inputs.check_shape(input_shape, net.in_channels)
     c, h, w = input_shape
     X, rows = tf.zeros((1, h, w, c)), []
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
@@ -307,5 +308,6 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
 
 def count_parameters(net: keras.Model) -> tuple[int, int]:
     """``(trainable, non-trainable)``: weights, and BatchNorm moving statistics."""
+    inputs.check_network(net, isinstance(net, keras.layers.Layer), "tf", "count_parameters")
     return (sum(int(np.prod(v.shape)) for v in net.trainable_weights),
             sum(int(np.prod(v.shape)) for v in net.non_trainable_weights))

@@ -163,7 +163,8 @@ resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNe
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
-    spec.check_input(tuple(input_shape), net.in_channels)
+    inputs.check_network(net, isinstance(net, ResNet), "torch", "shape_walk")
+    input_shape = inputs.check_shape(input_shape, net.in_channels)
     X, rows, was_training = torch.zeros((1, *input_shape)), [], net.training
     net.eval()  # a shape walk must not touch the BatchNorm running statistics
     with torch.no_grad():
@@ -181,6 +182,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
 
 def count_parameters(net: nn.Module) -> tuple[int, int]:
     """``(trainable, non-trainable)``: parameters, and BatchNorm running statistics."""
+    inputs.check_network(net, isinstance(net, nn.Module), "torch", "count_parameters")
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     stats = sum(b.numel() for name, b in net.named_buffers() if name.endswith(("running_mean", "running_var")))
     return trainable, stats

@@ -58,7 +58,9 @@ class Trainer:
         return _to_tensors(X, y, self.device)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
-        """One SGD step; returns the batch's mean loss and number of correct predictions."""
+        """One SGD step; returns the batch's mean loss and number of correct predictions. ``X``, ``y``:
+        tensors or numpy arrays, as in the other backends."""
+        X, y = torch.as_tensor(X), torch.as_tensor(y, dtype=torch.int64)
         self._check(X, training=True)
         X, y = self._input(X), y.to(self.device)
         self.net.train()
@@ -75,7 +77,8 @@ class Trainer:
         return self._keep_statistics_finite(run)
 
     def predict(self, X) -> np.ndarray:
-        """Eval-mode logits."""
+        """Eval-mode logits (``X``: a tensor or a numpy array)."""
+        X = torch.as_tensor(X)
         self._check(X, training=False)
         self.net.eval()
         with torch.no_grad():

@@ -147,6 +147,15 @@ def _config(args):
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule)
 
 
+def header(arch, backend: str, preset: str, config, limit, out) -> str:
+    """What ``d2lres train`` is about to do, in one line."""
+    c = config
+    images = f"the first {limit:,} images of each split" if limit else "all 60,000 training and 10,000 test images"
+    return (f"d2lres train: {arch} in {backend}; preset {preset}: {c.epochs} epoch(s), batch {c.batch_size}, "
+            f"{f'resize {c.resize}' if c.resize else '28x28'}, lr {c.lr} ({c.schedule}), momentum {c.momentum}, "
+            f"weight decay {c.weight_decay}, seed {c.seed}; {images}; run folder {out}")
+
+
 def cmd_train(args) -> int:
     from . import parallel
     from .run import train
@@ -159,6 +168,8 @@ def cmd_train(args) -> int:
     if args.devices > 1 and not parallel.launched():  # start the backend's own launcher, which runs the job
         return _launch(args.backend, config, out, progress=not args.no_progress, **options)
     parallel.die_with_launcher()
+    if parallel.process_rank() == 0:
+        print(header(arch, backends.canonical(args.backend), args.preset, config, args.limit, out))
     metrics = train(args.backend, config, out, progress=not args.no_progress, **options)
     if parallel.process_rank() == 0:
         print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
@@ -247,14 +258,20 @@ def cmd_profile(args) -> int:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    from .presets import BOUNDS, SCHEDULES
-    p.add_argument("--preset", default="quick", choices=["quick", "chapter"])
+    from .presets import BOUNDS, SCHEDULES, preset
+    quick, chapter = preset("quick"), preset("chapter")
+    p.add_argument("--preset", default="quick", choices=["quick", "chapter"],
+                   help="quick: one epoch at 48x48 (minutes on a CPU); chapter: the chapter's 10 epochs at 96x96")
     for flag, kind in (("--epochs", int), ("--lr", float), ("--batch-size", int), ("--seed", int),
                        ("--momentum", float), ("--weight-decay", float)):
         setting = flag[2:].replace("-", "_")
-        p.add_argument(flag, type=_number(kind, setting), help=f"overrides the preset ({BOUNDS[setting][1]})")
-    p.add_argument("--resize", type=_resize, help="overrides the preset (image side, an integer >= 1)")
-    p.add_argument("--schedule", choices=SCHEDULES, help="overrides the preset")
+        p.add_argument(flag, type=_number(kind, setting),
+                       help=f"{BOUNDS[setting][1]}; overrides the preset (quick {getattr(quick, setting)}, "
+                            f"chapter {getattr(chapter, setting)})")
+    p.add_argument("--resize", type=_resize, help=f"image side, an integer >= 1; overrides the preset (quick "
+                                                  f"{quick.resize}, chapter {chapter.resize})")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"overrides the preset (quick {quick.schedule}, "
+                                                         f"chapter {chapter.schedule})")
     p.add_argument("--out", type=_folder,
                    help="the run folder: new, empty, or a d2lres run of this command (default runs/PRESET/...)")
     p.add_argument("--overwrite", action="store_true",
@@ -273,16 +290,35 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def _check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the results as JSON")
     p.add_argument("--input", type=_shape, default=(1, 96, 96), help="CxHxW (default 1x96x96)")
-    p.add_argument("--backends", nargs="+", default=backends.available(), type=_backend)
+    p.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
+                   help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
     _arch_options(p)
 
 
+BACKEND_NAMES = ", ".join(backends.BACKENDS) + " (also pytorch, tensorflow)"
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's default at the end of its help, unless the help names it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings \
+                and "default" not in text:
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            text += f" (default: {'x'.join(map(str, shown)) if isinstance(shown, tuple) else shown})"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="d2lres", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+    p = argparse.ArgumentParser(prog="d2lres", description=__doc__.replace("``", ""), formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"d2lres {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=lambda **kw: argparse.ArgumentParser(
+        formatter_class=_Help, **kw))
     s = sub.add_parser("summary", help="layer shapes and parameter counts of one backend's ResNet-18 "
                                        "(or any variant: --arch, --version, --flavour)")
-    s.add_argument("--backend", required=True, type=_backend, help="torch, tf or mxnet")
+    s.add_argument("--backend", required=True, type=_backend, help=f"one of {BACKEND_NAMES}")
     s.add_argument("--input", type=_shape, default=(1, 224, 224), help="CxHxW (default 1x224x224)")
     s.add_argument("--classes", type=_count, default=10, help="classes of the head (default 10, Fashion-MNIST's)")
     _arch_options(s)
@@ -292,13 +328,13 @@ def parser() -> argparse.ArgumentParser:
                    help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="train ResNet-18 (or --arch ...) in one backend")
-    t.add_argument("--backend", required=True, type=_backend)
+    t.add_argument("--backend", required=True, type=_backend, help=f"one of {BACKEND_NAMES}")
     t.add_argument("--init", help="initial weights (.npz, neutral format)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                                                          "(the same options are required)")
-    t.add_argument("--checkpoint-every", type=_number(int, "epochs"), default=100, metavar="STEPS",
+    t.add_argument("--checkpoint-every", type=_number(int, "steps"), default=100, metavar="STEPS",
                    help="write the checkpoint every STEPS steps (and at each epoch's end; default 100)")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _arch_options(t)
     _training_options(t)
     t.set_defaults(func=cmd_train)
@@ -318,7 +354,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--variants", action="store_true",
                    help="also time each backend's other switches (channels-last or not, torch.compile, "
                         "eager TF, non-hybridized MXNet)")
-    b.add_argument("--backends", nargs="+", default=backends.available(), type=_backend)
+    b.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
+                   help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
     b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
     b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
     b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")
@@ -332,14 +369,18 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("profile", help="where a training step's time goes: each stage of ResNet-18 timed apart "
                                        "(forward + backward), the update and the step, per backend")
     f.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
-    f.add_argument("--backends", nargs="+", default=backends.available(), type=_backend)
+    f.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
+                   help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
     f.add_argument("--size", type=_resize, help="image side (default 40, the quick preset's; 96 is the chapter's)")
     f.add_argument("--batch", type=_number(int, "batch_size"), help="batch size (default 128)")
-    f.add_argument("--repeats", type=_number(int, "epochs"), help="timed rounds (median reported; default 7)")
+    f.add_argument("--repeats", type=_number(int, "steps"), help="timed rounds (median reported; default 7)")
     f.add_argument("--out", type=_folder, help="output directory (default runs/profile)")
     f.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process")
     f.set_defaults(func=cmd_profile)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="keep the frameworks' own log lines (TensorFlow's oneDNN notices, ...)")
     return p
 
 
@@ -366,5 +407,8 @@ def report_errors(func, *args, stream=None) -> int:
 
 
 def main(argv=None) -> int:
+    import os
     args = parser().parse_args(argv)
+    if not args.verbose:  # before any framework is imported, here or in the processes this one starts
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return report_errors(args.func, args)

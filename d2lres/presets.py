@@ -10,11 +10,14 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 SCHEDULES = ("constant", "onecycle")
+MAX_EPOCHS = 10_000
 
 #: setting -> (test, what the value must be). ``resize`` may also be ``None`` (28x28, no resize);
 #: its smallest value is the network's (``spec.check_input``), checked by the command line.
 BOUNDS = {
-    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,} (more could not finish: "
+                                               f"the chapter trains 10, each minutes on a GPU)"),
+    "steps": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "lr": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
     "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

@@ -16,10 +16,20 @@ from . import files
 from .devices import describe
 
 CHECKPOINT = "checkpoint.npz"
+#: Steps timed (after the first, which compiles) for the expected time of the whole run.
+ETA_STEPS = 3
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss is no longer finite)."""
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``, ``2.1 days``."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}" if unit in ("days", "h") else f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def one_cycle(lr_max: float, total_steps: int, warmup: float = 0.3) -> Callable[[int], float]:
@@ -188,6 +198,9 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     record_every = max(1, steps_per_epoch // 10)
     on_step = progress if callable(progress) else None
     steps_this_call = 0
+    total_steps = num_epochs * steps_per_epoch
+    announce = verbose and write and progress is True and total_steps > ETA_STEPS + 1
+    eta_tic = 0.0
     while epoch < num_epochs:
         if hasattr(train_iter, "set_epoch"):
             train_iter.set_epoch(epoch)
@@ -220,6 +233,14 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
             step_in_epoch += 1
             steps_this_call += 1
             bar.update(1)
+            if announce and steps_this_call == 1:
+                eta_tic = time.perf_counter()
+            elif announce and steps_this_call == ETA_STEPS + 1:
+                per_step = (time.perf_counter() - eta_tic) / ETA_STEPS
+                left = total_steps - epoch * steps_per_epoch - step_in_epoch
+                tqdm.write(f"expected time of the whole run: about {duration(per_step * total_steps)} "
+                           f"({total_steps:,} steps at {per_step:.2f} s, {duration(per_step * left)} left; "
+                           f"evaluation after each epoch not included)")
             if on_step is not None:
                 on_step()
             if step_in_epoch % record_every == 0 or step_in_epoch == steps_per_epoch:

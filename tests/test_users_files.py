@@ -116,3 +116,48 @@ def test_reports_give_no_verdict_for_one_backend_or_a_smoke_run(capsys):
     assert chance["ok"] is None and "smoke run" in chance["no_verdict"]
     real = compare.parity({"torch": fake_result(0.91, 60000), "tf": fake_result(0.905, 60000)})
     assert real["ok"] is True and real["no_verdict"] is None
+
+
+def test_the_command_line_explains_itself(capsys):
+    from d2lres import __version__, cli
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"d2lres {__version__}"
+    commands = cli.parser()._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help and "``" not in action.help, (name, action.option_strings)
+    summary = " ".join(commands["summary"].format_help().split())
+    assert "--backend BACKEND one of torch, tf, mxnet, jax" in summary and "(default: chapter)" in summary
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["train", "--backend", "torch", "--epochs", "1000000000"])
+    assert "must be an integer from 1 to 10,000 (more could not finish" in capsys.readouterr().err
+
+
+def test_a_tiny_run_says_what_it_does_and_records_where_it_ran(real_data, tmp_path):
+    out = run_cli("train", "--backend", "torch", "--limit", "160", "--epochs", "1", "--resize", "28",
+                  "--batch-size", "32", "--data-dir", real_data, "--out", tmp_path / "run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("d2lres train: ResNet-18 in torch; preset quick: 1 epoch(s), batch 32, resize 28")
+    assert f"run folder {tmp_path / 'run'}" in out.stdout.splitlines()[0]
+    assert "expected time of the whole run: about" in out.stdout
+    assert "examples/sec on cpu (torch: cpu)" in out.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    stamp = metrics["stamps"]
+    assert stamp["date"] and stamp["python"] and "torch" in stamp["frameworks"] and stamp["cpu"]["model"]
+    assert set(stamp["data"]["md5"]) == {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
+    assert "compilation included" in metrics["timing"]["images_per_s"]
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_framework_log_noise_is_kept_out_unless_verbose(real_data, monkeypatch, capsys):
+    """TensorFlow's C++ INFO lines (the oneDNN notices) are off before any framework is imported, in
+    this process and the ones it starts, unless --verbose."""
+    import os
+
+    from d2lres import cli
+    for argv, level in ((["data"], "2"), (["data", "--verbose"], None)):
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+        assert cli.main([*argv, "--data-dir", str(real_data)]) == 0
+        assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level

@@ -17,7 +17,7 @@ from .files import atomic_open, atomic_write
 from .plots import curves_figure
 from .presets import TrainConfig
 from .progress import AcrossBackends
-from .run import CHECKPOINT_DIR, TIMING, run_folder
+from .run import CHECKPOINT_DIR, TIMING, run_folder, settings_line
 from .run import job as run_job
 from .stamps import describe as describe_stamps
 from .stamps import stamps
@@ -95,7 +95,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
             if done.returncode not in (0, 1):  # 1: checks ran and failed, which the report shows
                 raise CompareError(f"the cross-backend checks failed to run (exit status {done.returncode})")
             check_md = json.loads((out / "checks.json").read_text())["table"]
-        title = f"{arch}: {', '.join(names)}"
+        title = settings_line(f"{arch}: {', '.join(names)}", config, limit)
         fig = curves_figure({n: r["history"] for n, r in results.items()}, title)
         with atomic_open(out / "curves.png") as f:
             fig.savefig(f, dpi=110, format="png")

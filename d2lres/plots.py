@@ -15,23 +15,26 @@ COLORS = {"torch": "tab:red", "tf": "tab:orange", "mxnet": "tab:blue", "jax": "t
 
 
 def curves_figure(histories: dict[str, dict], title: str | None = None):
-    """Left: training loss; right: train (solid) and test (markers) accuracy, per backend;
-    ``title`` (e.g. the architecture) above both."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6 if title else 3.4))
+    """Left: training loss; right: train accuracy (lines: running means over each epoch so far) and
+    test accuracy (points, one per epoch), per backend, each with the device it ran on (its one
+    spelling, ``d2lres.devices``); ``title`` (the network and settings) above both."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 4.2 if title else 3.6))
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=9)
     for label, h in histories.items():
         color = COLORS.get(label)
+        on = f" on {str(h['device']).split(' (')[0]}" if h.get("device") else ""
         if h["points"]:
             x, loss, acc = zip(*h["points"])
-            ax_loss.plot(x, loss, color=color, label=f"{label} train loss")
-            ax_acc.plot(x, acc, color=color, label=f"{label} train acc")
+            ax_loss.plot(x, loss, color=color, label=f"{label}{on}: train loss")
+            ax_acc.plot(x, acc, color=color, label=f"{label}{on}: train acc")
         if h["epochs"]:
             ax_acc.plot([e["epoch"] for e in h["epochs"]], [e["test_acc"] for e in h["epochs"]],
-                        "o--", color=color, label=f"{label} test acc")
-    for ax, title in ((ax_loss, "training loss"), (ax_acc, "accuracy")):
+                        "o", linestyle="none", color=color, label=f"{label}{on}: test acc (end of epoch)")
+    for ax, title in ((ax_loss, "train loss (running mean over the epoch)"),
+                      (ax_acc, "accuracy (train: running mean over the epoch)")):
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -207,6 +207,21 @@ def _finished_metrics(out: Path, identity: dict) -> dict | None:
     return metrics if isinstance(metrics, dict) and metrics.get("run") == identity else None
 
 
+def curves_title(arch, backend: str, config: TrainConfig, limit: int | None, trainer) -> str:
+    """The network, backend, device and settings of a run, for its curves."""
+    from .devices import describe
+    device = getattr(trainer, "device_label", None) or describe(trainer.device, backend).split(" (")[0]
+    return settings_line(f"{arch} in {backend} on {device}", config, limit)
+
+
+def settings_line(head: str, config: TrainConfig, limit: int | None) -> str:
+    """``head``, then the settings of ``config`` and the data slice on a second line."""
+    c = config
+    return (f"{head}\n{c.epochs} epoch(s), batch {c.batch_size}, {f'resize {c.resize}' if c.resize else '28x28'}, "
+            f"lr {c.lr} ({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
+            + (f", first {limit:,} images of each split" if limit else ""))
+
+
 def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resume, progress, limit,
            checkpoint_every, init, devices, sync_bn, writer) -> dict:
     mod = backends.load(backend)
@@ -235,7 +250,7 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
     history = training.fit(trainer, train_iter, test_iter, config.epochs, lr,
                            checkpoint_dir=out / CHECKPOINT_DIR, resume=resume, progress=progress,
                            curves_path=out / "curves.png", checkpoint_every=checkpoint_every,
-                           identity=identity, title=f"{arch} in {backend}", write=writer)
+                           identity=identity, title=curves_title(arch, backend, config, limit, trainer), write=writer)
     weights = trainer.get_weights()
     last = history["epochs"][-1]
     metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": limit,

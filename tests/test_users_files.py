@@ -161,3 +161,15 @@ def test_framework_log_noise_is_kept_out_unless_verbose(real_data, monkeypatch, 
         monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
         assert cli.main([*argv, "--data-dir", str(real_data)]) == 0
         assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
+
+
+def test_curves_label_the_running_mean_and_draw_test_accuracy_as_points():
+    from d2lres.plots import curves_figure
+    history = {"device": "cpu (tf: /CPU:0)", "points": [[0.5, 2.0, 0.3], [1.0, 1.5, 0.4]],
+               "epochs": [{"epoch": 1, "test_acc": 0.45}]}
+    fig = curves_figure({"tf": history}, "ResNet-18 in tf on cpu\n1 epoch(s), batch 32")
+    loss, acc = fig.axes
+    assert "running mean over the epoch" in loss.get_title() and "1 epoch(s), batch 32" in fig._suptitle.get_text()
+    lines = {line.get_label(): line for line in acc.get_lines()}
+    assert set(lines) == {"tf on cpu: train acc", "tf on cpu: test acc (end of epoch)"}
+    assert lines["tf on cpu: test acc (end of epoch)"].get_linestyle() == "None"

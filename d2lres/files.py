@@ -113,7 +113,8 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out")
                           f"name a new folder, e.g. {option} {folder / 'runs' / kind}")
     if folder.is_dir():
         found = folder_kind(folder)
-        entries = [p.name for p in folder.iterdir() if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+        entries = [p.name for p in folder.iterdir() if p.name not in (MARKER, ".lock")
+                   and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
         if found is not None and found != kind:
             raise FolderError(f"{option} {folder} is a d2lres {found} folder ({_listing(entries)}), not a {kind} "
                               f"run; {'d2lres train' if kind == 'train' else 'd2lres compare'} would replace its "

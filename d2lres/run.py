@@ -131,7 +131,7 @@ def check_batches(n_images: int, batch_size: int, resize: int | None, arch) -> N
     smallest = n_images if n_images < batch_size else (n_images % batch_size or batch_size)
     if smallest * sizes[layer] < 2:
         raise RunError(f"the {'only' if n_images <= batch_size else 'last'} training batch would hold {smallest} "
-                       f"image of {side}x{side} ({n_images} images, batch size {batch_size}), which gives BatchNorm "
+                       f"image of {side}x{side} ({n_images} image(s), batch size {batch_size}), which gives BatchNorm "
                        f"layer {layer} a single value per channel (it cannot train on that); change --batch-size or "
                        f"--limit, or a larger --resize")
     batch = min(batch_size, n_images)

@@ -22,7 +22,7 @@ class FashionMNIST:
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray,
                  x_test: np.ndarray, y_test: np.ndarray):
         self.raw = {True: (x_train, y_train), False: (x_test, y_test)}
-        self._splits: dict[tuple[bool, int | None], tuple[np.ndarray, np.ndarray]] = {}
+        self._splits: dict[tuple[bool, int | None, int | None], tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike | None = None) -> FashionMNIST:
@@ -33,11 +33,13 @@ class FashionMNIST:
             cls._loaded[key] = cls(*load_fashion_mnist_arrays(key))
         return cls._loaded[key]
 
-    def split(self, train: bool, resize: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(X, y)``: float32 images (N, 1, H, W) in [0, 1] and int64 labels (N,)."""
-        key = (bool(train), resize)
+    def split(self, train: bool, resize: int | None = None, limit: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, y)``: float32 images (N, 1, H, W) in [0, 1] and int64 labels (N,); ``limit``: the
+        first images only (only those are resized)."""
+        key = (bool(train), resize, limit)
         if key not in self._splits:
-            images, labels = self.raw[bool(train)]
+            images, labels = (a[:limit] for a in self.raw[bool(train)])
             X = resize_images(images, resize)
             self._splits[key] = (X[:, None], labels.astype(np.int64))
         return self._splits[key]
@@ -97,8 +99,6 @@ def load_batches(batch_size: int, resize: int | None, convert: Callable, *,
     split shuffled (order fixed by ``seed``), the test split in order; ``convert`` turns numpy
     batches into the framework's tensors; ``limit`` keeps the first images of each split."""
     data = FashionMNIST.load(data_dir)
-    (Xtr, ytr), (Xte, yte) = data.split(True, resize), data.split(False, resize)
-    if limit is not None:
-        Xtr, ytr, Xte, yte = Xtr[:limit], ytr[:limit], Xte[:limit], yte[:limit]
+    (Xtr, ytr), (Xte, yte) = data.split(True, resize, limit), data.split(False, resize, limit)
     return (ArrayBatches(Xtr, ytr, batch_size, shuffle=True, seed=seed, convert=convert),
             ArrayBatches(Xte, yte, batch_size, shuffle=False, convert=convert))

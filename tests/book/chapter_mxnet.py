@@ -1,10 +1,11 @@
+# ruff: noqa: I001, E402
 # The ResNet chapter's MXNet cells in the d2l 0.17 edition's forms, written for d2lres's tests:
 # the reader's own Residual and resnet_block, the network built with net.add, initialised, the
 # shape walk, then the book's three helpers. Only the import names d2lres.
 from d2lres import mxnet as d2l  # first: d2lres gives MXNet the numpy.bool it needs
 
-from mxnet import np, npx  # noqa: E402
-from mxnet.gluon import nn  # noqa: E402
+from mxnet import np, npx
+from mxnet.gluon import nn
 
 npx.set_np()
 

@@ -136,3 +136,41 @@ def test_the_neutral_weights_need_a_d2lres_network():
     with pytest.raises(TypeError, match="needs a network d2lres built.*this Sequential has no spec.*torch.save"):
         d2l.get_weights(nn.Sequential(nn.Linear(2, 3)))
     assert not book.is_d2lres_net(nn.Linear(2, 3)) and book.is_d2lres_net(d2l.resnet18())
+
+
+def _tiny_batches(convert):
+    from d2lres import data
+    rng = np.random.default_rng(0)
+    X, y = rng.random((32, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 32)
+    return data.ArrayBatches(X, y, 16, shuffle=True, convert=convert)
+
+
+def test_a_readers_checkpoint_resumes_only_into_the_same_structure(tmp_path):
+    from torch import nn
+
+    from d2lres import torch as d2l
+    from d2lres import training
+
+    def net(width):
+        return nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(width, 10))
+    batches = _tiny_batches(d2l.train._to_tensors)
+    options = {"plot": False, "progress": False, "checkpoint_dir": tmp_path}
+    d2l.train_ch6(net(4), batches, batches, 1, 0.1, **options)
+    assert len(d2l.train_ch6(net(4), batches, batches, 2, 0.1, resume=True, **options)["epochs"]) == 2
+    with pytest.raises(training.TrainingError, match="belongs to another run: structure"):
+        d2l.train_ch6(net(6), batches, batches, 3, 0.1, resume=True, **options)
+
+
+@pytest.mark.skipif("jax" not in backends.available(), reason="JAX is not installed")
+def test_an_nnx_module_trains_and_walks():
+    from flax import nnx
+
+    from d2lres import jax as d2l
+    rngs = nnx.Rngs(0)
+    net = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs), nnx.relu,
+                         lambda X: X.mean(axis=(1, 2)), nnx.Linear(4, 10, rngs=rngs))
+    assert d2l.shape_walk(net, (1, 8, 8))[-1] == ("Linear", (10,)) and d2l.count_parameters(net) == (98, 8)
+    before = np.array(net.layers[0].kernel.value)
+    history = d2l.train_ch6(net, *[_tiny_batches(d2l.train._to_arrays)] * 2, 1, 0.1, plot=False, progress=False)
+    assert np.isfinite(history["epochs"][0]["train_loss"]) and not np.array_equal(before, net.layers[0].kernel.value)

@@ -47,8 +47,8 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
 
 class Trainer(metaclass=book.TrainerSignature):
     """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.book``; its parameters
-    initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd
-    w``, ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with static memory;
+    initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
+    ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with static memory;
     ``None``: on). MXNet's convolutions are NCHW only: ``channels_last=True`` is refused. The running-variance
     rescaling below is d2lres's BatchNorm setting, for d2lres's networks; any other network keeps its layers' own
     (Gluon's: the biased variance)."""

@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml constraints/$(SET).txt
 	  "(e.g. 'apt install python3.11' or 'pyenv install 3.12') or name it: make PYTHON=/path/to/python3.12"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints/$(SET).txt -e '.[$(EXTRAS),dev]'
+	# The book's d2l package, the tests' reference: its own pins (numpy 1.23.5) do not install today.
+	$(PY) -m pip install --quiet --no-deps -c constraints/$(SET).txt d2l
 ifeq ($(SET),current)
 	# torch 2.15's CUDA build loads triton (an LLVM of its own) on its first step; in a process that
 	# imported TensorFlow first (its LLVM), that aborts ("registered more than once"). On the CPU

@@ -103,7 +103,12 @@ def load_torchvision_state_dict(net, state_dict):
 
 
 def try_gpu(i=0):
-    """GPU ``i`` if there is one, else the CPU: the value ``device=`` takes in this backend."""
+    """GPU ``i`` if there is one, else the CPU: the value ``device=`` takes in this backend (each
+    backend's docstring states its rule)."""
+
+
+def try_all_gpus():
+    """Every GPU of the backend (the values ``device=`` takes), or ``[CPU]`` if there is none."""
 
 
 def load_data_fashion_mnist(batch_size, resize=None, *, data_dir=None, seed=0, limit=None, device=None):
@@ -111,13 +116,15 @@ def load_data_fashion_mnist(batch_size, resize=None, *, data_dir=None, seed=0, l
 
 
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, **fit_options):
-    """d2l's ``train_ch6`` (``device`` positional, as d2l calls it); ``train_iter`` may be
-    d2lres's batches or the framework's own data loader; ``fit_options`` go to
-    ``d2lres.training.fit``."""
+    """d2l's ``train_ch6`` (``device`` positional, as d2l calls it) on a d2lres network or any
+    network of the framework mapping a batch to logits, re-initialised as d2l does unless it is
+    d2lres's (``d2lres.book``); ``train_iter`` may be d2lres's batches or the framework's own
+    data loader; ``fit_options`` go to ``d2lres.training.fit``."""
 
 
 class Trainer:
-    """PyTorch-form SGD (momentum, weight decay) with cross-entropy on one network.
+    """PyTorch-form SGD (momentum, weight decay) with cross-entropy on one network (a d2lres
+    network or any network of the framework mapping a batch to logits).
     ``compile``: the backend's graph compilation (None: the backend's measured default);
     ``channels_last``: activations NHWC (None: the backend chooses; refused where the backend
     has one layout only)."""
@@ -162,7 +169,7 @@ NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block"
          "shape_walk", "count_parameters",
          "get_weights", "set_weights", "save_weights", "load_weights", "init_weights",
          "load_torchvision_state_dict",
-         "try_gpu", "load_data_fashion_mnist", "train_ch6", "Trainer"]
+         "try_gpu", "try_all_gpus", "load_data_fashion_mnist", "train_ch6", "Trainer"]
 
 
 def factories(ResNet) -> tuple:

@@ -78,11 +78,14 @@ def check_batch(shape, dtype, in_channels: int, *, channels_last: bool = False, 
                 arch=None, num_classes: int = 10) -> None:
     """Raise :class:`InputError` for a batch no backend accepts. ``shape`` in the backend's layout
     (``channels_last``: NHWC, else NCHW); an entry ``None`` (a dimension unknown while a graph is
-    traced) is not checked. ``training``: the BatchNorm layers use batch statistics."""
+    traced) is not checked. ``training``: the BatchNorm layers use batch statistics.
+    ``in_channels`` None (a network that is not d2lres's, without a spec): the channel count
+    and the BatchNorm batch-of-one rule are left to the framework, which raises its own error."""
     shape = tuple(None if s is None else int(s) for s in shape)
     layout = "(N, H, W, C)" if channels_last else "(N, C, H, W)"
     if len(shape) != 4:
-        raise InputError(f"expected a batch of shape {layout} with C = {in_channels}, got shape {shape}")
+        channels = "" if in_channels is None else f" with C = {in_channels}"
+        raise InputError(f"expected a batch of shape {layout}{channels}, got shape {shape}")
     kind = dtype_kind(dtype)
     if kind in ("int", "bool"):
         raise InputError(f"{'integer' if kind == 'int' else 'boolean'} images ({dtype_name(dtype)}) are not "
@@ -94,12 +97,12 @@ def check_batch(shape, dtype, in_channels: int, *, channels_last: bool = False, 
     n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if channels_last else shape
     if n == 0:
         raise InputError(f"empty batch (0 images, shape {shape}): the network needs at least one image")
-    if _known(c) and c != in_channels:
+    if _known(c) and in_channels is not None and c != in_channels:
         raise InputError(f"the network expects {in_channels} input channel(s), got {c} "
                          f"(batch of shape {shape}, layout {layout})")
     if (_known(h) and h <= 0) or (_known(w) and w <= 0):
         raise InputError(f"images of {h}x{w} pixels: height and width must be at least 1")
-    if training and _known(n) and _known(h) and _known(w):
+    if training and in_channels is not None and _known(n) and _known(h) and _known(w):
         layer, positions = _smallest_batchnorm((h, w), num_classes, in_channels, spec.get_arch(arch))
         if n * positions < 2:
             raise InputError(f"a train-mode batch of {n} image(s) of {h}x{w} gives BatchNorm layer {layer} "

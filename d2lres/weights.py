@@ -129,6 +129,8 @@ def backend_functions(get_weights, set_weights):
 
     def init_weights_(net, seed: int = 0) -> None:
         """Seeded initialisation shared with the other backends (bit-identical across them)."""
+        from .book import require_d2lres_net
+        require_d2lres_net(net, "init_weights", "train_ch6, which initialises it as d2l does")
         set_weights(net, make_initial(net.num_classes, net.in_channels, seed, getattr(net, "arch", None)))
 
     init_weights_.__name__ = "init_weights"

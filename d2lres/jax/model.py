@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from .. import api, inputs, spec
+from .. import api, book, inputs, spec
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
 PRECISION = lax.Precision.HIGHEST
@@ -245,6 +245,7 @@ class Residual(nnx.Module):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None):
+        book.check_residual("Residual", num_channels, use_1x1conv, strides)
         self.conv1 = conv(in_channels, num_channels, 3, strides, 1)
         self.conv2 = conv(num_channels, num_channels, 3, 1, 1)
         self.conv3 = conv(in_channels, num_channels, 1, strides) if use_1x1conv else nnx.data(None)
@@ -261,6 +262,7 @@ class Residual(nnx.Module):
         return nnx.relu(Y + X)
 
 
+@book.checked_resnet_block
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
                  in_channels: int | None = None) -> nnx.Sequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
@@ -310,6 +312,7 @@ class Bottleneck(Block):
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
                  stride_on_3x3: bool = False):
+        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
         super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
                                     use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
@@ -386,8 +389,16 @@ def _nchw(shape) -> tuple[int, ...]:
 
 def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
     """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them (shapes
-    only: ``jax.eval_shape``, no computation, the BatchNorm statistics untouched)."""
-    inputs.check_network(net, isinstance(net, ResNet), "jax", "shape_walk")
+    only: ``jax.eval_shape``, no computation, the BatchNorm statistics untouched). For a network
+    that is not d2lres's (the reader's ``nnx.Sequential``), one row per layer ``(class or
+    function name, shape)``, computed in eval mode."""
+    inputs.check_network(net, isinstance(net, nnx.Module), "jax", "shape_walk")
+    if not book.is_d2lres_net(net):
+        if not isinstance(net, nnx.Sequential):
+            raise TypeError(f"shape_walk walks a d2lres network or an nnx.Sequential, not a {type(net).__name__}")
+        c, h, w = book.walk_input(input_shape)
+        return book.walk_children(enumerate(net.layers), jnp.zeros((1, h, w, c)), lambda layer, X: layer(X),
+                                  lambda X: _nchw(X.shape), lambda: _eval_mode(net))
     input_shape = inputs.check_shape(input_shape, net.in_channels)
     c, h, w = input_shape
     X, rows = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32), []
@@ -407,6 +418,21 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
         for bn, mode in modes:
             bn.use_running_average = mode
     return rows
+
+
+class _eval_mode:
+    """Eval mode while a shape walk runs; each BatchNorm's mode is put back after."""
+
+    def __init__(self, net: nnx.Module):
+        self.net = net
+
+    def __enter__(self):
+        self.modes = [(bn, bn.use_running_average) for bn in batch_norms(self.net)]
+        self.net.eval()
+
+    def __exit__(self, *exc):
+        for bn, mode in self.modes:
+            bn.use_running_average = mode
 
 
 def count_parameters(net: nnx.Module) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .. import data, devices, inputs, training
+from .. import book, data, devices, inputs
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -29,9 +29,24 @@ def _gpus() -> list:
 
 
 def try_gpu(i: int = 0):
-    """This process's GPU ``i`` if there is one, else its CPU (a ``jax.Device``)."""
+    """This process's GPU ``i`` if JAX has one (CUDA or ROCm; jax-metal on a Mac is not
+    looked for), else its CPU (a ``jax.Device``)."""
     gpus = _gpus()
     return gpus[i] if len(gpus) > i else jax.local_devices(backend="cpu")[0]
+
+
+def try_all_gpus() -> list:
+    """Every GPU of this process, or ``[its CPU]`` if there is none."""
+    return _gpus() or [jax.local_devices(backend="cpu")[0]]
+
+
+def _variables(net):
+    """``(name, variable, kind)``: canonical for a d2lres network; for any other each
+    ``nnx.Param`` and ``nnx.BatchStat`` by its path (``kind`` "native": no layout change)."""
+    if book.is_d2lres_net(net):
+        return list(variables(net))
+    return [(".".join(map(str, path)), v, "native") for path, v in nnx.iter_graph(net)
+            if isinstance(v, (nnx.Param, nnx.BatchStat))]
 
 
 def _host_arrays(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +108,9 @@ _jit_logits_and_stats = jax.jit(_logits_and_stats, static_argnums=0)
 _jit_eval_logits = jax.jit(_eval_logits, static_argnums=0)
 
 
-class Trainer:
-    """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
+class Trainer(metaclass=book.TrainerSignature):
+    """On a d2lres network or any ``nnx`` module mapping an NHWC batch to logits
+    (``d2lres.book``): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` (None: on) runs the step and the forward passes
     through ``jax.jit`` (one compilation per input shape). JAX convolutions here are NHWC only:
     ``channels_last`` may be None or True; False is refused."""
@@ -119,7 +135,7 @@ class Trainer:
         for bn, mode in modes:
             bn.use_running_average = mode
         paths = {id(v): path for path, v in nnx.iter_graph(net) if isinstance(v, nnx.Variable)}
-        self._slots = [(name, paths[id(var)], kind) for name, var, kind in variables(net)
+        self._slots = [(name, paths[id(var)], kind) for name, var, kind in _variables(net)
                        if isinstance(var, nnx.Param)]
         self.opt_state = sgd(momentum, weight_decay).init(nnx.state(net, nnx.Param))
         compiled = compile is None or compile
@@ -149,14 +165,14 @@ class Trainer:
 
     def _check(self, X, training: bool, channels_last: bool = True) -> None:
         """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
-        net = self.net
-        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, channels_last=channels_last,
-                           training=training, arch=net.arch, num_classes=net.num_classes)
+        in_channels, num_classes, arch = book.spec_of(self.net)
+        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, channels_last=channels_last,
+                           training=training, arch=arch, num_classes=num_classes or 10)
         inputs.check_finite(bool(jnp.all(jnp.isfinite(jnp.asarray(X)))))
 
     def _keep_statistics_finite(self, run):
         """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, v) for n, v, _ in variables(self.net) if n.endswith(("running_mean", "running_var"))]
+        stats = [(n, v) for n, v, _ in _variables(self.net) if isinstance(v, nnx.BatchStat)]
 
         def restore(saved):
             for (_, v), old in zip(stats, saved):
@@ -189,10 +205,18 @@ class Trainer:
         return self._keep_statistics_finite(run)
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return get_weights(self.net)
+        """Canonical weights of a d2lres network; of any other, its variables by path."""
+        if book.is_d2lres_net(self.net):
+            return get_weights(self.net)
+        return {name: np.array(v.value) for name, v, _ in _variables(self.net)}
 
     def set_weights(self, weights) -> None:
-        set_weights(self.net, weights)
+        if book.is_d2lres_net(self.net):
+            set_weights(self.net, weights)
+            return
+        book.check_native_weights(weights, self.get_weights(), self.net)
+        for name, v, _ in _variables(self.net):
+            v.value = jax.device_put(np.asarray(weights[name], v.value.dtype), v.value.sharding)
 
     def _trace(self):
         return optax.tree_utils.tree_get(self.opt_state, "trace") if self.momentum else None
@@ -226,9 +250,16 @@ def _value(v):
 
 
 def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
-    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
-    any re-iterable of NHWC ``(X, y)`` arrays with a length; ``fit_options`` go to
-    ``d2lres.training.fit``."""
-    trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
+    (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
+    history. ``net``: a d2lres network or any ``nnx`` module mapping an NHWC batch to logits.
+    ``train_iter`` / ``test_iter``: d2lres's batches or any re-iterable of NHWC ``(X, y)``
+    arrays with a length; ``fit_options`` go to ``d2lres.training.fit``.
+
+    Initialisation: an ``nnx`` module is initialised when it is built (its layers' own
+    initialisers and ``rngs``), so every network is trained from its weights as they are (the
+    book's JAX tab, d2l 1.0's linen ``Trainer``, has no ``train_ch6``); a d2lres network's are
+    d2lres's seeded scheme (``init_weights``)."""
+    device = device if device is not None else try_gpu()
+    return book.train_ch6(net, lambda: Trainer(net, device=device), lambda: None, train_iter, test_iter,
+                          num_epochs, lr, **fit_options)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .. import spec
+from .. import book, spec
 from .. import weights as neutral
 from .model import Lazy, ResNet
 
@@ -26,6 +26,8 @@ def _built(layer, name: str):
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, nnx.Module]]:
     """``(canonical name, layer)`` for every layer with weights, in the spec's order."""
+    book.require_d2lres_net(net, "d2lres.jax's neutral weights (get_weights, set_weights, save_weights, ...)",
+                            "the framework's own: nnx.state(net) with a checkpointer such as orbax")
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
     for stage_name, stage in zip(spec.STAGE_NAMES, net):
         for layer_spec, layer in zip(net_spec[stage_name], stage.layers):

@@ -8,7 +8,7 @@ import mxnet as mx
 from mxnet import init, np, npx
 from mxnet.gluon import nn
 
-from .. import api, inputs, spec
+from .. import api, book, inputs, spec
 
 npx.set_np()
 
@@ -24,6 +24,7 @@ class Residual(nn.HybridBlock):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None):
+        book.check_residual("Residual", num_channels, use_1x1conv, strides)
         super().__init__()
         in_channels = in_channels or 0
         self.conv1 = nn.Conv2D(num_channels, 3, strides, 1, in_channels=in_channels)
@@ -45,6 +46,7 @@ class Residual(nn.HybridBlock):
         return F.npx.relu(Y + X)
 
 
+@book.checked_resnet_block
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
                  in_channels: int | None = None) -> nn.HybridSequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
@@ -100,6 +102,7 @@ class Bottleneck(Block):
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
                  stride_on_3x3: bool = False):
+        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
         super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
                                     use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
@@ -159,9 +162,14 @@ class ResNet(nn.HybridSequential):
 resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNet)
 
 
-def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
-    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
-    inputs.check_network(net, isinstance(net, ResNet), "mxnet", "shape_walk")
+def shape_walk(net: nn.Block, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
+    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them; for a
+    network that is not d2lres's (the reader's ``nn.Sequential``, initialised), one row per
+    child block ``(class name, shape)``, as the chapter prints them."""
+    inputs.check_network(net, isinstance(net, nn.Block), "mxnet", "shape_walk")
+    if not book.is_d2lres_net(net):
+        return book.walk_children(net._children.items(), np.zeros((1, *book.walk_input(input_shape))),
+                                  lambda layer, X: layer(X), lambda X: tuple(X.shape[1:]), mx.autograd.predict_mode)
     input_shape = inputs.check_shape(input_shape, net.in_channels)
     X, rows = np.zeros((1, *input_shape)), []
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)

@@ -11,13 +11,26 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
 
-from .. import data, devices, inputs, spec, training
+from .. import book, data, devices, inputs, spec
 from .weights import get_weights, named_parameters, set_weights
 
 
 def try_gpu(i: int = 0):
-    """GPU ``i`` if there is one, else the CPU (an MXNet context)."""
+    """CUDA GPU ``i`` if there is one, else the CPU (an MXNet context; MXNet has no Mac GPU)."""
     return mx.gpu(i) if mx.context.num_gpus() > i else mx.cpu()
+
+
+def try_all_gpus() -> list:
+    """Every CUDA GPU's context, or ``[mx.cpu()]`` if there is none."""
+    return [mx.gpu(i) for i in range(mx.context.num_gpus())] or [mx.cpu()]
+
+
+def _parameters(net):
+    """``(name, Parameter)``: canonical for a d2lres network; for any other Gluon's structural
+    names (``0.weight``, ``4.0.conv1.weight``, as ``save_parameters`` writes them)."""
+    if book.is_d2lres_net(net):
+        return list(named_parameters(net))
+    return list(net._collect_params_with_prefix().items())
 
 
 def _to_arrays(X: onp.ndarray, y: onp.ndarray, ctx=None):
@@ -40,11 +53,13 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
-class Trainer:
-    """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
-    ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with
-    static memory; ``None``: on). MXNet's convolutions are NCHW only: ``channels_last=True`` is
-    refused."""
+class Trainer(metaclass=book.TrainerSignature):
+    """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.book``; its parameters
+    initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
+    ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with static memory;
+    ``None``: on). MXNet's convolutions are NCHW only: ``channels_last=True`` is refused. The running-variance
+    rescaling below is d2lres's BatchNorm setting, for d2lres's networks; any other network keeps its layers' own
+    (Gluon's: the biased variance)."""
 
     backend = "mxnet"
 
@@ -56,12 +71,17 @@ class Trainer:
         self.device = try_gpu() if device is None else devices.resolve(
             device, "mxnet", mx.context.num_gpus(), lambda kind, i: mx.cpu() if kind == "cpu" else mx.gpu(i))
         self.momentum, self.weight_decay = momentum, weight_decay
+        unknown = [name for name, p in _parameters(net) if p._deferred_init or 0 in p.shape]
+        if unknown:
+            raise ValueError(f"the network's parameters have no shapes yet ({unknown[0]} and {len(unknown) - 1} "
+                             f"more): call net.initialize() and run one batch through it (net(X)) first; "
+                             f"train_ch6 does both")
         net.collect_params().reset_ctx(self.device)
         if compile is None or compile:
             net.hybridize(static_alloc=True, static_shape=True)
-        self.params = [(name, p) for name, p in named_parameters(net) if p.grad_req != "null"]
+        self.params = [(name, p) for name, p in _parameters(net) if p.grad_req != "null"]
         self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
-                             if name.endswith("running_var")]
+                             if name.endswith("running_var")] if book.is_d2lres_net(net) else []
         # MXNet's fused update keeps mom = -lr * v; rescaling it by lr_new / lr_old before each
         # step makes it exactly PyTorch's form even when the learning rate changes.
         self.buffers = [mx.nd.zeros(p.shape, ctx=self.device) for _, p in self.params]
@@ -105,6 +125,8 @@ class Trainer:
 
     def _unbias_running_vars(self, old_vars, shape) -> None:
         """MXNet did ``rv = m rv_old + (1 - m) v_biased``; make it ``... v_biased n / (n - 1)``."""
+        if not self.running_vars:  # not a d2lres network: Gluon's own BatchNorm, as it is
+            return
         if shape[2:] not in self._bn_sizes:
             self._bn_sizes[shape[2:]] = spec.batchnorm_sizes(shape[2:], self.net.num_classes, self.net.in_channels,
                                                               getattr(self.net, "arch", None))
@@ -139,9 +161,9 @@ class Trainer:
 
     def _check(self, X, training: bool, values: bool = True) -> None:
         """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
-        net = self.net
-        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, training=training, arch=net.arch,
-                           num_classes=net.num_classes)
+        in_channels, num_classes, arch = book.spec_of(self.net)
+        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, training=training, arch=arch,
+                           num_classes=num_classes or 10)
         if not values:
             return
         finite = onp.isfinite(X if isinstance(X, onp.ndarray) else X.asnumpy()).all()
@@ -149,7 +171,7 @@ class Trainer:
 
     def _keep_statistics_finite(self, run):
         """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, p) for n, p in named_parameters(self.net) if n.endswith(("running_mean", "running_var"))]
+        stats = [(n, p) for n, p in _parameters(self.net) if n.endswith(("running_mean", "running_var"))]
 
         def restore(saved):
             for (_, p), old in zip(stats, saved):
@@ -159,10 +181,18 @@ class Trainer:
             lambda: np.stack([np.isfinite(p.data()).all() for _, p in stats]).asnumpy().tolist(), restore, run)
 
     def get_weights(self) -> dict[str, onp.ndarray]:
-        return get_weights(self.net)
+        """Canonical weights of a d2lres network; of any other, its parameters by structural name."""
+        if book.is_d2lres_net(self.net):
+            return get_weights(self.net)
+        return {name: p.data().asnumpy().copy() for name, p in _parameters(self.net)}
 
     def set_weights(self, weights) -> None:
-        set_weights(self.net, weights)
+        if book.is_d2lres_net(self.net):
+            set_weights(self.net, weights)
+            return
+        book.check_native_weights(weights, self.get_weights(), self.net)
+        for name, p in _parameters(self.net):
+            p.set_data(np.array(onp.asarray(weights[name], dtype=onp.float32), ctx=p.list_ctx()[0]))
 
     def optimizer_state(self) -> dict[str, onp.ndarray]:
         """Momentum buffers (PyTorch's form) under ``momentum.<canonical name>``."""
@@ -179,9 +209,27 @@ class Trainer:
                 mom[:] = -mx.nd.array(state[f"momentum.{name}"], ctx=self.device)
 
 
+def _d2l_initialize(net, train_iter, device) -> None:
+    """d2l's ``net.initialize(force_reinit=True, ctx=device, init=init.Xavier())``, then one
+    inference-mode pass of the first training batch if Gluon deferred the shapes."""
+    net.initialize(force_reinit=True, ctx=device, init=mx.init.Xavier())
+    if any(p._deferred_init for p in net.collect_params().values()):
+        X, _ = next(iter(train_iter))
+        with autograd.predict_mode():
+            net(X.as_in_ctx(device))
+
+
 def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
-    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
-    a Gluon ``DataLoader``; ``fit_options`` go to ``d2lres.training.fit``."""
-    trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
+    (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
+    history. ``net``: a d2lres network or any Gluon block mapping an NCHW batch to logits.
+    ``train_iter`` / ``test_iter``: d2lres's batches or a Gluon ``DataLoader``;
+    ``fit_options`` go to ``d2lres.training.fit``.
+
+    Initialisation, as d2l: a network that is not d2lres's is re-initialised with
+    ``net.initialize(force_reinit=True, ctx=device, init=init.Xavier())`` (MXNet's Xavier:
+    uniform, scale 3, fan average; biases and BatchNorm to Gluon's defaults); a d2lres network
+    keeps its weights (d2lres's seeded scheme, ``init_weights``)."""
+    device = device if device is not None else try_gpu()
+    return book.train_ch6(net, lambda: Trainer(net, device=device), lambda: _d2l_initialize(net, train_iter, device),
+                          train_iter, test_iter, num_epochs, lr, **fit_options)

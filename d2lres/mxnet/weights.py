@@ -7,7 +7,7 @@ import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
 
-from .. import spec
+from .. import book, spec
 from .. import weights as neutral
 from .model import ResNet
 
@@ -17,6 +17,8 @@ _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"),
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, nn.Block]]:
     """``(canonical name, block)`` for every block with parameters, in the spec's order."""
+    book.require_d2lres_net(net, "d2lres.mxnet's neutral weights (get_weights, set_weights, save_weights, ...)",
+                            "the framework's own: net.save_parameters(path) / net.load_parameters(path)")
     net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
     for stage_name, stage in zip(spec.STAGE_NAMES, net):
         for layer_spec, layer in zip(net_spec[stage_name], stage):

@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from .. import api, inputs, spec  # noqa: E402
+from .. import api, book, inputs, spec  # noqa: E402
 
 if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2lres.tf needs Keras 3 on its TensorFlow backend (TensorFlow >= 2.16); found Keras "
@@ -36,8 +36,13 @@ def _padded(shape, padding: int) -> tuple:
     return (shape[0], *(None if s is None else s + 2 * padding for s in shape[1:3]), *shape[3:])
 
 
+def device_name(device):
+    """A device string from d2lres's (``"/CPU:0"``) or d2l's ``try_gpu()`` (a ``tf.device`` object)."""
+    return getattr(device, "_device_name", device)
+
+
 def _device(device):
-    return tf.device(device) if device is not None else contextlib.nullcontext()
+    return tf.device(device_name(device)) if device is not None else contextlib.nullcontext()
 
 
 #: The matmul path's rule (``Conv2D.uses_matmul``): outputs at most this many pixels on a side...
@@ -149,6 +154,7 @@ class Residual(keras.layers.Layer):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None):
+        book.check_residual("Residual", num_channels, use_1x1conv, strides)
         super().__init__()
         inner = num_channels if in_channels else None  # conv2's and the BatchNorms' input, if built now
         self.conv1 = Conv2D(num_channels, 3, strides, padding=1, in_channels=in_channels)
@@ -167,6 +173,7 @@ class Residual(keras.layers.Layer):
         return tf.nn.relu(Y + X)
 
 
+@book.checked_resnet_block
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
                  in_channels: int | None = None) -> keras.Sequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
@@ -220,6 +227,7 @@ class Bottleneck(Block):
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
                  stride_on_3x3: bool = False):
+        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
         super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
                                     use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
@@ -288,9 +296,16 @@ def _nchw(shape) -> tuple[int, ...]:
     return (shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape[1:])
 
 
-def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
-    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
-    inputs.check_network(net, isinstance(net, ResNet), "tf", "shape_walk")
+def shape_walk(net: keras.Model, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
+    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them; for a
+    network that is not d2lres's (the reader's ``keras.Sequential``), one row per layer
+    ``(class name, shape)``, as the chapter prints them (shapes NCHW here too)."""
+    inputs.check_network(net, isinstance(net, keras.Model), "tf", "shape_walk")
+    if not book.is_d2lres_net(net):
+        c, h, w = book.walk_input(input_shape)
+        return book.walk_children(((layer.name, layer) for layer in net.layers), tf.zeros((1, h, w, c)),
+                                  lambda layer, X: layer(X, training=False), lambda X: _nchw(X.shape),
+                                  contextlib.nullcontext)
     input_shape = inputs.check_shape(input_shape, net.in_channels)
     c, h, w = input_shape
     X, rows = tf.zeros((1, h, w, c)), []

@@ -3,17 +3,25 @@
 / ``train_ch6``."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import data, devices, inputs, training
-from .model import _device
+from .. import book, data, devices, inputs
+from .model import _device, device_name
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
 
 def try_gpu(i: int = 0) -> str:
-    """GPU ``i`` if there is one, else the CPU (a device string for ``tf.device``)."""
+    """GPU ``i`` if TensorFlow sees one (CUDA; a Mac's GPU only through the tensorflow-metal
+    plug-in), else the CPU: a device string for ``tf.device``. d2l's ``try_gpu()`` gives a
+    ``tf.device`` object instead; ``device=`` takes both."""
     return f"/GPU:{i}" if len(tf.config.list_physical_devices("GPU")) > i else "/CPU:0"
+
+
+def try_all_gpus() -> list[str]:
+    """Every GPU's device string, or ``["/CPU:0"]`` if there is none."""
+    return [f"/GPU:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))] or ["/CPU:0"]
 
 
 def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
@@ -39,12 +47,13 @@ def _inputs(X, y=None):
     return X, (y if y.dtype == tf.int32 else tf.cast(y, tf.int32))
 
 
-class Trainer:
-    """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
-    ``w -= lr v``) and cross-entropy. ``compile``: the step and the prediction run as one
-    ``tf.function`` each (None: on, measured +13-55% over eager; XLA is not offered: slower on
-    CPU and beyond the checks' tolerances). ``channels_last``: TensorFlow's CPU convolutions are
-    NHWC only, so None and True are accepted and False is refused."""
+class Trainer(metaclass=book.TrainerSignature):
+    """On a d2lres network or any Keras model mapping an NHWC batch to logits (``d2lres.book``; one not built yet is
+    built by its first batch): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``, ``w -=
+    lr v``) and cross-entropy. ``compile``: the step and the prediction run as one ``tf.function`` each (None: on,
+    measured +13-55% over eager; XLA is not offered: slower on CPU and beyond the checks' tolerances).
+    ``channels_last``: TensorFlow's CPU convolutions are NHWC only, so None and True are accepted and False is
+    refused."""
 
     backend = "tf"
 
@@ -57,20 +66,32 @@ class Trainer:
             raise ValueError(f"compile must be None, True or False (tf.function or eager), got {compile!r}")
         self.net = net
         self.device = try_gpu() if device is None else devices.resolve(
-            device, "tf", len(tf.config.list_physical_devices("GPU")), lambda kind, i: f"/{kind.upper()}:{i}")
+            device_name(device), "tf", len(tf.config.list_physical_devices("GPU")),
+            lambda kind, i: f"/{kind.upper()}:{i}")
         self.momentum, self.weight_decay = momentum, weight_decay
         self.compile = compile is not False
-        # Keras 3 variables are not tf.Variables (no .ref()): keep the trainable ones in order,
-        # with their canonical names, and update the tf.Variables behind them (``.value``).
-        kinds = {id(var): (name, kind) for name, var, kind in variables(net)}
-        self._weights = [v.value for v in net.trainable_variables]
-        self._slots = [kinds[id(v)] for v in net.trainable_variables]
         with tf.device(self.device):
             self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-            self.buffers = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights] \
-                if momentum else []
+        self._weights = None
+        if net.weights:
+            self._collect()
         wrap = (lambda f: tf.function(f, reduce_retracing=True)) if self.compile else (lambda f: f)
         self._step, self._predict = wrap(self._step_impl), wrap(lambda X: net(X, training=False))
+
+    def _collect(self, X=None) -> None:
+        """The trainable variables and momentum buffers; a network without variables yet is
+        built by an inference-mode call on ``X`` (the first batch) first."""
+        if not self.net.weights:
+            with tf.device(self.device):
+                self.net(X[:1], training=False)
+        # Keras 3 variables are not tf.Variables (no .ref()): keep the trainable ones in order,
+        # with their names, and update the tf.Variables behind them (``.value``).
+        kinds = {id(var): (name, kind) for name, var, kind in _variables(self.net)}
+        self._weights = [v.value for v in self.net.trainable_variables]
+        self._slots = [kinds[id(v)] for v in self.net.trainable_variables]
+        with tf.device(self.device):
+            self.buffers = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights] \
+                if self.momentum else []
 
     def convert(self, X: np.ndarray, y: np.ndarray):
         return _to_tensors(X, y, self.device)
@@ -95,6 +116,8 @@ class Trainer:
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
         X = self._check(X, training=True)
+        if self._weights is None:
+            self._collect(_inputs(X))
         self.lr.assign(lr)
 
         def run():
@@ -112,8 +135,8 @@ class Trainer:
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
         X = np.asarray(X)
-        inputs.check_batch(X.shape, X.dtype, self.net.in_channels, training=training, arch=self.net.arch,
-                           num_classes=self.net.num_classes)
+        in_channels, num_classes, arch = book.spec_of(self.net)
+        inputs.check_batch(X.shape, X.dtype, in_channels, training=training, arch=arch, num_classes=num_classes or 10)
 
         def run():
             with tf.device(self.device):
@@ -123,15 +146,17 @@ class Trainer:
 
     def _check(self, X, training: bool):
         """``d2lres.inputs``' rules for a NHWC batch (shape, dtype, finite pixels), before anything runs."""
-        X, net = tf.convert_to_tensor(X), self.net
-        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, channels_last=True, training=training,
-                           arch=net.arch, num_classes=net.num_classes)
+        X = tf.convert_to_tensor(X)
+        in_channels, num_classes, arch = book.spec_of(self.net)
+        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, channels_last=True, training=training,
+                           arch=arch, num_classes=num_classes or 10)
         inputs.check_finite(bool(tf.reduce_all(tf.math.is_finite(X))))
         return X
 
     def _keep_statistics_finite(self, run):
         """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, v) for n, v, _ in variables(self.net) if n.endswith(("running_mean", "running_var"))]
+        stats = [(n, v) for n, v, _ in _variables(self.net)
+                 if n.endswith(("running_mean", "running_var", "moving_mean", "moving_variance"))]
 
         def restore(saved):
             for (_, v), old in zip(stats, saved):
@@ -141,26 +166,60 @@ class Trainer:
             lambda: tf.stack([tf.reduce_all(tf.math.is_finite(v)) for _, v in stats]).numpy().tolist(), restore, run)
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return get_weights(self.net)
+        """Canonical weights of a d2lres network; of any other, its variables by position and name."""
+        if book.is_d2lres_net(self.net):
+            return get_weights(self.net)
+        return {name: v.numpy() for name, v, _ in _variables(self.net)}
 
     def set_weights(self, weights) -> None:
-        set_weights(self.net, weights)
+        if book.is_d2lres_net(self.net):
+            set_weights(self.net, weights)
+            return
+        book.check_native_weights(weights, self.get_weights(), self.net)
+        for name, v, _ in _variables(self.net):
+            v.assign(np.asarray(weights[name]))
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Momentum buffers under ``momentum.<canonical name>``, in the canonical layout."""
+        if self._weights is None:
+            return {}
         return {f"momentum.{name}": to_canonical(buf.numpy(), kind)
                 for (name, kind), buf in zip(self._slots, self.buffers)}
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        if self._weights is None:
+            raise ValueError("this network has no variables yet (it is built by its first batch); "
+                             "call it once on a batch before loading an optimizer state")
         for (name, kind), buf in zip(self._slots, self.buffers):
             if f"momentum.{name}" in state:
                 buf.assign(from_canonical(state[f"momentum.{name}"], kind))
 
 
+def _variables(net):
+    """``(name, Keras variable, kind)``: canonical for a d2lres network; for any other every
+    variable as ``<position>.<name>`` (``kind`` "native": no layout change)."""
+    if book.is_d2lres_net(net):
+        return list(variables(net))
+    return [(f"{i}.{v.name}", v, "native") for i, v in enumerate(net.weights)]
+
+
 def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
-    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
-    a ``tf.data.Dataset`` of ``(X, y)`` batches (X NHWC, float; y integer labels); ``fit_options``
-    go to ``d2lres.training.fit``."""
-    trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
+    (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
+    history. ``net``: a d2lres network, any Keras model mapping an NHWC batch to logits, or --
+    as d2l's TensorFlow ``train_ch6(net_fn, ...)`` -- a function building one, called inside
+    ``tf.distribute.OneDeviceStrategy(device).scope()``. ``device``: d2lres's device string or
+    d2l's ``try_gpu()`` (a ``tf.device`` object). ``train_iter`` / ``test_iter``: d2lres's
+    batches or a ``tf.data.Dataset`` of ``(X, y)`` batches (X NHWC, float; y integer labels);
+    ``fit_options`` go to ``d2lres.training.fit``.
+
+    Initialisation, as d2l: a network built by ``net_fn`` (or not built before its first batch)
+    gets Keras's initialisers (Glorot uniform kernels, zero biases); a network object already
+    built is trained from its weights as they are, and a d2lres network keeps its weights
+    (d2lres's seeded scheme, ``init_weights``)."""
+    device = device_name(device) or try_gpu()
+    if callable(net) and not isinstance(net, keras.layers.Layer):
+        with tf.distribute.OneDeviceStrategy(device).scope():
+            net = net()
+    return book.train_ch6(net, lambda: Trainer(net, device=device), lambda: None, train_iter, test_iter,
+                          num_epochs, lr, **fit_options)

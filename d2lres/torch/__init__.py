@@ -3,12 +3,14 @@ builds). Tensors are NCHW."""
 import torch  # a missing framework fails here, with the backends' hint upstream
 
 from ..api import NAMES
+from ..book import module_getattr
 from ..threads import restore_torch_threads
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters,
                     resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
-from .train import Trainer, load_data_fashion_mnist, train_ch6, try_gpu
+from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
 from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 
 restore_torch_threads()
 
 __all__ = list(NAMES)
+__getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

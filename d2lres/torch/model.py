@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import api, inputs, spec
+from .. import api, book, inputs, spec
 
 
 def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1,
@@ -33,6 +33,7 @@ class Residual(nn.Module):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None):
+        book.check_residual("Residual", num_channels, use_1x1conv, strides)
         super().__init__()
         self.conv1 = conv(in_channels, num_channels, 3, strides, 1)
         self.conv2 = conv(num_channels, num_channels, 3, 1, 1)
@@ -50,6 +51,7 @@ class Residual(nn.Module):
         return F.relu(Y + X)
 
 
+@book.checked_resnet_block
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
                  in_channels: int | None = None) -> nn.Sequential:
     """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
@@ -104,6 +106,7 @@ class Bottleneck(Block):
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
                  stride_on_3x3: bool = False):
+        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
         super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
                                     use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 
@@ -161,9 +164,15 @@ class ResNet(nn.Sequential):
 resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNet)
 
 
-def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
-    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them."""
-    inputs.check_network(net, isinstance(net, ResNet), "torch", "shape_walk")
+def shape_walk(net: nn.Module, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[int, ...]]]:
+    """Rows ``(layer, output shape without batch, NCHW)`` as ``spec.walk`` lists them; for a
+    network that is not d2lres's (the reader's ``nn.Sequential``), one row per child module
+    ``(class name, shape)``, as the chapter prints them."""
+    inputs.check_network(net, isinstance(net, nn.Module), "torch", "shape_walk")
+    if not book.is_d2lres_net(net):
+        return book.walk_children(net.named_children(), torch.zeros((1, *book.walk_input(input_shape))),
+                                  lambda layer, X: layer(X), lambda X: tuple(X.shape[1:]),
+                                  lambda: _eval_no_grad(net))
     input_shape = inputs.check_shape(input_shape, net.in_channels)
     X, rows, was_training = torch.zeros((1, *input_shape)), [], net.training
     net.eval()  # a shape walk must not touch the BatchNorm running statistics
@@ -178,6 +187,21 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
                 rows.append((stage_name, tuple(X.shape[1:])))
     net.train(was_training)
     return rows
+
+
+class _eval_no_grad:
+    """Eval mode and no gradients while a shape walk runs; the mode is put back after."""
+
+    def __init__(self, net: nn.Module):
+        self.net, self.was_training, self.no_grad = net, net.training, torch.no_grad()
+
+    def __enter__(self):
+        self.net.eval()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        self.net.train(self.was_training)
 
 
 def count_parameters(net: nn.Module) -> tuple[int, int]:

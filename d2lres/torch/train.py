@@ -6,13 +6,29 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import data, devices, inputs, training
+from .. import book, data, devices, inputs
 from .weights import get_weights, set_weights
 
 
+def _mps() -> bool:
+    """Whether Apple's Metal GPU (``mps``) is there."""
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
 def try_gpu(i: int = 0) -> torch.device:
-    """GPU ``i`` if there is one, else the CPU."""
-    return torch.device(f"cuda:{i}") if torch.cuda.device_count() > i else torch.device("cpu")
+    """CUDA GPU ``i`` if there is one; where CUDA is absent, Apple's GPU ``mps`` (for ``i`` 0,
+    it is one device); else the CPU."""
+    if torch.cuda.device_count() > i:
+        return torch.device(f"cuda:{i}")
+    if torch.cuda.device_count() == 0 and i == 0 and _mps():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def try_all_gpus() -> list[torch.device]:
+    """Every CUDA GPU; where CUDA is absent, ``[mps]`` on Apple silicon; else ``[cpu]``."""
+    gpus = [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return gpus or [torch.device("mps" if _mps() else "cpu")]
 
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
@@ -32,8 +48,9 @@ def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
 CHANNELS_LAST_MIN_SIDE = 96
 
 
-class Trainer:
-    """SGD (momentum and weight decay as ``torch.optim.SGD``) with cross-entropy on one net.
+class Trainer(metaclass=book.TrainerSignature):
+    """SGD (momentum and weight decay as ``torch.optim.SGD``) with cross-entropy on one net:
+    a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits (``d2lres.book``).
 
     ``channels_last`` stores activations and weights NHWC (oneDNN's preferred layout); the
     default ``None`` chooses from the first batch (images >= ``CHANNELS_LAST_MIN_SIDE`` wide).
@@ -95,9 +112,9 @@ class Trainer:
 
     def _check(self, X: torch.Tensor, training: bool) -> None:
         """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
-        net = self.net
-        inputs.check_batch(tuple(X.shape), X.dtype, net.in_channels, training=training, arch=net.arch,
-                           num_classes=net.num_classes)
+        in_channels, num_classes, arch = book.spec_of(self.net)
+        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, training=training, arch=arch,
+                           num_classes=num_classes or 10)
         inputs.check_finite(bool(torch.isfinite(X).all()))
 
     def _keep_statistics_finite(self, run):
@@ -121,10 +138,18 @@ class Trainer:
         return X.to(self.device, memory_format=self.memory_format)
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return get_weights(self.net)
+        """Canonical weights of a d2lres network; of any other, its ``state_dict``'s arrays."""
+        return get_weights(self.net) if book.is_d2lres_net(self.net) else _native_weights(self.net)
 
     def set_weights(self, weights) -> None:
-        set_weights(self.net, weights)
+        if book.is_d2lres_net(self.net):
+            set_weights(self.net, weights)
+            return
+        state = self.net.state_dict()
+        book.check_native_weights(weights, _native_weights(self.net), self.net)
+        with torch.no_grad():
+            for name, value in weights.items():
+                state[name].copy_(torch.from_numpy(np.asarray(value)))
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Momentum buffers under ``momentum.<canonical name>``."""
@@ -142,9 +167,44 @@ class Trainer:
                     np.array(state[f"momentum.{name}"])).to(self.device)
 
 
+def _native_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def _d2l_init(m: torch.nn.Module) -> None:
+    """d2l's ``init_weights``: Xavier uniform on the weight of every ``nn.Linear`` and ``nn.Conv2d``."""
+    if type(m) in (torch.nn.Linear, torch.nn.Conv2d):
+        torch.nn.init.xavier_uniform_(m.weight)
+
+
+def _build_lazy(net: torch.nn.Module, train_iter, device) -> None:
+    """Give lazy layers (``nn.LazyConv2d`` ...) their weights with one eval-mode pass of the
+    first training batch, so that they can be initialised and trained."""
+    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in net.parameters()):
+        X, _ = next(iter(train_iter))
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            net.to(device)(X.to(device))
+        net.train(was_training)
+
+
 def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
-    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints the d2l summary line,
-    plots the curves and returns the history. ``train_iter`` / ``test_iter``: d2lres's batches or
-    a ``torch.utils.data.DataLoader``; ``fit_options`` go to ``d2lres.training.fit``."""
-    trainer = Trainer(net, device=device)
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)
+    """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
+    (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
+    history. ``net``: a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits.
+    ``train_iter`` / ``test_iter``: d2lres's batches or a ``torch.utils.data.DataLoader``;
+    ``fit_options`` go to ``d2lres.training.fit``.
+
+    Initialisation, as d2l: a network that is not d2lres's is re-initialised with
+    ``net.apply(init_weights)``, Xavier uniform on the weight of every ``nn.Linear`` and
+    ``nn.Conv2d`` (biases and BatchNorm as they are; lazy layers are built first from the first
+    batch); a d2lres network keeps its weights (d2lres's seeded scheme, ``init_weights``)."""
+    device = torch.device(device) if device is not None else try_gpu()
+
+    def reinitialize():
+        _build_lazy(net, train_iter, device)
+        net.apply(_d2l_init)
+    return book.train_ch6(net, lambda: Trainer(net, device=device), reinitialize, train_iter, test_iter,
+                          num_epochs, lr, **fit_options)

@@ -4,7 +4,8 @@
 code cells whose first line names their tab (``#@tab pytorch``, ``#@tab tensorflow``,
 ``#@tab mxnet``, ``#@tab jax``, ``#@tab all``), and markdown passages inside ``:begin_tab:X`` /
 ``:end_tab:``. ``build`` writes ``notebooks/<framework>/resnet.ipynb`` for each framework (its own cells plus the
-``all`` cells, without outputs) through jupytext's markdown reader.
+``all`` cells, without outputs) through jupytext's markdown reader; the
+source's MyST section labels (``(sec-resnet)=`` lines, for the book site) are left out of them.
 
 **One source of truth: the library code.** A code cell marked ``#@save`` holds chapter-level
 definitions (``Residual``, ``resnet_block``) of its framework's backend (``d2lres.torch``,
@@ -44,6 +45,7 @@ _FENCE = re.compile(r"^```\{\.python \.input[^}\n]*\}[ \t]*\n(.*?)^```[ \t]*$", 
 _TAB_LINE = re.compile(r"^#@tab[ \t]+(.+?)[ \t]*$")
 _DEFINITION = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)", re.M)
 _MD_TAB = re.compile(r"^:begin_tab:`?([\w, ]+?)`?[ \t]*\n(.*?)^:end_tab:[ \t]*\n?", re.M | re.S)
+_TARGET = re.compile(r"^\([\w-]+\)=[ \t]*\n", re.M)  # a MyST section label: the book site's, not a notebook's
 
 
 @dataclass
@@ -160,7 +162,7 @@ def framework_markdown(text: str, framework: str) -> str:
     out = "".join(pieces)
     out = _MD_TAB.sub(lambda m: m.group(2) if framework in [t.strip() for t in m.group(1).split(",")]
                       or m.group(1).strip() == "all" else "", out)
-    return re.sub(r"\n{4,}", "\n\n\n", out)
+    return re.sub(r"\n{4,}", "\n\n\n", _TARGET.sub("", out))
 
 
 def build_notebook(text: str, framework: str) -> str:

@@ -176,4 +176,11 @@ def test_notebook_executes_in_a_kernel(framework, tmp_path):
     summary = _text(training)
     assert "train acc" in summary and "test acc" in summary and "examples/sec" in summary
 
-    assert "ResNet-18: 11,178,378   ResNet-34: 21,290,250" in _text(_cell(nb, "def residual_params"))
+    answers = _text(_cell(nb, "def residual_params")) + _text(_cell(nb, "res.resnet(50)")) \
+        + _text(_cell(nb, "res.resnet18(version=2)"))
+    for line in ("ResNet-18: 11,178,378 trainable parameters, 7,808 BatchNorm statistics",
+                 "ResNet-34: 21,290,250 trainable parameters, 15,232 BatchNorm statistics",
+                 "ResNet-50: 23,541,130 trainable parameters, 45,440 BatchNorm statistics",
+                 "b5 output shape: (2048, 7, 7)", "head.bn       output shape: (512, 3, 3)",
+                 "version 2: 11,178,506 trainable, 7,936 statistics"):
+        assert line in answers

@@ -243,7 +243,9 @@ def main(argv=None) -> int:
     on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
     import io
 
+    from . import signals
     from .cli import report_errors
+    signals.install()
     spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
     error_file = spec_.pop("error_file", None)
 
@@ -260,11 +262,17 @@ def main(argv=None) -> int:
         if parallel.process_rank() == 0:
             print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0
-    if error_file is None:
-        return report_errors(run)
     message = io.StringIO()
-    status = report_errors(run, stream=message)
-    if status:
+    try:
+        status = report_errors(run, stream=message if error_file is not None else None)
+    except signals.Interrupted as err:  # its caller (compare, train --devices) says how to resume
+        if error_file is None:
+            return signals.report(err, ["job"])
+        if parallel.process_rank() == 0:
+            Path(error_file).write_text(json.dumps({"interrupted": {"where": err.where, "detail": err.detail,
+                                                                         "resumable": err.resumable}}))
+        return err.status
+    if status and error_file is not None:
         Path(error_file).write_text(message.getvalue())
     return status
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import files
+from . import files, signals
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -177,6 +177,17 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
             _save_checkpoint(directory, trainer, {"history": history, "acc": acc, "epoch": epoch,
                                                   "step_in_epoch": step_in_epoch, "identity": identity})
 
+    def stop_signal() -> int | None:
+        """A signal's request to stop (``d2lres.signals``), agreed by every process of the run."""
+        agree = getattr(trainer, "agree_stop", None)
+        return agree(signals.requested()) if agree is not None else signals.requested()
+
+    def stop(signum: int, where: str):
+        checkpoint()
+        written = directory is not None and write
+        return signals.Interrupted(signum, where, f"checkpoint written to {directory / CHECKPOINT}" if written
+                                   else "", written)
+
     record_every = max(1, steps_per_epoch // 10)
     on_step = progress if callable(progress) else None
     steps_this_call = 0
@@ -222,6 +233,11 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                 acc["seconds"] += time.perf_counter() - tic
                 tic = time.perf_counter()
                 checkpoint()
+            signum = stop_signal()
+            if signum:
+                bar.close()
+                acc["seconds"] += time.perf_counter() - tic
+                raise stop(signum, f"epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
             if stop_after is not None and steps_this_call >= stop_after:
                 bar.close()
                 acc["seconds"] += time.perf_counter() - tic
@@ -239,6 +255,9 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         if plot and write:
             from .plots import show_or_save_curves
             show_or_save_curves({trainer.backend: history}, curves_path, title=title)
+        signum = stop_signal() if epoch < num_epochs else None
+        if signum:
+            raise stop(signum, f"the end of epoch {epoch}")
     last = history["epochs"][-1] if history["epochs"] else None
     if verbose and write and last:
         print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")

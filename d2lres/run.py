@@ -238,6 +238,45 @@ def job(backend: str, config: TrainConfig, out, **options) -> str:
                        **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
 
 
+#: The options of a job and the JSON types each may have (``None``: null allowed).
+_JOB_OPTIONS = {"init": (str, None), "data_dir": (str, None), "resume": (bool,), "overwrite": (bool,),
+                "progress": (bool,), "limit": (int, None), "checkpoint_every": (int,), "devices": (int,),
+                "sync_bn": (bool,), "error_file": (str, None)}
+
+
+def parse_job(text: str) -> dict:
+    """The keyword arguments of :func:`train` from a JSON job of :func:`job`; anything else
+    (not JSON, missing or unknown keys, values of the wrong type) raises :class:`RunError`."""
+    def bad(problem: str) -> RunError:
+        return RunError(f"the job of d2lres.run is not one d2lres.run.job wrote ({problem}); "
+                        f"start training with d2lres train or d2lres compare")
+    try:
+        job_ = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise bad(f"not JSON: {err}") from None
+    if not isinstance(job_, dict):
+        raise bad(f"a JSON {type(job_).__name__}, not an object")
+    missing = [k for k in ("backend", "config", "out", "arch") if k not in job_]
+    unknown = [k for k in job_ if k not in ("backend", "config", "out", "arch", *_JOB_OPTIONS)]
+    if missing or unknown:
+        raise bad("; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                          unknown and f"unknown {', '.join(map(repr, unknown))}"])))
+    for key, kinds in _JOB_OPTIONS.items():
+        value = job_.get(key)
+        if key in job_ and not (value is None and None in kinds or type(value) in kinds):
+            raise bad(f"{key} is {value!r}")
+    backend, config, out, arch = (job_.pop(k) for k in ("backend", "config", "out", "arch"))
+    if not (isinstance(backend, str) and isinstance(out, str) and isinstance(config, dict)
+            and isinstance(arch, list) and len(arch) == 3 and all(type(a) in (int, str) for a in arch)):
+        raise bad("backend, out, config or arch of the wrong type")
+    try:
+        config, arch = TrainConfig.from_dict(config), spec.get_arch(*arch)
+    except (TypeError, ValueError) as err:
+        raise bad(f"config or arch: {err}") from None
+    job_.pop("error_file", None)
+    return {"backend": backend, "config": config, "out": out, "arch": arch, **job_}
+
+
 def main(argv=None) -> int:
     """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
     on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
@@ -246,19 +285,23 @@ def main(argv=None) -> int:
     from . import signals
     from .cli import report_errors
     signals.install()
-    spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
-    error_file = spec_.pop("error_file", None)
+    argv = sys.argv[1:] if argv is None else argv
+    text = argv[0] if argv else ""
+    try:
+        error_file = json.loads(text).get("error_file")
+    except (ValueError, AttributeError, RecursionError):
+        error_file = None
+    error_file = error_file if isinstance(error_file, str) else None
 
     parallel.die_with_launcher()
 
     def run() -> int:
         from .progress import step_reporter
+        spec_ = parse_job(text)
         reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
         if reporter is not None:
             spec_["progress"] = reporter
-        config = TrainConfig.from_dict(spec_.pop("config"))
-        metrics = train(spec_.pop("backend"), config, spec_.pop("out"), arch=spec.get_arch(*spec_.pop("arch")),
-                        **spec_)
+        metrics = train(spec_.pop("backend"), spec_.pop("config"), spec_.pop("out"), **spec_)
         if parallel.process_rank() == 0:
             print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0

@@ -85,7 +85,7 @@ def read_identity(directory: str | Path) -> dict | None:
     a damaged checkpoint raises ``ValueError`` naming it."""
     from .weights import read_npz
     path = Path(directory) / CHECKPOINT
-    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",))
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",), kinds="fU")
     try:
         return json.loads(str(data["progress"])).get("identity")
     except (ValueError, AttributeError) as err:
@@ -112,7 +112,7 @@ def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
     path = Path(directory) / CHECKPOINT
     if not path.exists():
         return None
-    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None)
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None, kinds="fU")
     try:
         progress = json.loads(str(data["progress"]))
     except (KeyError, ValueError) as err:
@@ -165,7 +165,13 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                 raise TrainingError(f"cannot resume from {directory / CHECKPOINT}: it stopped after batch "
                                     f"{saved['step_in_epoch']} of an epoch, but this data has {steps_per_epoch} "
                                     f"batches per epoch (another batch size or data slice?)")
-            trainer.set_weights(weights)
+            try:
+                trainer.set_weights(weights)
+                bad = [k for k, v in state.items() if not np.isfinite(v).all()]
+                if bad:
+                    raise ValueError(f"{bad[0]}: values NaN or infinite")
+            except ValueError as err:
+                raise TrainingError(f"checkpoint {directory / CHECKPOINT}: {err}; {CHECKPOINT_FIX}") from None
             trainer.load_optimizer_state(state)
             history, acc = saved["history"], saved["acc"]
             epoch, step_in_epoch = saved["epoch"], saved["step_in_epoch"]

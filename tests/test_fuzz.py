@@ -205,7 +205,8 @@ def test_npz_header_attacks(tmp_path, header, message):
 
 
 #: A 501-byte ``.npz`` whose one bzip2 member expands to 300 MiB of float32 zeros (over
-#: 600,000x), its ``.npy`` header honest (zipfile would expand it whole at the first read); made by writing the header and the zeros through
+#: 600,000x), its ``.npy`` header honest (zipfile would expand it whole at the first read); made
+#: by writing the header and the zeros through
 #: ``zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2).open("b1.conv.weight.npy", "w")``.
 BZIP2_BOMB = base64.b64decode(
     "UEsDBC4AAAAMAAAAIQBlL7vc//////////8SABQAYjEuY29udi53ZWlnaHQubnB5AQAQAIAAwBIAAAAAWwEAAAAAAABCWmg5MUFZ"

@@ -75,7 +75,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     with run_folder(out) as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
         init = out / "init.npz"  # the same bytes' worth of weights for every backend (a seeded initialiser)
-        neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch))
+        neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch), arch)
         available = len(data.FashionMNIST.load(data_dir).raw[True][1])
         steps = config.epochs * -(-min(limit or available, available) // config.batch_size)
         results = {}

@@ -158,6 +158,8 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
             for path in (checkpoint, *(out / name for name in OUTPUTS)) if writer else ():
                 path.unlink(missing_ok=True)
         init_weights = neutral.load_npz(init) if init is not None else None
+        if init_weights is not None:
+            neutral.check_arch(init_weights, arch, init)
         identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
         if resume:
             differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
@@ -223,7 +225,7 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
                "run": identity, "init": None if init is None else str(init),
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
     if writer:
-        neutral.save_npz(out / "weights.npz", weights)
+        neutral.save_npz(out / "weights.npz", weights, arch)
         files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     return metrics
 

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import files, signals
+from .weights import FORMAT_KEY, format_record
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -85,7 +86,8 @@ def read_identity(directory: str | Path) -> dict | None:
     a damaged checkpoint raises ``ValueError`` naming it."""
     from .weights import read_npz
     path = Path(directory) / CHECKPOINT
-    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",), kinds="fU")
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",), kinds="fU",
+                    kind="checkpoint")
     try:
         return json.loads(str(data["progress"])).get("identity")
     except (ValueError, AttributeError) as err:
@@ -102,6 +104,10 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
                             f"learning rate. The last checkpoint is kept.")
     arrays.update(trainer.optimizer_state())
     arrays["progress"] = np.array(json.dumps(progress))
+    identity = progress.get("identity") or {}
+    arch = ({"name": identity["arch"], "version": identity.get("version"), "flavour": identity.get("flavour")}
+            if "arch" in identity else None)
+    arrays[FORMAT_KEY] = format_record("checkpoint", arch)
     files.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
 
 
@@ -112,7 +118,7 @@ def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
     path = Path(directory) / CHECKPOINT
     if not path.exists():
         return None
-    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None, kinds="fU")
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None, kinds="fU", kind="checkpoint")
     try:
         progress = json.loads(str(data["progress"]))
     except (KeyError, ValueError) as err:

@@ -2,6 +2,7 @@
 in PyTorch's layout, written atomically; plus the one initialisation scheme of all backends."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import zipfile
@@ -48,10 +49,45 @@ def infer_config(weights: dict[str, np.ndarray]) -> tuple[int, int]:
         raise ValueError(f"not a d2lres ResNet-18 weights file: no {err.args[0]}") from None
 
 
-def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> Path:
-    """Write ``weights`` (canonical names) to ``path`` atomically."""
+#: The member of a weights file or checkpoint that records its format (docs/formats.md): JSON
+#: ``{"format": "d2lres-weights" or "d2lres-checkpoint", "version": 1, "arch": {...} or null}``.
+#: A file without it (written before version 1) is read as version 1; a newer one is refused.
+FORMAT_KEY = "__format__"
+FORMAT_VERSION = 1
+
+
+def format_record(kind: str, arch=None) -> np.ndarray:
+    """The :data:`FORMAT_KEY` member of a file of ``kind`` (``weights``, ``checkpoint``) holding
+    ``arch`` (an ``Arch``, a name, a dict of name, version, flavour, or ``None``: not recorded)."""
+    if arch is not None and not isinstance(arch, dict):
+        a = spec.get_arch(arch)
+        arch = {"name": a.name, "version": a.version, "flavour": a.flavour}
+    return np.array(json.dumps({"format": f"d2lres-{kind}", "version": FORMAT_VERSION, "arch": arch}))
+
+
+class Arrays(dict):
+    """The arrays of a file, and its format record (``format``; ``None`` for files without one)."""
+    format: dict | None = None
+
+
+def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray], arch=None) -> Path:
+    """Write ``weights`` (canonical names) to ``path`` atomically, with its format record
+    (:data:`FORMAT_KEY`; ``arch``: the architecture they belong to, if known)."""
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    arrays[FORMAT_KEY] = format_record("weights", arch)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def check_arch(arrays: dict, arch, path) -> None:
+    """Refuse the arrays read from ``path`` if their format record names another architecture."""
+    recorded = (getattr(arrays, "format", None) or {}).get("arch")
+    if not recorded or arch is None:
+        return
+    a = spec.get_arch(arch)
+    if (recorded.get("name"), recorded.get("version"), recorded.get("flavour")) != (a.name, a.version, a.flavour):
+        held = f"{recorded.get('name')} version {recorded.get('version')}, flavour {recorded.get('flavour')}"
+        raise WeightsFileError(f"weights file {path} holds {held}, not {a} ({a.name} version {a.version}, "
+                               f"flavour {a.flavour}); pass weights of {a}, or choose the network they belong to")
 
 
 class WeightsFileError(ValueError):
@@ -72,14 +108,16 @@ _CHUNK = 1 << 22
 
 
 def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = "",
-             keys: tuple[str, ...] | None = None, kinds: str = "f") -> dict[str, np.ndarray]:
+             keys: tuple[str, ...] | None = None, kinds: str = "f", kind: str = "weights") -> Arrays:
     """The arrays of the ``.npz`` file ``path`` (only ``keys`` if given; every array is read, so
     a damaged member is found here). Each member's ``.npy`` header is checked before its array
     is read: a dtype of a kind not in ``kinds`` (``"f"``: floating point; object, structured,
     complex and integer arrays are refused), a compression other than np.savez's (stored,
     deflated: zipfile bounds nothing else), a shape larger than :data:`MAX_ARRAY_BYTES` (or
     than :data:`MAX_TOTAL_BYTES` in all), a size that differs from the member's, and duplicated
-    or oddly named members; no more than the header's bytes are ever decompressed. Any problem
+    or oddly named members; no more than the header's bytes are ever decompressed. The format
+    record (:data:`FORMAT_KEY`) must say ``kind`` and a version this d2lres reads; it is returned
+    as the result's ``format``, not as an array. Any problem
     (missing, empty, a folder, not an ``.npz``, truncated or corrupt, pickled objects) raises
     :class:`WeightsFileError` naming the file, the problem and ``fix`` (what to do)."""
     path = Path(path)
@@ -120,8 +158,13 @@ def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = 
             missing = [k for k in keys or () if k not in members]
             if missing:
                 raise error(f"has no {', '.join(missing)} (not a file of this kind)")
-            total, out = 0, {}
-            for key in keys or members:
+            out = Arrays()
+            if FORMAT_KEY in members:
+                with archive.open(members[FORMAT_KEY]) as member:
+                    out.format = _format(str(_read_member(member, members[FORMAT_KEY], FORMAT_KEY, "U", error)[0]),
+                                         kind, error)
+            total = 0
+            for key in keys or [k for k in members if k != FORMAT_KEY]:
                 with archive.open(members[key]) as member:
                     array, size = _read_member(member, members[key], key, kinds, error)
                     total += size
@@ -137,6 +180,23 @@ def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = 
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, zlib.error, ValueError, NotImplementedError,
             RuntimeError, OverflowError) as err:
         raise error(f"truncated or corrupt ({type(err).__name__}: {err})") from None
+
+
+def _format(text: str, kind: str, error) -> dict:
+    """The format record's JSON, checked: this ``kind`` of file, a version this d2lres reads."""
+    try:
+        record = json.loads(text)
+        name, version = record["format"], record["version"]
+        if not (isinstance(name, str) and type(version) is int and isinstance(record.get("arch"), (dict, type(None)))):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise error(f"its format record {FORMAT_KEY} is damaged ({text[:80]!r})") from None
+    if name != f"d2lres-{kind}":
+        raise error(f"is a {name} file, not a d2lres {kind} file")
+    if version > FORMAT_VERSION:
+        raise error(f"written in format version {version} by a newer d2lres; this one reads versions up to "
+                    f"{FORMAT_VERSION}: upgrade d2lres to read it")
+    return record
 
 
 def _read_member(member, info: zipfile.ZipInfo, key: str, kinds: str, error) -> tuple[np.ndarray, int]:
@@ -209,11 +269,13 @@ def backend_functions(get_weights, set_weights):
 
     def save_weights(net, path: str | os.PathLike) -> Path:
         """Write the network's weights to the neutral file ``path`` (atomically)."""
-        return save_npz(path, get_weights(net))
+        return save_npz(path, get_weights(net), getattr(net, "arch", None))
 
     def load_weights(net, path: str | os.PathLike) -> None:
         """Load a neutral weights file (checked against the network first)."""
-        set_weights(net, load_npz(path))
+        arrays = load_npz(path)
+        check_arch(arrays, getattr(net, "arch", None), path)
+        set_weights(net, arrays)
 
     def init_weights_(net, seed: int = 0) -> None:
         """Seeded initialisation shared with the other backends (bit-identical across them)."""
@@ -334,4 +396,6 @@ def to_torchvision(weights: dict[str, np.ndarray], arch="resnet18") -> dict[str,
 def torchvision_to_npz(state_dict, path: str | os.PathLike, arch=None) -> Path:
     """Write a torchvision ``state_dict`` as a neutral weights file (loads in every backend's
     ``resnet(..., flavour="torchvision")`` with ``load_weights``)."""
-    return save_npz(path, from_torchvision(state_dict, arch))
+    arch = torchvision_arch(state_dict) if arch is None else \
+        spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
+    return save_npz(path, from_torchvision(state_dict, arch), arch)

@@ -477,4 +477,4 @@ def test_attacks_stay_within_memory(tmp_path):
         ("npm tarball bomb (200 MB member)", "npm", npm_bomb(tmp_path / "bomb.tgz"))]}
     print(json.dumps(results, indent=1))
     for name, r in results.items():  # at most the largest legitimate file (the 47 MB of training images)
-        assert r["outcome"] != "read" and r["peak_mib"] < 50, (name, r)
+        assert r["outcome"] != "read" and r["peak_mib"] < 56, (name, r)

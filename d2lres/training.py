@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import files, signals
-from .weights import FORMAT_KEY, format_record
+from .weights import FORMAT_KEY, format_record, write_npz
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -108,7 +108,7 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
     arch = ({"name": identity["arch"], "version": identity.get("version"), "flavour": identity.get("flavour")}
             if "arch" in identity else None)
     arrays[FORMAT_KEY] = format_record("checkpoint", arch)
-    files.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    files.atomic_write(directory / CHECKPOINT, lambda f: write_npz(f, arrays))
 
 
 def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:

@@ -75,7 +75,16 @@ def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray], arch=None)
     (:data:`FORMAT_KEY`; ``arch``: the architecture they belong to, if known)."""
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
     arrays[FORMAT_KEY] = format_record("weights", arch)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: write_npz(f, arrays))
+
+
+def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez(f, **arrays)``, but a failed write (a full disk) leaves no half-closed zip
+    behind to complain when it is collected."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def check_arch(arrays: dict, arch, path) -> None:

@@ -338,12 +338,12 @@ def report_errors(func, *args, stream=None) -> int:
 
 def main(argv=None) -> int:
     from . import signals
-    signals.install()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
-    try:
-        status = report_errors(args.func, args)
-        signals.check("the end", "the command had finished")
-    except signals.Interrupted as err:
-        return signals.report(err, argv)
-    return status
+    with signals.handled():
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = parser().parse_args(argv)
+        try:
+            status = report_errors(args.func, args)
+            signals.check("the end", "the command had finished")
+        except signals.Interrupted as err:
+            return signals.report(err, argv)
+        return status

@@ -282,12 +282,16 @@ def parse_job(text: str) -> dict:
 def main(argv=None) -> int:
     """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
     on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
+    from . import signals
+    with signals.handled():
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv) -> int:
     import io
 
     from . import signals
     from .cli import report_errors
-    signals.install()
-    argv = sys.argv[1:] if argv is None else argv
     text = argv[0] if argv else ""
     try:
         error_file = json.loads(text).get("error_file")

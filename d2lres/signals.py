@@ -1,6 +1,6 @@
 """Interrupts as a normal way to stop, in one framework-free place.
 
-:func:`install` (called first thing by the command line and by the per-backend job) turns
+:func:`install` (:func:`handled`: first thing in the command line and the per-backend job) turns
 SIGINT, SIGTERM and SIGHUP into a request: the training loop asks :func:`requested` at each
 step boundary, writes its checkpoint and raises :class:`Interrupted`, which the command line
 turns into one line naming where it stopped and how to resume, and exit status 128 + the
@@ -14,11 +14,14 @@ jobs of ``compare`` and ``train --devices N`` stop as above, the timed processes
 and ``profile`` are ended (SIGTERM). A second signal kills them (SIGKILL)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
+from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -69,6 +72,24 @@ def install() -> None:
     for s in SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _handle)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """:func:`install` for the block (in the main thread; elsewhere nothing changes), then the
+    previous handlers again and no request pending: a command called in-process leaves no trace."""
+    global _signum
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    install()
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _signum = None
 
 
 def requested() -> int | None:

@@ -29,10 +29,12 @@ SECOND = "mxnet" if "mxnet" in backends.available() else "tf"
 
 
 def start(*args) -> subprocess.Popen:
-    """``d2lres ARGS`` in a session of its own (so SIGINT is not inherited ignored, and a signal
-    reaches only it, as Ctrl-C at a terminal reaches the foreground command)."""
+    """``d2lres ARGS`` in a session of its own (a signal reaches only it, as Ctrl-C at a terminal
+    reaches the foreground command), SIGINT's default restored (a background job of a script
+    starts with it ignored, which d2lres, as any program, leaves ignored)."""
     return subprocess.Popen([sys.executable, "-m", "d2lres", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = COMMAND_TIMEOUT) -> None:

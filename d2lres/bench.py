@@ -12,13 +12,14 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import backends, data, isa, spec
+from . import backends, data, files, isa, signals, spec
 from .presets import preset
 
 WAYS = ("d2lres", "chapter")
@@ -160,8 +161,11 @@ def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held:
     print(f"== {label}", flush=True)
     tic = time.perf_counter()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa.isa_env(held)}
-    subprocess.run([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.bench", json.dumps(job)],
-                   check=True, env=env)
+    status = signals.run_child([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.bench",
+                                json.dumps(job)], forward=False, env=env)
+    signals.check(label, "its timed process was ended; no report written")
+    if status:
+        raise subprocess.CalledProcessError(status, f"d2lres.bench {label}")
     print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
     return json.loads(out.read_text())
 
@@ -213,9 +217,14 @@ def _numpy_gflops(n: int, held: str) -> float:
     """numpy's float32 matmul GFLOP/s, in a process held to ``held`` (OpenBLAS reads its core
     type when it loads)."""
     code = f"from d2lres.bench import matmul_gflops, numpy_matmul; print(matmul_gflops(numpy_matmul({n}), {n}))"
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **isa.isa_env(held)}, check=True,
-                          capture_output=True, text=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as f:
+        status = signals.run_child([sys.executable, "-c", code], forward=False, env={**os.environ, **isa.isa_env(held)},
+                                   stdout=f)
+        signals.check("the numpy matmul", "its timed process was ended; no report written")
+        if status:
+            raise subprocess.CalledProcessError(status, "numpy matmul")
+        f.seek(0)
+        return float(f.read().strip().splitlines()[-1])
 
 
 def summarize(report: dict) -> None:
@@ -270,7 +279,7 @@ def _main(job: str) -> None:
     job = json.loads(job)
     config = BenchConfig(**{**job["config"], "batches": tuple(job["config"]["batches"])})
     result = worker(job["backend"], job["way"], config, job["options"], job["data_dir"], job["parts"])
-    Path(job["out"]).write_text(json.dumps(result))
+    files.atomic_write(job["out"], lambda f: f.write(json.dumps(result).encode()))
 
 
 if __name__ == "__main__":

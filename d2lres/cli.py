@@ -180,16 +180,16 @@ def cmd_train(args) -> int:
 def _launch(backend: str, config, out: Path, **options) -> int:
     """``d2lres train --devices N``: the run as a JSON job in the process(es) ``parallel.launch_command``
     sets up for ``backend``'s engine; its error (if any) as this command's."""
-    import subprocess
     import tempfile
 
-    from . import parallel, run
+    from . import parallel, run, signals
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run.job(backend, config, out, error_file=error_file, **options)
         argv, env = parallel.launch_command(backend, options["devices"], job)
-        status = subprocess.run(argv, env=env).returncode
+        status = signals.run_child(argv, env=env)
         if status:
+            signals.check(*_stopped_at(error_file))
             error = error_file.read_text().strip() if error_file.exists() else ""
             raise run.RunError(error.removeprefix("d2lres: error: ") if error else
                                f"data-parallel training in {backend} failed (exit status {status}; its error is above)")
@@ -197,6 +197,15 @@ def _launch(backend: str, config, out: Path, **options) -> int:
     print(f"{metrics['arch']} in {metrics['backend']} on {metrics['devices']} devices: test accuracy "
           f"{metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
     return 0
+
+
+def _stopped_at(error_file: Path) -> tuple[str, str, bool]:
+    """``(where, what was kept, resumable)`` that an interrupted job (``d2lres.run``) wrote to ``error_file``."""
+    try:
+        stopped = json.loads(error_file.read_text())["interrupted"]
+        return str(stopped["where"]), str(stopped["detail"]), bool(stopped["resumable"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "", "", False
 
 
 def cmd_check(args) -> int:
@@ -408,7 +417,16 @@ def report_errors(func, *args, stream=None) -> int:
 
 def main(argv=None) -> int:
     import os
-    args = parser().parse_args(argv)
-    if not args.verbose:  # before any framework is imported, here or in the processes this one starts
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return report_errors(args.func, args)
+
+    from . import signals
+    with signals.handled():
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = parser().parse_args(argv)
+        if not args.verbose:  # before any framework is imported, here or in the processes this one starts
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            status = report_errors(args.func, args)
+            signals.check("the end", "the command had finished")
+        except signals.Interrupted as err:
+            return signals.report(err, argv)
+        return status

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, data, isa, parallel, spec
+from . import backends, data, isa, parallel, signals, spec
 from . import weights as neutral
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
@@ -53,10 +53,14 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
         bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
         env, fds = bar.start(backend)
         argv, launch_env = parallel.launch_command(backend, devices, job)
-        process = subprocess.Popen(argv, env={**launch_env, **isa.isa_env(held), **env}, pass_fds=fds)
         bar.started()
-        returncode = process.wait()
+        returncode = signals.run_child(argv, env={**launch_env, **isa.isa_env(held), **env}, pass_fds=fds)
         bar.finish()
+        if returncode != 0 and signals.requested():
+            from .cli import _stopped_at
+            where, detail, resumable = _stopped_at(error_file)
+            raise signals.Interrupted(signals.requested(), f"{backend}'s {where}" if where else backend, detail,
+                                      resumable)
         if returncode != 0:
             error = error_file.read_text().strip().removeprefix("d2lres: error: ") if error_file.exists() else ""
             raise CompareError(f"{backend}: {error}" if error else
@@ -80,20 +84,31 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     with run_folder(out, "compare") as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
         init = out / "init.npz"  # the same bytes' worth of weights for every backend (a seeded initialiser)
-        neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch))
+        neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch), arch)
         available = len(data.FashionMNIST.load(data_dir).raw[True][1])
         steps = config.epochs * -(-min(limit or available, available) // config.batch_size)
+        results = {}
         with AcrossBackends({n: steps for n in names}, enabled=progress) as bar:
-            results = {n: _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir, limit=limit,
-                                               overwrite=overwrite, bar=bar, held=held, devices=devices,
-                                               sync_bn=sync_bn) for n in names}
+            for n in names:
+                try:
+                    results[n] = _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir,
+                                                      limit=limit, overwrite=overwrite, bar=bar, held=held,
+                                                      devices=devices, sync_bn=sync_bn)
+                except signals.Interrupted as err:
+                    err.detail = "; ".join(filter(None, [
+                        err.detail, f"finished: {', '.join(results) or 'none'}",
+                        f"not started: {', '.join(names[len(results) + 1:]) or 'none'}"]))
+                    raise
+        signals.check("the report", f"every backend finished ({', '.join(names)}), no report written", True)
         check_md = ""
         if checks:
-            done = subprocess.run([sys.executable, "-m", "d2lres", "check", "--json", str(out / "checks.json"),
-                                   "--backends", *names, "--arch", arch.name, "--version", str(arch.version),
-                                   "--flavour", arch.flavour], stdout=subprocess.DEVNULL)
-            if done.returncode not in (0, 1):  # 1: checks ran and failed, which the report shows
-                raise CompareError(f"the cross-backend checks failed to run (exit status {done.returncode})")
+            status = signals.run_child([sys.executable, "-m", "d2lres", "check", "--json", str(out / "checks.json"),
+                                        "--backends", *names, "--arch", arch.name, "--version", str(arch.version),
+                                        "--flavour", arch.flavour], forward=False, stdout=subprocess.DEVNULL)
+            signals.check("the cross-backend checks", f"every backend finished ({', '.join(names)}), no report "
+                          f"written", True)
+            if status not in (0, 1):  # 1: checks ran and failed, which the report shows
+                raise CompareError(f"the cross-backend checks failed to run (exit status {status})")
             check_md = json.loads((out / "checks.json").read_text())["table"]
         title = settings_line(f"{arch}: {', '.join(names)}", config, limit)
         fig = curves_figure({n: r["history"] for n, r in results.items()}, title)

@@ -264,10 +264,11 @@ def free_port(host: str = LOOPBACK) -> int:
 def launch_command(backend: str, devices: int, job: str) -> tuple[list[str], dict]:
     """``(argv, env)`` of the process that runs the JSON job ``job`` (``python -m d2lres.run``) on
     ``devices`` devices of this machine with ``backend``'s own engine: PyTorch through ``torchrun``
-    (one process per device), the others as one process set up by :func:`environment`."""
+    (``d2lres.torch.launch``: one process per device), the others as one process set up by
+    :func:`environment`."""
     run = ["-m", "d2lres.run", job]
     if backends.canonical(backend) == "torch" and devices > 1:
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}", *run]
+        argv = [sys.executable, "-m", "d2lres.torch.launch", "--standalone", f"--nproc-per-node={devices}", *run]
     else:
         argv = [sys.executable, *run]
     return argv, environment(backend, devices)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, isa, spec
+from . import backends, files, isa, signals, spec
 from .bench import _numpy_gflops, matmul_gflops
 from .presets import preset
 
@@ -131,7 +131,10 @@ def _run_worker(backend: str, config: ProfileConfig, out: Path, held: str) -> di
     print(f"== {backend}", flush=True)
     tic = time.perf_counter()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa.isa_env(held)}
-    subprocess.run([sys.executable, "-m", "d2lres.profile", json.dumps(job)], check=True, env=env)
+    status = signals.run_child([sys.executable, "-m", "d2lres.profile", json.dumps(job)], forward=False, env=env)
+    signals.check(backend, "its timed process was ended; no report written")
+    if status:
+        raise subprocess.CalledProcessError(status, f"d2lres.profile {backend}")
     print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
     return json.loads(out.read_text())
 
@@ -222,7 +225,7 @@ def format_table(report: dict) -> str:
 def _main(job: str) -> None:
     job = json.loads(job)
     result = worker(job["backend"], ProfileConfig(**job["config"]))
-    Path(job["out"]).write_text(json.dumps(result))
+    files.atomic_write(job["out"], lambda f: f.write(json.dumps(result).encode()))
 
 
 if __name__ == "__main__":

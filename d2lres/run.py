@@ -183,6 +183,8 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
             raise RunError(f"--init {init} is a d2lres checkpoint (a run's weights, momentum and progress), not a "
                            f"weights file: to continue that run, pass --resume with --out set to its run folder; to "
                            f"start a new run from its weights, pass --init with that run's weights.npz")
+        if init_weights is not None:
+            neutral.check_arch(init_weights, arch, init)
         identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
         if resume:
             differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
@@ -264,7 +266,7 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
                "stamps": stamps.stamps([backend], data_dir),
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
     if writer:
-        neutral.save_npz(out / "weights.npz", weights)
+        neutral.save_npz(out / "weights.npz", weights, arch)
         files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     return metrics
 
@@ -279,33 +281,88 @@ def job(backend: str, config: TrainConfig, out, **options) -> str:
                        **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
 
 
+#: The options of a job and the JSON types each may have (``None``: null allowed).
+_JOB_OPTIONS = {"init": (str, None), "data_dir": (str, None), "resume": (bool,), "overwrite": (bool,),
+                "progress": (bool,), "limit": (int, None), "checkpoint_every": (int,), "devices": (int,),
+                "sync_bn": (bool,), "error_file": (str, None)}
+
+
+def parse_job(text: str) -> dict:
+    """The keyword arguments of :func:`train` from a JSON job of :func:`job`; anything else
+    (not JSON, missing or unknown keys, values of the wrong type) raises :class:`RunError`."""
+    def bad(problem: str) -> RunError:
+        return RunError(f"the job of d2lres.run is not one d2lres.run.job wrote ({problem}); "
+                        f"start training with d2lres train or d2lres compare")
+    try:
+        job_ = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise bad(f"not JSON: {err}") from None
+    if not isinstance(job_, dict):
+        raise bad(f"a JSON {type(job_).__name__}, not an object")
+    missing = [k for k in ("backend", "config", "out", "arch") if k not in job_]
+    unknown = [k for k in job_ if k not in ("backend", "config", "out", "arch", *_JOB_OPTIONS)]
+    if missing or unknown:
+        raise bad("; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                          unknown and f"unknown {', '.join(map(repr, unknown))}"])))
+    for key, kinds in _JOB_OPTIONS.items():
+        value = job_.get(key)
+        if key in job_ and not (value is None and None in kinds or type(value) in kinds):
+            raise bad(f"{key} is {value!r}")
+    backend, config, out, arch = (job_.pop(k) for k in ("backend", "config", "out", "arch"))
+    if not (isinstance(backend, str) and isinstance(out, str) and isinstance(config, dict)
+            and isinstance(arch, list) and len(arch) == 3 and all(type(a) in (int, str) for a in arch)):
+        raise bad("backend, out, config or arch of the wrong type")
+    try:
+        config, arch = TrainConfig.from_dict(config), spec.get_arch(*arch)
+    except (TypeError, ValueError) as err:
+        raise bad(f"config or arch: {err}") from None
+    job_.pop("error_file", None)
+    return {"backend": backend, "config": config, "out": out, "arch": arch, **job_}
+
+
 def main(argv=None) -> int:
     """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
     on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
+    from . import signals
+    with signals.handled():
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv) -> int:
     import io
 
+    from . import signals
     from .cli import report_errors
-    spec_ = json.loads((sys.argv[1:] if argv is None else argv)[0])
-    error_file = spec_.pop("error_file", None)
+    text = argv[0] if argv else ""
+    try:
+        error_file = json.loads(text).get("error_file")
+    except (ValueError, AttributeError, RecursionError):
+        error_file = None
+    error_file = error_file if isinstance(error_file, str) else None
 
     parallel.die_with_launcher()
 
     def run() -> int:
         from .progress import step_reporter
+        spec_ = parse_job(text)
         reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
         if reporter is not None:
             spec_["progress"] = reporter
-        config = TrainConfig.from_dict(spec_.pop("config"))
-        metrics = train(spec_.pop("backend"), config, spec_.pop("out"), arch=spec.get_arch(*spec_.pop("arch")),
-                        **spec_)
+        metrics = train(spec_.pop("backend"), spec_.pop("config"), spec_.pop("out"), **spec_)
         if parallel.process_rank() == 0:
             print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0
-    if error_file is None:
-        return report_errors(run)
     message = io.StringIO()
-    status = report_errors(run, stream=message)
-    if status:
+    try:
+        status = report_errors(run, stream=message if error_file is not None else None)
+    except signals.Interrupted as err:  # its caller (compare, train --devices) says how to resume
+        if error_file is None:
+            return signals.report(err, ["job"])
+        if parallel.process_rank() == 0:
+            Path(error_file).write_text(json.dumps({"interrupted": {"where": err.where, "detail": err.detail,
+                                                                         "resumable": err.resumable}}))
+        return err.status
+    if status and error_file is not None:
         Path(error_file).write_text(message.getvalue())
     return status
 

@@ -12,8 +12,9 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import files
+from . import files, signals
 from .devices import describe
+from .weights import FORMAT_KEY, format_record, write_npz
 
 CHECKPOINT = "checkpoint.npz"
 #: Steps timed (after the first, which compiles) for the expected time of the whole run.
@@ -96,7 +97,8 @@ def read_identity(directory: str | Path) -> dict | None:
     a damaged checkpoint raises ``ValueError`` naming it."""
     from .weights import read_npz
     path = Path(directory) / CHECKPOINT
-    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",))
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",), kinds="fU",
+                    kind="checkpoint")
     try:
         return json.loads(str(data["progress"])).get("identity")
     except (ValueError, AttributeError) as err:
@@ -120,7 +122,11 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
                             f"learning rate. {kept(directory)}")
     arrays.update(trainer.optimizer_state())
     arrays["progress"] = np.array(json.dumps(progress))
-    files.atomic_write(directory / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    identity = progress.get("identity") or {}
+    arch = ({"name": identity["arch"], "version": identity.get("version"), "flavour": identity.get("flavour")}
+            if "arch" in identity else None)
+    arrays[FORMAT_KEY] = format_record("checkpoint", arch)
+    files.atomic_write(directory / CHECKPOINT, lambda f: write_npz(f, arrays))
 
 
 def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
@@ -130,7 +136,7 @@ def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
     path = Path(directory) / CHECKPOINT
     if not path.exists():
         return None
-    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None)
+    data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=None, kinds="fU", kind="checkpoint")
     try:
         progress = json.loads(str(data["progress"]))
     except (KeyError, ValueError) as err:
@@ -183,7 +189,13 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                 raise TrainingError(f"cannot resume from {directory / CHECKPOINT}: it stopped after batch "
                                     f"{saved['step_in_epoch']} of an epoch, but this data has {steps_per_epoch} "
                                     f"batches per epoch (another batch size or data slice?)")
-            trainer.set_weights(weights)
+            try:
+                trainer.set_weights(weights)
+                bad = [k for k, v in state.items() if not np.isfinite(v).all()]
+                if bad:
+                    raise ValueError(f"{bad[0]}: values NaN or infinite")
+            except ValueError as err:
+                raise TrainingError(f"checkpoint {directory / CHECKPOINT}: {err}; {CHECKPOINT_FIX}") from None
             trainer.load_optimizer_state(state)
             history, acc = saved["history"], saved["acc"]
             epoch, step_in_epoch = saved["epoch"], saved["step_in_epoch"]
@@ -194,6 +206,17 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         if directory is not None and write:
             _save_checkpoint(directory, trainer, {"history": history, "acc": acc, "epoch": epoch,
                                                   "step_in_epoch": step_in_epoch, "identity": identity})
+
+    def stop_signal() -> int | None:
+        """A signal's request to stop (``d2lres.signals``), agreed by every process of the run."""
+        agree = getattr(trainer, "agree_stop", None)
+        return agree(signals.requested()) if agree is not None else signals.requested()
+
+    def stop(signum: int, where: str):
+        checkpoint()
+        written = directory is not None and write
+        return signals.Interrupted(signum, where, f"checkpoint written to {directory / CHECKPOINT}" if written
+                                   else "", written)
 
     record_every = max(1, steps_per_epoch // 10)
     on_step = progress if callable(progress) else None
@@ -251,6 +274,11 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                 acc["seconds"] += time.perf_counter() - tic
                 tic = time.perf_counter()
                 checkpoint()
+            signum = stop_signal()
+            if signum:
+                bar.close()
+                acc["seconds"] += time.perf_counter() - tic
+                raise stop(signum, f"epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
             if stop_after is not None and steps_this_call >= stop_after:
                 bar.close()
                 acc["seconds"] += time.perf_counter() - tic
@@ -268,6 +296,9 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
         if plot and write:
             from .plots import show_or_save_curves
             show_or_save_curves({trainer.backend: history}, curves_path, title=title)
+        signum = stop_signal() if epoch < num_epochs else None
+        if signum:
+            raise stop(signum, f"the end of epoch {epoch}")
     last = history["epochs"][-1] if history["epochs"] else None
     if verbose and write and last:
         print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")

@@ -2,6 +2,8 @@
 in PyTorch's layout, written atomically; plus the one initialisation scheme of all backends."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import zipfile
 import zlib
@@ -20,10 +22,23 @@ def check_weights(weights: dict[str, np.ndarray], num_classes: int, in_channels:
     problems += [f"unexpected {k}" for k in weights if k not in expected]
     problems += [f"{k}: expected shape {v.shape}, got {tuple(weights[k].shape)}"
                  for k, v in expected.items() if k in weights and tuple(weights[k].shape) != v.shape]
+    for k, v in weights.items():
+        if len(problems) < 8 and k in expected and tuple(v.shape) == expected[k].shape:
+            problems += _value_problems(k, v)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
         raise ValueError(f"weights do not fit {spec.get_arch(arch)} with {in_channels} input channel(s) and "
                          f"{num_classes} classes: {shown}")
+
+
+def _value_problems(name: str, value) -> list[str]:
+    """What is wrong with the values of one weights entry: not real floating point (complex,
+    integer, object, structured), or not finite (NaN, infinity)."""
+    value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+    if value.dtype.kind != "f":
+        return [f"{name}: {value.dtype} values, weights are real floating point (float32)"]
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    return [f"{name}: {bad} value(s) NaN or infinite"] if bad else []
 
 
 def infer_config(weights: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -34,10 +49,54 @@ def infer_config(weights: dict[str, np.ndarray]) -> tuple[int, int]:
         raise ValueError(f"not a d2lres ResNet-18 weights file: no {err.args[0]}") from None
 
 
-def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> Path:
-    """Write ``weights`` (canonical names) to ``path`` atomically."""
+#: The member of a weights file or checkpoint that records its format (docs/formats.md): JSON
+#: ``{"format": "d2lres-weights" or "d2lres-checkpoint", "version": 1, "arch": {...} or null}``.
+#: A file without it (written before version 1) is read as version 1; a newer one is refused.
+FORMAT_KEY = "__format__"
+FORMAT_VERSION = 1
+
+
+def format_record(kind: str, arch=None) -> np.ndarray:
+    """The :data:`FORMAT_KEY` member of a file of ``kind`` (``weights``, ``checkpoint``) holding
+    ``arch`` (an ``Arch``, a name, a dict of name, version, flavour, or ``None``: not recorded)."""
+    if arch is not None and not isinstance(arch, dict):
+        a = spec.get_arch(arch)
+        arch = {"name": a.name, "version": a.version, "flavour": a.flavour}
+    return np.array(json.dumps({"format": f"d2lres-{kind}", "version": FORMAT_VERSION, "arch": arch}))
+
+
+class Arrays(dict):
+    """The arrays of a file, and its format record (``format``; ``None`` for files without one)."""
+    format: dict | None = None
+
+
+def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray], arch=None) -> Path:
+    """Write ``weights`` (canonical names) to ``path`` atomically, with its format record
+    (:data:`FORMAT_KEY`; ``arch``: the architecture they belong to, if known)."""
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    arrays[FORMAT_KEY] = format_record("weights", arch)
+    return atomic_write(path, lambda f: write_npz(f, arrays))
+
+
+def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez(f, **arrays)``, but a failed write (a full disk) leaves no half-closed zip
+    behind to complain when it is collected."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+def check_arch(arrays: dict, arch, path) -> None:
+    """Refuse the arrays read from ``path`` if their format record names another architecture."""
+    recorded = (getattr(arrays, "format", None) or {}).get("arch")
+    if not recorded or arch is None:
+        return
+    a = spec.get_arch(arch)
+    if (recorded.get("name"), recorded.get("version"), recorded.get("flavour")) != (a.name, a.version, a.flavour):
+        held = f"{recorded.get('name')} version {recorded.get('version')}, flavour {recorded.get('flavour')}"
+        raise WeightsFileError(f"weights file {path} holds {held}, not {a} ({a.name} version {a.version}, "
+                               f"flavour {a.flavour}); pass weights of {a}, or choose the network they belong to")
 
 
 class WeightsFileError(ValueError):
@@ -48,12 +107,28 @@ class MissingWeightsFile(WeightsFileError, FileNotFoundError):
     """No file at the path given."""
 
 
+#: The most d2lres reads from one ``.npz`` file, checked from the ``.npy`` headers before any
+#: array is read: one array (ResNet's largest is 9.4 MB, a 1,000-class torchvision head 8 MB)
+#: and all of them (a ResNet-152 checkpoint with its momentum: 0.5 GB).
+MAX_ARRAY_BYTES = 1 << 28
+MAX_TOTAL_BYTES = 1 << 30
+MAX_MEMBERS = 20_000
+_CHUNK = 1 << 22
+
+
 def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = "",
-             keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+             keys: tuple[str, ...] | None = None, kinds: str = "f", kind: str = "weights") -> Arrays:
     """The arrays of the ``.npz`` file ``path`` (only ``keys`` if given; every array is read, so
-    a damaged member is found here). Any problem (missing, empty, a folder, not an ``.npz``,
-    truncated or corrupt, pickled objects) raises :class:`WeightsFileError` naming the file,
-    the problem and ``fix`` (what to do)."""
+    a damaged member is found here). Each member's ``.npy`` header is checked before its array
+    is read: a dtype of a kind not in ``kinds`` (``"f"``: floating point; object, structured,
+    complex and integer arrays are refused), a compression other than np.savez's (stored,
+    deflated: zipfile bounds nothing else), a shape larger than :data:`MAX_ARRAY_BYTES` (or
+    than :data:`MAX_TOTAL_BYTES` in all), a size that differs from the member's, and duplicated
+    or oddly named members; no more than the header's bytes are ever decompressed. The format
+    record (:data:`FORMAT_KEY`) must say ``kind`` and a version this d2lres reads; it is returned
+    as the result's ``format``, not as an array. Any problem
+    (missing, empty, a folder, not an ``.npz``, truncated or corrupt, pickled objects) raises
+    :class:`WeightsFileError` naming the file, the problem and ``fix`` (what to do)."""
     path = Path(path)
     fix = f"; {fix}" if fix else ""
 
@@ -72,21 +147,103 @@ def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = 
         if magic != b"PK\x03\x04":
             raise error("not an .npz file (it is not a zip archive" + (", it looks like a pickle"
                         if magic[:1] == b"\x80" else "") + ")")
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in keys or () if k not in data.files]
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise error(f"{len(infos)} members, more than any d2lres file ({MAX_MEMBERS})")
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in infos:
+                key = info.filename[:-4]
+                if not info.filename.endswith(".npy") or not key or any(c in key for c in "/\\\0") \
+                        or not key.isprintable():
+                    raise error(f"odd member {info.filename!r} (not an array of np.savez)")
+                if key in members:
+                    raise error(f"member {info.filename!r} appears twice")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    # zipfile expands bzip2 and LZMA members without a bound: refused before reading
+                    raise error(f"member {info.filename!r} is compressed with method {info.compress_type}; "
+                                f"np.savez and np.savez_compressed write stored or deflated members")
+                members[key] = info
+            missing = [k for k in keys or () if k not in members]
             if missing:
                 raise error(f"has no {', '.join(missing)} (not a file of this kind)")
-            return {k: data[k] for k in (keys or data.files)}
+            out = Arrays()
+            if FORMAT_KEY in members:
+                with archive.open(members[FORMAT_KEY]) as member:
+                    out.format = _format(str(_read_member(member, members[FORMAT_KEY], FORMAT_KEY, "U", error)[0]),
+                                         kind, error)
+            total = 0
+            for key in keys or [k for k in members if k != FORMAT_KEY]:
+                with archive.open(members[key]) as member:
+                    array, size = _read_member(member, members[key], key, kinds, error)
+                    total += size
+                    if total > MAX_TOTAL_BYTES:
+                        raise error(f"its arrays claim more than {MAX_TOTAL_BYTES:,} bytes in all, more than "
+                                    f"any d2lres file")
+                    out[key] = array
+            return out
     except WeightsFileError:
         raise
     except PermissionError as err:
         raise error(f"cannot be read ({err.strerror})") from None
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise error("holds pickled objects, which d2lres never loads") from None
-        raise error(f"damaged ({err})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, zlib.error) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, zlib.error, ValueError, NotImplementedError,
+            RuntimeError, OverflowError) as err:
         raise error(f"truncated or corrupt ({type(err).__name__}: {err})") from None
+
+
+def _format(text: str, kind: str, error) -> dict:
+    """The format record's JSON, checked: this ``kind`` of file, a version this d2lres reads."""
+    try:
+        record = json.loads(text)
+        name, version = record["format"], record["version"]
+        if not (isinstance(name, str) and type(version) is int and isinstance(record.get("arch"), (dict, type(None)))):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise error(f"its format record {FORMAT_KEY} is damaged ({text[:80]!r})") from None
+    if name != f"d2lres-{kind}":
+        raise error(f"is a {name} file, not a d2lres {kind} file")
+    if version > FORMAT_VERSION:
+        raise error(f"written in format version {version} by a newer d2lres; this one reads versions up to "
+                    f"{FORMAT_VERSION}: upgrade d2lres to read it")
+    return record
+
+
+def _read_member(member, info: zipfile.ZipInfo, key: str, kinds: str, error) -> tuple[np.ndarray, int]:
+    """One ``.npy`` member: its header checked, then exactly its bytes read."""
+    fmt = np.lib.format
+    version = fmt.read_magic(member)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise error(f"member {key}: .npy format version {version} is not supported")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(member, max_header_size=10_000)
+    if dtype.hasobject:
+        raise error(f"member {key} holds pickled objects, which d2lres never loads")
+    if dtype.names is not None or dtype.subdtype is not None or dtype.kind not in kinds:
+        raise error(f"member {key} holds {dtype} values (a {_KINDS.get(dtype.kind, 'structured')} array); "
+                    f"d2lres reads {' and '.join(_KINDS[k] for k in kinds)} arrays only")
+    count = math.prod(shape)
+    size = count * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise error(f"member {key} claims shape {shape} ({size:,} bytes), larger than any d2lres array "
+                    f"({MAX_ARRAY_BYTES:,} bytes)")
+    if info.file_size - member.tell() != size:
+        raise error(f"member {key}: its header's shape {shape} needs {size:,} bytes, the member holds "
+                    f"{info.file_size - member.tell():,} (truncated or corrupt)")
+    array = np.empty(count, dtype)
+    view, filled = memoryview(array.view(np.uint8)), 0
+    while filled < size:
+        got = member.readinto(view[filled:filled + _CHUNK])
+        if not got:
+            raise error(f"member {key} is truncated ({filled:,} of {size:,} bytes)")
+        filled += got
+    if member.read(1):
+        raise error(f"member {key} holds more than its header's shape {shape}")
+    array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    return (array.astype(dtype.newbyteorder("=")) if not dtype.isnative else array), size
+
+
+_KINDS = {"f": "floating-point", "U": "text", "c": "complex", "i": "integer", "u": "unsigned integer",
+          "b": "boolean", "S": "bytes", "V": "structured", "M": "date", "m": "time-delta", "O": "object"}
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -121,11 +278,13 @@ def backend_functions(get_weights, set_weights):
 
     def save_weights(net, path: str | os.PathLike) -> Path:
         """Write the network's weights to the neutral file ``path`` (atomically)."""
-        return save_npz(path, get_weights(net))
+        return save_npz(path, get_weights(net), getattr(net, "arch", None))
 
     def load_weights(net, path: str | os.PathLike) -> None:
         """Load a neutral weights file (checked against the network first)."""
-        set_weights(net, load_npz(path))
+        arrays = load_npz(path)
+        check_arch(arrays, getattr(net, "arch", None), path)
+        set_weights(net, arrays)
 
     def init_weights_(net, seed: int = 0) -> None:
         """Seeded initialisation shared with the other backends (bit-identical across them)."""
@@ -191,22 +350,42 @@ def torchvision_arch(state_dict) -> spec.Arch:
                      f"{', '.join(spec.ARCH_NAMES)}")
 
 
-def _numpy(value) -> np.ndarray:
+def _numpy(key: str, value) -> np.ndarray:
+    """One ``state_dict`` entry as a float32 array; ``ValueError`` naming it if it is not a
+    real floating-point tensor or array."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
+        value = value.detach().cpu()
+        value = (value.float() if value.is_floating_point() else value).numpy()
+    try:
+        value = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"state_dict entry {key!r} is not an array ({err})") from None
+    if value.dtype.kind != "f":
+        raise ValueError(f"state_dict entry {key!r} holds {value.dtype} values, not real floating point")
+    return value.astype(np.float32)
 
 
 def from_torchvision(state_dict, arch=None) -> dict[str, np.ndarray]:
     """A torchvision-format ``state_dict`` (tensors or arrays) as canonical weights of the
-    torchvision flavour; ``num_batches_tracked`` is dropped. Missing or unexpected keys raise
-    ``ValueError`` naming them."""
+    torchvision flavour; ``num_batches_tracked`` is dropped. Missing, unexpected or mis-shaped
+    entries and values that are not finite real floating point raise ``ValueError`` naming them."""
+    if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+        raise ValueError(f"a state_dict is a dict of tensors, not a {type(state_dict).__name__}")
+    odd = [k for k in state_dict.keys() if not isinstance(k, str)]
+    if odd:
+        raise ValueError(f"state_dict keys are names (str), not {odd[0]!r}")
+    state_dict = {k: v if k.endswith("num_batches_tracked") else _numpy(k, v) for k, v in state_dict.items()}
     arch = torchvision_arch(state_dict) if arch is None else \
         spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
     try:
         num_classes, in_channels = (int(state_dict["fc.weight"].shape[0]), int(state_dict["conv1.weight"].shape[1]))
     except KeyError as err:
         raise ValueError(f"not a torchvision ResNet state_dict: no {err.args[0]}") from None
+    except IndexError:
+        raise ValueError("not a torchvision ResNet state_dict: fc.weight and conv1.weight must be matrices "
+                         "and 4-d kernels") from None
+    if min(num_classes, in_channels) < 1:
+        raise ValueError(f"not a torchvision ResNet state_dict: {num_classes} classes, {in_channels} input channels")
     keys = torchvision_keys(arch, num_classes, in_channels)
     known = set(keys.values())
     problems = [f"missing {tv}" for tv in keys.values() if tv not in state_dict]
@@ -214,7 +393,7 @@ def from_torchvision(state_dict, arch=None) -> dict[str, np.ndarray]:
     if problems:
         raise ValueError(f"state_dict does not fit torchvision's {arch.name}: " + "; ".join(problems[:8])
                          + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else ""))
-    weights = {name: _numpy(state_dict[tv]) for name, tv in keys.items()}
+    weights = {name: state_dict[tv] for name, tv in keys.items()}
     check_weights(weights, num_classes, in_channels, arch)
     return weights
 
@@ -228,4 +407,6 @@ def to_torchvision(weights: dict[str, np.ndarray], arch="resnet18") -> dict[str,
 def torchvision_to_npz(state_dict, path: str | os.PathLike, arch=None) -> Path:
     """Write a torchvision ``state_dict`` as a neutral weights file (loads in every backend's
     ``resnet(..., flavour="torchvision")`` with ``load_weights``)."""
-    return save_npz(path, from_torchvision(state_dict, arch))
+    arch = torchvision_arch(state_dict) if arch is None else \
+        spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
+    return save_npz(path, from_torchvision(state_dict, arch), arch)

@@ -70,7 +70,7 @@ def run_metrics(folder) -> dict:
 def run_weights(folder) -> dict[str, np.ndarray]:
     """A run folder's ``weights.npz``."""
     with np.load(Path(folder) / "weights.npz") as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if k != "__format__"}  # d2lres.weights.FORMAT_KEY
 
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).

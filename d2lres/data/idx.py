@@ -2,7 +2,9 @@
 :class:`DataError`, the one error every part of :mod:`d2lres.data` raises."""
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -20,33 +22,59 @@ class DataError(RuntimeError):
     """The data set cannot be read or obtained; the message says why and what to do."""
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+#: The largest IDX data d2lres reads: Fashion-MNIST's 60,000 training images of 28x28. A file
+#: claiming more (or a gzip member expanding past its claim) is refused before it is expanded.
+MAX_IDX_BYTES = 60_000 * 28 * 28
+_CHUNK = 1 << 20
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an unsigned-byte IDX file (gzip-compressed or plain) into a uint8 array.
 
-    Raises :class:`DataError` naming the file if it is truncated, corrupt or not uint8 IDX.
+    The header is checked first: a shape of more than ``max_bytes`` is refused, and never more
+    than the shape's bytes (plus one chunk) are decompressed, so a gzip bomb costs no more memory
+    than a genuine file. Raises :class:`DataError` naming the file if it is truncated, corrupt,
+    too large or not uint8 IDX.
     """
     path = Path(path)
+    fix = "delete it to fetch it again, or pass another --data-dir"
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw_file:
+            gzipped = raw_file.read(2) == b"\x1f\x8b"
+            raw_file.seek(0)
+            with (gzip.GzipFile(fileobj=raw_file) if gzipped else contextlib.nullcontext(raw_file)) as f:
+                head = f.read(4)
+                if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                    raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'}); {fix}")
+                if head[2] != _IDX_UINT8:
+                    raise DataError(f"{path}: IDX data type 0x{head[2]:02x} is not supported "
+                                    f"(only unsigned byte, 0x08); {fix}")
+                ndim = head[3]
+                dims = f.read(4 * ndim)
+                if ndim == 0 or len(dims) < 4 * ndim:
+                    raise DataError(f"{path}: IDX header is truncated or has no dimensions; {fix}")
+                shape = tuple(int(d) for d in np.frombuffer(dims, ">u4", ndim))
+                expected = math.prod(shape)
+                if expected > max_bytes:
+                    raise DataError(f"{path}: IDX shape {shape} claims {expected:,} bytes, more than the "
+                                    f"largest data set d2lres reads ({max_bytes:,}); {fix}")
+                data, filled = np.empty(expected, np.uint8), 0
+                view = memoryview(data)
+                while filled < expected:
+                    got = f.readinto(view[filled:filled + _CHUNK])
+                    if not got:
+                        break
+                    filled += got
+                extra = f.read(_CHUNK)
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read (truncated or corrupt gzip?): {exc}") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    if raw[2] != _IDX_UINT8:
-        raise DataError(f"{path}: IDX data type 0x{raw[2]:02x} is not supported "
-                        f"(only unsigned byte, 0x08)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path}: IDX header is truncated or has no dimensions")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
+        raise DataError(f"{path}: cannot read (truncated or corrupt gzip?): {exc}; {fix}") from None
+    if filled != expected or extra:
+        found = f"{filled}" if filled < expected else f"more than {expected}"
         raise DataError(f"{path}: IDX shape {shape} needs {expected} bytes of data, "
-                        f"found {len(raw) - header} (truncated or corrupt)")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+                        f"found {found} (truncated or corrupt); {fix}")
+    return data.reshape(shape)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

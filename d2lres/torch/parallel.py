@@ -124,6 +124,13 @@ class ParallelTrainer(Trainer):
         dist.all_reduce(totals)
         return float(totals[0]), int(totals[1])
 
+    def agree_stop(self, signum: int | None) -> int | None:
+        """The signal any process got (``d2lres.signals``), the same on every rank: all of them stop
+        after the same step (a signal reaches them at different steps)."""
+        flag = torch.tensor([signum or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag) or None
+
     def _average_buffers(self, size: int, n: int) -> None:
         with torch.no_grad():
             for b in self._buffers:

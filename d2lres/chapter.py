@@ -190,7 +190,7 @@ if importlib.util.find_spec("d2lres") is None:
     print(f"installing {{requirement}}")
     pip = subprocess.run([sys.executable, "-m", "pip", "install", requirement], text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    print(*pip.stdout.splitlines()[-3:], sep="\n")
+    print(*pip.stdout.splitlines()[-3:], sep="\\n")
     if pip.returncode:
         raise RuntimeError(f"pip could not install {{requirement}}; set {INSTALL_VARIABLE} to a d2lres wheel's "
                            "path or the repository's git+https:// URL and run this cell again")

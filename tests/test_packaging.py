@@ -82,7 +82,7 @@ def test_sdist_holds_what_building_and_testing_need(dist):
     with tarfile.open(dist["sdist"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"pyproject.toml", "Makefile", "constraints/all.txt", "constraints/current.txt", "notebooks/resnet.md",
-            "tests/conftest.py", "d2lres/cli.py"} <= names
+            "tests/conftest.py", "d2lres/cli.py", "scripts/gpu-check"} <= names
     assert {f"notebooks/{fw}/resnet.ipynb" for fw in ("pytorch", "tensorflow", "mxnet", "jax")} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 

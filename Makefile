@@ -19,7 +19,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(SET)
 EXTRAS := $(if $(filter all,$(SET)),all,current)
 
-.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync lint
+.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync lint lab
 
 $(STAMP): pyproject.toml constraints/$(SET).txt
 	@test -n "$(PYTHON)" || { echo "make: no Python for SET=$(SET) on the PATH (tried: $(PYTHONS)); install one" \
@@ -75,3 +75,7 @@ notebooks: $(STAMP)
 ## Bring the #@save cells back in line with the library (the library is the source of truth)
 lib-sync: $(STAMP)
 	$(PY) -m d2lres.chapter sync
+
+## JupyterLab on the chapter's notebooks (the lab extra); LAB_OPTIONS for jupyter lab's own, e.g. --port=8899
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_OPTIONS)

@@ -14,6 +14,8 @@ BACKENDS = {
     "jax": ("d2lres.jax", "jax", "jax"),
 }
 ALIASES = {"pytorch": "torch", "tensorflow": "tf"}
+#: backend name -> every package its code imports (the extra installs them all)
+NEEDS = {"torch": ("torch",), "tf": ("tensorflow", "keras"), "mxnet": ("mxnet",), "jax": ("jax", "flax", "optax")}
 
 
 class BackendUnavailable(ImportError):
@@ -37,10 +39,17 @@ def available() -> list[str]:
             if importlib.util.find_spec(framework) is not None and not (name == "mxnet" and numpy2)]
 
 
+def require(name: str) -> None:
+    """Raise :class:`BackendUnavailable` naming the pip extra to install if a package the backend
+    ``name`` imports is missing (each backend package calls it before importing its framework)."""
+    key = canonical(name)
+    missing = [package for package in NEEDS[key] if importlib.util.find_spec(package) is None]
+    if missing:
+        raise BackendUnavailable(f"backend {key!r} needs {', '.join(missing)}, which is not installed; "
+                                 f"install it with: pip install 'd2lres[{BACKENDS[key][2]}]'")
+
+
 def load(name: str) -> ModuleType:
     """Import ``d2lres.<backend>``, or raise :class:`BackendUnavailable` with the install hint."""
-    module, framework, extra = BACKENDS[canonical(name)]
-    if importlib.util.find_spec(framework) is None:
-        raise BackendUnavailable(f"backend {canonical(name)!r} needs {framework}, which is not installed; "
-                                 f"install it with: pip install 'd2lres[{extra}]'")
-    return importlib.import_module(module)
+    require(name)
+    return importlib.import_module(BACKENDS[canonical(name)][0])

@@ -165,8 +165,43 @@ def framework_markdown(text: str, framework: str) -> str:
     return re.sub(r"\n{4,}", "\n\n\n", _TARGET.sub("", out))
 
 
+#: The environment variable the notebooks' first cell installs d2lres from (a pip requirement).
+INSTALL_VARIABLE = "D2LRES_PIP"
+
+
+def install_cell(framework: str) -> str:
+    """The notebooks' first code cell: install ``d2lres[<extra>]`` for ``framework`` where d2lres is
+    missing (a fresh Jupyter or a hosted notebook), from ``$D2LRES_PIP``; nothing where it is there."""
+    extra = FRAMEWORKS[framework].rsplit(".", 1)[1]
+    return f'''# Installs d2lres for this notebook's framework if it is missing; does nothing where it is installed.
+# d2lres is not on a package index yet: set {INSTALL_VARIABLE} to where pip finds it -- the path of a
+# wheel built from the repository (`python -m build`) or the repository's URL as git+https://... --
+# before you start Jupyter, or write it in place of the empty string below.
+import importlib
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+if importlib.util.find_spec("d2lres") is None:
+    source = os.environ.get("{INSTALL_VARIABLE}", "")
+    if source and pathlib.Path(source).expanduser().exists():  # a wheel or a source folder
+        source = pathlib.Path(source).expanduser().resolve().as_uri()
+    requirement = f"d2lres[{extra}] @ {{source}}" if source else "d2lres[{extra}]"
+    print(f"installing {{requirement}}")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", requirement], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(*pip.stdout.splitlines()[-3:], sep="\\n")
+    if pip.returncode:
+        raise RuntimeError(f"pip could not install {{requirement}}; set {INSTALL_VARIABLE} to a d2lres wheel's "
+                           "path or the repository's git+https:// URL and run this cell again")
+    importlib.invalidate_caches()'''
+
+
 def build_notebook(text: str, framework: str) -> str:
-    """The ``.ipynb`` text of the chapter for ``framework`` (no outputs, stable cell ids)."""
+    """The ``.ipynb`` text of the chapter for ``framework`` (no outputs, stable cell ids), its
+    first code cell :func:`install_cell`."""
     import jupytext
     import nbformat
 
@@ -176,6 +211,8 @@ def build_notebook(text: str, framework: str) -> str:
         cell.metadata = {}
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+    first_code = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+    nb.cells.insert(first_code, nbformat.v4.new_code_cell(install_cell(framework), id=f"{framework}-install"))
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                   "language": "python"},
                    "language_info": {"name": "python"},

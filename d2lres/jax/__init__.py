@@ -21,7 +21,11 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # a missing framework fails here, with the backends' hint upstream
+from ..backends import require
+
+require("jax")  # a missing framework: an error that names the extra
+
+import jax
 
 from . import distributed
 

@@ -1,6 +1,10 @@
 """The chapter's ResNet in MXNet Gluon (NumPy mode): the d2lres API."""
 import warnings
 
+from ..backends import require
+
+require("mxnet")  # a missing framework: an error that names the extra
+
 from ..threads import prepare_mxnet_threads, restore_torch_threads
 from ..mxnet_compat import prepare_numpy
 

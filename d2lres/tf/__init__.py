@@ -5,6 +5,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no INFO lines at import
 
+from ..backends import require
+
+require("tf")  # a missing framework: an error that names the extra
+
 import tensorflow as tf
 
 from ..api import NAMES

@@ -1,6 +1,10 @@
 """The chapter's ResNet in PyTorch: the d2lres API (``d2lres.api``; see ``d2lres.spec`` for what it
 builds). Tensors are NCHW."""
-import torch  # a missing framework fails here, with the backends' hint upstream
+from ..backends import require
+
+require("torch")  # a missing framework: an error that names the extra
+
+import torch
 
 from ..api import NAMES
 from ..book import module_getattr

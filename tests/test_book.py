@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from d2lres import backends, chapter
+from d2lres import backends, chapter, spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "build" / "book"
@@ -51,6 +51,11 @@ PROSE_JS = """(root) => {
   }
   return out.join(" ");
 }"""
+
+
+# The sections' labels (the chapter's, ``resnet-...``, from the English headings), in order.
+SECTION_LABELS = """() => [...document.querySelectorAll('article section')].map(s =>
+    [s.id, ...[...s.querySelectorAll(':scope > span[id]')].map(x => x.id)].find(id => id.startsWith('resnet-')))"""
 
 
 def pages() -> list[str]:
@@ -247,20 +252,25 @@ def test_a_tab_switches_every_group_and_is_remembered(watched):
 @needs_ja
 def test_language_switch_leads_to_the_same_section(watched):
     page = watched.goto("resnet.html")
-    en_ids = page.evaluate("() => [...document.querySelectorAll('article section[id]')].map(s => s.id)")
+    en_ids = page.evaluate(SECTION_LABELS)
+    assert len(en_ids) >= 8
     target = en_ids[3]
-    page.evaluate("(id) => { document.getElementById(id).scrollIntoView(); window.scrollBy(0, 5); }", target)
     choose(page, "tensorflow")
+    page.evaluate("""(id) => { document.documentElement.style.scrollBehavior = 'auto';
+        window.scrollTo(0, document.getElementById(id).getBoundingClientRect().top + window.scrollY + 5); }""", target)
     page.locator("a.d2lres-lang-switch").click()
     page.wait_for_load_state("load")
     assert page.url.endswith(f"ja/resnet.html#{target}"), page.url
     assert page.evaluate("() => document.documentElement.lang") == "ja"
-    ja_ids = page.evaluate("() => [...document.querySelectorAll('article section[id]')].map(s => s.id)")
+    ja_ids = page.evaluate(SECTION_LABELS)
     assert ja_ids == en_ids
     expect_choice(page, "tensorflow")
+    top = "(id) => document.getElementById(id).getBoundingClientRect().top"
+    page.wait_for_function(f"() => Math.abs(({top})('{target}')) < 80")  # landed on the section
     page.locator("a.d2lres-lang-switch").click()
     page.wait_for_load_state("load")
     assert page.url.endswith(f"/resnet.html#{target}") and "/ja/" not in page.url
+    page.wait_for_function(f"() => Math.abs(({top})('{target}')) < 80")
     assert not watched.errors and not watched.foreign()
 
 
@@ -293,8 +303,9 @@ def test_save_cells_under_their_tabs_and_both_languages_carry_the_same_code(brow
 
 
 def test_outputs_are_under_each_tab(browser, server):
-    """The executed outputs (shape walk, parameter counts, training lines and curve) under each
-    installed framework's tab, labelled with their mode."""
+    """The executed outputs (the blocks' shapes, the shape walk, parameter counts, training lines
+    and curve) under each installed framework's tab, labelled with their mode: what a real kernel
+    printed when ``make book`` executed the framework's chapter."""
     w = Watched(browser, server)
     try:
         page = w.goto("resnet.html")
@@ -306,7 +317,11 @@ def test_outputs_are_under_each_tab(browser, server):
             text = "\n".join(t for t, _ in outs)
             if module.rsplit(".", 1)[1] not in backends.available():
                 continue
-            assert "b5            output shape: (512, 7, 7)" in text, fw
+            nhwc = fw in ("tensorflow", "jax")
+            assert ("Residual(3): (4, 6, 6, 3)" if nhwc else "Residual(3): (4, 3, 6, 6)") in text, fw
+            assert ("strides=2): (4, 3, 3, 6)" if nhwc else "strides=2): (4, 6, 3, 3)") in text, fw
+            walk = "\n".join(f"{name:<13} output shape: {shape}" for name, shape, _ in spec.walk((1, 224, 224)))
+            assert walk in text and "b5            output shape: (512, 7, 7)" in text, fw
             assert "trainable parameters: 11,178,378" in text and "BatchNorm running statistics: 7,808" in text
             assert "train acc" in text and "examples/sec" in text
             assert re.search(r"\((PyTorch|TensorFlow|MXNet|JAX), (fast mode, D2LRES_FAST=1|the chapter's settings)\)",

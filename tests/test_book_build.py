@@ -145,3 +145,18 @@ def test_japanese_notebooks_are_built_and_checked(two_languages, capsys):
     assert chapter.notebook_problems(ja.read_text(), out, chapter.source_name(ja)) == []
     ja.write_text(ja.read_text().replace("日本語の本文。", "別の本文。", 1))
     assert len(chapter.notebook_problems(ja.read_text(), out, chapter.source_name(ja))) == len(chapter.FRAMEWORKS)
+
+
+def test_full_mode_keeps_the_fast_outputs_of_a_missing_framework(tmp_path, monkeypatch):
+    """``make book FULL=1`` where only PyTorch is installed: PyTorch runs the chapter's settings,
+    TensorFlow keeps its cached fast run (labelled fast), MXNet and JAX, never run, have none."""
+    from book import build
+
+    text = '```{.python .input}\n#@tab all\nimport os\nprint(os.environ.get("D2LRES_FAST"))\n```\n'
+    cells = chapter_page.framework_cells(text)
+    execute.execute("tensorflow", cells["tensorflow"], "fast", tmp_path)
+    monkeypatch.setattr(build.backends, "available", lambda: ["torch"])
+    outputs, executed = build.run_outputs(text, "full", tmp_path, "all")
+    assert executed == 1 and sorted(outputs) == ["pytorch", "tensorflow"]
+    assert outputs["pytorch"]["mode"] == "full" and outputs["pytorch"]["cells"][0][0]["text"] == "None\n"
+    assert outputs["tensorflow"]["mode"] == "fast" and outputs["tensorflow"]["cells"][0][0]["text"] == "1\n"

@@ -196,9 +196,10 @@ def notebook_path(out: Path, framework: str) -> Path:
 
 
 def source_name(source: Path) -> str:
-    """``source`` as the notebooks name it: relative to the checkout when inside it."""
-    source = Path(source).resolve()
-    return source.relative_to(ROOT).as_posix() if source.is_relative_to(ROOT) else source.name
+    """The source's name in the checkout, as the notebooks record it: the Japanese one when it
+    lies in a folder ``ja`` (as ``notebooks/ja/resnet.md`` does, or a copy of it), else the English."""
+    lang = "ja" if Path(source).resolve().parent.name == "ja" else "en"
+    return LANGUAGES[lang][0].relative_to(ROOT).as_posix()
 
 
 def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:

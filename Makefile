@@ -19,7 +19,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(SET)
 EXTRAS := $(if $(filter all,$(SET)),all,current)
 
-.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync lint lab
+.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync lint lab book
 
 $(STAMP): pyproject.toml constraints/$(SET).txt
 	@test -n "$(PYTHON)" || { echo "make: no Python for SET=$(SET) on the PATH (tried: $(PYTHONS)); install one" \
@@ -68,7 +68,14 @@ clean:
 lib-check: $(STAMP)
 	$(PY) -m d2lres.chapter check
 
-## Regenerate notebooks/<framework>/resnet.ipynb from notebooks/resnet.md
+## The book site in build/book: the chapter in English and Japanese with each framework's outputs
+## (fast mode; FULL=1: the chapter's settings), and the docs. Installs the `book` extra if missing.
+book: $(STAMP)
+	@$(PY) -c 'import sphinx, myst_parser, sphinx_design, furo, latex2mathml, playwright' 2>/dev/null || \
+	  $(PY) -m pip install --quiet -c constraints/$(SET).txt -e '.[book]'
+	$(PY) -m book.build --set $(SET) $(if $(FULL),--full)
+
+## Regenerate notebooks/[ja/]<framework>/resnet.ipynb from notebooks/[ja/]resnet.md
 notebooks: $(STAMP)
 	$(PY) -m d2lres.chapter build
 

@@ -7,6 +7,12 @@ code cells whose first line names their tab (``#@tab pytorch``, ``#@tab tensorfl
 ``all`` cells, without outputs) through jupytext's markdown reader; the
 source's MyST section labels (``(sec-resnet)=`` lines, for the book site) are left out of them.
 
+**Two languages.** ``notebooks/ja/resnet.md`` is the chapter in Japanese: the same structure, its
+prose in Japanese, its code cells those of the English source, byte for byte and in the same
+order. ``build`` writes its notebooks to ``notebooks/ja/<framework>/resnet.ipynb``; ``check``
+holds its ``#@save`` cells to the library as well and names every code cell that differs from the
+English source's; ``sync`` rewrites both sources.
+
 **One source of truth: the library code.** A code cell marked ``#@save`` holds chapter-level
 definitions (``Residual``, ``resnet_block``) of its framework's backend (``d2lres.torch``,
 ``d2lres.tf``, ``d2lres.mxnet``, ``d2lres.jax``); its text must equal ``inspect.getsource`` of those objects,
@@ -15,7 +21,7 @@ back into the chapter's ``#@save`` cells (and rebuilds the notebooks); ``check``
 naming every ``#@save`` cell that differs from the library and every notebook that differs from
 what ``build`` would write.
 
-    python -m d2lres.chapter build   [--source notebooks/resnet.md] [--out notebooks]
+    python -m d2lres.chapter build   [--source notebooks/resnet.md --out notebooks]  (default: both languages)
     python -m d2lres.chapter check   [--source ...] [--out ...]
     python -m d2lres.chapter sync    [--source ...] [--out ...]
 
@@ -36,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebooks" / "resnet.md"
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOK_NAME = "resnet.ipynb"
+#: language -> (its chapter source, the folder of its ``<framework>/resnet.ipynb``)
+LANGUAGES = {"en": (SOURCE, NOTEBOOK_DIR), "ja": (NOTEBOOK_DIR / "ja" / "resnet.md", NOTEBOOK_DIR / "ja")}
 
 #: tab name -> the backend package whose objects the tab's ``#@save`` cells define
 FRAMEWORKS = {"pytorch": "d2lres.torch", "tensorflow": "d2lres.tf", "mxnet": "d2lres.mxnet",
@@ -199,7 +207,7 @@ if importlib.util.find_spec("d2lres") is None:
     importlib.invalidate_caches()'''
 
 
-def build_notebook(text: str, framework: str) -> str:
+def build_notebook(text: str, framework: str, generated_from: str = "notebooks/resnet.md") -> str:
     """The ``.ipynb`` text of the chapter for ``framework`` (no outputs, stable cell ids), its
     first code cell :func:`install_cell`."""
     import jupytext
@@ -216,7 +224,7 @@ def build_notebook(text: str, framework: str) -> str:
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                   "language": "python"},
                    "language_info": {"name": "python"},
-                   "d2lres": {"framework": framework, "generated_from": "notebooks/resnet.md",
+                   "d2lres": {"framework": framework, "generated_from": generated_from,
                               "regenerate": "python -m d2lres.chapter build"}}
     nb.nbformat, nb.nbformat_minor = 4, 5
     return nbformat.writes(nb) + "\n"
@@ -226,11 +234,18 @@ def notebook_path(out: Path, framework: str) -> Path:
     return Path(out) / framework / NOTEBOOK_NAME
 
 
+def source_name(source: Path) -> str:
+    """The source's name in the checkout, as the notebooks record it: the Japanese one when it
+    lies in a folder ``ja`` (as ``notebooks/ja/resnet.md`` does, or a copy of it), else the English."""
+    lang = "ja" if Path(source).resolve().parent.name == "ja" else "en"
+    return LANGUAGES[lang][0].relative_to(ROOT).as_posix()
+
+
 def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
     """Write the notebooks (one per framework); returns those whose text changed."""
     text, written = Path(source).read_text(), []
     for framework in FRAMEWORKS:
-        path, nb = notebook_path(out, framework), build_notebook(text, framework)
+        path, nb = notebook_path(out, framework), build_notebook(text, framework, source_name(source))
         if not path.exists() or path.read_text() != nb:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(nb)
@@ -238,22 +253,36 @@ def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
     return written
 
 
-def notebook_problems(text: str, out: Path) -> list[str]:
+def notebook_problems(text: str, out: Path, generated_from: str = "notebooks/resnet.md") -> list[str]:
     problems = []
     for framework in FRAMEWORKS:
         path = notebook_path(out, framework)
         if not path.exists():
             problems.append(f"{path}: missing (run `python -m d2lres.chapter build`)")
-        elif path.read_text() != build_notebook(text, framework):
+        elif path.read_text() != build_notebook(text, framework, generated_from):
             problems.append(f"{path}: differs from what the source generates "
                             f"(run `python -m d2lres.chapter build`)")
     return problems
 
 
-def check(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[str]:
-    """Every disagreement: ``#@save`` cells vs the library, notebooks vs the source."""
+def same_code_problems(text: str, source: Path, reference: Path) -> list[str]:
+    """One message per code cell of ``text`` that is not the ``reference`` source's cell at the
+    same position (tabs, markers and code, byte for byte), and for a differing cell count."""
+    mine, theirs = parse_code_cells(text), parse_code_cells(Path(reference).read_text())
+    problems = [f"{source}:{a.line}: code cell {i + 1} [{', '.join(a.tabs)}] differs from {reference}:{b.line}"
+                for i, (a, b) in enumerate(zip(mine, theirs))
+                if (a.header, a.code) != (b.header, b.code)]
+    if len(mine) != len(theirs):
+        problems.append(f"{source}: {len(mine)} code cells, {reference} has {len(theirs)}")
+    return problems
+
+
+def check(source: Path = SOURCE, out: Path = NOTEBOOK_DIR, reference: Path | None = None) -> list[str]:
+    """Every disagreement: ``#@save`` cells vs the library, notebooks vs the source, and (for a
+    translation, ``reference`` its English source) code cells vs the reference's."""
     text = Path(source).read_text()
-    return save_cell_problems(text, Path(source)) + notebook_problems(text, out)
+    same = same_code_problems(text, Path(source), reference) if reference else []
+    return save_cell_problems(text, Path(source)) + same + notebook_problems(text, out, source_name(source))
 
 
 def sync(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> tuple[list[str], list[Path]]:
@@ -267,25 +296,42 @@ def sync(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> tuple[list[str], li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m d2lres.chapter", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "check", "sync"])
-    parser.add_argument("--source", type=Path, default=SOURCE, help="the chapter source (%(default)s)")
-    parser.add_argument("--out", type=Path, default=NOTEBOOK_DIR,
-                        help="where <framework>/resnet.ipynb live (%(default)s)")
+    parser.add_argument("--source", type=Path, help="one chapter source (default: every language's, "
+                        + ", ".join(f"{lang} {src.relative_to(ROOT)}" for lang, (src, _) in LANGUAGES.items()) + ")")
+    parser.add_argument("--out", type=Path, help="where its <framework>/resnet.ipynb live")
     args = parser.parse_args(argv)
-    if args.command == "build":
-        written = build(args.source, args.out)
+    if args.source is None and args.out is None:
+        status = 0
+        for lang, (source, out) in LANGUAGES.items():
+            if not source.exists():
+                print(f"{lang}: no {source.relative_to(ROOT)}; skipped")
+                continue
+            print(f"[{lang}]")
+            reference = SOURCE if source != SOURCE else None
+            status = max(status, _one(args.command, source, out, reference))
+        return status
+    if args.source is None or args.out is None:
+        parser.error("--source and --out go together")
+    return _one(args.command, args.source, args.out, None)
+
+
+def _one(command: str, source: Path, out: Path, reference: Path | None) -> int:
+    """``command`` on one source and its notebooks (``reference``: the English source it translates)."""
+    if command == "build":
+        written = build(source, out)
         for path in written:
             print(f"wrote {path}")
         print(f"{len(FRAMEWORKS)} notebooks up to date ({len(written)} rewritten)")
         return 0
-    if args.command == "sync":
-        changed, written = sync(args.source, args.out)
+    if command == "sync":
+        changed, written = sync(source, out)
         for cell in changed:
             print(f"synced #@save cell at {cell} from the library")
         for path in written:
             print(f"wrote {path}")
-        print(f"{args.source}: #@save cells match the library ({len(changed)} rewritten)")
+        print(f"{source}: #@save cells match the library ({len(changed)} rewritten)")
         return 0
-    problems = check(args.source, args.out)
+    problems = check(source, out, reference)
     if problems:
         for problem in problems:
             print(problem)
@@ -293,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
               f"`python -m d2lres.chapter sync` rewrites the #@save cells from it and rebuilds "
               f"the notebooks.", file=sys.stderr)
         return 1
-    saved = sum(cell.save for cell in parse_code_cells(Path(args.source).read_text()))
-    print(f"ok: {saved} #@save cells match the library; {len(FRAMEWORKS)} notebooks up to date")
+    saved = sum(cell.save for cell in parse_code_cells(Path(source).read_text()))
+    same = f", its code cells are {reference.name}'s" if reference else ""
+    print(f"ok: {saved} #@save cells match the library{same}; {len(FRAMEWORKS)} notebooks up to date")
     return 0
 
 

@@ -302,5 +302,6 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     last = history["epochs"][-1] if history["epochs"] else None
     if verbose and write and last:
         print(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")
-        print(f"{last['images_per_s']:.1f} examples/sec on {device}")
+        # d2l's line names the device in the framework's own spelling, as d2l prints it
+        print(f"{last['images_per_s']:.1f} examples/sec on {getattr(trainer, 'device_label', None) or trainer.device}")
     return history

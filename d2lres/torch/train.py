@@ -62,6 +62,9 @@ class Trainer(metaclass=book.TrainerSignature):
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None):
         self.device = torch.device(device) if device is not None else try_gpu()
+        if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in net.parameters()):
+            raise ValueError("the network's lazy layers have no weights yet: run one batch through it first "
+                             "(net(X)); train_ch6 does that")
         self.memory_format = {True: torch.channels_last, False: torch.contiguous_format}.get(channels_last)
         self.net = net.to(self.device, memory_format=self.memory_format or torch.preserve_format)
         self._train_forward = torch.compile(self.net) if compile else self.net

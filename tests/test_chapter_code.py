@@ -43,6 +43,7 @@ def lowered(monkeypatch, mod, data_dir, histories):
     monkeypatch.setattr(mod, "train_ch6", one_epoch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", [f for f, b in FRAMEWORKS.items() if b in backends.available()])
 def test_the_chapter_runs_as_the_book_prints_it(framework, real_data, monkeypatch, capsys):
     mod, histories = backends.load(FRAMEWORKS[framework]), []

@@ -9,7 +9,7 @@ import re
 from typing import Callable
 
 #: Spellings of a device: cpu, gpu, gpu:N, cuda:N, /GPU:N, /device:GPU:N, /job:.../device:CPU:0.
-_PATTERN = re.compile(r"^(?:.*/)?(?:device:)?(cpu|gpu|cuda)(?::(\d+))?$", re.IGNORECASE)
+_PATTERN = re.compile(r"^(?:.*/)?(?:device:)?(cpu|gpu|cuda|mps)(?::(\d+))?$", re.IGNORECASE)
 
 
 class DeviceError(ValueError):
@@ -24,13 +24,13 @@ def parse(device) -> tuple[str, int]:
         if not match:
             raise DeviceError(f"device {device!r} is not understood; use 'cpu', 'gpu' or 'gpu:N' (also accepted: "
                               f"'cuda:N', '/GPU:N', or the framework's own device object)")
-        kind = "cpu" if match[1].lower() == "cpu" else "gpu"
+        kind = {"cpu": "cpu", "mps": "mps"}.get(match[1].lower(), "gpu")
         return kind, int(match[2] or 0)
     for kind_attr, index_attr in (("type", "index"), ("device_type", "device_id"), ("platform", "id")):
         kind = getattr(device, kind_attr, None)
         if isinstance(kind, str):
             index = getattr(device, index_attr, None) or 0
-            return parse(f"{kind}:{index}") if kind.lower() in ("cpu", "gpu", "cuda") else _unknown(device)
+            return parse(f"{kind}:{index}") if kind.lower() in ("cpu", "gpu", "cuda", "mps") else _unknown(device)
     return _unknown(device)
 
 
@@ -41,13 +41,17 @@ def _unknown(device):
 
 def label(kind: str, index: int) -> str:
     """The one spelling in reports: ``cpu`` or ``gpu:N``."""
-    return "cpu" if kind == "cpu" else f"gpu:{index}"
+    return kind if kind in ("cpu", "mps") else f"gpu:{index}"
 
 
-def resolve(device, backend: str, gpus: int, make: Callable[[str, int], object]):
+def resolve(device, backend: str, gpus: int, make: Callable[[str, int], object], mps: bool = False):
     """The framework's device for ``device`` (``make(kind, index)``), after checking it exists:
-    ``gpus`` is how many GPUs the framework sees. A CPU index other than 0 is refused too."""
+    ``gpus`` is how many GPUs the framework sees, ``mps`` whether it has Apple's (PyTorch only). A
+    CPU index other than 0 is refused too."""
     kind, index = parse(device)
+    if kind == "mps" and not (mps and index == 0):
+        raise DeviceError(f"device {device!r} does not exist: {backend} has no Apple GPU (mps) on this machine; use "
+                          f"'cpu' or 'gpu:N' (or leave it out: the first GPU, else the CPU)")
     if kind == "gpu" and index >= gpus:
         have = f"{gpus} GPU(s), gpu:0 to gpu:{gpus - 1}" if gpus else "no GPU"
         raise DeviceError(f"device {device!r} does not exist: {backend} sees {have} on this machine; use 'cpu'"

@@ -43,6 +43,7 @@ def lowered(monkeypatch, mod, data_dir, histories):
     monkeypatch.setattr(mod, "train_ch6", one_epoch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", [f for f, b in FRAMEWORKS.items() if b in backends.available()])
 def test_the_chapter_runs_as_the_book_prints_it(framework, real_data, monkeypatch, capsys):
     mod, histories = backends.load(FRAMEWORKS[framework]), []
@@ -121,6 +122,10 @@ def test_try_gpu_takes_mps_where_cuda_is_absent(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert d2l.try_gpu() == torch.device("mps") and d2l.try_all_gpus() == [torch.device("mps")]
     assert d2l.try_gpu(1) == torch.device("cpu")
+    from d2lres import devices  # what try_gpu gives, the device check takes (resolve: before any tensor moves)
+    assert devices.resolve(d2l.try_gpu(), "torch", 0, lambda kind, i: kind, mps=True) == "mps"
+    with pytest.raises(devices.DeviceError, match="no Apple GPU"):
+        devices.resolve("mps", "tf", 0, lambda kind, i: kind)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert d2l.try_gpu(1) == torch.device("cuda:1")
     assert d2l.try_all_gpus() == [torch.device("cuda:0"), torch.device("cuda:1")]

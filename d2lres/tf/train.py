@@ -129,6 +129,8 @@ class Trainer(metaclass=book.TrainerSignature):
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits."""
         X = self._check(X, training=False)
+        if self._weights is None:
+            self._collect(_inputs(X))
         with tf.device(self.device):
             return self._predict(_inputs(X)).numpy()
 

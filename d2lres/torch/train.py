@@ -63,7 +63,11 @@ class Trainer(metaclass=book.TrainerSignature):
                  compile: bool | None = None, channels_last: bool | None = None):
         self.device = try_gpu() if device is None else devices.resolve(
             device, "torch", torch.cuda.device_count(),
-            lambda kind, i: torch.device("cpu" if kind == "cpu" else f"cuda:{i}"))
+            lambda kind, i: torch.device(kind if kind in ("cpu", "mps") else f"cuda:{i}"),
+            mps=_mps())
+        if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in net.parameters()):
+            raise ValueError("the network's lazy layers have no weights yet: run one batch through it first "
+                             "(net(X)); train_ch6 does that")
         self.memory_format = {True: torch.channels_last, False: torch.contiguous_format}.get(channels_last)
         self.net = net.to(self.device, memory_format=self.memory_format or torch.preserve_format)
         self._train_forward = torch.compile(self.net) if compile else self.net

@@ -5,6 +5,7 @@ writer's leftover temporary files are removed by :func:`remove_stale_temporaries
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -89,7 +90,6 @@ def folder_kind(folder: Path) -> str | None:
     runs older than the marker, by the files only d2lres writes; ``None`` if it holds none."""
     marker = folder / MARKER
     if marker.is_file():
-        import json
         try:
             kind = json.loads(marker.read_text()).get("kind")
         except (OSError, ValueError, AttributeError):
@@ -106,7 +106,6 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out")
     new, empty, or already a d2lres run of that kind. Refused (:class:`FolderError`, naming what is
     there and the options): an empty path, the filesystem root, a home folder itself, a run of the
     other kind, a folder holding files that are not a d2lres run."""
-    import json
     if str(folder) == "":
         raise FolderError(f"{option} is empty; name a folder for the run (or leave {option} out for the default)")
     folder = Path(folder).expanduser()

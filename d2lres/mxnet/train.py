@@ -42,7 +42,9 @@ def _as_np(X):
     take numpy batches); an ``mxnet.np`` array as it is."""
     if isinstance(X, onp.ndarray):
         return np.array(X, dtype=X.dtype)
-    return X.as_np_ndarray() if isinstance(X, mx.nd.NDArray) else X
+    if isinstance(X, mx.nd.NDArray) and not isinstance(X, np.ndarray):  # mxnet.np's arrays are NDArrays too
+        return X.as_np_ndarray()
+    return X
 
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,

@@ -2,8 +2,10 @@
 runs with a temporary HOME. The real data set's directory is resolved before that.
 
 Also the helpers the tests share: every pair of backends, one way to call any backend's
-models on a numpy batch (:func:`forward`), and the command line's runs (:func:`d2lres_cli`,
-:func:`run_metrics`, :func:`run_weights`, :func:`wait_all`)."""
+models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lres_cli`,
+:func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
+compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`)."""
+import functools
 import importlib
 import itertools
 import json
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 # None of these imports a framework or matplotlib, which read the variables set below.
-from d2lres import backends
+from d2lres import backends, spec
 from d2lres.data import default_data_dir
 
 REAL_DATA_DIR = str(default_data_dir())
@@ -71,6 +73,20 @@ def run_weights(folder) -> dict[str, np.ndarray]:
     """A run folder's ``weights.npz``."""
     with np.load(Path(folder) / "weights.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+@functools.cache
+def _full_check(arch: spec.Arch, input_shape: tuple, step_size: int, batch_size: int) -> dict:
+    from d2lres import checks
+    return checks.cross_backend_checks(input_shape=input_shape, step_size=step_size, batch_size=batch_size,
+                                       arch=arch)
+
+
+def full_check(arch=None, input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4) -> dict:
+    """``checks.cross_backend_checks`` of ``arch`` (default: the chapter's ResNet-18) at the CLI's
+    defaults, computed once a session (tests/test_parity.py's ResNet-18 is also
+    tests/test_variants.py's). Read it, do not change it."""
+    return _full_check(spec.get_arch(arch), tuple(input_shape), step_size, batch_size)
 
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).

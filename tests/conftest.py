@@ -4,7 +4,8 @@ runs with a temporary HOME. The real data set's directory is resolved before tha
 Also the helpers the tests share: every pair of backends, one way to call any backend's
 models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lres_cli`,
 :func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
-compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`)."""
+compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`), the
+small PyTorch run (:func:`torch_run`)."""
 import functools
 import importlib
 import itertools
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,27 @@ def wait_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
                 p.kill()
     assert all(p.returncode == 0 for p in procs), [err[-4000:] for _, err in outs]
     return outs
+
+
+#: The command line's small run (tests/test_faults.py, tests/test_parallel_*.py): 28x28 images,
+#: batch 4, 24 real images, 2 epochs, a checkpoint every 2 steps.
+SMALL_RUN = ["--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01", "--batch-size", "4", "--momentum",
+             "0.9", "--schedule", "constant", "--limit", "24", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="session")
+def torch_run(real_data, tmp_path_factory):
+    """``d2lres train --backend torch SMALL_RUN`` on one device, uninterrupted, under umask 022: its
+    folder (its wall time in ``.seconds``). tests/test_faults.py's reference and
+    tests/test_parallel_torch.py's one-device run."""
+    out = tmp_path_factory.mktemp("torch-run")
+    tic = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "d2lres", "train", "--backend", "torch", *SMALL_RUN, "--data-dir",
+                           str(real_data), "--out", str(out)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                          preexec_fn=lambda: os.umask(0o022))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / ".seconds").write_text(str(time.monotonic() - tic))
+    return out
 
 
 def one_and_two_devices(run: list, data_dir, tmp_path_factory) -> tuple[Path, Path, str]:

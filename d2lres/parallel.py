@@ -316,17 +316,27 @@ def run_check(backend: str, replicas: int = 2, sync_bn: bool = True, *, timeout:
               **options) -> dict:
     """:func:`check_step` in a fresh process set up for ``replicas`` replicas of ``backend``
     (bounded by ``timeout`` seconds); returns its result."""
+    return run_checks(backend, replicas, (sync_bn,), timeout=timeout, **options)[0]
+
+
+def run_checks(backend: str, replicas: int = 2, modes=(True, False), *, timeout: float = CHECK_TIMEOUT,
+               **options) -> list[dict]:
+    """:func:`run_check` for each BatchNorm mode of ``modes`` (``sync_bn``), all in one fresh
+    process (one start-up of the framework); the results in that order."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        job = json.dumps({"backend": backend, "replicas": replicas, "sync_bn": sync_bn, **options,
+        job = json.dumps({"backend": backend, "replicas": replicas, "sync_bn": list(modes), **options,
                           "arch": arch_key(options.get("arch"))})
         proc = subprocess.run([sys.executable, "-m", "d2lres.parallel", "check-job", job, str(out)],
                               env=environment(backend, replicas), capture_output=True, text=True, timeout=timeout)
         if proc.returncode or not out.exists():
             raise RuntimeError(f"the {backend} data-parallel check failed (exit {proc.returncode}):\n"
                                f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-        with np.load(out.with_suffix(".npz")) as weights:
-            return {**json.loads(out.read_text()), "after_step": {k: weights[k] for k in weights.files}}
+        results = []
+        for i, result in enumerate(json.loads(out.read_text())):
+            with np.load(out.with_suffix(f".{i}.npz")) as weights:
+                results.append({**result, "after_step": {k: weights[k] for k in weights.files}})
+        return results
 
 
 def agreement(results: list[dict]) -> list[dict]:
@@ -376,11 +386,12 @@ def format_results(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "check-job":  # internal: one check in this (prepared) process
-        options = json.loads(argv[1])
-        result = check_step(options.pop("backend"), options.pop("replicas"), options.pop("sync_bn"), **options,
-                            weights_to=Path(argv[2]).with_suffix(".npz"))
-        Path(argv[2]).write_text(json.dumps(result, indent=1))
+    if argv and argv[0] == "check-job":  # internal: the checks of one (prepared) process, a list of modes
+        options, out = json.loads(argv[1]), Path(argv[2])
+        backend, replicas = options.pop("backend"), options.pop("replicas")
+        results = [check_step(backend, replicas, sync, **options, weights_to=out.with_suffix(f".{i}.npz"))
+                   for i, sync in enumerate(options.pop("sync_bn"))]
+        out.write_text(json.dumps(results, indent=1))
         return 0
     p = argparse.ArgumentParser(prog="python -m d2lres.parallel")
     sub = p.add_subparsers(dest="command", required=True)

@@ -2,8 +2,11 @@
 runs with a temporary HOME. The real data set's directory is resolved before that.
 
 Also the helpers the tests share: every pair of backends, one way to call any backend's
-models on a numpy batch (:func:`forward`), and the command line's runs (:func:`d2lres_cli`,
-:func:`run_metrics`, :func:`run_weights`, :func:`wait_all`)."""
+models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lres_cli`,
+:func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
+compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`), the
+small PyTorch run (:func:`torch_run`)."""
+import functools
 import importlib
 import itertools
 import json
@@ -11,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import numpy as np
 import pytest
 
 # None of these imports a framework or matplotlib, which read the variables set below.
-from d2lres import backends
+from d2lres import backends, spec
 from d2lres.data import default_data_dir
 
 REAL_DATA_DIR = str(default_data_dir())
@@ -56,6 +60,27 @@ def wait_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
     return outs
 
 
+#: The command line's small run (tests/test_faults.py, tests/test_parallel_*.py): 28x28 images,
+#: batch 4, 24 real images, 2 epochs, a checkpoint every 2 steps.
+SMALL_RUN = ["--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01", "--batch-size", "4", "--momentum",
+             "0.9", "--schedule", "constant", "--limit", "24", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="session")
+def torch_run(real_data, tmp_path_factory):
+    """``d2lres train --backend torch SMALL_RUN`` on one device, uninterrupted, under umask 022: its
+    folder (its wall time in ``.seconds``). tests/test_faults.py's reference and
+    tests/test_parallel_torch.py's one-device run."""
+    out = tmp_path_factory.mktemp("torch-run")
+    tic = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "d2lres", "train", "--backend", "torch", *SMALL_RUN, "--data-dir",
+                           str(real_data), "--out", str(out)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                          preexec_fn=lambda: os.umask(0o022))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / ".seconds").write_text(str(time.monotonic() - tic))
+    return out
+
+
 def one_and_two_devices(run: list, data_dir, tmp_path_factory) -> tuple[Path, Path, str]:
     """The run ``d2lres *run`` on one device and on ``--devices 2``: both folders, and what the
     two-device command printed."""
@@ -74,6 +99,20 @@ def run_weights(folder) -> dict[str, np.ndarray]:
     """A run folder's ``weights.npz``."""
     with np.load(Path(folder) / "weights.npz") as data:
         return {k: data[k] for k in data.files if k != "__format__"}  # d2lres.weights.FORMAT_KEY
+
+
+@functools.cache
+def _full_check(arch: spec.Arch, input_shape: tuple, step_size: int, batch_size: int) -> dict:
+    from d2lres import checks
+    return checks.cross_backend_checks(input_shape=input_shape, step_size=step_size, batch_size=batch_size,
+                                       arch=arch)
+
+
+def full_check(arch=None, input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4) -> dict:
+    """``checks.cross_backend_checks`` of ``arch`` (default: the chapter's ResNet-18) at the CLI's
+    defaults, computed once a session (tests/test_parity.py's ResNet-18 is also
+    tests/test_variants.py's). Read it, do not change it."""
+    return _full_check(spec.get_arch(arch), tuple(input_shape), step_size, batch_size)
 
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).

@@ -5,7 +5,6 @@ into one folder; resume with other settings; damaged checkpoints and --init file
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -17,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SMALL_RUN
 from d2lres import cli
 
 TIMEOUT = 600  # seconds, for any one command (two shared cores can be slow)
 #: The small run: 2 epochs of 6 batches, a checkpoint every 2 steps and at each epoch's end.
-RUN = ["--backend", "torch", "--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",
-       "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "24",
-       "--checkpoint-every", "2"]
+RUN = ["--backend", "torch", *SMALL_RUN]
 
 
 def d2lres(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -55,16 +53,10 @@ def temporaries(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(real_data, tmp_path_factory):
-    """The small run, uninterrupted, under umask 022: its folder (its wall time in ``.seconds``)."""
-    out = tmp_path_factory.mktemp("reference")
-    tic = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "d2lres", "train", *RUN, "--data-dir", str(real_data),
-                           "--out", str(out)], capture_output=True, text=True, timeout=TIMEOUT,
-                          preexec_fn=lambda: os.umask(0o022))
-    assert done.returncode == 0, done.stderr[-3000:]
-    (out / ".seconds").write_text(str(time.monotonic() - tic))
-    return out
+def reference(torch_run):
+    """The small run, uninterrupted, under umask 022: its folder (its wall time in ``.seconds``;
+    conftest's ``torch_run``, also tests/test_parallel_torch.py's one-device run)."""
+    return torch_run
 
 
 @pytest.fixture

@@ -77,9 +77,12 @@ _CHECKS: dict = {}
 
 
 def _check(backend: str, sync_bn: bool) -> dict:
-    """``parallel.run_check`` once per backend and mode in this session (the agreement test reuses them)."""
+    """The backend's checks, once a session: both BatchNorm modes in one process
+    (``parallel.run_checks``; MXNet's unsynchronized only); the agreement test reuses them."""
     if (backend, sync_bn) not in _CHECKS:
-        _CHECKS[backend, sync_bn] = parallel.run_check(backend, 2, sync_bn=sync_bn, timeout=TIMEOUT)
+        modes = (False,) if backend == "mxnet" else (True, False)
+        for mode, result in zip(modes, parallel.run_checks(backend, 2, modes, timeout=2 * TIMEOUT)):
+            _CHECKS[backend, mode] = result
     return _CHECKS[backend, sync_bn]
 
 

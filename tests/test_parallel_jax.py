@@ -66,11 +66,11 @@ def _processes(argv: list[str], n: int = 2) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_two_processes_step_equals_one_device(tmp_path):
-    job = json.dumps({"backend": "jax", "replicas": 2, "sync_bn": True, "arch": parallel.arch_key()})
+    job = json.dumps({"backend": "jax", "replicas": 2, "sync_bn": [True], "arch": parallel.arch_key()})
     _processes([sys.executable, "-c", "import os, sys; from d2lres import parallel; "
                 "sys.exit(parallel.main(['check-job', sys.argv[1], sys.argv[2] + os.environ['D2LRES_PROCESS_ID']]))",
                 job, str(tmp_path / "result")])
-    results = [json.loads((tmp_path / f"result{i}").read_text()) for i in range(2)]
+    results = [json.loads((tmp_path / f"result{i}").read_text())[0] for i in range(2)]
     print(parallel.format_results(results))
     assert all(r["ok"] for r in results), [r["differences"] for r in results]
     assert results[0]["step_loss"] == results[1]["step_loss"]  # one step, seen from both processes

@@ -14,19 +14,20 @@ import time
 import numpy as np
 import pytest
 
-from conftest import d2lres_cli, one_and_two_devices, run_metrics, run_weights, wait_all
+from conftest import SMALL_RUN, d2lres_cli, run_metrics, run_weights, wait_all
 from d2lres.parallel import free_port
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 600
-RUN = ["train", "--backend", "torch", "--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",
-       "--batch-size", "4", "--momentum", "0.9", "--schedule", "constant", "--limit", "24", "--checkpoint-every", "2"]
+RUN = ["train", "--backend", "torch", *SMALL_RUN]
 
 
 @pytest.fixture(scope="module")
-def runs(real_data, tmp_path_factory):
-    """The small run on one device and on two, uninterrupted."""
-    return one_and_two_devices(RUN, real_data, tmp_path_factory)
+def runs(torch_run, real_data, tmp_path_factory):
+    """The small run on one device (conftest's ``torch_run``, tests/test_faults.py's reference) and
+    on two, uninterrupted: both folders, and what the two-device command printed."""
+    two = tmp_path_factory.mktemp("two")
+    return torch_run, two, d2lres_cli(*RUN, "--data-dir", real_data, "--out", two, "--devices", 2).stdout
 
 
 def test_two_devices_are_the_one_device_run(runs):

@@ -4,7 +4,7 @@ that (``d2lres.checks``) -- and every acceleration path gives the plain path's o
 import numpy as np
 import pytest
 
-from conftest import PAIRS
+from conftest import PAIRS, full_check
 from d2lres import backends, checks
 
 #: Plain path against an acceleration path of one backend (float32 against float32).
@@ -14,7 +14,8 @@ QUANTITIES = checks.QUANTITIES
 
 @pytest.fixture(scope="module")
 def result():
-    return checks.cross_backend_checks(input_shape=(1, 96, 96), step_size=96, batch_size=4)
+    """ResNet-18 at 1x96x96, batch 4 (the CLI's defaults)."""
+    return full_check()
 
 
 @pytest.mark.parametrize("backend", backends.available())

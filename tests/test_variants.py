@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PAIRS, forward
+from conftest import PAIRS, forward, full_check
 from d2lres import backends, checks, spec
 from d2lres import weights as neutral
 
@@ -296,7 +296,7 @@ def test_full_check_every_variant(arch):
     reference (``checks.bounds``), every pair within twice that. (With the fitted tolerances of
     before, ResNet-152 v1 torchvision failed on an AVX2-only CPU: train-mode logits tf-mxnet 3.4e-3
     against 3.04e-3; PyTorch's own float32 lies 1.4e-3 from float64 there at 64x64.)"""
-    result = checks.cross_backend_checks(input_shape=(1, 96, 96), step_size=96, batch_size=4, arch=arch)
+    result = full_check(arch, input_shape=(1, 96, 96), step_size=96, batch_size=4)  # ResNet-18: test_parity's
     assert result["ok"], checks.format_checks(result)
 
 

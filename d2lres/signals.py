@@ -107,7 +107,7 @@ def run_child(argv: list[str], *, forward: bool = True, **popen) -> int:
     """Run ``argv`` to its end in a session of its own and return its exit status; each signal
     this process gets is forwarded to it (``forward``) or ends it (SIGTERM). Raises
     :class:`Interrupted` before starting it if a signal came already."""
-    check()
+    check(detail="stopped before its next process started; nothing more written")
     proc = subprocess.Popen(argv, start_new_session=True, **popen)
     _children[proc.pid] = forward
     try:

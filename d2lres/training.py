@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import files, signals
 from .devices import describe
-from .weights import FORMAT_KEY, format_record, write_npz
+from .weights import FORMAT_KEY, format_record, read_npz, write_npz
 
 CHECKPOINT = "checkpoint.npz"
 #: Steps timed (after the first, which compiles) for the expected time of the whole run.
@@ -95,7 +95,6 @@ def identity_differences(saved: dict | None, now: dict) -> list[str]:
 def read_identity(directory: str | Path) -> dict | None:
     """The identity recorded in the checkpoint in ``directory`` (``None`` if it has none);
     a damaged checkpoint raises ``ValueError`` naming it."""
-    from .weights import read_npz
     path = Path(directory) / CHECKPOINT
     data = read_npz(path, what="checkpoint", fix=CHECKPOINT_FIX, keys=("progress",), kinds="fU",
                     kind="checkpoint")
@@ -132,7 +131,6 @@ def _save_checkpoint(directory: Path, trainer, progress: dict) -> None:
 def load_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
     """``(weights, optimizer state, progress)`` of the checkpoint in ``directory``, if any; a
     damaged one raises ``ValueError`` naming the file and what to do."""
-    from .weights import read_npz
     path = Path(directory) / CHECKPOINT
     if not path.exists():
         return None
@@ -168,7 +166,10 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
     checkpoint whose identity differs raises ``TrainingError`` naming each difference.
     ``stop_after`` stops after that many steps in this call (to simulate an interruption);
     ``title`` heads the curves. ``write=False`` (the other processes of a multi-process run, whose
-    rank 0 writes) reads the checkpoint to resume but writes no checkpoint or curves."""
+    rank 0 writes) reads the checkpoint to resume but writes no checkpoint or curves. A stop that
+    ``d2lres.signals`` handles (SIGINT, SIGTERM in the command line) ends the call after the
+    current step, with a checkpoint, as ``signals.Interrupted`` (agreed by every process of a
+    data-parallel run: the trainer's ``agree_stop``)."""
     lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
     steps_per_epoch = num_batches(train_iter)
     device = getattr(trainer, "device_label", None) or describe(trainer.device, trainer.backend)  # JAX's DP: a sharding

@@ -149,13 +149,13 @@ def test_interrupted_profile_writes_nothing_and_ends_its_timed_process(tmp_path)
     out = tmp_path / "profile"
     proc = start("profile", "--quick", "--backends", "torch", "--out", out)
     deadline = time.monotonic() + COMMAND_TIMEOUT
-    while not _processes_naming(out):  # the timed process (its job names the folder)
+    while not set(_processes_naming(out)) - {proc.pid}:  # the timed process (its job names the folder)
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     time.sleep(1.0)  # let it import the framework and start timing
     proc.send_signal(signal.SIGINT)
     _, line = stopped(proc, signal.SIGINT)
-    assert "no report written" in line, line
+    assert "no report written" in line or "nothing more written" in line, line
     assert not _processes_naming(out)
     assert not [p for p in out.iterdir() if p.name.startswith("profile.")]
 

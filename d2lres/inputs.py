@@ -54,11 +54,13 @@ def dtype_name(dtype) -> str:
     ``numpy.float32`` class)."""
     name = getattr(dtype, "name", None)
     if not isinstance(name, str):
-        try:
-            import numpy
-            name = numpy.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
+        name = str(dtype)
+        if not name.startswith(("torch.", "<dtype: '")):  # numpy.dtype() of these breaks torch.compile's trace
+            try:
+                import numpy
+                name = numpy.dtype(dtype).name
+            except TypeError:
+                pass
     return name.replace("torch.", "").replace("<dtype: '", "").replace("'>", "")
 
 

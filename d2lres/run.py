@@ -179,10 +179,6 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
             for path in (checkpoint, *(out / name for name in OUTPUTS)) if writer else ():
                 path.unlink(missing_ok=True)
         init_weights = neutral.load_npz(init) if init is not None else None
-        if init_weights is not None and "progress" in init_weights:
-            raise RunError(f"--init {init} is a d2lres checkpoint (a run's weights, momentum and progress), not a "
-                           f"weights file: to continue that run, pass --resume with --out set to its run folder; to "
-                           f"start a new run from its weights, pass --init with that run's weights.npz")
         if init_weights is not None:
             neutral.check_arch(init_weights, arch, init)
         identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)

@@ -164,6 +164,10 @@ def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = 
                     raise error(f"member {info.filename!r} is compressed with method {info.compress_type}; "
                                 f"np.savez and np.savez_compressed write stored or deflated members")
                 members[key] = info
+            if kind == "weights" and "progress" in members:
+                raise error("is a d2lres checkpoint (a run's weights, momentum and progress), not a weights file: "
+                            "to continue that run, pass --resume with --out set to its run folder; to start a new "
+                            "run from its weights, pass that run's weights.npz")
             missing = [k for k in keys or () if k not in members]
             if missing:
                 raise error(f"has no {', '.join(missing)} (not a file of this kind)")

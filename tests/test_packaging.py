@@ -42,7 +42,7 @@ def test_wheel_metadata(dist):
     assert meta["License-Expression"] == "Apache-2.0"
     # every backend's extra, the sets' extras and the tools' extras
     extras = set(meta.get_all("Provides-Extra"))
-    assert extras == {"torch", "tf", "tf-gpu", "mxnet", "jax", "all", "current", "notebooks", "lab", "dev"}
+    assert extras == {"torch", "tf", "tf-gpu", "mxnet", "jax", "all", "current", "notebooks", "lab", "dev", "book"}
     assert {extra for _, _, extra in backends.BACKENDS.values()} <= extras
     requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
     base = {r.name: r for r in requires if r.marker is None}
@@ -56,7 +56,8 @@ def test_wheel_metadata(dist):
     assert {"jax", "flax", "optax"} <= of_extra("jax")
     assert {"mxnet", "numpy"} <= of_extra("mxnet")
     assert "jupyterlab" in of_extra("lab") and "jupyterlab" not in of_extra("torch") | of_extra("jax")
-    assert {"build", "pytest", "ruff"} <= of_extra("dev")
+    assert {"build", "pytest", "ruff", "hypothesis"} <= of_extra("dev")
+    assert {"sphinx", "myst-parser", "sphinx-design", "playwright"} <= of_extra("book")
     # the ranges admit both sets' pins (the sets are what is tested), and MXNet's excludes numpy 2
     ranges = {}
     for r in requires:

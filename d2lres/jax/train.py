@@ -122,9 +122,12 @@ class Trainer(metaclass=book.TrainerSignature):
         if channels_last is False:
             raise ValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
         self.net = net
-        self.device = try_gpu() if device is None else devices.resolve(
-            device, "jax", len(_gpus()),
-            lambda kind, i: _gpus()[i] if kind == "gpu" else jax.local_devices(backend="cpu")[0])
+        if isinstance(device, (jax.Device, jax.sharding.Sharding)):  # JAX's own device exists (in process 1
+            self.device = device  # of a multi-process run, CpuDevice(id=2048)); a sharding: ParallelTrainer's mesh
+        else:
+            self.device = try_gpu() if device is None else devices.resolve(
+                device, "jax", len(_gpus()),
+                lambda kind, i: _gpus()[i] if kind == "gpu" else jax.local_devices(backend="cpu")[0])
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         to_device(net, self.device)
         modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, spec
+from . import backends, signals, spec
 
 #: Synchronized BatchNorm unless asked otherwise (see the module docstring).
 SYNC_BN_DEFAULT = True
@@ -288,13 +288,8 @@ def die_with_launcher() -> None:
     its workers in sessions of their own, so killing the command (``kill``, a closed terminal)
     would otherwise leave them training, holding the run folder (Linux ``PR_SET_PDEATHSIG``).
     Outside such a process (:func:`launched`) it does nothing."""
-    if not launched() or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the launcher died before prctl
-        os._exit(1)
+    if launched():
+        signals.die_with_parent()
 
 
 def process_rank(env=None) -> int:

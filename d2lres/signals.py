@@ -103,12 +103,26 @@ def check(where: str = "", detail: str = "", resumable: bool = False) -> None:
         raise Interrupted(_signum, where, detail, resumable)
 
 
+def die_with_parent(parent: int | None = None) -> None:
+    """Be killed when the parent process dies (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing): a
+    process in a session of its own is not reached by a kill of its parent's group. ``parent``:
+    the expected parent's pid; if it died already, exit at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):  # it died before prctl
+        os._exit(1)
+
+
 def run_child(argv: list[str], *, forward: bool = True, **popen) -> int:
     """Run ``argv`` to its end in a session of its own and return its exit status; each signal
-    this process gets is forwarded to it (``forward``) or ends it (SIGTERM). Raises
+    this process gets is forwarded to it (``forward``) or ends it (SIGTERM), and it is killed if
+    this process is (kill -9 of the command's group does not reach a session of its own). Raises
     :class:`Interrupted` before starting it if a signal came already."""
     check(detail="stopped before its next process started; nothing more written")
-    proc = subprocess.Popen(argv, start_new_session=True, **popen)
+    parent = os.getpid()
+    proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=lambda: die_with_parent(parent), **popen)
     _children[proc.pid] = forward
     try:
         if _signum is not None:  # came between the check and the registration

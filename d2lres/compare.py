@@ -53,8 +53,8 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
         bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
         env, fds = bar.start(backend)
         argv, launch_env = parallel.launch_command(backend, devices, job)
-        bar.started()
-        returncode = signals.run_child(argv, env={**launch_env, **isa.isa_env(held), **env}, pass_fds=fds)
+        returncode = signals.run_child(argv, env={**launch_env, **isa.isa_env(held), **env}, pass_fds=fds,
+                                       started=bar.started)
         bar.finish()
         if returncode != 0 and signals.requested():
             from .cli import _stopped_at

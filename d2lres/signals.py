@@ -115,16 +115,19 @@ def die_with_parent(parent: int | None = None) -> None:
         os._exit(1)
 
 
-def run_child(argv: list[str], *, forward: bool = True, **popen) -> int:
+def run_child(argv: list[str], *, forward: bool = True, started=None, **popen) -> int:
     """Run ``argv`` to its end in a session of its own and return its exit status; each signal
     this process gets is forwarded to it (``forward``) or ends it (SIGTERM), and it is killed if
-    this process is (kill -9 of the command's group does not reach a session of its own). Raises
+    this process is (kill -9 of the command's group does not reach a session of its own);
+    ``started()`` is called once it runs (e.g. to close the parent's end of a pipe it holds). Raises
     :class:`Interrupted` before starting it if a signal came already."""
     check(detail="stopped before its next process started; nothing more written")
     parent = os.getpid()
     proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=lambda: die_with_parent(parent), **popen)
     _children[proc.pid] = forward
     try:
+        if started is not None:
+            started()
         if _signum is not None:  # came between the check and the registration
             _kill(proc.pid, _signum if forward else signal.SIGTERM)
         return proc.wait()

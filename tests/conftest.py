@@ -6,7 +6,9 @@ models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lre
 :func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
 compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`), the
 small PyTorch run (:func:`torch_run`)."""
+import contextlib
 import functools
+import http.server
 import importlib
 import itertools
 import json
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,3 +214,23 @@ def outside_env(**extra) -> dict[str, str]:
     """The environment of a process outside the checkout: no PYTHONPATH, the user's pip cache."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MPLBACKEND")}
     return {**env, "PIP_CACHE_DIR": REAL_PIP_CACHE, **extra}
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging each request."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(directory, handler: type = QuietHandler):
+    """A local HTTP mirror of ``directory`` (``handler`` serves it) for the duration of the block;
+    yields its URL."""
+    handler = functools.partial(handler, directory=str(directory))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()

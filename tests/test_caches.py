@@ -5,23 +5,20 @@ root, for whom nothing is read-only) and a full disk while a checkpoint is writt
 (``RLIMIT_FSIZE``) end with one clear error and leave the last good checkpoint as it was."""
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import QuietHandler, serve_directory
 from d2lres.data import FILES, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +34,8 @@ def write_official(directory: Path) -> dict[str, str]:
     return {name: hashlib.md5((directory / name).read_bytes()).hexdigest() for name in FILES}
 
 
-class SlowHandler(http.server.SimpleHTTPRequestHandler):
+class SlowHandler(QuietHandler):
     """Sends each file in two halves 0.3 s apart, so that two fetches overlap."""
-
-    def log_message(self, *args):
-        pass
 
     def copyfile(self, source, outputfile):
         data = source.read()
@@ -49,17 +43,6 @@ class SlowHandler(http.server.SimpleHTTPRequestHandler):
         outputfile.flush()
         time.sleep(0.3)
         outputfile.write(data[len(data) // 2:])
-
-
-@contextlib.contextmanager
-def slow_mirror(directory: Path):
-    handler = functools.partial(SlowHandler, directory=str(directory))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
-        finally:
-            server.shutdown()
 
 
 FETCH = """
@@ -80,7 +63,7 @@ def test_two_processes_fetch_into_one_cache_at_once(tmp_path):
     (tmp_path / "real-cache").mkdir()
     cache = tmp_path / "cache"
     cache.symlink_to(tmp_path / "real-cache")  # a cache that is a symlink keeps working
-    with slow_mirror(tmp_path / "mirror") as url:
+    with serve_directory(tmp_path / "mirror", SlowHandler) as url:
         procs = [subprocess.Popen([sys.executable, "-c", FETCH, str(cache), url, json.dumps(md5)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
                  for _ in range(2)]

@@ -1,21 +1,18 @@
 """Tests of d2lres.data on small generated files: IDX parsing, the npm conversion, the cache and
 its sources, resize and batching. No network; every file lives in a temporary directory."""
 import base64
-import contextlib
-import functools
 import gzip
 import hashlib
-import http.server
 import json
 import socket
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import serve_directory
 from d2lres import data
 from d2lres.data import (
     FILES,
@@ -205,19 +202,6 @@ def test_fetch_uses_verified_cache(tmp_path):
                                  progress=False)
     assert result.source == "cache" and result.data_dir == tmp_path / "data"
     assert result.replaced == ()
-
-
-@contextlib.contextmanager
-def serve_directory(directory):
-    """A local HTTP mirror of ``directory`` for the duration of the block; yields its URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
-        finally:
-            server.shutdown()
 
 
 def test_fetch_from_mirror_replaces_corrupt_file(tmp_path, capsys):

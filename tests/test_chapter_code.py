@@ -89,7 +89,7 @@ def test_tf_train_ch6_builds_net_fn_in_the_strategy_and_takes_a_tf_device(capsys
     batches = data.ArrayBatches(X, y, 32, shuffle=True, convert=convert)
     history = d2l.train_ch6(net_fn, batches, batches, 1, 0.1, tf.device("/CPU:0"), plot=False, progress=False)
     assert isinstance(built[0], tf.distribute.OneDeviceStrategy)
-    assert history["device"] == "/CPU:0" and np.isfinite(history["epochs"][0]["train_loss"])
+    assert history["device"] == "cpu (tf: /CPU:0)" and np.isfinite(history["epochs"][0]["train_loss"])
     assert capsys.readouterr().out.splitlines()[0] == "training on /CPU:0"
 
 

@@ -23,6 +23,7 @@ def test_acceleration_computes_the_same_function(backend, options):
     assert all(diff[k] <= tol for k, tol in checks.TOLERANCES.items()), diff
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_a_well_formed_report(real_data, tmp_path):
     """Held to AVX2 (what most learners' CPUs have), the ISA recorded with the CPU."""
     out = subprocess.run([sys.executable, "-m", "d2lres", "bench", "--quick", "--isa", "avx2", "--out", str(tmp_path),

@@ -84,7 +84,8 @@ def test_a_newer_version_is_refused_naming_it(files):
 
 def test_another_kind_or_a_damaged_record_is_refused(files):
     path, folder, _ = files
-    with pytest.raises(weights.WeightsFileError, match=r"is a d2lres checkpoint \(a run's weights, momentum and progress\), not a weights file: to continue that run, pass --resume"):
+    checkpoint = r"is a d2lres checkpoint \(a run's weights, momentum and progress\), not a weights file: to continue"
+    with pytest.raises(weights.WeightsFileError, match=checkpoint + " that run, pass --resume"):
         weights.load_npz(folder / training.CHECKPOINT)
     rewrite(path, version="1")
     with pytest.raises(weights.WeightsFileError, match="format record __format__ is damaged"):

@@ -76,25 +76,26 @@ def resume_command(line: str) -> list[str]:
     return command[1:]
 
 
-def assert_same_run(a: Path, b: Path, exact: bool) -> None:
-    """The same weights bit for bit (``exact``), else within float32 rounding amplified by a few
-    steps (MXNet's checkpoint stores its momentum divided by the learning rate, which rounds)."""
+#: MXNet: the one value a resumed run does not give back exactly. The stem's BatchNorm running
+#: variance is updated differently on the first training step of a new process (Gluon's cached
+#: graph, first call; every other weight and statistic, and the losses, are exact): an open MXNet issue.
+MXNET_INEXACT = ("b1.bn.running_var",)
+
+
+def assert_same_run(a: Path, b: Path, backend: str) -> None:
+    """The same weights bit for bit and the same losses (MXNet: but :data:`MXNET_INEXACT`)."""
     got, want = run_weights(a), run_weights(b)
     assert got.keys() == want.keys()
     for k in want:
-        if exact:
+        if not (backend == "mxnet" and k in MXNET_INEXACT):
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-        else:
-            np.testing.assert_allclose(got[k], want[k], rtol=0, atol=5e-3, err_msg=k)
     points = [json.loads((p / "metrics.json").read_text())["history"]["points"] for p in (a, b)]
-    if exact:
-        assert points[0] == points[1]
-    else:
-        np.testing.assert_allclose(points[0], points[1], rtol=1e-3)
+    assert points[0] == points[1]
 
 
-@pytest.mark.parametrize("backend,signum,devices", [("torch", signal.SIGINT, 1), (SECOND, signal.SIGTERM, 1),
-                                                    ("torch", signal.SIGINT, 2)])
+#: SIGTERM on one device (a second backend), SIGINT on two (PyTorch through torchrun, each of whose
+#: processes stops through the one-device code).
+@pytest.mark.parametrize("backend,signum,devices", [(SECOND, signal.SIGTERM, 1), ("torch", signal.SIGINT, 2)])
 def test_interrupted_train_resumes_exactly(real_data, tmp_path, backend, signum, devices):
     run = ["train", "--backend", backend, *RUN, "--data-dir", real_data, "--devices", devices]
     reference = tmp_path / "reference"
@@ -114,7 +115,7 @@ def test_interrupted_train_resumes_exactly(real_data, tmp_path, backend, signum,
     assert command[-1] == "--resume" and command[:-1] == [str(a) for a in run + ["--out", out]]
     done = d2lres_cli(*command)
     assert "resuming from" in done.stdout
-    assert_same_run(out, reference, exact=backend == "torch")
+    assert_same_run(out, reference, backend)
 
 
 def test_second_ctrl_c_stops_at_once_and_keeps_the_checkpoint(real_data, tmp_path):

@@ -72,10 +72,12 @@ def _stop(procs) -> None:
 
 
 def launch(command: list[str], workers: int, servers: int = 1, contexts: int = 1, *,
-           timeout: float | None = None) -> int:
+           timeout: float | None = None, stop_requests: list[int] | None = None) -> int:
     """Run ``command`` as ``workers`` dist_sync workers with a scheduler and ``servers`` servers on
     127.0.0.1; returns 0 when every worker succeeded, else the first failure's exit status (the
-    other processes stopped). ``timeout``: seconds for the whole job (then everything is stopped; 124)."""
+    other processes stopped). ``timeout``: seconds for the whole job (then everything is stopped; 124).
+    ``stop_requests``: signal numbers a handler appends to (:func:`main`'s); on the first, every
+    process is stopped and the result is 128 + that signal."""
     envs = environments(workers, servers, contexts)
     helpers = [subprocess.Popen(serve_command(), env=e) for e in envs["scheduler"] + envs["server"]]
     procs = [subprocess.Popen(command, env=e) for e in envs["worker"]]
@@ -93,6 +95,11 @@ def launch(command: list[str], workers: int, servers: int = 1, contexts: int = 1
                 return (failed or helper_failed)[0]
             if all(c == 0 for c in codes):
                 break
+            if stop_requests:
+                print(f"d2lres.mxnet.launch: interrupted by {signal.Signals(stop_requests[0]).name}; stopping every "
+                      f"process", file=sys.stderr)
+                _stop(procs + helpers)
+                return 128 + stop_requests[0]
             if deadline is not None and time.monotonic() > deadline:
                 print(f"d2lres.mxnet.launch: the job took longer than {timeout:.0f} s; stopping it", file=sys.stderr)
                 _stop(procs + helpers)
@@ -134,9 +141,15 @@ def main(argv=None) -> int:
         p.error("give the workers' command after --, e.g. -- d2lres train --backend mxnet --no-sync-bn")
     if os.environ.get("DMLC_ROLE"):
         p.error(f"DMLC_ROLE={os.environ['DMLC_ROLE']} is set: this launcher starts every role itself; unset it")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children as on Ctrl-C
+    # A handler that only records the signal: one that raised would interrupt the loop anywhere, also
+    # inside Popen.poll between taking and releasing its lock, and stopping the children would then
+    # wait on that lock for ever.
+    stop_requests: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: stop_requests.append(signum))
     try:
-        return launch(command, args.workers, args.servers, args.contexts, timeout=args.timeout)
+        return launch(command, args.workers, args.servers, args.contexts, timeout=args.timeout,
+                      stop_requests=stop_requests)
     except ValueError as err:
         p.error(str(err))
 

@@ -88,6 +88,8 @@ class Trainer(metaclass=book.TrainerSignature):
         # step makes it exactly PyTorch's form even when the learning rate changes.
         self.buffers = [mx.nd.zeros(p.shape, ctx=self.device) for _, p in self.params]
         self.last_lr = 0.0
+        #: Momentum read from a checkpoint (float64, PyTorch's form), made MXNet's at the next step.
+        self._restored: list | None = None
         self._bn_sizes: dict[tuple, dict[str, int]] = {}
         self.loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
 
@@ -116,6 +118,11 @@ class Trainer(metaclass=book.TrainerSignature):
 
     def _update(self, lr: float) -> None:
         """The SGD update of every weight from the gradient the backward pass left."""
+        if self._restored is not None:  # -lr * v in float64, rounded once: the buffer as it was saved
+            for mom, v in zip(self.buffers, self._restored):
+                if v is not None:
+                    mom[:] = mx.nd.array((-lr * v).astype(onp.float32), ctx=self.device)
+            self._restored, self.last_lr = None, lr
         if self.momentum and self.last_lr and lr != self.last_lr:
             for mom in self.buffers:
                 mom *= lr / self.last_lr
@@ -197,18 +204,18 @@ class Trainer(metaclass=book.TrainerSignature):
             p.set_data(np.array(onp.asarray(weights[name], dtype=onp.float32), ctx=p.list_ctx()[0]))
 
     def optimizer_state(self) -> dict[str, onp.ndarray]:
-        """Momentum buffers (PyTorch's form) under ``momentum.<canonical name>``."""
+        """Momentum buffers (PyTorch's form) under ``momentum.<canonical name>``, in float64: MXNet
+        keeps ``-lr * v``, and ``v`` in float64 gives that float32 buffer back exactly on resume."""
         if not (self.momentum and self.last_lr):
             return {}
-        return {f"momentum.{name}": -mom.asnumpy() / self.last_lr for (name, _), mom in zip(self.params, self.buffers)}
+        return {f"momentum.{name}": -mom.asnumpy().astype(onp.float64) / self.last_lr
+                for (name, _), mom in zip(self.params, self.buffers)}
 
     def load_optimizer_state(self, state: dict[str, onp.ndarray]) -> None:
         """Momentum buffers as :meth:`optimizer_state` gives them; they take effect at the next
         step's learning rate."""
-        self.last_lr = 1.0
-        for (name, _), mom in zip(self.params, self.buffers):
-            if f"momentum.{name}" in state:
-                mom[:] = -mx.nd.array(state[f"momentum.{name}"], ctx=self.device)
+        self._restored = [None if f"momentum.{name}" not in state else
+                          onp.asarray(state[f"momentum.{name}"], dtype=onp.float64) for name, _ in self.params]
 
 
 def _d2l_initialize(net, train_iter, device) -> None:

@@ -76,19 +76,12 @@ def resume_command(line: str) -> list[str]:
     return command[1:]
 
 
-#: MXNet: the one value a resumed run does not give back exactly. The stem's BatchNorm running
-#: variance is updated differently on the first training step of a new process (Gluon's cached
-#: graph, first call; every other weight and statistic, and the losses, are exact): an open MXNet issue.
-MXNET_INEXACT = ("b1.bn.running_var",)
-
-
-def assert_same_run(a: Path, b: Path, backend: str) -> None:
-    """The same weights bit for bit and the same losses (MXNet: but :data:`MXNET_INEXACT`)."""
+def assert_same_run(a: Path, b: Path) -> None:
+    """The same weights bit for bit and the same losses."""
     got, want = run_weights(a), run_weights(b)
     assert got.keys() == want.keys()
     for k in want:
-        if not (backend == "mxnet" and k in MXNET_INEXACT):
-            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     points = [json.loads((p / "metrics.json").read_text())["history"]["points"] for p in (a, b)]
     assert points[0] == points[1]
 
@@ -115,7 +108,7 @@ def test_interrupted_train_resumes_exactly(real_data, tmp_path, backend, signum,
     assert command[-1] == "--resume" and command[:-1] == [str(a) for a in run + ["--out", out]]
     done = d2lres_cli(*command)
     assert "resuming from" in done.stdout
-    assert_same_run(out, reference, backend)
+    assert_same_run(out, reference)
 
 
 def test_second_ctrl_c_stops_at_once_and_keeps_the_checkpoint(real_data, tmp_path):

@@ -111,6 +111,10 @@ class Trainer(metaclass=book.TrainerSignature):
             logits = self.net(X)
             loss = self.loss(logits, y).mean()
         loss.backward()
+        # Every write of the graph done before the running variances are read back and rescaled:
+        # the stem BatchNorm's running variance could otherwise be read before the cached graph
+        # wrote it (the result then depended on the engine's timing).
+        mx.nd.waitall()
         self._update(lr)
         self._unbias_running_vars(old_vars, X.shape)
         correct = (logits.argmax(axis=1).astype("int32") == y).sum()

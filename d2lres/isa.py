@@ -38,7 +38,8 @@ def held_isa() -> str:
 
 def cpu_info(held: str | None = None) -> dict:
     """CPU model, its ISA class (avx512+amx / avx512 / avx2 / older), cores, and the ISA the
-    frameworks are held to (``held``; default: what this process's environment says)."""
+    frameworks are held to (``held="avx2"``; otherwise what this process's environment says, which
+    the timed processes inherit)."""
     flags: set[str] = set()
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -55,7 +56,8 @@ def cpu_info(held: str | None = None) -> dict:
     cls = "avx512+amx" if amx else "avx512" if avx512 else "avx2" if "avx2" in flags else "pre-avx2"
     return {"model": model, "isa_class": cls, "avx2": "avx2" in flags, "avx512": avx512, "amx": amx,
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "held": held or held_isa()}
+            # "native" adds no variable, so a hold in this process's environment still applies
+            "held": held if held == "avx2" else held_isa()}
 
 
 def describe(info: dict | None = None) -> str:

@@ -210,6 +210,8 @@ class Trainer(metaclass=book.TrainerSignature):
     def optimizer_state(self) -> dict[str, onp.ndarray]:
         """Momentum buffers (PyTorch's form) under ``momentum.<canonical name>``, in float64: MXNet
         keeps ``-lr * v``, and ``v`` in float64 gives that float32 buffer back exactly on resume."""
+        if self._restored is not None:  # read from a checkpoint, no step since: as it was read
+            return {f"momentum.{name}": v for (name, _), v in zip(self.params, self._restored) if v is not None}
         if not (self.momentum and self.last_lr):
             return {}
         return {f"momentum.{name}": -mom.asnumpy().astype(onp.float64) / self.last_lr

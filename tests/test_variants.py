@@ -280,11 +280,6 @@ def test_torchvision_state_dict_loads_in_all_backends(depth, tmp_path):
 #: Train mode needs enough positions per BatchNorm channel: at 32x32 with batch 2, b5 and head.bn
 #: see 2 values per channel and the normalisation turns float32 rounding into O(1) differences.
 #: 64x64 with batch 4 gives b5 16 values per channel.
-#: The variants' full checks at the CLI's defaults (1x96x96, batch 4; the derived bound of the step
-#: loss does not hold at 32x32, where the loss is large: ResNet-50 v1 torchvision failed there).
-FULL_CHECK = dict(input_shape=(1, 96, 96), step_size=96, batch_size=4)
-
-
 def test_full_check_resnet50_v2():
     """Train-mode logits and one SGD step too (``d2lres compare --check --arch resnet50 --version 2``), at 64x64."""
     result = checks.cross_backend_checks(input_shape=(1, 64, 64), step_size=64, batch_size=4, arch=spec.Arch(50, 2))
@@ -296,17 +291,18 @@ def test_full_check_resnet50_v2():
 #: stem), every pair of block kind (ResNet-18's basic, ResNet-50's bottleneck; ResNet-34, -101 and
 #: -152 repeat them), version and stem is checked once.
 FULL_CHECK_IDS = ("resnet18-v1-chapter", "resnet18-v2-torchvision", "resnet50-v1-torchvision")
-FULL_CHECK_ARCHS = [(a, i) for a, i in zip(ARCHS, IDS) if i in FULL_CHECK_IDS]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [a for a, _ in FULL_CHECK_ARCHS], ids=[i for _, i in FULL_CHECK_ARCHS])
+@pytest.mark.parametrize("arch", [pytest.param(a, id=i) for a, i in zip(ARCHS, IDS) if i in FULL_CHECK_IDS])
 def test_full_check_every_variant(arch):
     """Each backend within the rule's bound of the float64 reference (``checks.bounds``), every pair
     within twice that, in train mode and after one SGD step. (With the fitted tolerances of before,
     ResNet-152 v1 torchvision failed on an AVX2-only CPU: train-mode logits tf-mxnet 3.4e-3 against
-    3.04e-3; the derived bounds hold on both instruction sets.)"""
-    result = full_check(arch, **FULL_CHECK)  # ResNet-18 v1 chapter: test_parity's
+    3.04e-3; the derived bounds hold on both instruction sets.) At the CLI's defaults (1x96x96,
+    batch 4): at 32x32, where the loss is large, the step loss's derived bound failed for ResNet-50
+    v1 torchvision."""
+    result = full_check(arch)  # ResNet-18 v1 chapter: test_parity's
     assert result["ok"], checks.format_checks(result)
 
 

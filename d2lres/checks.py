@@ -33,13 +33,15 @@ The SGD step starts from weights whose BatchNorm shifts keep pre-activations off
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from . import backends, spec
+from . import backends, files, spec
 from . import weights as neutral
 
 #: The unit roundoff of float32: half the distance from 1 to the next float32.
@@ -199,24 +201,104 @@ def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, X
     return out
 
 
-def run_all(runs: dict[str, tuple[str, dict]], input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4,
-            num_classes: int = 10, lr: float = 0.05, seed: int = 0, arch=None) -> dict[str, dict]:
-    """:func:`run_backend` for each ``label: (backend, Trainer options)``, all from the same
-    weights and inputs: forwards at ``input_shape``, the SGD step at ``step_size`` x ``step_size``.
-    A backend named :data:`REFERENCE` is the float64 reference."""
+def check_inputs(input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4, num_classes: int = 10,
+                 seed: int = 0, arch=None) -> dict[str, np.ndarray | dict]:
+    """The checks' inputs, all drawn from ``seed``: images ``X`` for the forward passes, ``Xs``
+    and labels ``y`` for the SGD step, and the two weights (``weights``, ``step_weights``)."""
     rng = np.random.default_rng(seed)
     X = rng.random((batch_size, *input_shape), dtype=np.float32)
     Xs = rng.random((batch_size, input_shape[0], step_size, step_size), dtype=np.float32)
     y = rng.integers(0, num_classes, batch_size)
+    return {"X": X, "Xs": Xs, "y": y, "weights": test_weights(num_classes, input_shape[0], seed, arch=arch),
+            "step_weights": test_weights(num_classes, input_shape[0], seed, STEP_BN_SHIFT, arch)}
+
+
+def run_all(runs: dict[str, tuple[str, dict]], input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4,
+            num_classes: int = 10, lr: float = 0.05, seed: int = 0, arch=None, inputs=None) -> dict[str, dict]:
+    """:func:`run_backend` for each ``label: (backend, Trainer options)``, all from the same
+    weights and inputs (``inputs``, else :func:`check_inputs` of these settings): forwards at
+    ``input_shape``, the SGD step at ``step_size`` x ``step_size``. A backend named
+    :data:`REFERENCE` is the float64 reference."""
+    inputs = inputs or check_inputs(input_shape, step_size, batch_size, num_classes, seed, arch)
     with tempfile.TemporaryDirectory() as tmp:
-        path = neutral.save_npz(Path(tmp) / "weights.npz", test_weights(num_classes, input_shape[0], seed, arch=arch))
-        step_path = neutral.save_npz(Path(tmp) / "step.npz",
-                                     test_weights(num_classes, input_shape[0], seed, STEP_BN_SHIFT, arch))
+        path = neutral.save_npz(Path(tmp) / "weights.npz", inputs["weights"])
+        step_path = neutral.save_npz(Path(tmp) / "step.npz", inputs["step_weights"])
         out = {}
         for label, (name, options) in runs.items():
-            out[label] = run_backend(name, path, step_path, X, Xs, y, lr, input_shape, num_classes, arch, options)
+            out[label] = run_backend(name, path, step_path, inputs["X"], inputs["Xs"], inputs["y"], lr, input_shape,
+                                     num_classes, arch, options)
             gc.collect()
         return out
+
+
+# --------------------------------------------------------------------------- a saved reference
+
+def _fingerprint(inputs: dict, lr: float) -> str:
+    """SHA-256 of everything the reference is computed from (:func:`check_inputs` and ``lr``): a
+    reference file answers only the checks that ask the same question."""
+    digest = hashlib.sha256(repr(float(lr)).encode())
+    for key in ("X", "Xs", "y", "weights", "step_weights"):
+        arrays = inputs[key] if isinstance(inputs[key], dict) else {key: inputs[key]}
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            digest.update(f"{key}/{name}/{a.dtype.str}/{a.shape}".encode())
+            digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+_FORWARD = ("eval_logits", "train_logits", "step_loss")
+_STATISTICS = ("running_mean", "running_var")
+
+
+def save_reference(path, ref: dict, rounding: dict, question: dict, step_weights: dict) -> Path:
+    """Write the float64 reference run ``ref``, the rounding model's distance from it and the
+    ``question`` they answer (settings, the inputs' fingerprint) to ``path`` (``.npz``, atomically),
+    for :func:`load_reference`. The step's updated weights are stored as their change from
+    ``step_weights`` in float32 (an error of 2^-24 of ``lr * gradient``, some 1e-4 of the bound),
+    which halves the file; the running statistics, whose change is as large as they are, in float64."""
+    arrays = {neutral.FORMAT_KEY: neutral.format_record("reference", question["arch"]),
+              "question": np.array(json.dumps(question, sort_keys=True))}
+    arrays.update({f"reference:{k}": np.asarray(ref[k], np.float64) for k in _FORWARD})
+    arrays.update({f"change:{k}": (np.asarray(step_weights[k], np.float64) - v).astype(
+        np.float64 if k.endswith(_STATISTICS) else np.float32) for k, v in ref["after_step"].items()})
+    arrays.update({f"rounding:{q}": np.float64(rounding[q]) for q in QUANTITIES})
+    return files.atomic_write(path, lambda f: neutral.write_npz(f, arrays))
+
+
+def load_reference(path, question: dict, step_weights: dict) -> tuple[dict, dict]:
+    """``(reference run, rounding model's distance)`` from a file of :func:`save_reference`,
+    refused (``WeightsFileError``, naming the file and what differs) unless it answers ``question``."""
+    fix = "write one where PyTorch is installed, with the same options: d2lres check --save-reference FILE"
+    arrays = neutral.read_npz(path, what="reference file", fix=fix, kinds="fU", kind="reference")
+
+    def error(problem):
+        return neutral.WeightsFileError(f"reference file {path}: {problem}; {fix}")
+
+    try:
+        asked = json.loads(str(arrays.pop("question")[()]))
+        if not isinstance(asked, dict):
+            raise ValueError
+    except (KeyError, ValueError, IndexError, RecursionError):
+        raise error("its question record is missing or damaged") from None
+    if asked != question:
+        raise error("it answers other checks: " + ", ".join(
+            f"{k} {asked.get(k)!r} (asked: {question[k]!r})" for k in question if asked.get(k) != question[k]))
+    expected = {*(f"reference:{k}" for k in _FORWARD), *(f"change:{k}" for k in step_weights),
+                *(f"rounding:{q}" for q in QUANTITIES)}
+    if set(arrays) != expected:
+        odd, missing = sorted(set(arrays) - expected), sorted(expected - set(arrays))
+        raise error("its members are not the checks' results" + (f": no {', '.join(missing[:3])}" if missing else "")
+                    + (f"; odd {', '.join(odd[:3])}" if odd else ""))
+    for key, value in arrays.items():
+        name = key.partition(":")[2]
+        shape = np.shape(step_weights[name]) if key.startswith("change:") else None
+        if value.dtype.kind != "f" or not np.all(np.isfinite(value)) or (shape is not None and value.shape != shape) \
+                or (key.startswith("rounding:") or key == "reference:step_loss") and value.shape != ():
+            raise error(f"member {key!r} is not a finite result of the shape the checks compute")
+    ref = {k: arrays[f"reference:{k}"] for k in _FORWARD}
+    ref["step_loss"] = float(ref["step_loss"])
+    ref["after_step"] = {k: np.asarray(w, np.float64) - arrays[f"change:{k}"] for k, w in step_weights.items()}
+    return ref, {q: float(arrays[f"rounding:{q}"]) for q in QUANTITIES}
 
 
 def differences(ra: dict, rb: dict, arch=None, scale: dict | None = None) -> dict[str, float]:
@@ -231,7 +313,7 @@ def differences(ra: dict, rb: dict, arch=None, scale: dict | None = None) -> dic
     def size(v) -> float:
         return float(np.max(np.abs(v)))
 
-    stats = [k for k in ra["after_step"] if k.endswith(("running_mean", "running_var"))]
+    stats = [k for k in ra["after_step"] if k.endswith(_STATISTICS)]
     trainable = [k for k in ra["after_step"] if k not in stats]
 
     def rel(keys) -> float:
@@ -246,29 +328,46 @@ def differences(ra: dict, rb: dict, arch=None, scale: dict | None = None) -> dic
 
 def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 96,
                          batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0,
-                         arch=None) -> dict:
+                         arch=None, reference=None, save_to=None) -> dict:
     """Run every backend in ``names``, the float64 reference and the float32 rounding model from the
     same weights files; compare each backend with the reference (within :func:`bounds`) and every
     pair (within :func:`pair_bounds`, which follows). The forward checks run at ``input_shape``, the
     SGD step at ``step_size`` x ``step_size``. ``arch``: any variant (``spec.get_arch``); left out,
-    the chapter's ResNet-18. ``names``: default, every backend available."""
-    names = list(names or backends.available())
+    the chapter's ResNet-18. ``names``: default, every backend available (none: only the reference,
+    e.g. to save it). ``reference``: a file of
+    :func:`save_reference` to read the float64 runs from instead of computing them (no PyTorch
+    needed); ``save_to``: write them there."""
+    names = list(backends.available() if names is None else names)
     arch = spec.get_arch(arch)
-    if "torch" not in backends.available():
+    inputs = check_inputs(input_shape, step_size, batch_size, num_classes, seed, arch)
+    question = {"arch": {"name": arch.name, "version": arch.version, "flavour": arch.flavour},
+                "input_shape": list(input_shape), "step_size": step_size, "batch_size": batch_size,
+                "num_classes": num_classes, "lr": lr, "seed": seed,
+                "inputs": _fingerprint(inputs, lr)}
+    if reference:
+        ref, rounding = load_reference(reference, question, inputs["step_weights"])
+    elif "torch" not in backends.available():
         raise backends.BackendUnavailable(
             "the checks' float64 reference is d2lres.torch's network in double precision, and PyTorch is not "
-            "installed; install it beside the backends to check: pip install 'd2lres[torch]'")
-    runs = run_all({REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {}), **{n: (n, {}) for n in names}},
-                   input_shape, step_size, batch_size, num_classes, lr, seed, arch)
-    ref = runs.pop(REFERENCE)
-    rounding = differences(ref, runs.pop(ROUNDED), scale=ref)
+            "installed; install it beside the backends to check: pip install 'd2lres[torch]' (or pass "
+            "--reference FILE, written where it is installed by: d2lres check --save-reference FILE)")
+    else:
+        runs = run_all({REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {})}, input_shape, step_size, batch_size,
+                       num_classes, lr, seed, arch, inputs=inputs)
+        ref = runs[REFERENCE]
+        rounding = differences(ref, runs[ROUNDED], scale=ref)
+    if save_to:
+        save_reference(save_to, ref, rounding, question, inputs["step_weights"])
+    runs = run_all({n: (n, {}) for n in names}, input_shape, step_size, batch_size, num_classes, lr, seed, arch,
+                   inputs=inputs)
     bound = bounds(rounding)
     tol = pair_bounds(bound)
     expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes, arch)]
     expected_counts = spec.param_counts(num_classes, input_shape[0], arch)["total"]
     result = {"input_shape": tuple(input_shape), "step_size": step_size, "batch_size": batch_size,
               "arch": str(arch), "rounding": rounding, "bounds": bound, "tolerances": tol, "backends": {},
-              "reference": {}, "pairs": {}, "reference_loss": ref["step_loss"]}
+              "reference": {}, "pairs": {}, "reference_loss": ref["step_loss"],
+              "reference_file": str(reference) if reference else None}
     for n, r in runs.items():
         result["backends"][n] = {"shapes_match_spec": r["walk"] == expected_walk,
                                  "counts": tuple(r["counts"]),
@@ -303,7 +402,8 @@ def format_checks(result: dict) -> str:
              f"with non-trivial BatchNorm statistics, transferred through the neutral .npz file. One SGD step "
              f"(lr 0.05, cross-entropy) at {result['step_size']}x{result['step_size']}, from weights whose "
              f"BatchNorm shifts keep pre-activations off the ReLU kink (see checks.test_weights). Reference: "
-             f"the same network in float64 (d2lres.torch, .double()).", "",
+             f"the same network in float64 (d2lres.torch, .double())"
+             + (f", read from {result['reference_file']}." if result.get("reference_file") else "."), "",
              "| backend | shapes = spec | trainable + BN statistics | = spec | first-step loss |",
              "|---|---|---|---|---|"]
     for n, v in result["backends"].items():

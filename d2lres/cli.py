@@ -212,7 +212,9 @@ def cmd_check(args) -> int:
     from . import files
     from .checks import cross_backend_checks, format_checks
     names = [backends.canonical(b) for b in args.backends]
-    result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args))
+    result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
+                                  reference=getattr(args, "reference", None),
+                                  save_to=getattr(args, "save_reference", None))
     table = format_checks(result)
     print(table)
     if args.json:
@@ -357,6 +359,12 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
     k = sub.add_parser("check", help="the same-function checks: every pair of backends on random weights")
     _check_options(k)
+    k.add_argument("--save-reference", metavar="FILE",
+                   help="also write the float64 reference's results to FILE (.npz), for --reference where PyTorch "
+                        "is not installed")
+    k.add_argument("--reference", metavar="FILE",
+                   help="read the float64 reference from FILE (written by --save-reference with the same options) "
+                        "instead of computing it in PyTorch")
     k.set_defaults(func=cmd_check)
     b = sub.add_parser("bench", help="images/s per backend, d2lres vs the chapter's way, vs the matmul limit")
     b.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")

@@ -25,7 +25,7 @@ import numpy
 import pytest
 
 from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env
-from d2lres import backends, chapter, spec
+from d2lres import backends, chapter, checks, spec
 
 #: The #@save drift check reads every backend's library source, so it needs every framework.
 EVERY_BACKEND = pytest.mark.skipif(backends.available() != list(backends.BACKENDS),
@@ -248,8 +248,9 @@ def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(fram
                                                                           tmp_path):
     """One fresh venv per framework, outside the checkout: pip and a kernel, no d2lres. The
     notebook's first cell installs ``<wheel>[<extra>]`` (with the set's constraints; no bytecode
-    compiled ahead, PIP_NO_COMPILE), the whole notebook runs; run again, the cell does nothing;
-    then the command line in that venv."""
+    compiled ahead, PIP_NO_COMPILE), the whole notebook runs; the Japanese notebook then runs in
+    that venv, its first cell doing nothing; then the command line there, ``check`` with a saved
+    reference where the venv has no PyTorch."""
     backend = chapter.FRAMEWORKS[framework].rsplit(".", 1)[1]
     work, env = _outside(tmp_path)
     env.update(PIP_CONSTRAINT=str(ROOT / "constraints" / f"{SET}.txt"), D2LRES_PIP=str(dist["wheel"]),
@@ -273,12 +274,15 @@ def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(fram
     _check_chapter_outputs(nb, framework)
     installed_bytes = _size(venv) - kernel_bytes
 
-    # the same cell where d2lres is installed: nothing printed, nothing installed
-    import nbformat
-    again = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(install.source)])
-    nbformat.write(again, work / "again.ipynb")
-    rerun = _execute(python, work / "again.ipynb", work / "again-out.ipynb", env, work)
-    assert rerun.cells[0].outputs == [] and _size(venv) - kernel_bytes == installed_bytes
+    # the Japanese notebook in the same venv, where d2lres is installed: its first cell (the same
+    # source) prints nothing and installs nothing, and the chapter runs as in English
+    tic = time.perf_counter()
+    ja = _execute(python, chapter.notebook_path(chapter.LANGUAGES["ja"][1], framework), work / "ja.ipynb", env,
+                  work)
+    ja_s = time.perf_counter() - tic
+    first = ja.cells[next(i for i, c in enumerate(ja.cells) if c.cell_type == "code")]
+    assert first.source == install.source and first.outputs == [] and _size(venv) - kernel_bytes == installed_bytes
+    _check_chapter_outputs(ja, framework)
 
     # the command line in the reader's venv
     d2lres = bin_ / "d2lres"
@@ -293,33 +297,43 @@ def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(fram
     check = _run([d2lres, "check", "--input", "1x32x32"], env, work, check=backend == "torch")
     if backend == "torch":
         assert "| torch | yes | 11,178,378 + 7,808 | yes |" in check.stdout and "Result: PASS." in check.stdout
-    else:  # the float64 reference is PyTorch's: the error names the extra
+    else:  # the float64 reference is PyTorch's: the error names the extra, or a reference file written with it
         assert check.returncode == 2 and "pip install 'd2lres[torch]'" in check.stderr, check.stderr
+        checks.cross_backend_checks([], input_shape=(1, 32, 32), save_to=work / "reference.npz")
+        check = _run([d2lres, "check", "--input", "1x32x32", "--reference", work / "reference.npz"], env, work)
+        assert f"| {backend} | yes | 11,178,378 + 7,808 | yes |" in check.stdout and "Result: PASS." in check.stdout
+        assert f"read from {work / 'reference.npz'}" in check.stdout
     other = next(b for b in backends.BACKENDS if b != backend)
     missing = _run([python, "-c", f"import d2lres.{other}"], env, work, check=False)
     assert missing.returncode == 1 and f"pip install 'd2lres[{backends.BACKENDS[other][2]}]'" in missing.stderr
     assert "ModuleNotFoundError" not in missing.stderr
     _report(framework, kernel_venv_s=round(kernel_s, 1), kernel_venv_mb=round(kernel_bytes / 1e6),
             install_cell_s=round(_seconds(install), 1), install_mb=round(installed_bytes / 1e6),
-            notebook_s=round(notebook_s, 1), summary=summary.splitlines()[-3:], data=fetched.splitlines()[0],
+            notebook_s=round(notebook_s, 1), ja_notebook_s=round(ja_s, 1), summary=summary.splitlines()[-3:],
+            data=fetched.splitlines()[0],
             train=trained.strip().splitlines()[-1], import_other=missing.stderr.strip().splitlines()[-1],
-            check=[line for line in check.stdout.splitlines() if line.startswith("| torch | ")] + [
-                check.stdout.strip()[-13:] or check.stderr.strip()])
+            check=[line for line in check.stdout.splitlines() if line.startswith(f"| {backend} | ")] + [
+                check.stdout.strip()[-13:]])
+
+
+#: The notebooks the current set runs: every one that no fresh venv runs (those run PyTorch's and
+#: MXNet's in both languages), and PyTorch's English one, the hosted notebooks' first framework.
+HOSTED = [("pytorch", "en"), ("tensorflow", "en"), ("tensorflow", "ja"), ("jax", "en"), ("jax", "ja")]
 
 
 @pytest.mark.skipif(not CURRENT_SET, reason="the default set runs the notebooks in fresh venvs")
-@pytest.mark.parametrize("framework", [fw for fw in chapter.FRAMEWORKS if fw != "mxnet"])
-def test_notebook_runs_on_the_hosted_stack(framework, tmp_path):
+@pytest.mark.parametrize("framework, language", HOSTED)
+def test_notebook_runs_on_the_hosted_stack(framework, language, tmp_path):
     """The current set (the hosted notebooks' stack) runs the notebook from a folder outside the
     checkout in its own environment, which has d2lres: the first cell does nothing."""
     work, env = _outside(tmp_path)
     env.pop("D2LRES_PIP", None)
     tic = time.perf_counter()
-    nb = _execute(sys.executable, chapter.notebook_path(chapter.NOTEBOOK_DIR, framework), work / "out.ipynb",
-                  env, work)
+    nb = _execute(sys.executable, chapter.notebook_path(chapter.LANGUAGES[language][1], framework),
+                  work / "out.ipynb", env, work)
     assert next(c for c in nb.cells if c.cell_type == "code").outputs == []
     _check_chapter_outputs(nb, framework)
-    _report(framework, python=sys.version.split()[0], numpy=numpy.__version__,
+    _report(f"{framework} ({language})", python=sys.version.split()[0], numpy=numpy.__version__,
             notebook_s=round(time.perf_counter() - tic, 1))
 
 

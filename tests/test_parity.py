@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import PAIRS, full_check
-from d2lres import backends, checks
+from d2lres import backends, checks, spec
 
 #: Plain path against an acceleration path of one backend (float32 against float32).
 TOL = checks.TOLERANCES
@@ -81,3 +81,58 @@ def test_acceleration_path_gives_plain_outputs(backend, fast, plain):
     for k in p_w:  # relative to the tensor's largest value, as the checks' step_weights
         np.testing.assert_allclose(f_w[k], p_w[k], rtol=0, atol=TOL["step_weights"] * max(np.abs(p_w[k]).max(), 1e-12),
                                    err_msg=k)
+
+
+# --------------------------------------------------------------------------- a saved reference
+
+#: A backend other than PyTorch where there is one: the reference file is for installs without it.
+OTHER = next(b for b in ("mxnet", "tf", "jax", "torch") if b in backends.available())
+SMALL = {"input_shape": (1, 32, 32), "step_size": 32}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The checks of :data:`OTHER` at 32x32, computing the reference and saving it."""
+    path = tmp_path_factory.mktemp("reference") / "reference.npz"
+    return path, checks.cross_backend_checks([OTHER], **SMALL, save_to=path)
+
+
+def test_a_saved_reference_gives_the_checks_it_was_saved_from(saved):
+    """Read back, the reference gives the same rounding model, bounds and distances: exactly, but
+    the updated weights' distance (their change is stored in float32: within 1e-3 of it)."""
+    path, computed = saved
+    read = checks.cross_backend_checks([OTHER], **SMALL, reference=path)
+    assert read["rounding"] == computed["rounding"] and read["bounds"] == computed["bounds"]
+    a, b = computed["reference"][OTHER], read["reference"][OTHER]
+    assert {q: a[q] for q in QUANTITIES if q != "step_weights"} == {q: b[q] for q in QUANTITIES if q != "step_weights"}
+    assert b["step_weights"] == pytest.approx(a["step_weights"], rel=1e-3)
+    assert read["ok"] and f"read from {path}" in checks.format_checks(read)
+
+
+def test_a_reference_file_answers_only_its_own_checks(saved, tmp_path):
+    """Other settings, another file kind, a damaged or tampered member: refused, naming the file
+    and what differs, before any backend runs."""
+    from d2lres import weights
+    path, _ = saved
+
+    def refused(match, file=path, **settings):
+        with pytest.raises(weights.WeightsFileError, match=match):
+            checks.cross_backend_checks([OTHER], **{**SMALL, **settings}, reference=file)
+
+    refused(r"answers other checks: input_shape \[1, 32, 32\] \(asked: \[1, 40, 40\]\)", input_shape=(1, 40, 40))
+    refused(r"arch .*'version': 1.* \(asked: .*'version': 2", arch=spec.Arch(18, 2))
+    refused(r"answers other checks: lr 0.05 \(asked: 0.1\)", lr=0.1)
+    weights.save_npz(tmp_path / "w.npz", checks.test_weights())
+    refused("is a d2lres-weights file, not a d2lres reference file", tmp_path / "w.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    for name, change in (("nan", lambda a: a.__setitem__("change:b1.conv.weight", a["change:b1.conv.weight"] * np.nan)),
+                         ("shape", lambda a: a.__setitem__("change:b1.conv.weight", a["change:b1.conv.weight"][:1])),
+                         ("missing", lambda a: a.pop("rounding:step_loss"))):
+        tampered = dict(arrays)
+        change(tampered)
+        file = tmp_path / f"{name}.npz"
+        with open(file, "wb") as f:
+            weights.write_npz(f, tampered)
+        refused("change:b1.conv.weight' is not a finite result" if name != "missing" else "no rounding:step_loss",
+                file)

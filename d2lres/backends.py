@@ -6,6 +6,8 @@ import importlib
 import importlib.util
 from types import ModuleType
 
+from .errors import UserError, UserValueError
+
 #: backend name -> (module, framework package it needs, pip extra of d2lres)
 BACKENDS = {
     "torch": ("d2lres.torch", "torch", "torch"),
@@ -18,7 +20,7 @@ ALIASES = {"pytorch": "torch", "tensorflow": "tf"}
 NEEDS = {"torch": ("torch",), "tf": ("tensorflow", "keras"), "mxnet": ("mxnet",), "jax": ("jax", "flax", "optax")}
 
 
-class BackendUnavailable(ImportError):
+class BackendUnavailable(UserError, ImportError):
     """The framework a backend needs is not installed."""
 
 
@@ -26,7 +28,7 @@ def canonical(name: str) -> str:
     """``"pytorch"`` -> ``"torch"``; an unknown name raises ``ValueError`` listing the known ones."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise UserValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return key
 
 

@@ -21,7 +21,8 @@ import inspect
 
 import numpy as np
 
-from . import spec
+from .errors import UserTypeError, UserValueError
+from .spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
 #: What a d2l 1.0 edition call is told.
 EDITION = ("d2lres follows the d2l 0.17 edition's helpers: train with "
@@ -43,27 +44,6 @@ EDITION_1_0 = {
 TRAINER_1_0 = ("max_epochs", "num_gpus", "gradient_clip_val")
 
 
-def is_d2lres_net(net) -> bool:
-    """Whether ``net`` is a network d2lres built (it carries its spec)."""
-    return isinstance(getattr(net, "arch", None), spec.Arch) and all(
-        isinstance(getattr(net, a, None), int) for a in ("in_channels", "num_classes"))
-
-
-def spec_of(net) -> tuple[int | None, int | None, spec.Arch | None]:
-    """``(in_channels, num_classes, arch)`` of a d2lres network; ``(None, None, None)`` for any
-    other (the input rules then check what needs no spec: see ``inputs.check_batch``)."""
-    return (net.in_channels, net.num_classes, net.arch) if is_d2lres_net(net) else (None, None, None)
-
-
-def require_d2lres_net(net, what: str, instead: str) -> None:
-    """Raise ``TypeError`` unless ``net`` is a d2lres network: ``what`` needs its spec;
-    ``instead`` is the framework's own way for any network."""
-    if not is_d2lres_net(net):
-        raise TypeError(f"{what} needs a network d2lres built (resnet18(), ResNet(...), resnet(depth, ...)): "
-                        f"the neutral weights file names each weight after d2lres.spec's layers, and this "
-                        f"{type(net).__name__} has no spec; for any network use {instead}")
-
-
 # --- the old signatures, refused -------------------------------------------------------------
 
 def _is_bool(value) -> bool:
@@ -74,7 +54,7 @@ def check_residual(name: str, num_channels, use_1x1conv, strides) -> None:
     """A block's ``(num_channels, use_1x1conv, strides)``: an integer where ``use_1x1conv``
     expects a bool is d2l 0.17's PyTorch ``Residual(input_channels, num_channels, ...)``."""
     if not _is_bool(use_1x1conv):
-        raise TypeError(
+        raise UserTypeError(
             f"{name}({num_channels!r}, {use_1x1conv!r}, ...): use_1x1conv must be True or False, got "
             f"{type(use_1x1conv).__name__} {use_1x1conv!r}. d2lres follows d2l 1.0's signature "
             f"{name}(num_channels, use_1x1conv=False, strides=1); d2l 0.17's PyTorch "
@@ -82,9 +62,9 @@ def check_residual(name: str, num_channels, use_1x1conv, strides) -> None:
             f"{name}(num_channels, use_1x1conv, strides, in_channels=input_channels), "
             f"e.g. {name}({use_1x1conv!r}, in_channels={num_channels!r})")
     if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels <= 0:
-        raise TypeError(f"{name}: num_channels must be a positive integer, got {num_channels!r}")
+        raise UserTypeError(f"{name}: num_channels must be a positive integer, got {num_channels!r}")
     if isinstance(strides, bool) or not isinstance(strides, (int, np.integer)) or strides <= 0:
-        raise TypeError(f"{name}: strides must be a positive integer, got {strides!r}")
+        raise UserTypeError(f"{name}: strides must be a positive integer, got {strides!r}")
 
 
 def checked_residual(cls):
@@ -118,18 +98,18 @@ def checked_resnet_block(function):
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as err:
-            raise TypeError(f"resnet_block: {err}. {_RESNET_BLOCK_FIX}") from None
+            raise UserTypeError(f"resnet_block: {err}. {_RESNET_BLOCK_FIX}") from None
         bound.apply_defaults()
         a = bound.arguments
         if not _is_bool(a["first_block"]):
             example = (f"resnet_block({a['num_residuals']!r}, {a['first_block']!r}, "
                        f"in_channels={a['num_channels']!r})")
-            raise TypeError(f"resnet_block({a['num_channels']!r}, {a['num_residuals']!r}, {a['first_block']!r}): "
-                            f"first_block must be True or False, got {type(a['first_block']).__name__} "
-                            f"{a['first_block']!r}. {_RESNET_BLOCK_FIX}, e.g. {example}")
+            raise UserTypeError(f"resnet_block({a['num_channels']!r}, {a['num_residuals']!r}, {a['first_block']!r}): "
+                                f"first_block must be True or False, got {type(a['first_block']).__name__} "
+                                f"{a['first_block']!r}. {_RESNET_BLOCK_FIX}, e.g. {example}")
         n = a["num_residuals"]
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-            raise TypeError(f"resnet_block: num_residuals must be a positive integer, got {n!r}")
+            raise UserTypeError(f"resnet_block: num_residuals must be a positive integer, got {n!r}")
         return function(*args, **kwargs)
     return resnet_block
 
@@ -149,7 +129,7 @@ class TrainerSignature(type):
             edition = [k for k in kwargs if k in TRAINER_1_0]
             old = (f" ({', '.join(edition)}: d2l 1.0's Trainer(max_epochs, num_gpus=0, gradient_clip_val=0))"
                    if edition else "")
-            raise TypeError(f"{cls.__name__}{shown}: {err}{old}. {EDITION}") from None
+            raise UserTypeError(f"{cls.__name__}{shown}: {err}{old}. {EDITION}") from None
         return super().__call__(*args, **kwargs)
 
 
@@ -175,7 +155,7 @@ def check_native_weights(weights: dict, current: dict, net) -> None:
                  for k, v in current.items() if k in weights and tuple(np.shape(weights[k])) != tuple(v.shape)]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
-        raise ValueError(f"weights do not fit this {type(net).__name__}: {shown}")
+        raise UserValueError(f"weights do not fit this {type(net).__name__}: {shown}")
 
 
 def identity(net, weights: dict) -> dict:
@@ -192,7 +172,7 @@ def walk_input(input_shape) -> tuple[int, int, int]:
     """``(C, H, W)`` of a shape walk of a network without a spec (its channels unknown)."""
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
-        raise ValueError(f"expected an input shape (channels, height, width) of positive integers, got {shape}")
+        raise UserValueError(f"expected an input shape (channels, height, width) of positive integers, got {shape}")
     return shape
 
 

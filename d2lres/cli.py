@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import backends, isa, spec
+from .errors import report_errors
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -189,7 +190,7 @@ def _launch(backend: str, config, out: Path, **options) -> int:
         argv, env = parallel.launch_command(backend, options["devices"], job)
         status = signals.run_child(argv, env=env)
         if status:
-            signals.check(*_stopped_at(error_file))
+            signals.check(*run.stopped_at(error_file))
             error = error_file.read_text().strip() if error_file.exists() else ""
             raise run.RunError(error.removeprefix("d2lres: error: ") if error else
                                f"data-parallel training in {backend} failed (exit status {status}; its error is above)")
@@ -197,15 +198,6 @@ def _launch(backend: str, config, out: Path, **options) -> int:
     print(f"{metrics['arch']} in {metrics['backend']} on {metrics['devices']} devices: test accuracy "
           f"{metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
     return 0
-
-
-def _stopped_at(error_file: Path) -> tuple[str, str, bool]:
-    """``(where, what was kept, resumable)`` that an interrupted job (``d2lres.run``) wrote to ``error_file``."""
-    try:
-        stopped = json.loads(error_file.read_text())["interrupted"]
-        return str(stopped["where"]), str(stopped["detail"]), bool(stopped["resumable"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return "", "", False
 
 
 def cmd_check(args) -> int:
@@ -399,28 +391,6 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--verbose", action="store_true",
                              help="keep the frameworks' own log lines (TensorFlow's oneDNN notices, ...)")
     return p
-
-
-def report_errors(func, *args, stream=None) -> int:
-    """``func(*args)``, with every expected failure as one ``d2lres: error:`` line on ``stream``
-    (default stderr) and exit status 2: bad values, data, training and file errors carry their
-    own message; an ``OSError`` is named by its file."""
-    try:
-        return func(*args)
-    except (ValueError, backends.BackendUnavailable) as err:
-        message = str(err)
-    except OSError as err:  # unwritable, full disk, a folder where a file belongs, ...
-        where = err.filename2 if err.filename2 is not None else err.filename  # a rename's target
-        message = (f"{where}: {err.strerror or err}; check the path, its permissions and free space"
-                   if where else f"{err}")
-    except Exception as err:  # data and training errors carry their own clear message
-        from .data import DataError
-        from .training import TrainingError
-        if not isinstance(err, (DataError, TrainingError)):
-            raise
-        message = str(err)
-    print(f"d2lres: error: {message}", file=stream or sys.stderr)
-    return 2
 
 
 def main(argv=None) -> int:

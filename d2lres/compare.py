@@ -13,11 +13,12 @@ from pathlib import Path
 
 from . import backends, data, isa, parallel, signals, spec
 from . import weights as neutral
+from .errors import UserError
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
 from .presets import TrainConfig
 from .progress import AcrossBackends
-from .run import CHECKPOINT_DIR, TIMING, run_folder, settings_line
+from .run import CHECKPOINT_DIR, TIMING, run_folder, settings_line, stopped_at
 from .run import job as run_job
 from .stamps import describe as describe_stamps
 from .stamps import stamps
@@ -35,7 +36,7 @@ SMOKE_ACCURACY = 0.2  # twice chance (ten classes)
 TOTAL_TIME = "everything: each backend's process start and import, training, and the cross-backend checks"
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """A backend's training failed (its own error line is printed above)."""
 
 
@@ -57,8 +58,7 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
                                        started=bar.started)
         bar.finish()
         if returncode != 0 and signals.requested():
-            from .cli import _stopped_at
-            where, detail, resumable = _stopped_at(error_file)
+            where, detail, resumable = stopped_at(error_file)
             raise signals.Interrupted(signals.requested(), f"{backend}'s {where}" if where else backend, detail,
                                       resumable)
         if returncode != 0:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from .errors import UserError
+
 #: Spellings of a device: cpu, gpu, gpu:N, cuda:N, /GPU:N, /device:GPU:N, /job:.../device:CPU:0.
 _PATTERN = re.compile(r"^(?:.*/)?(?:device:)?(cpu|gpu|cuda|mps)(?::(\d+))?$", re.IGNORECASE)
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A device that is not understood or does not exist on this machine."""
 
 

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import UserError
+
 #: Temporary files are named ``.<target>.<random>.tmp``.
 TEMP_SUFFIX = ".tmp"
 
@@ -76,7 +78,7 @@ OWN_FILES = {
 LEGACY_SIGNS = {"train": ("checkpoint/checkpoint.npz", "metrics.json"), "compare": ("report.json", "init.npz")}
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """A folder d2lres will not write into; the message names what is there and the options."""
 
 

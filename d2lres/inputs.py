@@ -28,9 +28,10 @@ import numbers
 from functools import lru_cache
 
 from . import spec
+from .errors import UserError
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input no backend accepts (the same message in every backend)."""
 
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import UserValueError
+
 #: What ``--isa avx2`` sets in every timed process.
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "OPENBLAS_CORETYPE": "Haswell"}
@@ -27,7 +29,7 @@ ISAS = ("native", "avx2")
 def isa_env(isa: str) -> dict[str, str]:
     """Environment variables that hold the frameworks to ``isa`` (``native``: none)."""
     if isa not in ISAS:
-        raise ValueError(f"unknown instruction set {isa!r}; choose one of {', '.join(ISAS)}")
+        raise UserValueError(f"unknown instruction set {isa!r}; choose one of {', '.join(ISAS)}")
     return dict(AVX2_ENV) if isa == "avx2" else {}
 
 

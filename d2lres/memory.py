@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from math import prod
 
+from .errors import UserError
+
 #: Share of the available memory one allocation may take.
 SHARE = 0.9
 FLOAT32 = 4
 
 
-class MemoryNeeded(ValueError):
+class MemoryNeeded(UserError, ValueError):
     """An allocation that would not fit in this machine's available memory."""
 
 

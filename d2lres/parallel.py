@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, signals, spec
+from .errors import UserError
 
 #: Synchronized BatchNorm unless asked otherwise (see the module docstring).
 SYNC_BN_DEFAULT = True
@@ -62,7 +63,7 @@ CHECK_TIMEOUT = 600
 LOOPBACK = "127.0.0.1"
 
 
-class ParallelError(ValueError):
+class ParallelError(UserError, ValueError):
     """Data-parallel training cannot run as asked; the message says why and what to do."""
 
 

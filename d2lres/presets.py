@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from .errors import UserValueError
+
 SCHEDULES = ("constant", "onecycle")
 MAX_EPOCHS = 10_000
 
@@ -55,7 +57,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if problems:
-            raise ValueError("invalid training settings: " + "; ".join(problems))
+            raise UserValueError("invalid training settings: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,5 +80,5 @@ PRESETS = {
 
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

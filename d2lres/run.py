@@ -30,6 +30,7 @@ import numpy as np
 
 from . import backends, data, files, parallel, spec, stamps, training
 from . import weights as neutral
+from .errors import UserError, report_errors
 from .presets import TrainConfig
 
 CHECKPOINT_DIR = "checkpoint"
@@ -45,7 +46,7 @@ TIMING = {"wall_seconds": "this process's run after the framework's import: buil
                           "compilation included; evaluation and checkpoints not)"}
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run cannot start or go on as asked; the message says why and what to do."""
 
 
@@ -316,6 +317,15 @@ def parse_job(text: str) -> dict:
     return {"backend": backend, "config": config, "out": out, "arch": arch, **job_}
 
 
+def stopped_at(error_file: Path) -> tuple[str, str, bool]:
+    """``(where, what was kept, resumable)`` that an interrupted job (``d2lres.run``) wrote to ``error_file``."""
+    try:
+        stopped = json.loads(error_file.read_text())["interrupted"]
+        return str(stopped["where"]), str(stopped["detail"]), bool(stopped["resumable"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "", "", False
+
+
 def main(argv=None) -> int:
     """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
     on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
@@ -328,7 +338,6 @@ def _main(argv) -> int:
     import io
 
     from . import signals
-    from .cli import report_errors
     text = argv[0] if argv else ""
     try:
         error_file = json.loads(text).get("error_file")

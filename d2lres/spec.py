@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from .errors import UserTypeError, UserValueError
+
 STAGE_NAMES = ("b1", "b2", "b3", "b4", "b5", "head")
 
 #: One BatchNorm setting for every backend: PyTorch's. ``momentum`` is the weight of the
@@ -85,15 +87,15 @@ def get_arch(arch=None, version: int | None = None, flavour: str | None = None) 
             key = key[len("resnet"):] if key.startswith("resnet") else key
             depth = int(key) if key.isdigit() else None
         if isinstance(depth, bool) or depth not in ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCH_NAMES)}")
+            raise UserValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCH_NAMES)}")
         base = Arch(depth)
     version = base.version if version is None else version
     flavour = base.flavour if flavour is None else flavour
     if version not in VERSIONS:
-        raise ValueError(f"unknown version {version!r}; known: 1 (post-activation, the chapter's), "
-                         f"2 (pre-activation)")
+        raise UserValueError(f"unknown version {version!r}; known: 1 (post-activation, the chapter's), "
+                             f"2 (pre-activation)")
     if flavour not in FLAVOURS:
-        raise ValueError(f"unknown flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+        raise UserValueError(f"unknown flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
     return Arch(base.depth, version, flavour)
 
 
@@ -227,7 +229,7 @@ def resnet18_spec(num_classes: int = 10, in_channels: int = 1) -> dict[str, list
 def _check_positive(**values: int) -> None:
     for key, value in values.items():
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+            raise UserValueError(f"{key} must be a positive integer, got {value!r}")
 
 
 def primitives(layer) -> Iterator:
@@ -279,14 +281,14 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
 def check_input(input_shape: tuple[int, int, int], in_channels: int) -> None:
     """Raise ``ValueError`` naming what was expected if ``(C, H, W)`` cannot enter the net."""
     if len(input_shape) != 3:
-        raise ValueError(f"expected an input of shape (channels, height, width) = "
-                         f"({in_channels}, H, W), got {tuple(input_shape)}")
+        raise UserValueError(f"expected an input of shape (channels, height, width) = "
+                             f"({in_channels}, H, W), got {tuple(input_shape)}")
     c, h, w = input_shape
     if c != in_channels:
-        raise ValueError(f"the network expects {in_channels} input channel(s), got {c} "
-                         f"(input shape {tuple(input_shape)}, NCHW convention)")
+        raise UserValueError(f"the network expects {in_channels} input channel(s), got {c} "
+                             f"(input shape {tuple(input_shape)}, NCHW convention)")
     if h <= 0 or w <= 0:
-        raise ValueError(f"height and width must be positive, got {h}x{w}")
+        raise UserValueError(f"height and width must be positive, got {h}x{w}")
 
 
 def _apply(layer, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
@@ -304,13 +306,13 @@ def _apply(layer, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
         _, h, w = shape
         h, w = (_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
         if h <= 0 or w <= 0:
-            raise ValueError(f"input too small: {layer.name} would output {h}x{w}")
+            raise UserValueError(f"input too small: {layer.name} would output {h}x{w}")
         return (layer.out_channels, h, w), layer.out_channels * h * w * layer.in_channels * layer.kernel ** 2
     if isinstance(layer, MaxPool):
         c, h, w = shape
         h, w = (_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
         if h <= 0 or w <= 0:
-            raise ValueError(f"input too small: {layer.name} would output {h}x{w}")
+            raise UserValueError(f"input too small: {layer.name} would output {h}x{w}")
         return (c, h, w), 0
     if isinstance(layer, Dense):
         return (layer.out_features,), layer.in_features * layer.out_features
@@ -367,9 +369,9 @@ def residual_output_shape(input_shape: tuple[int, int, int], num_channels: int,
     ``ValueError`` when the block cannot add its input to its output."""
     c, h, w = input_shape
     if not use_1x1conv and (c != num_channels or strides != 1):
-        raise ValueError(f"Residual({num_channels}, use_1x1conv=False, strides={strides}) cannot "
-                         f"add an input of {c} channel(s) at stride {strides}: it needs "
-                         f"{num_channels} input channels and strides=1, or use_1x1conv=True")
+        raise UserValueError(f"Residual({num_channels}, use_1x1conv=False, strides={strides}) cannot "
+                             f"add an input of {c} channel(s) at stride {strides}: it needs "
+                             f"{num_channels} input channels and strides=1, or use_1x1conv=True")
     out, _ = _apply(Block("r", "basic", 1, c, num_channels, strides, projection=use_1x1conv), tuple(input_shape))
     return out
 
@@ -436,3 +438,26 @@ def variants_markdown(sizes=(224, 96)) -> str:
 
 if __name__ == "__main__":
     print(variants_markdown(), end="")
+
+
+# --------------------------------------------------------------------------- networks d2lres built
+
+def is_d2lres_net(net) -> bool:
+    """Whether ``net`` is a network d2lres built (it carries its spec)."""
+    return isinstance(getattr(net, "arch", None), Arch) and all(
+        isinstance(getattr(net, a, None), int) for a in ("in_channels", "num_classes"))
+
+
+def spec_of(net) -> tuple[int | None, int | None, Arch | None]:
+    """``(in_channels, num_classes, arch)`` of a d2lres network; ``(None, None, None)`` for any
+    other (the input rules then check what needs no spec: see ``inputs.check_batch``)."""
+    return (net.in_channels, net.num_classes, net.arch) if is_d2lres_net(net) else (None, None, None)
+
+
+def require_d2lres_net(net, what: str, instead: str) -> None:
+    """Raise ``TypeError`` unless ``net`` is a d2lres network: ``what`` needs its spec;
+    ``instead`` is the framework's own way for any network."""
+    if not is_d2lres_net(net):
+        raise UserTypeError(f"{what} needs a network d2lres built (resnet18(), ResNet(...), resnet(depth, ...)): "
+                            f"the neutral weights file names each weight after d2lres.spec's layers, and this "
+                            f"{type(net).__name__} has no spec; for any network use {instead}")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import files, signals
 from .devices import describe
+from .errors import UserError, UserValueError
 from .weights import FORMAT_KEY, format_record, read_npz, write_npz
 
 CHECKPOINT = "checkpoint.npz"
@@ -21,7 +22,7 @@ CHECKPOINT = "checkpoint.npz"
 ETA_STEPS = 3
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. the loss is no longer finite)."""
 
 
@@ -59,10 +60,10 @@ def num_batches(data_iter) -> int:
     try:
         return len(data_iter)
     except TypeError:
-        raise ValueError(f"the training data must know its number of batches, and this "
-                         f"{type(data_iter).__name__} does not; pass a finite loader (for tf.data: "
-                         f"from_tensor_slices(...).batch(n), or .apply(tf.data.experimental.assert_cardinality(n)))"
-                         ) from None
+        raise UserValueError(f"the training data must know its number of batches, and this "
+                             f"{type(data_iter).__name__} does not; pass a finite loader (for tf.data: "
+                             f"from_tensor_slices(...).batch(n), or .apply(tf.data.experimental.assert_cardinality(n)))"
+                             ) from None
 
 
 def evaluate_accuracy(trainer, data_iter) -> float:
@@ -194,7 +195,7 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
                 trainer.set_weights(weights)
                 bad = [k for k, v in state.items() if not np.isfinite(v).all()]
                 if bad:
-                    raise ValueError(f"{bad[0]}: values NaN or infinite")
+                    raise UserValueError(f"{bad[0]}: values NaN or infinite")
             except ValueError as err:
                 raise TrainingError(f"checkpoint {directory / CHECKPOINT}: {err}; {CHECKPOINT_FIX}") from None
             trainer.load_optimizer_state(state)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import spec
+from .errors import UserError, UserValueError
 from .files import atomic_write
 
 
@@ -27,8 +28,8 @@ def check_weights(weights: dict[str, np.ndarray], num_classes: int, in_channels:
             problems += _value_problems(k, v)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
-        raise ValueError(f"weights do not fit {spec.get_arch(arch)} with {in_channels} input channel(s) and "
-                         f"{num_classes} classes: {shown}")
+        raise UserValueError(f"weights do not fit {spec.get_arch(arch)} with {in_channels} input channel(s) and "
+                             f"{num_classes} classes: {shown}")
 
 
 def _value_problems(name: str, value) -> list[str]:
@@ -46,7 +47,7 @@ def infer_config(weights: dict[str, np.ndarray]) -> tuple[int, int]:
     try:
         return int(weights["head.fc.weight"].shape[0]), int(weights["b1.conv.weight"].shape[1])
     except KeyError as err:
-        raise ValueError(f"not a d2lres ResNet-18 weights file: no {err.args[0]}") from None
+        raise UserValueError(f"not a d2lres ResNet-18 weights file: no {err.args[0]}") from None
 
 
 #: The member of a weights file or checkpoint that records its format (docs/formats.md): JSON
@@ -99,7 +100,7 @@ def check_arch(arrays: dict, arch, path) -> None:
                                f"flavour {a.flavour}); pass weights of {a}, or choose the network they belong to")
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(UserError, ValueError):
     """A weights or checkpoint file that cannot be read; the message names the file and what to do."""
 
 
@@ -292,8 +293,7 @@ def backend_functions(get_weights, set_weights):
 
     def init_weights_(net, seed: int = 0) -> None:
         """Seeded initialisation shared with the other backends (bit-identical across them)."""
-        from .book import require_d2lres_net
-        require_d2lres_net(net, "init_weights", "train_ch6, which initialises it as d2l does")
+        spec.require_d2lres_net(net, "init_weights", "train_ch6, which initialises it as d2l does")
         set_weights(net, make_initial(net.num_classes, net.in_channels, seed, getattr(net, "arch", None)))
 
     init_weights_.__name__ = "init_weights"
@@ -320,7 +320,7 @@ def torchvision_keys(arch="resnet18", num_classes: int = 1000, in_channels: int 
     ``head.fc`` <-> ``fc``."""
     arch = spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
     if arch.version != 1 or arch.flavour != "torchvision":
-        raise ValueError(f"torchvision's state_dict fits only the torchvision flavour of version 1, not {arch}")
+        raise UserValueError(f"torchvision's state_dict fits only the torchvision flavour of version 1, not {arch}")
     keys = {}
     for stage in spec.resnet_spec(arch, num_classes, in_channels).values():
         for layer in stage:
@@ -350,8 +350,8 @@ def torchvision_arch(state_dict) -> spec.Arch:
     for depth, (k, layers) in spec.ARCHS.items():
         if (k, tuple(layers)) == (kind, tuple(blocks)):
             return spec.Arch(depth, 1, "torchvision")
-    raise ValueError(f"not a torchvision ResNet state_dict: {kind} blocks per stage {blocks} match none of "
-                     f"{', '.join(spec.ARCH_NAMES)}")
+    raise UserValueError(f"not a torchvision ResNet state_dict: {kind} blocks per stage {blocks} match none of "
+                         f"{', '.join(spec.ARCH_NAMES)}")
 
 
 def _numpy(key: str, value) -> np.ndarray:
@@ -363,9 +363,9 @@ def _numpy(key: str, value) -> np.ndarray:
     try:
         value = np.asarray(value)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"state_dict entry {key!r} is not an array ({err})") from None
+        raise UserValueError(f"state_dict entry {key!r} is not an array ({err})") from None
     if value.dtype.kind != "f":
-        raise ValueError(f"state_dict entry {key!r} holds {value.dtype} values, not real floating point")
+        raise UserValueError(f"state_dict entry {key!r} holds {value.dtype} values, not real floating point")
     return value.astype(np.float32)
 
 
@@ -374,29 +374,30 @@ def from_torchvision(state_dict, arch=None) -> dict[str, np.ndarray]:
     torchvision flavour; ``num_batches_tracked`` is dropped. Missing, unexpected or mis-shaped
     entries and values that are not finite real floating point raise ``ValueError`` naming them."""
     if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
-        raise ValueError(f"a state_dict is a dict of tensors, not a {type(state_dict).__name__}")
+        raise UserValueError(f"a state_dict is a dict of tensors, not a {type(state_dict).__name__}")
     odd = [k for k in state_dict.keys() if not isinstance(k, str)]
     if odd:
-        raise ValueError(f"state_dict keys are names (str), not {odd[0]!r}")
+        raise UserValueError(f"state_dict keys are names (str), not {odd[0]!r}")
     state_dict = {k: v if k.endswith("num_batches_tracked") else _numpy(k, v) for k, v in state_dict.items()}
     arch = torchvision_arch(state_dict) if arch is None else \
         spec.get_arch(arch, flavour=None if isinstance(arch, spec.Arch) else "torchvision")
     try:
         num_classes, in_channels = (int(state_dict["fc.weight"].shape[0]), int(state_dict["conv1.weight"].shape[1]))
     except KeyError as err:
-        raise ValueError(f"not a torchvision ResNet state_dict: no {err.args[0]}") from None
+        raise UserValueError(f"not a torchvision ResNet state_dict: no {err.args[0]}") from None
     except IndexError:
-        raise ValueError("not a torchvision ResNet state_dict: fc.weight and conv1.weight must be matrices "
-                         "and 4-d kernels") from None
+        raise UserValueError("not a torchvision ResNet state_dict: fc.weight and conv1.weight must be matrices "
+                             "and 4-d kernels") from None
     if min(num_classes, in_channels) < 1:
-        raise ValueError(f"not a torchvision ResNet state_dict: {num_classes} classes, {in_channels} input channels")
+        raise UserValueError(f"not a torchvision ResNet state_dict: {num_classes} classes, {in_channels} input "
+                             f"channels")
     keys = torchvision_keys(arch, num_classes, in_channels)
     known = set(keys.values())
     problems = [f"missing {tv}" for tv in keys.values() if tv not in state_dict]
     problems += [f"unexpected {k}" for k in state_dict if k not in known and not k.endswith("num_batches_tracked")]
     if problems:
-        raise ValueError(f"state_dict does not fit torchvision's {arch.name}: " + "; ".join(problems[:8])
-                         + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else ""))
+        raise UserValueError(f"state_dict does not fit torchvision's {arch.name}: " + "; ".join(problems[:8])
+                             + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else ""))
     weights = {name: state_dict[tv] for name, tv in keys.items()}
     check_weights(weights, num_classes, in_channels, arch)
     return weights

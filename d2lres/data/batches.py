@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..errors import UserValueError
 from .resize import resize_images
 from .sources import data_dir_path, load_fashion_mnist_arrays
 
@@ -63,9 +64,9 @@ class ArrayBatches:
     def __init__(self, X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,
                  seed: int = 0, convert: Callable[[np.ndarray, np.ndarray], Any] | None = None):
         if len(X) != len(y):
-            raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
+            raise UserValueError(f"X has {len(X)} samples but y has {len(y)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UserValueError(f"batch_size must be positive, got {batch_size}")
         self.X, self.y = X, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.convert = convert or (lambda xb, yb: (xb, yb))

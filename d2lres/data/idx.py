@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError, UserValueError
 from ..files import atomic_open
 
 __all__ = ["DataError", "read_idx", "write_idx"]
@@ -18,7 +19,7 @@ __all__ = ["DataError", "read_idx", "write_idx"]
 _IDX_UINT8 = 0x08
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data set cannot be read or obtained; the message says why and what to do."""
 
 
@@ -83,8 +84,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     ten times faster than 9 for a file 1% larger)."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim == 0:
-        raise ValueError(f"write_idx needs a uint8 array with at least one dimension, "
-                         f"got {array.dtype} with shape {array.shape}")
+        raise UserValueError(f"write_idx needs a uint8 array with at least one dimension, "
+                             f"got {array.dtype} with shape {array.shape}")
     header = bytes([0, 0, _IDX_UINT8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
     with atomic_open(path) as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
                                                 compresslevel=6) as gz:

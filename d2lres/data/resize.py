@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserValueError
+
 __all__ = ["resize_images"]
 
 
@@ -28,13 +30,13 @@ def resize_images(images: np.ndarray, size: int | None, *, chunk: int = 4096) ->
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"resize_images needs uint8 images (N, H, W), "
-                         f"got {images.dtype} {images.shape}")
+        raise UserValueError(f"resize_images needs uint8 images (N, H, W), "
+                             f"got {images.dtype} {images.shape}")
     n, height, width = images.shape
     if size is None or size == height == width:
         return np.multiply(images, np.float32(1 / 255), dtype=np.float32)
     if int(size) != size or size < 1:
-        raise ValueError(f"size must be a positive integer or None, got {size!r}")
+        raise UserValueError(f"size must be a positive integer or None, got {size!r}")
     rows = _bilinear_matrix(height, size) / np.float32(255)
     cols_t = _bilinear_matrix(width, size).T.copy()
     out = np.empty((n, size, size), np.float32)

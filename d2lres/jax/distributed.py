@@ -21,6 +21,8 @@ import os
 
 import jax
 
+from ..errors import UserValueError
+
 COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # JAX's own variable
 NUM_PROCESSES = "D2LRES_NUM_PROCESSES"
 PROCESS_ID = "D2LRES_PROCESS_ID"
@@ -39,7 +41,7 @@ def settings(env=None) -> dict | None:
             try:
                 out[name] = int(env[key])
             except ValueError:
-                raise ValueError(f"{key} must be an integer, got {env[key]!r}") from None
+                raise UserValueError(f"{key} must be an integer, got {env[key]!r}") from None
     return out
 
 
@@ -56,8 +58,8 @@ def initialize(env=None) -> bool:
     try:
         jax.distributed.initialize(**args)
     except ValueError as err:
-        raise ValueError(f"{err} -- for a multi-process JAX run set {COORDINATOR}=host:port, "
-                         f"{NUM_PROCESSES}=N and {PROCESS_ID}=0..N-1 in every process") from None
+        raise UserValueError(f"{err} -- for a multi-process JAX run set {COORDINATOR}=host:port, "
+                             f"{NUM_PROCESSES}=N and {PROCESS_ID}=0..N-1 in every process") from None
     return True
 
 

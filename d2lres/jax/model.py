@@ -27,6 +27,7 @@ from flax import nnx
 from jax import lax
 
 from .. import api, book, inputs, spec
+from ..errors import UserTypeError, UserValueError
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
 PRECISION = lax.Precision.HIGHEST
@@ -145,8 +146,8 @@ class Lazy(nnx.Module):
     def __call__(self, X):
         if self.layer is None:
             if isinstance(X, jax.core.Tracer):
-                raise ValueError("a layer without in_channels is built on its first call, which must be eager "
-                                 "(outside jax.jit); call the block once on an example batch, or pass in_channels")
+                raise UserValueError("a layer without in_channels is built on its first call, which must be eager "
+                                     "(outside jax.jit); call the block once on an example batch, or pass in_channels")
             self.layer = self.make(X.shape[-1])
         return self.layer(X)
 
@@ -299,8 +300,8 @@ class Block(nnx.Module):
     def __call__(self, X: jax.Array) -> jax.Array:
         b = self.spec
         if not b.projection and X.shape[-1] != b.out_channels:
-            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
-                             f"of {X.shape[-1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+            raise UserValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                                 f"of {X.shape[-1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
         if b.version == 1:
             return relu(self._run(self.main_path, X) + self._run(self.shortcut_path, X))
         P = self._run(self.main_path[:2], X)  # bn1, relu: the pre-activation both paths share
@@ -398,7 +399,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
     inputs.check_network(net, isinstance(net, nnx.Module), "jax", "shape_walk")
     if not book.is_d2lres_net(net):
         if not isinstance(net, nnx.Sequential):
-            raise TypeError(f"shape_walk walks a d2lres network or an nnx.Sequential, not a {type(net).__name__}")
+            raise UserTypeError(f"shape_walk walks a d2lres network or an nnx.Sequential, not a {type(net).__name__}")
         c, h, w = book.walk_input(input_shape)
         return book.walk_children(enumerate(net.layers), jnp.zeros((1, h, w, c)), lambda layer, X: layer(X),
                                   lambda X: _nchw(X.shape), lambda: _eval_mode(net))

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from .. import book, data, devices, inputs
+from ..errors import UserValueError
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -120,7 +121,7 @@ class Trainer(metaclass=book.TrainerSignature):
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None):
         if channels_last is False:
-            raise ValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
+            raise UserValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
         self.net = net
         if isinstance(device, (jax.Device, jax.sharding.Sharding)):  # JAX's own device exists (in process 1
             self.device = device  # of a multi-process run, CpuDevice(id=2048)); a sharding: ParallelTrainer's mesh

@@ -11,6 +11,7 @@ from flax import nnx
 
 from .. import book, spec
 from .. import weights as neutral
+from ..errors import UserValueError
 from .model import Lazy, ResNet
 
 _BN = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var"))
@@ -19,7 +20,7 @@ _BN = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("runnin
 def _built(layer, name: str):
     if isinstance(layer, Lazy):
         if layer.layer is None:
-            raise ValueError(f"{name} has no weights yet: it is built on its first call (or pass in_channels)")
+            raise UserValueError(f"{name} has no weights yet: it is built on its first call (or pass in_channels)")
         return layer.layer
     return layer
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 
+from ..errors import UserValueError
 from ..parallel import LOOPBACK, free_ports
 
 #: Seconds the scheduler and servers may take to exit after the last worker finished.
@@ -40,7 +41,7 @@ def environments(workers: int, servers: int = 1, contexts: int = 1, env: dict | 
     """The environment of each process of a loopback ``dist_sync`` job:
     ``{"scheduler": [env], "server": [env] * servers, "worker": [env] * workers}``."""
     if workers < 1 or servers < 1 or contexts < 1:
-        raise ValueError(f"--workers, --servers and --contexts must be >= 1, got {workers}, {servers}, {contexts}")
+        raise UserValueError(f"--workers, --servers and --contexts must be >= 1, got {workers}, {servers}, {contexts}")
     base = dict(os.environ if env is None else env)
     root, *ports = free_ports(1 + workers)
     base.update({"DMLC_PS_ROOT_URI": LOOPBACK, "DMLC_PS_ROOT_PORT": str(root), "DMLC_NUM_SERVER": str(servers),

@@ -9,6 +9,7 @@ from mxnet import init, np, npx
 from mxnet.gluon import nn
 
 from .. import api, book, inputs, spec
+from ..errors import UserValueError
 
 npx.set_np()
 
@@ -80,8 +81,8 @@ class Block(nn.HybridBlock):
     def forward(self, X):
         b = self.spec
         if not b.projection and isinstance(X, mx.np.ndarray) and X.shape[1] != b.out_channels:
-            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
-                             f"of {X.shape[1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+            raise UserValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                                 f"of {X.shape[1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
         return super().forward(X)
 
     def _run(self, F, path, X):

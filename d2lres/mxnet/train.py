@@ -12,6 +12,7 @@ import numpy as onp
 from mxnet import autograd, np
 
 from .. import book, data, devices, inputs, spec
+from ..errors import UserValueError
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -68,16 +69,16 @@ class Trainer(metaclass=book.TrainerSignature):
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None):
         if channels_last:
-            raise ValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
+            raise UserValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
         self.net = net
         self.device = try_gpu() if device is None else devices.resolve(
             device, "mxnet", mx.context.num_gpus(), lambda kind, i: mx.cpu() if kind == "cpu" else mx.gpu(i))
         self.momentum, self.weight_decay = momentum, weight_decay
         unknown = [name for name, p in _parameters(net) if p._deferred_init or 0 in p.shape]
         if unknown:
-            raise ValueError(f"the network's parameters have no shapes yet ({unknown[0]} and {len(unknown) - 1} "
-                             f"more): call net.initialize() and run one batch through it (net(X)) first; "
-                             f"train_ch6 does both")
+            raise UserValueError(f"the network's parameters have no shapes yet ({unknown[0]} and {len(unknown) - 1} "
+                                 f"more): call net.initialize() and run one batch through it (net(X)) first; "
+                                 f"train_ch6 does both")
         net.collect_params().reset_ctx(self.device)
         if compile is None or compile:
             net.hybridize(static_alloc=True, static_shape=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from ..errors import UserValueError
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
@@ -135,7 +137,7 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     def call(self, X, training=None):
         if len(X.shape) != 4:
-            raise ValueError(f"BatchNorm expects an NHWC batch, got shape {tuple(X.shape)}")
+            raise UserValueError(f"BatchNorm expects an NHWC batch, got shape {tuple(X.shape)}")
         stats = (tf.convert_to_tensor(self.moving_mean), tf.convert_to_tensor(self.moving_variance))
         if training:
             Y, mean, var, *_ = tf.compat.v1.nn.fused_batch_norm(
@@ -213,8 +215,8 @@ class Block(keras.layers.Layer):
     def call(self, X, training=None):
         b = self.spec
         if not b.projection and X.shape[-1] != b.out_channels:
-            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
-                             f"of {X.shape[-1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+            raise UserValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                                 f"of {X.shape[-1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
         if b.version == 1:
             return tf.nn.relu(self._run(self.main_path, X, training) + self._run(self.shortcut_path, X, training))
         P = self._run(self.main_path[:2], X, training)  # bn1, relu: the shared pre-activation

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import book, data, devices, inputs
+from ..errors import UserValueError
 from .model import _device, device_name
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -60,10 +61,10 @@ class Trainer(metaclass=book.TrainerSignature):
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None):
         if channels_last is False:
-            raise ValueError("channels_last=False cannot be honoured: d2lres.tf runs NHWC (channels last) only; "
-                             "leave channels_last None or True")
+            raise UserValueError("channels_last=False cannot be honoured: d2lres.tf runs NHWC (channels last) only; "
+                                 "leave channels_last None or True")
         if compile not in (None, True, False):
-            raise ValueError(f"compile must be None, True or False (tf.function or eager), got {compile!r}")
+            raise UserValueError(f"compile must be None, True or False (tf.function or eager), got {compile!r}")
         self.net = net
         self.device = try_gpu() if device is None else devices.resolve(
             device_name(device), "tf", len(tf.config.list_physical_devices("GPU")),
@@ -190,8 +191,8 @@ class Trainer(metaclass=book.TrainerSignature):
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         if self._weights is None:
-            raise ValueError("this network has no variables yet (it is built by its first batch); "
-                             "call it once on a batch before loading an optimizer state")
+            raise UserValueError("this network has no variables yet (it is built by its first batch); "
+                                 "call it once on a batch before loading an optimizer state")
         for (name, kind), buf in zip(self._slots, self.buffers):
             if f"momentum.{name}" in state:
                 buf.assign(from_canonical(state[f"momentum.{name}"], kind))

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import api, book, inputs, spec
+from ..errors import UserValueError
 
 
 def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1,
@@ -93,8 +94,8 @@ class Block(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         b = self.spec
         if not b.projection and X.shape[1] != b.out_channels:
-            raise ValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
-                             f"of {X.shape[1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
+            raise UserValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
+                                 f"of {X.shape[1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
         if b.version == 1:
             return F.relu(self._run(self.main_path, X) + self._run(self.shortcut_path, X))
         P = self._run(self.main_path[:2], X)  # bn1, relu: the pre-activation both paths share

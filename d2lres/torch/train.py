@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import book, data, devices, inputs
+from ..errors import UserValueError
 from .weights import get_weights, set_weights
 
 
@@ -66,8 +67,8 @@ class Trainer(metaclass=book.TrainerSignature):
             lambda kind, i: torch.device(kind if kind in ("cpu", "mps") else f"cuda:{i}"),
             mps=_mps())
         if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in net.parameters()):
-            raise ValueError("the network's lazy layers have no weights yet: run one batch through it first "
-                             "(net(X)); train_ch6 does that")
+            raise UserValueError("the network's lazy layers have no weights yet: run one batch through it first "
+                                 "(net(X)); train_ch6 does that")
         self.memory_format = {True: torch.channels_last, False: torch.contiguous_format}.get(channels_last)
         self.net = net.to(self.device, memory_format=self.memory_format or torch.preserve_format)
         self._train_forward = torch.compile(self.net) if compile else self.net

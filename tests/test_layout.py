@@ -1,0 +1,159 @@
+"""The package's shape, kept: no import circle among d2lres's modules, and one error hierarchy
+(``d2lres.errors``) in which what the user can fix is told in one line and anything else is the
+bug it is. Framework-free: reads the sources, imports no framework."""
+from __future__ import annotations
+
+import ast
+import io
+from pathlib import Path
+
+import pytest
+
+import d2lres
+from d2lres import errors
+
+PACKAGE = Path(d2lres.__file__).parent
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        out[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the d2lres modules it imports, at the top or inside functions (either can close a
+    circle), each ``from . import x`` resolved to the submodule ``x`` where there is one. A module's
+    own packages, which Python imports first anyway, are left out."""
+    modules = _modules()
+    graph = {}
+    for name, (path, is_package) in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = name.split(".")[:None if is_package else -1]
+                    parts = parts[:len(parts) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                found = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in found:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in modules and target != name and not name.startswith(target + "."):
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_among_d2lres_modules():
+    graph = import_graph()
+    assert {"d2lres.cli", "d2lres.torch.train", "d2lres.errors"} <= set(graph)  # the walk found the package
+    assert "d2lres.run" in graph["d2lres.compare"] and "d2lres.errors" in graph["d2lres.run"]
+    assert circles(graph) == []
+
+
+def test_the_circle_finder_finds_a_circle():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_error_d2lres_defines_is_a_user_error_with_its_builtin_base():
+    """The classes the API documents keep their builtin base, so user code that catches a
+    ValueError (a shape, a file) or an ImportError (a missing framework) keeps working."""
+    from d2lres import backends, compare, devices, files, inputs, memory, mxnet_compat, parallel, run, training, weights
+    from d2lres.data import DataError
+    bases = {inputs.InputError: ValueError, compare.CompareError: ValueError, devices.DeviceError: ValueError,
+             files.FolderError: ValueError, memory.MemoryNeeded: ValueError, run.RunError: ValueError,
+             weights.WeightsFileError: ValueError, weights.MissingWeightsFile: FileNotFoundError,
+             parallel.ParallelError: ValueError, training.TrainingError: RuntimeError, DataError: RuntimeError,
+             backends.BackendUnavailable: ImportError, errors.UserValueError: ValueError,
+             errors.UserTypeError: TypeError, mxnet_compat.IncompatibleNumpy: ImportError}
+    for cls, base in bases.items():
+        assert issubclass(cls, errors.UserError) and issubclass(cls, base), cls
+    defined = {node.name for path, _ in _modules().values() for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", "")).endswith(
+                   ("Error", "Exception", "Unavailable", "Needed", "Numpy")) for b in node.bases)}
+    # the base itself, and the signal that stops a command (a BaseException, as KeyboardInterrupt)
+    assert defined - {c.__name__ for c in bases} == {"UserError", "Interrupted"}
+
+
+def _builtin_raises() -> list[str]:
+    """``raise ValueError(...)`` / ``raise TypeError(...)`` in d2lres that no enclosing ``try`` of
+    the same function catches: a user's mistake raised as a builtin would be shown as a bug."""
+    found = []
+    for name, (path, _) in _modules().items():
+        tree = ast.parse(path.read_text())
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                    and getattr(node.exc.func, "id", None) in ("ValueError", "TypeError")):
+                continue
+            caught, up = False, node
+            while up in parents and not isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                parent = parents[up]
+                if isinstance(parent, ast.Try) and up in parent.body:
+                    caught |= any(node.exc.func.id in ast.unparse(h.type or ast.Name("BaseException"))
+                                  for h in parent.handlers)
+                up = parent
+            if not caught:
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_what_the_user_can_fix_is_raised_as_a_user_error():
+    assert _builtin_raises() == []
+
+
+def test_report_errors_tells_the_user_in_one_line_and_lets_a_bug_through():
+    from d2lres.inputs import InputError
+
+    def fail(exc):
+        raise exc
+
+    stream = io.StringIO()
+    assert errors.report_errors(fail, InputError("expected a 4-D batch"), stream=stream) == 2
+    assert stream.getvalue() == "d2lres: error: expected a 4-D batch\n"
+    stream = io.StringIO()
+    assert errors.report_errors(fail, PermissionError(13, "Permission denied", "/r/x"), stream=stream) == 2
+    assert stream.getvalue().startswith("d2lres: error: /r/x: Permission denied; check the path")
+    for bug in (ValueError("a framework's own complaint"), KeyError("missing"), RuntimeError("bug")):
+        with pytest.raises(type(bug)):
+            errors.report_errors(fail, bug, stream=io.StringIO())

@@ -157,3 +157,17 @@ def test_report_errors_tells_the_user_in_one_line_and_lets_a_bug_through():
     for bug in (ValueError("a framework's own complaint"), KeyError("missing"), RuntimeError("bug")):
         with pytest.raises(type(bug)):
             errors.report_errors(fail, bug, stream=io.StringIO())
+
+
+def test_developer_tools_are_scripts_with_a_main_guard():
+    """Tools (the GPU check, the convolution micro-benchmark) live in scripts/, not in the package,
+    and run nothing when imported (a framework's log level set before it loads apart)."""
+    scripts = sorted((PACKAGE.parent / "scripts").iterdir())
+    assert scripts and not (PACKAGE / "tf" / "convbench.py").exists()
+    for path in scripts:
+        tree = ast.parse(path.read_text(), str(path))
+        guards = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'"]
+        assert len(guards) == 1, path
+        top = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
+               and not ast.unparse(n.value.func) == "os.environ.setdefault"]
+        assert not top, f"{path} calls {ast.unparse(top[0])} when imported"

@@ -50,7 +50,7 @@ def _device(device):
 #: The matmul path's rule (``Conv2D.uses_matmul``): outputs at most this many pixels on a side...
 MATMUL_MAX_SIDE = 2
 #: ... from at least this many input channels. Measured by single-convolution forward+backward
-#: micro-benchmarks at batch 128 (``python -m d2lres.tf.convbench``, medians; AMD EPYC, 2 cores,
+#: micro-benchmarks at batch 128 (``scripts/tf-convbench``, medians; AMD EPYC, 2 cores,
 #: AVX-512, also with oneDNN held to AVX2): every such layer of ResNet-18 at 40x40 (stage 5, 2x2)
 #: is 1.1-3.2x faster as im2col + matmul; at 3x3 outputs the stride-1 3x3 convolutions lose
 #: (0.6-0.8x, 1.0 for 512 channels under AVX2) and the strided ones vary (0.9-2.4x); at 128

@@ -104,8 +104,17 @@ def all_archs(flavours=FLAVOURS) -> list[Arch]:
     return [Arch(d, v, f) for f in flavours for v in VERSIONS for d in ARCHS]
 
 
+class _Named:
+    """A layer's ``name`` is canonical (``b2.0.conv1``); ``local`` is its name inside its block
+    (``conv1``), the attribute every backend's block gives it."""
+
+    @property
+    def local(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+
 @dataclass(frozen=True)
-class Conv:
+class Conv(_Named):
     name: str
     in_channels: int
     out_channels: int
@@ -116,20 +125,20 @@ class Conv:
 
 
 @dataclass(frozen=True)
-class BatchNorm:
+class BatchNorm(_Named):
     name: str
     channels: int
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(_Named):
     name: str
     in_features: int
     out_features: int
 
 
 @dataclass(frozen=True)
-class MaxPool:
+class MaxPool(_Named):
     name: str
     kernel: int = 3
     stride: int = 2
@@ -188,6 +197,14 @@ class Block:
     def layers(self) -> list:
         """Layers with parameters, in canonical order."""
         return [p for p in self.main() + self.shortcut() if not isinstance(p, str)]
+
+    def main_path(self) -> list[str]:
+        """:meth:`main` as the block runs it: ``"relu"`` or a layer's ``local`` name."""
+        return [p if isinstance(p, str) else p.local for p in self.main()]
+
+    def shortcut_path(self) -> list[str]:
+        """:meth:`shortcut` as local names."""
+        return [p.local for p in self.shortcut()]
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def init_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0, arch=None) -> dict[str, np.ndarray]:
-    """The initialisation scheme of all three backends, as d2l's ``train_ch6`` does it:
+    """The initialisation scheme of every backend, as d2l's ``train_ch6`` does it:
     Xavier (Glorot) uniform weights for convolutions and the dense layer, zero biases,
     BatchNorm scale 1, shift 0, running mean 0, running variance 1."""
     rng = np.random.default_rng(seed)

@@ -286,11 +286,11 @@ class Block(nnx.Module):
     def __init__(self, block: spec.Block):
         self.spec = block
         for p in block.layers():
-            attr = p.name.rsplit(".", 1)[1]
+            attr = p.local
             setattr(self, attr, conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias)
                     if isinstance(p, spec.Conv) else batch_norm(p.channels))
-        self.main_path = tuple(p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main())
-        self.shortcut_path = tuple(p.name.rsplit(".", 1)[1] for p in block.shortcut())
+        self.main_path = tuple(block.main_path())
+        self.shortcut_path = tuple(block.shortcut_path())
 
     def _run(self, path, X):
         for step in path:

@@ -34,7 +34,7 @@ def named_layers(net: ResNet) -> Iterator[tuple[str, nnx.Module]]:
         for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
             if isinstance(layer_spec, spec.Block):
                 for p in layer_spec.layers():
-                    yield p.name, _built(getattr(layer, p.name.rsplit(".", 1)[1]), p.name)
+                    yield p.name, _built(getattr(layer, p.local), p.name)
             elif isinstance(layer_spec, (spec.Conv, spec.BatchNorm, spec.Dense)):
                 yield layer_spec.name, _built(layer, layer_spec.name)
 

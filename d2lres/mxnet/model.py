@@ -71,12 +71,12 @@ class Block(nn.HybridBlock):
         super().__init__()
         self.spec = block
         for p in block.layers():
-            attr = p.name.rsplit(".", 1)[1]
+            attr = p.local
             setattr(self, attr, nn.Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
                                           in_channels=p.in_channels) if isinstance(p, spec.Conv)
                     else batch_norm(p.channels))
-        self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
-        self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
+        self.main_path = block.main_path()
+        self.shortcut_path = block.shortcut_path()
 
     def forward(self, X):
         b = self.spec

@@ -199,12 +199,12 @@ class Block(keras.layers.Layer):
         super().__init__()
         self.spec = block
         for p in block.layers():
-            attr = p.name.rsplit(".", 1)[1]
+            attr = p.local
             setattr(self, attr, Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
                                        in_channels=p.in_channels or None)
                     if isinstance(p, spec.Conv) else BatchNorm(p.channels or None))
-        self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
-        self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
+        self.main_path = block.main_path()
+        self.shortcut_path = block.shortcut_path()
 
     def _run(self, path, X, training):
         for step in path:

@@ -24,7 +24,7 @@ def named_layers(net: ResNet) -> Iterator[tuple[str, keras.layers.Layer]]:
         for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
             if isinstance(layer_spec, spec.Block):
                 for p in layer_spec.layers():
-                    yield p.name, getattr(layer, p.name.rsplit(".", 1)[1])
+                    yield p.name, getattr(layer, p.local)
             elif not isinstance(layer_spec, str) and not isinstance(layer_spec, spec.MaxPool):
                 yield layer_spec.name, layer
 

@@ -76,15 +76,15 @@ class Block(nn.Module):
         super().__init__()
         self.spec = block
         for p in block.layers():
-            attr = p.name.rsplit(".", 1)[1]
+            attr = p.local
             if isinstance(p, spec.Conv):
                 conv = (nn.Conv2d(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias)
                         if p.in_channels else nn.LazyConv2d(p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias))
                 setattr(self, attr, conv)
             else:
                 setattr(self, attr, batch_norm(p.channels or None))
-        self.main_path = [p if isinstance(p, str) else p.name.rsplit(".", 1)[1] for p in block.main()]
-        self.shortcut_path = [p.name.rsplit(".", 1)[1] for p in block.shortcut()]
+        self.main_path = block.main_path()
+        self.shortcut_path = block.shortcut_path()
 
     def _run(self, path, X):
         for step in path:

@@ -257,6 +257,22 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return read_npz(path, fix="pass a .npz written by d2lres (save_weights / weights.npz of a run)")
 
 
+def from_channels_last(value, kind: str) -> np.ndarray:
+    """A channels-last framework's array (TensorFlow, JAX: kernels HWIO, dense ``(in, out)``) in
+    the canonical layout (OIHW, ``(out, in)``), as a float32 C-ordered copy; ``kind``: ``conv``,
+    ``dense`` or anything else (a vector: as it is)."""
+    value = np.asarray(value)
+    value = value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
+    return np.array(value, dtype=np.float32, order="C")
+
+
+def to_channels_last(value, kind: str) -> np.ndarray:
+    """The inverse of :func:`from_channels_last`, float32 and C-ordered."""
+    value = np.asarray(value, dtype=np.float32)
+    value = value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value
+    return np.ascontiguousarray(value)
+
+
 def init_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0, arch=None) -> dict[str, np.ndarray]:
     """The initialisation scheme of every backend, as d2l's ``train_ch6`` does it:
     Xavier (Glorot) uniform weights for convolutions and the dense layer, zero biases,

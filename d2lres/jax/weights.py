@@ -51,16 +51,8 @@ def variables(net: ResNet) -> Iterator[tuple[str, nnx.Variable, str]]:
                 yield f"{name}.bias", layer.bias, "vector"
 
 
-def to_canonical(value, kind: str) -> np.ndarray:
-    value = np.asarray(value)
-    value = value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
-    return np.array(value, dtype=np.float32, order="C")  # a copy: JAX's buffers are read-only
-
-
-def from_canonical(value, kind: str) -> np.ndarray:
-    value = np.asarray(value, dtype=np.float32)
-    value = value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value
-    return np.ascontiguousarray(value)
+#: The canonical layout and this backend's (channels last), said once in ``d2lres.weights``.
+to_canonical, from_canonical = neutral.from_channels_last, neutral.to_channels_last
 
 
 def get_weights(net: ResNet) -> dict[str, np.ndarray]:

@@ -42,13 +42,8 @@ def variables(net: ResNet) -> Iterator[tuple[str, keras.Variable, str]]:
                 yield f"{name}.bias", layer.bias, "vector"
 
 
-def to_canonical(value: np.ndarray, kind: str) -> np.ndarray:
-    return value.transpose(3, 2, 0, 1) if kind == "conv" else value.T if kind == "dense" else value
-
-
-def from_canonical(value: np.ndarray, kind: str) -> np.ndarray:
-    value = np.asarray(value, dtype=np.float32)
-    return value.transpose(2, 3, 1, 0) if kind == "conv" else value.T if kind == "dense" else value
+#: The canonical layout and this backend's (channels last), said once in ``d2lres.weights``.
+to_canonical, from_canonical = neutral.from_channels_last, neutral.to_channels_last
 
 
 def get_weights(net: ResNet) -> dict[str, np.ndarray]:

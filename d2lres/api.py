@@ -28,12 +28,18 @@ class Bottleneck:
                  shortcut_bn=False, stride_on_3x3=False): ...
 
 
-class PreActResidual(Bottleneck):
-    """Pre-activation basic block (version 2)."""
+class PreActResidual:
+    """Pre-activation basic block (version 2); Bottleneck's constructor."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, in_channels=None, bias=True,
+                 shortcut_bn=False, stride_on_3x3=False): ...
 
 
-class PreActBottleneck(Bottleneck):
-    """Pre-activation bottleneck (version 2)."""
+class PreActBottleneck:
+    """Pre-activation bottleneck (version 2); Bottleneck's constructor."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, in_channels=None, bias=True,
+                 shortcut_bn=False, stride_on_3x3=False): ...
 
 
 class Block:
@@ -190,6 +196,42 @@ def factories(ResNet) -> tuple:
             "; ResNet-18 is the chapter's network." if depth == 18 else ".")
         return factory
     return (resnet, *(of_depth(d) for d in (18, 34, 50, 101, 152)))
+
+
+#: The family's other blocks: class name, ``spec.Block`` kind and version, docstring.
+BLOCK_FAMILY = (
+    ("Bottleneck", "bottleneck", 1, "conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU "
+                                    "(version 1). ``num_channels`` is the output (the inner width is "
+                                    "``num_channels // 4``)."),
+    ("PreActResidual", "basic", 2, "Pre-activation basic block (version 2): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus "
+                                   "the shortcut (projected from the pre-activated input when ``use_1x1conv``); "
+                                   "no ReLU after the sum."),
+    ("PreActBottleneck", "bottleneck", 2, "Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, "
+                                          "3x3, 1x1 kernels."),
+)
+
+
+def block_classes(Block) -> tuple:
+    """A backend's ``Bottleneck``, ``PreActResidual`` and ``PreActBottleneck``: subclasses of its
+    ``Block`` (each built from its ``spec.Block``) with one constructor, the contract's. None is a
+    subclass of another."""
+    import types
+
+    from . import book, spec
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
+                 stride_on_3x3: bool = False):
+        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
+        Block.__init__(self, spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
+                                        use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
+
+    def make(name, kind, version, doc):
+        def body(ns):
+            ns.update(kind=kind, version=version, __init__=__init__, __doc__=doc, __module__=Block.__module__,
+                      __qualname__=name)
+        return types.new_class(name, (Block,), exec_body=body)
+    return tuple(make(*member) for member in BLOCK_FAMILY)
 
 
 def signature(obj) -> list[tuple[str, str, object]]:

@@ -36,6 +36,19 @@ def test_signature_matches_the_contract_in_every_backend(name):
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
+def test_the_block_family_are_siblings_on_the_backends_block(backend):
+    """Bottleneck, PreActResidual and PreActBottleneck are each a ``Block`` of the backend, named
+    and documented as their own classes, and none is a subclass of another (PreActResidual was a
+    Bottleneck before: an isinstance check could not tell a basic block from a bottleneck)."""
+    mod = backends.load(backend)
+    family = [getattr(mod, name) for name, *_ in api.BLOCK_FAMILY]
+    for cls, (name, kind, version, _) in zip(family, api.BLOCK_FAMILY):
+        assert issubclass(cls, mod.Block) and (cls.__name__, cls.kind, cls.version) == (name, kind, version)
+        assert cls.__module__ == mod.Block.__module__ and cls.__doc__
+        assert not any(issubclass(cls, other) for other in family if other is not cls)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_trainer_has_the_contracts_methods(backend):
     cls = backends.load(backend).Trainer
     have = {n for n, v in inspect.getmembers(cls, callable) if not n.startswith("_")}

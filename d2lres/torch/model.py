@@ -102,28 +102,7 @@ class Block(nn.Module):
         return self._run(self.main_path[2:], P) + (self._run(self.shortcut_path, P) if b.projection else X)
 
 
-class Bottleneck(Block):
-    """conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU (version 1).
-    ``num_channels`` is the output (the inner width is ``num_channels // 4``)."""
-    kind, version = "bottleneck", 1
-
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
-                 stride_on_3x3: bool = False):
-        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
-        super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
-                                    use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
-
-
-class PreActResidual(Bottleneck):
-    """Pre-activation basic block (version 2): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut
-    (projected from the pre-activated input when ``use_1x1conv``); no ReLU after the sum."""
-    kind, version = "basic", 2
-
-
-class PreActBottleneck(Bottleneck):
-    """Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, 3x3, 1x1 kernels."""
-    kind, version = "bottleneck", 2
+Bottleneck, PreActResidual, PreActBottleneck = api.block_classes(Block)
 
 
 class ResNet(nn.Sequential):

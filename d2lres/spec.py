@@ -478,3 +478,19 @@ def require_d2lres_net(net, what: str, instead: str) -> None:
         raise UserTypeError(f"{what} needs a network d2lres built (resnet18(), ResNet(...), resnet(depth, ...)): "
                             f"the neutral weights file names each weight after d2lres.spec's layers, and this "
                             f"{type(net).__name__} has no spec; for any network use {instead}")
+
+
+def named_layers(net, children, what: str, instead: str):
+    """``(canonical name, layer)`` for every layer with weights of the d2lres network ``net``, in
+    the spec's order: its stages are iterated, ``children(stage)`` lists a stage's layers as the
+    framework holds them, a block's layers are its attributes of their ``local`` names. ``what``
+    and ``instead``: :func:`require_d2lres_net`'s message for any other network."""
+    require_d2lres_net(net, what, instead)
+    net_spec = resnet_spec(net.arch, net.num_classes, net.in_channels)
+    for stage_name, stage in zip(STAGE_NAMES, net):
+        for layer_spec, layer in zip(net_spec[stage_name], children(stage)):
+            if isinstance(layer_spec, Block):
+                for p in layer_spec.layers():
+                    yield p.name, getattr(layer, p.local)
+            elif isinstance(layer_spec, (Conv, BatchNorm, Dense)):
+                yield layer_spec.name, layer

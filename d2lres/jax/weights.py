@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .. import book, spec
+from .. import spec
 from .. import weights as neutral
 from ..errors import UserValueError
 from .model import Lazy, ResNet
@@ -27,16 +27,10 @@ def _built(layer, name: str):
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, nnx.Module]]:
     """``(canonical name, layer)`` for every layer with weights, in the spec's order."""
-    book.require_d2lres_net(net, "d2lres.jax's neutral weights (get_weights, set_weights, save_weights, ...)",
-                            "the framework's own: nnx.state(net) with a checkpointer such as orbax")
-    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
-    for stage_name, stage in zip(spec.STAGE_NAMES, net):
-        for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
-            if isinstance(layer_spec, spec.Block):
-                for p in layer_spec.layers():
-                    yield p.name, _built(getattr(layer, p.local), p.name)
-            elif isinstance(layer_spec, (spec.Conv, spec.BatchNorm, spec.Dense)):
-                yield layer_spec.name, _built(layer, layer_spec.name)
+    layers = spec.named_layers(net, lambda stage: stage.layers,
+                               "d2lres.jax's neutral weights (get_weights, set_weights, save_weights, ...)",
+                               "the framework's own: nnx.state(net) with a checkpointer such as orbax")
+    return ((name, _built(layer, name)) for name, layer in layers)
 
 
 def variables(net: ResNet) -> Iterator[tuple[str, nnx.Variable, str]]:

@@ -7,7 +7,7 @@ import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
 
-from .. import book, spec
+from .. import spec
 from .. import weights as neutral
 from .model import ResNet
 
@@ -17,16 +17,9 @@ _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"),
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, nn.Block]]:
     """``(canonical name, block)`` for every block with parameters, in the spec's order."""
-    book.require_d2lres_net(net, "d2lres.mxnet's neutral weights (get_weights, set_weights, save_weights, ...)",
-                            "the framework's own: net.save_parameters(path) / net.load_parameters(path)")
-    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
-    for stage_name, stage in zip(spec.STAGE_NAMES, net):
-        for layer_spec, layer in zip(net_spec[stage_name], stage):
-            if isinstance(layer_spec, spec.Block):
-                for p in layer_spec.layers():
-                    yield p.name, getattr(layer, p.local)
-            elif not isinstance(layer_spec, (str, spec.MaxPool)):
-                yield layer_spec.name, layer
+    return spec.named_layers(net, lambda stage: stage,
+                             "d2lres.mxnet's neutral weights (get_weights, set_weights, save_weights, ...)",
+                             "the framework's own: net.save_parameters(path) / net.load_parameters(path)")
 
 
 def named_parameters(net: ResNet):

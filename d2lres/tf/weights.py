@@ -7,7 +7,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from .. import book, spec
+from .. import spec
 from .. import weights as neutral
 from .model import BatchNorm, ResNet
 
@@ -17,16 +17,9 @@ _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
 
 def named_layers(net: ResNet) -> Iterator[tuple[str, keras.layers.Layer]]:
     """``(canonical name, layer)`` for every layer with weights, in the spec's order."""
-    book.require_d2lres_net(net, "d2lres.tf's neutral weights (get_weights, set_weights, save_weights, ...)",
-                            "the framework's own: net.save_weights(path) / net.load_weights(path)")
-    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
-    for stage_name, stage in zip(spec.STAGE_NAMES, net):
-        for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
-            if isinstance(layer_spec, spec.Block):
-                for p in layer_spec.layers():
-                    yield p.name, getattr(layer, p.local)
-            elif not isinstance(layer_spec, str) and not isinstance(layer_spec, spec.MaxPool):
-                yield layer_spec.name, layer
+    return spec.named_layers(net, lambda stage: stage.layers,
+                             "d2lres.tf's neutral weights (get_weights, set_weights, save_weights, ...)",
+                             "the framework's own: net.save_weights(path) / net.load_weights(path)")
 
 
 def variables(net: ResNet) -> Iterator[tuple[str, keras.Variable, str]]:

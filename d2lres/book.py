@@ -21,6 +21,7 @@ import inspect
 
 import numpy as np
 
+from . import inputs
 from .errors import UserTypeError, UserValueError
 from .spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
@@ -131,6 +132,44 @@ class TrainerSignature(type):
                    if edition else "")
             raise UserTypeError(f"{cls.__name__}{shown}: {err}{old}. {EDITION}") from None
         return super().__call__(*args, **kwargs)
+
+
+class TrainerBase(metaclass=TrainerSignature):
+    """The framework-free part of every backend's ``Trainer``: a d2lres network's weights under
+    the neutral names and any other network's under the framework's own (checked before they are
+    written), the input rules of ``d2lres.inputs``, and BatchNorm running statistics kept finite.
+    A backend's ``Trainer`` supplies its framework's pieces: ``_neutral`` (its module's
+    ``(get_weights, set_weights)``), ``_native_weights()`` and ``_assign_native(weights)`` for any
+    other network, and for the statistics ``_statistics()`` (``(name, handle)`` pairs),
+    ``_snapshot(handles)``, ``_finite(handles)`` (a bool per handle) and ``_restore(handles, saved)``."""
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Canonical weights of a d2lres network; of any other, its own under the framework's names."""
+        return self._neutral[0](self.net) if is_d2lres_net(self.net) else self._native_weights()
+
+    def set_weights(self, weights) -> None:
+        if is_d2lres_net(self.net):
+            self._neutral[1](self.net, weights)
+            return
+        check_native_weights(weights, self._native_weights(), self.net)
+        self._assign_native(weights)
+
+    def _check_batch(self, shape, dtype, training: bool, finite=None, channels_last: bool = False) -> None:
+        """``d2lres.inputs``' rules before anything runs: the batch's shape and dtype, then (if
+        ``finite``, a function giving whether every pixel is finite) its values."""
+        in_channels, num_classes, arch = spec_of(self.net)
+        inputs.check_batch(tuple(shape), dtype, in_channels, channels_last=channels_last, training=training,
+                           arch=arch, num_classes=num_classes or 10)
+        if finite is not None:
+            inputs.check_finite(bool(finite()))
+
+    def _keep_statistics_finite(self, run):
+        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
+        stats = self._statistics()
+        handles = [h for _, h in stats]
+        return inputs.keep_statistics_finite([n for n, _ in stats], lambda: self._snapshot(handles),
+                                             lambda: self._finite(handles),
+                                             lambda saved: self._restore(handles, saved), run)
 
 
 def module_getattr(module: str):

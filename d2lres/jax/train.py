@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .. import book, data, devices, inputs
+from .. import book, data, devices
 from ..errors import UserValueError
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
@@ -109,7 +109,7 @@ _jit_logits_and_stats = jax.jit(_logits_and_stats, static_argnums=0)
 _jit_eval_logits = jax.jit(_eval_logits, static_argnums=0)
 
 
-class Trainer(metaclass=book.TrainerSignature):
+class Trainer(book.TrainerBase):
     """On a d2lres network or any ``nnx`` module mapping an NHWC batch to logits
     (``d2lres.book``): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` (None: on) runs the step and the forward passes
@@ -168,22 +168,21 @@ class Trainer(metaclass=book.TrainerSignature):
         return self._keep_statistics_finite(run)
 
     def _check(self, X, training: bool, channels_last: bool = True) -> None:
-        """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
-        in_channels, num_classes, arch = book.spec_of(self.net)
-        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, channels_last=channels_last,
-                           training=training, arch=arch, num_classes=num_classes or 10)
-        inputs.check_finite(bool(jnp.all(jnp.isfinite(jnp.asarray(X)))))
+        self._check_batch(X.shape, X.dtype, training, lambda: jnp.all(jnp.isfinite(jnp.asarray(X))),
+                          channels_last=channels_last)
 
-    def _keep_statistics_finite(self, run):
-        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, v) for n, v, _ in _variables(self.net) if isinstance(v, nnx.BatchStat)]
+    def _statistics(self):
+        return [(n, v) for n, v, _ in _variables(self.net) if isinstance(v, nnx.BatchStat)]
 
-        def restore(saved):
-            for (_, v), old in zip(stats, saved):
-                v.value = old
-        return inputs.keep_statistics_finite(
-            [n for n, _ in stats], lambda: [v.value for _, v in stats],
-            lambda: np.asarray(jnp.stack([jnp.all(jnp.isfinite(v.value)) for _, v in stats])).tolist(), restore, run)
+    def _snapshot(self, stats):
+        return [v.value for v in stats]
+
+    def _finite(self, stats):
+        return np.asarray(jnp.stack([jnp.all(jnp.isfinite(v.value)) for v in stats])).tolist()
+
+    def _restore(self, stats, saved):
+        for v, old in zip(stats, saved):
+            v.value = old
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits of a NHWC batch."""
@@ -208,17 +207,13 @@ class Trainer(metaclass=book.TrainerSignature):
             return np.asarray(logits)
         return self._keep_statistics_finite(run)
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Canonical weights of a d2lres network; of any other, its variables by path."""
-        if book.is_d2lres_net(self.net):
-            return get_weights(self.net)
+    _neutral = (get_weights, set_weights)
+
+    def _native_weights(self) -> dict[str, np.ndarray]:
+        """Any network's variables by path."""
         return {name: np.array(v.value) for name, v, _ in _variables(self.net)}
 
-    def set_weights(self, weights) -> None:
-        if book.is_d2lres_net(self.net):
-            set_weights(self.net, weights)
-            return
-        book.check_native_weights(weights, self.get_weights(), self.net)
+    def _assign_native(self, weights) -> None:
         for name, v, _ in _variables(self.net):
             v.value = jax.device_put(np.asarray(weights[name], v.value.dtype), v.value.sharding)
 

@@ -56,7 +56,7 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
-class Trainer(metaclass=book.TrainerSignature):
+class Trainer(book.TrainerBase):
     """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.book``; its parameters
     initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with static memory;
@@ -174,37 +174,30 @@ class Trainer(metaclass=book.TrainerSignature):
         return logits
 
     def _check(self, X, training: bool, values: bool = True) -> None:
-        """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
-        in_channels, num_classes, arch = book.spec_of(self.net)
-        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, training=training, arch=arch,
-                           num_classes=num_classes or 10)
-        if not values:
-            return
-        finite = onp.isfinite(X if isinstance(X, onp.ndarray) else X.asnumpy()).all()
-        inputs.check_finite(bool(finite))
+        """``d2lres.inputs``' rules; ``values=False``: the shape and dtype only."""
+        finite = lambda: onp.isfinite(X if isinstance(X, onp.ndarray) else X.asnumpy()).all()  # noqa: E731
+        self._check_batch(X.shape, X.dtype, training, finite if values else None)
 
-    def _keep_statistics_finite(self, run):
-        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, p) for n, p in _parameters(self.net) if n.endswith(("running_mean", "running_var"))]
+    def _statistics(self):
+        return [(n, p) for n, p in _parameters(self.net) if n.endswith(("running_mean", "running_var"))]
 
-        def restore(saved):
-            for (_, p), old in zip(stats, saved):
-                p.data()[:] = old
-        return inputs.keep_statistics_finite(
-            [n for n, _ in stats], lambda: [p.data().copy() for _, p in stats],
-            lambda: np.stack([np.isfinite(p.data()).all() for _, p in stats]).asnumpy().tolist(), restore, run)
+    def _snapshot(self, stats):
+        return [p.data().copy() for p in stats]
 
-    def get_weights(self) -> dict[str, onp.ndarray]:
-        """Canonical weights of a d2lres network; of any other, its parameters by structural name."""
-        if book.is_d2lres_net(self.net):
-            return get_weights(self.net)
+    def _finite(self, stats):
+        return np.stack([np.isfinite(p.data()).all() for p in stats]).asnumpy().tolist()
+
+    def _restore(self, stats, saved):
+        for p, old in zip(stats, saved):
+            p.data()[:] = old
+
+    _neutral = (get_weights, set_weights)
+
+    def _native_weights(self) -> dict[str, onp.ndarray]:
+        """Any network's parameters by structural name."""
         return {name: p.data().asnumpy().copy() for name, p in _parameters(self.net)}
 
-    def set_weights(self, weights) -> None:
-        if book.is_d2lres_net(self.net):
-            set_weights(self.net, weights)
-            return
-        book.check_native_weights(weights, self.get_weights(), self.net)
+    def _assign_native(self, weights) -> None:
         for name, p in _parameters(self.net):
             p.set_data(np.array(onp.asarray(weights[name], dtype=onp.float32), ctx=p.list_ctx()[0]))
 

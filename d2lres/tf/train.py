@@ -48,7 +48,7 @@ def _inputs(X, y=None):
     return X, (y if y.dtype == tf.int32 else tf.cast(y, tf.int32))
 
 
-class Trainer(metaclass=book.TrainerSignature):
+class Trainer(book.TrainerBase):
     """On a d2lres network or any Keras model mapping an NHWC batch to logits (``d2lres.book``; one not built yet is
     built by its first batch): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``, ``w -=
     lr v``) and cross-entropy. ``compile``: the step and the prediction run as one ``tf.function`` each (None: on,
@@ -148,37 +148,33 @@ class Trainer(metaclass=book.TrainerSignature):
         return self._keep_statistics_finite(run) if training else run()
 
     def _check(self, X, training: bool):
-        """``d2lres.inputs``' rules for a NHWC batch (shape, dtype, finite pixels), before anything runs."""
+        """``X`` as a tensor, checked by ``d2lres.inputs``' rules for a NHWC batch."""
         X = tf.convert_to_tensor(X)
-        in_channels, num_classes, arch = book.spec_of(self.net)
-        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, channels_last=True, training=training,
-                           arch=arch, num_classes=num_classes or 10)
-        inputs.check_finite(bool(tf.reduce_all(tf.math.is_finite(X))))
+        self._check_batch(X.shape, X.dtype, training, lambda: tf.reduce_all(tf.math.is_finite(X)),
+                          channels_last=True)
         return X
 
-    def _keep_statistics_finite(self, run):
-        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, v) for n, v, _ in _variables(self.net)
-                 if n.endswith(("running_mean", "running_var", "moving_mean", "moving_variance"))]
+    def _statistics(self):
+        return [(n, v) for n, v, _ in _variables(self.net)
+                if n.endswith(("running_mean", "running_var", "moving_mean", "moving_variance"))]
 
-        def restore(saved):
-            for (_, v), old in zip(stats, saved):
-                v.assign(old)
-        return inputs.keep_statistics_finite(
-            [n for n, _ in stats], lambda: [tf.identity(v.value) for _, v in stats],
-            lambda: tf.stack([tf.reduce_all(tf.math.is_finite(v)) for _, v in stats]).numpy().tolist(), restore, run)
+    def _snapshot(self, stats):
+        return [tf.identity(v.value) for v in stats]
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Canonical weights of a d2lres network; of any other, its variables by position and name."""
-        if book.is_d2lres_net(self.net):
-            return get_weights(self.net)
+    def _finite(self, stats):
+        return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in stats]).numpy().tolist()
+
+    def _restore(self, stats, saved):
+        for v, old in zip(stats, saved):
+            v.assign(old)
+
+    _neutral = (get_weights, set_weights)
+
+    def _native_weights(self) -> dict[str, np.ndarray]:
+        """Any network's variables by position and name."""
         return {name: v.numpy() for name, v, _ in _variables(self.net)}
 
-    def set_weights(self, weights) -> None:
-        if book.is_d2lres_net(self.net):
-            set_weights(self.net, weights)
-            return
-        book.check_native_weights(weights, self.get_weights(), self.net)
+    def _assign_native(self, weights) -> None:
         for name, v, _ in _variables(self.net):
             v.assign(np.asarray(weights[name]))
 

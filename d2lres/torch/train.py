@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import book, data, devices, inputs
+from .. import book, data, devices
 from ..errors import UserValueError
 from .weights import get_weights, set_weights
 
@@ -49,7 +49,7 @@ def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
 CHANNELS_LAST_MIN_SIDE = 96
 
 
-class Trainer(metaclass=book.TrainerSignature):
+class Trainer(book.TrainerBase):
     """SGD (momentum and weight decay as ``torch.optim.SGD``) with cross-entropy on one net:
     a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits (``d2lres.book``).
 
@@ -116,23 +116,21 @@ class Trainer(metaclass=book.TrainerSignature):
             return self._keep_statistics_finite(run) if training else run()
 
     def _check(self, X: torch.Tensor, training: bool) -> None:
-        """``d2lres.inputs``' rules (shape, dtype, finite pixels), before anything runs."""
-        in_channels, num_classes, arch = book.spec_of(self.net)
-        inputs.check_batch(tuple(X.shape), X.dtype, in_channels, training=training, arch=arch,
-                           num_classes=num_classes or 10)
-        inputs.check_finite(bool(torch.isfinite(X).all()))
+        self._check_batch(X.shape, X.dtype, training, lambda: torch.isfinite(X).all())
 
-    def _keep_statistics_finite(self, run):
-        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = [(n, b) for n, b in self.net.named_buffers() if n.endswith(("running_mean", "running_var"))]
+    def _statistics(self):
+        return [(n, b) for n, b in self.net.named_buffers() if n.endswith(("running_mean", "running_var"))]
 
-        def restore(saved):
-            with torch.no_grad():
-                for (_, b), old in zip(stats, saved):
-                    b.copy_(old)
-        return inputs.keep_statistics_finite(
-            [n for n, _ in stats], lambda: [b.detach().clone() for _, b in stats],
-            lambda: torch.stack([torch.isfinite(b).all() for _, b in stats]).tolist(), restore, run)
+    def _snapshot(self, stats):
+        return [b.detach().clone() for b in stats]
+
+    def _finite(self, stats):
+        return torch.stack([torch.isfinite(b).all() for b in stats]).tolist()
+
+    def _restore(self, stats, saved):
+        with torch.no_grad():
+            for b, old in zip(stats, saved):
+                b.copy_(old)
 
     def _input(self, X: torch.Tensor) -> torch.Tensor:
         """``X`` on the device in the chosen layout (chosen now if not yet: the net follows)."""
@@ -142,16 +140,13 @@ class Trainer(metaclass=book.TrainerSignature):
             self.net.to(memory_format=self.memory_format)
         return X.to(self.device, memory_format=self.memory_format)
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Canonical weights of a d2lres network; of any other, its ``state_dict``'s arrays."""
-        return get_weights(self.net) if book.is_d2lres_net(self.net) else _native_weights(self.net)
+    _neutral = (get_weights, set_weights)
 
-    def set_weights(self, weights) -> None:
-        if book.is_d2lres_net(self.net):
-            set_weights(self.net, weights)
-            return
+    def _native_weights(self) -> dict[str, np.ndarray]:
+        return _native_weights(self.net)
+
+    def _assign_native(self, weights) -> None:
         state = self.net.state_dict()
-        book.check_native_weights(weights, _native_weights(self.net), self.net)
         with torch.no_grad():
             for name, value in weights.items():
                 state[name].copy_(torch.from_numpy(np.asarray(value)))

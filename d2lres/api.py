@@ -11,6 +11,7 @@ backend cannot honour is refused with ``ValueError``, never ignored.
 from __future__ import annotations
 
 import inspect
+import types
 
 # --- blocks and networks ------------------------------------------------------------------
 
@@ -215,8 +216,6 @@ def block_classes(Block) -> tuple:
     """A backend's ``Bottleneck``, ``PreActResidual`` and ``PreActBottleneck``: subclasses of its
     ``Block`` (each built from its ``spec.Block``) with one constructor, the contract's. None is a
     subclass of another."""
-    import types
-
     from . import book, spec
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,

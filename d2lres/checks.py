@@ -32,6 +32,7 @@ The SGD step starts from weights whose BatchNorm shifts keep pre-activations off
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
 import itertools
@@ -459,9 +460,6 @@ def measure(archs=None, names=("torch",), input_shape=(1, 64, 64), step_size: in
 def main(argv=None) -> int:
     """``python -m d2lres.checks [--archs ...] [--backends ...] [--json FILE]``: the distances
     from the float64 reference and the margins (bound / distance) per variant, on this CPU."""
-    import argparse
-    import json
-
     from . import isa
     p = argparse.ArgumentParser(prog="python -m d2lres.checks")
     p.add_argument("--archs", nargs="+", help="e.g. resnet18 resnet50-v2 resnet152-tv (default: all 20)")

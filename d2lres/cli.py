@@ -1,13 +1,21 @@
-"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, check, bench, profile."""
+"""``d2lres`` (also ``python -m d2lres``): summary, data, train, compare, check, bench, profile.
+
+The light modules every command uses are imported here; a subcommand's own (its job, numpy's
+checks, the plots) when it runs, so that ``d2lres --help`` and a quick command load nothing
+they do not need."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from . import backends, isa, spec
+from . import __version__, backends, files, isa, signals, spec
 from .errors import report_errors
+from .presets import BOUNDS, SCHEDULES, check_value, preset
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -57,7 +65,6 @@ def _arch_name(text: str) -> str:
 def _number(kind, setting: str):
     """An argparse type: ``kind`` (int or float) within ``presets.BOUNDS[setting]``."""
     def convert(text: str):
-        from .presets import check_value
         try:
             value = kind(text)
         except ValueError:
@@ -142,7 +149,6 @@ def cmd_data(args) -> int:
 
 
 def _config(args):
-    from .presets import preset
     return preset(args.preset).with_overrides(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, resize=args.resize, seed=args.seed,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule)
@@ -181,9 +187,7 @@ def cmd_train(args) -> int:
 def _launch(backend: str, config, out: Path, **options) -> int:
     """``d2lres train --devices N``: the run as a JSON job in the process(es) ``parallel.launch_command``
     sets up for ``backend``'s engine; its error (if any) as this command's."""
-    import tempfile
-
-    from . import parallel, run, signals
+    from . import parallel, run
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run.job(backend, config, out, error_file=error_file, **options)
@@ -201,7 +205,6 @@ def _launch(backend: str, config, out: Path, **options) -> int:
 
 
 def cmd_check(args) -> int:
-    from . import files
     from .checks import cross_backend_checks, format_checks
     names = [backends.canonical(b) for b in args.backends]
     result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
@@ -229,8 +232,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dataclasses import replace
-
     from .bench import BenchConfig, bench
     config = BenchConfig.quick() if args.quick else BenchConfig()
     overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats), ("rounds", args.rounds))
@@ -247,8 +248,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from dataclasses import replace
-
     from .profile import ProfileConfig, profile
     config = ProfileConfig.quick() if args.quick else ProfileConfig()
     config = replace(config, **{k: v for k, v in (("size", args.size), ("batch", args.batch),
@@ -261,7 +260,6 @@ def cmd_profile(args) -> int:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    from .presets import BOUNDS, SCHEDULES, preset
     quick, chapter = preset("quick"), preset("chapter")
     p.add_argument("--preset", default="quick", choices=["quick", "chapter"],
                    help="quick: one epoch at 48x48 (minutes on a CPU); chapter: the chapter's 10 epochs at 96x96")
@@ -314,7 +312,6 @@ class _Help(argparse.HelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import __version__
     p = argparse.ArgumentParser(prog="d2lres", description=__doc__.replace("``", ""), formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"d2lres {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=lambda **kw: argparse.ArgumentParser(
@@ -394,9 +391,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    import os
-
-    from . import signals
     with signals.handled():
         argv = sys.argv[1:] if argv is None else list(argv)
         args = parser().parse_args(argv)

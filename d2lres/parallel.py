@@ -41,8 +41,10 @@ framework starts) and prints the comparison as JSON.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -226,7 +228,6 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
 
 def backend_module(backend: str):
     """``d2lres.<backend>.parallel`` (imports the framework)."""
-    import importlib
     return importlib.import_module(f"d2lres.{backends.canonical(backend)}.parallel")
 
 
@@ -245,7 +246,6 @@ def environment(backend: str, replicas: int, env: dict | None = None) -> dict:
 
 def free_ports(count: int = 1, host: str = LOOPBACK) -> list[int]:
     """``count`` distinct TCP ports free on ``host`` now, ascending (for launchers and tests)."""
-    import socket
     socks = []
     try:
         for _ in range(count):

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import sys
@@ -335,8 +336,6 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    import io
-
     from . import signals
     text = argv[0] if argv else ""
     try:

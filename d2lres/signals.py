@@ -15,6 +15,7 @@ and ``profile`` are ended (SIGTERM). A second signal kills them (SIGKILL)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -109,7 +110,6 @@ def die_with_parent(parent: int | None = None) -> None:
     the expected parent's pid; if it died already, exit at once."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     if os.getppid() == 1 or (parent is not None and os.getppid() != parent):  # it died before prctl
         os._exit(1)

@@ -197,7 +197,7 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     out.mkdir(parents=True, exist_ok=True)
     data.fetch_fashion_mnist(data_dir)
     shape = (1, config.size, config.size)
-    numpy_gflops = _numpy_gflops(config.matmul_n, held)
+    numpy_gflops = numpy_matmul_gflops(config.matmul_n, held)
     runs = [run for name in names for run in _backend_runs(name, config, data_dir, with_variants, out, held)]
     report = {"cpu": isa.cpu_info(held), "config": asdict(config), "forward_macs": spec.forward_macs(shape),
               "training_flops": spec.training_flops(shape), "runs": runs}
@@ -213,7 +213,7 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     return report
 
 
-def _numpy_gflops(n: int, held: str) -> float:
+def numpy_matmul_gflops(n: int, held: str) -> float:
     """numpy's float32 matmul GFLOP/s, in a process held to ``held`` (OpenBLAS reads its core
     type when it loads)."""
     code = f"from d2lres.bench import matmul_gflops, numpy_matmul; print(matmul_gflops(numpy_matmul({n}), {n}))"

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, files, isa, signals, spec
-from .bench import _numpy_gflops, matmul_gflops
+from .bench import matmul_gflops, numpy_matmul_gflops
 from .presets import preset
 
 #: The learning rate of every timed update and step (see above).
@@ -145,7 +145,7 @@ def profile(names, out, config: ProfileConfig = ProfileConfig(), *, held: str = 
     report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    numpy_gflops = _numpy_gflops(config.matmul_n, held)
+    numpy_gflops = numpy_matmul_gflops(config.matmul_n, held)
     runs = [_run_worker(name, config, out / f"{name}-worker.json", held) for name in names]
     for name in names:
         (out / f"{name}-worker.json").unlink(missing_ok=True)

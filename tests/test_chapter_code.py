@@ -85,7 +85,7 @@ def test_tf_train_ch6_builds_net_fn_in_the_strategy_and_takes_a_tf_device(capsys
                                     tf.keras.layers.GlobalAvgPool2D(), tf.keras.layers.Dense(10)])
     rng = np.random.default_rng(0)
     X, y = rng.random((64, 1, 12, 12), dtype=np.float32), rng.integers(0, 10, 64)
-    convert = functools.partial(d2l.train._to_tensors)
+    convert = functools.partial(d2l.train.to_tensors)
     batches = data.ArrayBatches(X, y, 32, shuffle=True, convert=convert)
     history = d2l.train_ch6(net_fn, batches, batches, 1, 0.1, tf.device("/CPU:0"), plot=False, progress=False)
     assert isinstance(built[0], tf.distribute.OneDeviceStrategy)
@@ -159,7 +159,7 @@ def test_a_readers_checkpoint_resumes_only_into_the_same_structure(tmp_path):
     def net(width):
         return nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                              nn.Flatten(), nn.Linear(width, 10))
-    batches = _tiny_batches(d2l.train._to_tensors)
+    batches = _tiny_batches(d2l.train.to_tensors)
     options = {"plot": False, "progress": False, "checkpoint_dir": tmp_path}
     d2l.train_ch6(net(4), batches, batches, 1, 0.1, **options)
     assert len(d2l.train_ch6(net(4), batches, batches, 2, 0.1, resume=True, **options)["epochs"]) == 2
@@ -177,5 +177,5 @@ def test_an_nnx_module_trains_and_walks():
                          lambda X: X.mean(axis=(1, 2)), nnx.Linear(4, 10, rngs=rngs))
     assert d2l.shape_walk(net, (1, 8, 8))[-1] == ("Linear", (10,)) and d2l.count_parameters(net) == (98, 8)
     before = np.array(net.layers[0].kernel.value)
-    history = d2l.train_ch6(net, *[_tiny_batches(d2l.train._to_arrays)] * 2, 1, 0.1, plot=False, progress=False)
+    history = d2l.train_ch6(net, *[_tiny_batches(d2l.train.to_arrays)] * 2, 1, 0.1, plot=False, progress=False)
     assert np.isfinite(history["epochs"][0]["train_loss"]) and not np.array_equal(before, net.layers[0].kernel.value)

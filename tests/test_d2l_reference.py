@@ -191,7 +191,7 @@ def test_mxnet_train_ch6_equals_d2ls(capsys):
         return net
     runs = {}
     for name, train_ch6 in (("d2l", d2l.train_ch6), ("d2lres", res.train_ch6)):
-        batches = data.ArrayBatches(X, y, 8, shuffle=False, convert=res.train._to_arrays)
+        batches = data.ArrayBatches(X, y, 8, shuffle=False, convert=res.train.to_arrays)
         net = reader_net()
         mx.random.seed(0)
         options = {"plot": False, "progress": False} if name == "d2lres" else {}

@@ -171,3 +171,13 @@ def test_developer_tools_are_scripts_with_a_main_guard():
         top = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
                and not ast.unparse(n.value.func) == "os.environ.setdefault"]
         assert not top, f"{path} calls {ast.unparse(top[0])} when imported"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What one module shares with another is public inside the package (no leading underscore)."""
+    found = []
+    for name, (path, _) in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("d2lres")):
+                found += [f"{name}: {a.name}" for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+    assert found == []

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
-from .train import _to_arrays  # noqa: E402
+from .train import to_arrays  # noqa: E402
 
 
 def matmul(n: int):
@@ -134,7 +134,7 @@ class ChapterWay:
 
     @staticmethod
     def inputs(X, y):
-        return _to_arrays(X, y)
+        return to_arrays(X, y)
 
     def step(self, X, y) -> None:
         (loss, (Y_hat, updates)), grads = jax.value_and_grad(self.loss, has_aux=True)(

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .. import parallel
-from .train import Trainer, _eval_logits, _host_arrays, _jit_train_step, _logits_and_stats, sgd
+from .train import Trainer, eval_logits, host_arrays, jit_train_step, logits_and_stats, sgd
 
 AXIS = "data"
 
@@ -88,7 +88,7 @@ def _unsync_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, 
     tx = sgd(momentum, weight_decay)
 
     def loss_fn(params):
-        logits, new_stats = _logits_and_stats(graphdef, params, stats, X)
+        logits, new_stats = logits_and_stats(graphdef, params, stats, X)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -141,7 +141,7 @@ class ParallelTrainer(Trainer):
     def convert(self, X: np.ndarray, y: np.ndarray):
         """The global batch on the host (NHWC float32, int32 labels): ``step`` and ``predict``
         place each process's shards."""
-        return _host_arrays(X, y)
+        return host_arrays(X, y)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         self._check(X, training=True)
@@ -155,7 +155,7 @@ class ParallelTrainer(Trainer):
         y = global_array(np.asarray(y, np.int32), where)
         lr = global_array(np.float32(lr), self.replicated)
         if self.sync_bn:
-            step = functools.partial(_jit_train_step, self.momentum, self.weight_decay, self._graph_train)
+            step = functools.partial(jit_train_step, self.momentum, self.weight_decay, self._graph_train)
         else:
             step = _compiled_unsync(self.mesh, self.momentum, self.weight_decay, self._graph_train)
 
@@ -176,4 +176,4 @@ class ParallelTrainer(Trainer):
 @functools.lru_cache(maxsize=None)
 def _compiled_eval(replicated: NamedSharding, graphdef):
     """The eval forward with its logits gathered on every device (each process reads them all)."""
-    return jax.jit(functools.partial(_eval_logits, graphdef), out_shardings=replicated)
+    return jax.jit(functools.partial(eval_logits, graphdef), out_shardings=replicated)

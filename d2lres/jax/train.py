@@ -50,35 +50,35 @@ def _variables(net):
             if isinstance(v, (nnx.Param, nnx.BatchStat))]
 
 
-def _host_arrays(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def host_arrays(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A NCHW numpy batch as numpy X NHWC float32, y int32."""
     X = np.asarray(X)  # floating -> float32; integer images stay as they are (d2lres.inputs refuses them)
     X = np.ascontiguousarray((X.astype(np.float32) if X.dtype.kind == "f" else X).transpose(0, 2, 3, 1))
     return X, np.asarray(y).astype(np.int32)
 
 
-def _to_arrays(X: np.ndarray, y: np.ndarray, device=None):
+def to_arrays(X: np.ndarray, y: np.ndarray, device=None):
     """A NCHW numpy batch as JAX arrays: X NHWC float32, y int32."""
-    X, y = _host_arrays(X, y)
+    X, y = host_arrays(X, y)
     return jax.device_put(X, device), jax.device_put(y, device)
 
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
                             limit: int | None = None, device=None):
     """``(train_iter, test_iter)`` of ``(X, y)`` JAX arrays on ``device``, X in NHWC, values in [0, 1]."""
-    return data.load_batches(batch_size, resize, lambda X, y: _to_arrays(X, y, device),
+    return data.load_batches(batch_size, resize, lambda X, y: to_arrays(X, y, device),
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
 # --- the pure functions that get compiled ------------------------------------------------------
 
-def _logits_and_stats(graphdef, params, stats, X):
+def logits_and_stats(graphdef, params, stats, X):
     # fresh Variables at this trace level (under jax.grad the statistics were created outside)
     model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, stats))
     return model(X), nnx.state(model, nnx.BatchStat)
 
 
-def _eval_logits(graphdef, params, stats, X):
+def eval_logits(graphdef, params, stats, X):
     return nnx.merge(graphdef, params, stats)(X)
 
 
@@ -92,7 +92,7 @@ def _train_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y
     tx = sgd(momentum, weight_decay)
 
     def loss_fn(params):
-        logits, new_stats = _logits_and_stats(graphdef, params, stats, X)
+        logits, new_stats = logits_and_stats(graphdef, params, stats, X)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_stats)
 
     (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -104,9 +104,9 @@ def _train_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y
 
 # Compiled once per process for each network structure, optimizer setting and input shape (the
 # graph definitions of two networks of the same variant are equal): a second Trainer reuses them.
-_jit_train_step = jax.jit(_train_step, static_argnums=(0, 1, 2))
-_jit_logits_and_stats = jax.jit(_logits_and_stats, static_argnums=0)
-_jit_eval_logits = jax.jit(_eval_logits, static_argnums=0)
+jit_train_step = jax.jit(_train_step, static_argnums=(0, 1, 2))
+_jit_logits_and_stats = jax.jit(logits_and_stats, static_argnums=0)
+_jit_eval_logits = jax.jit(eval_logits, static_argnums=0)
 
 
 class Trainer(book.TrainerBase):
@@ -144,11 +144,11 @@ class Trainer(book.TrainerBase):
         self.opt_state = sgd(momentum, weight_decay).init(nnx.state(net, nnx.Param))
         compiled = compile is None or compile
         self._step, self._train_forward, self._eval_forward = (
-            (_jit_train_step, _jit_logits_and_stats, _jit_eval_logits) if compiled
-            else (_train_step, _logits_and_stats, _eval_logits))
+            (jit_train_step, _jit_logits_and_stats, _jit_eval_logits) if compiled
+            else (_train_step, logits_and_stats, eval_logits))
 
     def convert(self, X: np.ndarray, y: np.ndarray):
-        return _to_arrays(X, y, self.device)
+        return to_arrays(X, y, self.device)
 
     def _state(self):
         return nnx.state(self.net, nnx.Param, nnx.BatchStat)

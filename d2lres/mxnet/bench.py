@@ -8,7 +8,7 @@ import numpy as onp
 from mxnet import autograd, gluon, np
 from mxnet.gluon.data.vision import transforms
 
-from .train import _to_arrays
+from .train import to_arrays
 
 #: ``d2l.get_dataloader_workers()``
 CHAPTER_WORKERS = 4
@@ -34,7 +34,7 @@ class ChapterWay:
         return gluon.data.DataLoader(dataset.transform_first(trans), batch_size, shuffle=True,
                                      num_workers=CHAPTER_WORKERS)
 
-    inputs = staticmethod(_to_arrays)
+    inputs = staticmethod(to_arrays)
 
     def step(self, X, y) -> None:
         with autograd.record():

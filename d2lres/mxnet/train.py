@@ -34,7 +34,7 @@ def _parameters(net):
     return list(net._collect_params_with_prefix().items())
 
 
-def _to_arrays(X: onp.ndarray, y: onp.ndarray, ctx=None):
+def to_arrays(X: onp.ndarray, y: onp.ndarray, ctx=None):
     return np.array(X, ctx=ctx), np.array(y.astype(onp.int32), dtype="int32", ctx=ctx)
 
 
@@ -52,7 +52,7 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
                             limit: int | None = None, device=None):
     """``(train_iter, test_iter)`` of ``(X, y)`` arrays on ``device`` (a context), X in NCHW,
     values in [0, 1]."""
-    return data.load_batches(batch_size, resize, lambda X, y: _to_arrays(X, y, device),
+    return data.load_batches(batch_size, resize, lambda X, y: to_arrays(X, y, device),
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
@@ -95,7 +95,7 @@ class Trainer(book.TrainerBase):
         self.loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
 
     def convert(self, X: onp.ndarray, y: onp.ndarray):
-        return _to_arrays(X, y, self.device)
+        return to_arrays(X, y, self.device)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions. ``X``, ``y``:

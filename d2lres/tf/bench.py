@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .train import _to_tensors
+from .train import to_tensors
 
 
 def matmul(n: int):
@@ -30,7 +30,7 @@ class ChapterWay:
         return (tf.data.Dataset.from_tensor_slices((X, y)).batch(batch_size).shuffle(len(images))
                 .map(lambda X, y: (tf.image.resize_with_pad(X, size, size), y)))
 
-    inputs = staticmethod(_to_tensors)
+    inputs = staticmethod(to_tensors)
 
     def step(self, X, y) -> None:
         self.net.train_on_batch(X, y)

@@ -43,7 +43,7 @@ def device_name(device):
     return getattr(device, "_device_name", device)
 
 
-def _device(device):
+def device_scope(device):
     return tf.device(device_name(device)) if device is not None else contextlib.nullcontext()
 
 
@@ -243,7 +243,7 @@ class ResNet(keras.Model):
         arch = spec.get_arch(arch)
         net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
         self.arch, self.in_channels, self.num_classes, self.device = arch, in_channels, num_classes, device
-        with _device(device):
+        with device_scope(device):
             self.b1 = _stage([Conv2D(64, 7, 2, padding=3, use_bias=net_spec["b1"][0].bias, in_channels=in_channels),
                               BatchNorm(64), keras.layers.ReLU(), MaxPool2D(3, 2, padding=1)], "b1")
             channels = 64

@@ -106,7 +106,7 @@ def prepare() -> None:
 prepare()
 
 from .model import BatchNorm  # noqa: E402  (after the logical devices)
-from .train import Trainer, _inputs  # noqa: E402
+from .train import Trainer, as_batch  # noqa: E402
 
 
 class SyncBatchNorm(BatchNorm):
@@ -219,7 +219,7 @@ class ParallelTrainer(Trainer):
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step on the global batch ``(X, y)``; returns its mean loss and correct count."""
         X = self._check(X, training=True)
-        X, y = _inputs(X, y)
+        X, y = as_batch(X, y)
         n = int(X.shape[0])
         parts = parallel.shard_slices(n, self.replicas)
         self.lr.assign(lr)

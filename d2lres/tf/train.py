@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from .. import book, data, devices, inputs
 from ..errors import UserValueError
-from .model import _device, device_name
+from .model import device_name, device_scope
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
 
@@ -25,19 +25,19 @@ def try_all_gpus() -> list[str]:
     return [f"/GPU:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))] or ["/CPU:0"]
 
 
-def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
-    with _device(device):
+def to_tensors(X: np.ndarray, y: np.ndarray, device=None):
+    with device_scope(device):
         return tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1))), tf.constant(y.astype(np.int32))
 
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
                             limit: int | None = None, device=None):
     """``(train_iter, test_iter)`` of ``(X, y)`` tensors on ``device``, X in NHWC, values in [0, 1]."""
-    return data.load_batches(batch_size, resize, lambda X, y: _to_tensors(X, y, device),
+    return data.load_batches(batch_size, resize, lambda X, y: to_tensors(X, y, device),
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
-def _inputs(X, y=None):
+def as_batch(X, y=None):
     """A batch from d2lres's batches or a ``tf.data.Dataset`` (or numpy) as float32 NHWC images
     and int32 labels."""
     X = tf.convert_to_tensor(X)
@@ -95,7 +95,7 @@ class Trainer(book.TrainerBase):
                 if self.momentum else []
 
     def convert(self, X: np.ndarray, y: np.ndarray):
-        return _to_tensors(X, y, self.device)
+        return to_tensors(X, y, self.device)
 
     def _step_impl(self, X, y):
         with tf.GradientTape() as tape:
@@ -118,12 +118,12 @@ class Trainer(book.TrainerBase):
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
         X = self._check(X, training=True)
         if self._weights is None:
-            self._collect(_inputs(X))
+            self._collect(as_batch(X))
         self.lr.assign(lr)
 
         def run():
             with tf.device(self.device):
-                loss, correct = self._step(*_inputs(X, y))
+                loss, correct = self._step(*as_batch(X, y))
             return float(loss), int(correct)
         return self._keep_statistics_finite(run)
 
@@ -131,9 +131,9 @@ class Trainer(book.TrainerBase):
         """Eval-mode logits."""
         X = self._check(X, training=False)
         if self._weights is None:
-            self._collect(_inputs(X))
+            self._collect(as_batch(X))
         with tf.device(self.device):
-            return self._predict(_inputs(X)).numpy()
+            return self._predict(as_batch(X)).numpy()
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .train import _to_tensors
+from .train import to_tensors
 
 #: ``d2l.get_dataloader_workers()``
 CHAPTER_WORKERS = 4
@@ -46,7 +46,7 @@ class ChapterWay:
         return torch.utils.data.DataLoader(_ResizedImages(images, labels, size), batch_size, shuffle=True,
                                            num_workers=CHAPTER_WORKERS)
 
-    inputs = staticmethod(_to_tensors)
+    inputs = staticmethod(to_tensors)
 
     def step(self, X, y) -> None:
         self.net.train()

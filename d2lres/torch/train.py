@@ -35,11 +35,11 @@ def try_all_gpus() -> list[torch.device]:
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_dir=None, seed: int = 0,
                             limit: int | None = None, device=None):
     """``(train_iter, test_iter)`` of ``(X, y)`` tensors on ``device``, X in NCHW, values in [0, 1]."""
-    return data.load_batches(batch_size, resize, lambda X, y: _to_tensors(X, y, device),
+    return data.load_batches(batch_size, resize, lambda X, y: to_tensors(X, y, device),
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
-def _to_tensors(X: np.ndarray, y: np.ndarray, device=None):
+def to_tensors(X: np.ndarray, y: np.ndarray, device=None):
     X, y = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     return (X.to(device), y.to(device)) if device is not None else (X, y)
 
@@ -77,7 +77,7 @@ class Trainer(book.TrainerBase):
         self._names = {p: name for name, p in net.named_parameters()}
 
     def convert(self, X: np.ndarray, y: np.ndarray):
-        return _to_tensors(X, y, self.device)
+        return to_tensors(X, y, self.device)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions. ``X``, ``y``:

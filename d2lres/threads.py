@@ -16,13 +16,15 @@ from __future__ import annotations
 import os
 import sys
 
+from . import process
+
 #: ``OMP_NUM_THREADS`` as the user set it (None: d2lres chooses).
 USER_OMP_NUM_THREADS = os.environ.get("OMP_NUM_THREADS")
 
 
 def prepare_openmp() -> None:
     """Call before any framework is imported: idle OpenMP threads sleep instead of spinning."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    process.prepare("d2lres")
 
 
 def available_cores() -> int:
@@ -33,8 +35,8 @@ def available_cores() -> int:
 def prepare_mxnet_threads() -> None:
     """Call before importing MXNet: let its operators use every core."""
     if USER_OMP_NUM_THREADS is None:
-        os.environ["OMP_NUM_THREADS"] = str(available_cores())
-        os.environ.setdefault("MXNET_OMP_MAX_THREADS", str(available_cores()))
+        os.environ.pop("OMP_NUM_THREADS", None)  # set since d2lres was imported, not by the user
+        process.prepare("d2lres.mxnet", available_cores())
 
 
 def restore_torch_threads() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 from pathlib import Path
 
 import pytest
 
 import d2lres
-from d2lres import errors
+from d2lres import backends, errors, process
 
 PACKAGE = Path(d2lres.__file__).parent
 
@@ -181,3 +182,45 @@ def test_no_module_imports_another_modules_private_names():
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("d2lres")):
                 found += [f"{name}: {a.name}" for a in node.names if a.name.startswith("_") and a.name != "__version__"]
     assert found == []
+
+
+#: Each backend's framework imports, for the environment they change themselves.
+FRAMEWORK_IMPORTS = {"d2lres.torch": "import torch", "d2lres.tf": "import tensorflow, keras",
+                     "d2lres.mxnet": "import numpy; numpy.bool = bool; import mxnet",  # d2lres.mxnet_compat's fix
+                     "d2lres.jax": "import jax, flax.nnx, optax"}
+#: A user's own values, which an import keeps (KERAS_BACKEND has no other value d2lres.tf accepts).
+USER_VALUES = {"OMP_WAIT_POLICY": "ACTIVE", "TF_CPP_MIN_LOG_LEVEL": "1", "OMP_NUM_THREADS": "1",
+               "MXNET_OMP_MAX_THREADS": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
+_ENV_AFTER = """
+import json, os, sys
+exec(sys.argv[1])
+print(json.dumps(dict(os.environ)))
+"""
+
+
+def _environment_after(statement: str, **preset) -> dict:
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in {k for m in process.IMPORT_ENVIRONMENT.values() for k in m}}
+    proc = subprocess.run([sys.executable, "-c", _ENV_AFTER, statement], env={**env, **preset},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", ["d2lres", *[f"d2lres.{b}" for b in backends.available()]])
+def test_importing_changes_the_environment_by_exactly_the_documented_list(module):
+    """``d2lres.process`` lists what each import sets (beside what the framework itself sets); a
+    value the user set is kept."""
+    from d2lres.threads import available_cores
+    baseline = _environment_after(FRAMEWORK_IMPORTS.get(module, "pass"))
+    after = _environment_after(f"import {module}")
+    expected = {k: str(available_cores()) if v == process.CORES else v
+                for m in {"d2lres", module} for k, v in process.IMPORT_ENVIRONMENT.get(m, {}).items()}
+    assert {k: v for k, v in after.items() if baseline.get(k) != v} == expected
+    assert set(baseline) - set(after) == set()
+    assert all(k in process.WHY for k in expected)
+    mine = {k: USER_VALUES[k] for k in expected if k in USER_VALUES}
+    kept = _environment_after(f"import {module}", **mine)
+    assert {k: kept[k] for k in mine} == mine

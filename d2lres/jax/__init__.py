@@ -17,9 +17,9 @@ imported, so that a GPU is not 75% reserved by JAX while another framework share
 ``JAX_COORDINATOR_ADDRESS`` set, ``jax.distributed.initialize`` runs on import
 (``d2lres.jax.distributed``).
 """
-import os
+from .. import process
 
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+process.prepare("d2lres.jax")  # before JAX loads (d2lres.process says why)
 
 from ..backends import require
 

@@ -12,20 +12,17 @@ The book's network is not d2lres's function (``'same'`` pads stride-2 layers une
 BatchNorm momentum 0.99 and biased running variance); for timing it is the same work."""
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Any
 
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax.training import train_state  # noqa: E402
-
-from .train import to_arrays  # noqa: E402
+from .train import to_arrays
 
 
 def matmul(n: int):

@@ -1,9 +1,9 @@
 """The chapter's ResNet in TensorFlow with Keras 3: the d2lres API (channels-last tensors; shapes
 reported NCHW like the other backends). ``d2lres.tensorflow`` is this module under d2l's name
 (``from d2lres import tensorflow as d2l``)."""
-import os
+from .. import process
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no INFO lines at import
+process.prepare("d2lres.tf")  # before TensorFlow and Keras load (d2lres.process says why)
 
 from ..backends import require
 

@@ -9,17 +9,13 @@ Beside the chapter's blocks, the family of ``spec.ARCHS`` (``Bottleneck``, ``Pre
 from __future__ import annotations
 
 import contextlib
-import os
 
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import api, book, inputs, spec
 from ..errors import UserValueError
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from .. import api, book, inputs, spec  # noqa: E402
 
 if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2lres.tf needs Keras 3 on its TensorFlow backend (TensorFlow >= 2.16); found Keras "

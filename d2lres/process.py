@@ -1,0 +1,53 @@
+"""What importing d2lres sets up in the process, all listed here.
+
+A framework reads some settings only when it loads, so the d2lres package that loads it makes
+them first; that is all an import changes in the environment, and a value the user set is kept.
+:data:`IMPORT_ENVIRONMENT` lists the variables per module, with :data:`WHY`;
+:data:`IMPORT_ACTIONS` says what an import does besides. ``tests/test_layout.py`` checks that
+importing each module changes the environment by exactly its list (and ``d2lres``'s, which
+every backend imports first). Everything else a run needs (data-parallel ranks, the instruction
+set hold, a job's settings) is passed to the processes d2lres starts, never set on import.
+"""
+from __future__ import annotations
+
+import os
+
+#: The value "as many as the cores this process may run on" (``threads.available_cores``).
+CORES = "cores"
+
+IMPORT_ENVIRONMENT = {
+    "d2lres": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "d2lres.tf": {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"},
+    "d2lres.mxnet": {"OMP_NUM_THREADS": CORES, "MXNET_OMP_MAX_THREADS": CORES},
+    "d2lres.jax": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+}
+
+WHY = {
+    "OMP_WAIT_POLICY": "idle OpenMP threads sleep instead of spinning, so training degrades gracefully when "
+                       "another program takes a core (d2lres.threads)",
+    "TF_CPP_MIN_LOG_LEVEL": "no INFO lines from TensorFlow's runtime at import",
+    "KERAS_BACKEND": "Keras 3 on TensorFlow, whatever another library chose before",
+    "OMP_NUM_THREADS": "importing MXNet sets the shared OpenMP runtime to one thread, which halves PyTorch's "
+                       "speed on two cores; unless the user set it, every core (d2lres.threads)",
+    "MXNET_OMP_MAX_THREADS": "MXNet's operators use every core, not fewer",
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "JAX does not reserve 75% of a GPU that another framework shares",
+}
+
+IMPORT_ACTIONS = {
+    "d2lres.torch": "gives PyTorch every core again if MXNet, imported first, took them (unless the user set "
+                    "OMP_NUM_THREADS)",
+    "d2lres.mxnet": "puts back the numpy names MXNet 1.9.1 refers to (numpy.bool, ...: d2lres.mxnet_compat), "
+                    "switches Gluon to NumPy mode (npx.set_np, which d2lres's blocks are written in), and gives "
+                    "PyTorch its cores back as d2lres.torch does",
+    "d2lres.tf": "with TF_CONFIG set, enters TensorFlow's MultiWorkerMirroredStrategy (it must exist before "
+                 "the runtime starts); with D2LRES_REPLICAS, splits the CPU into that many logical devices",
+    "d2lres.jax": "with JAX_COORDINATOR_ADDRESS set, joins the other processes (jax.distributed.initialize, "
+                  "before any computation)",
+}
+
+
+def prepare(module: str, cores: int | None = None) -> None:
+    """Set ``module``'s :data:`IMPORT_ENVIRONMENT` variables that the user has not set
+    (:data:`CORES` as ``cores``)."""
+    for key, value in IMPORT_ENVIRONMENT[module].items():
+        os.environ.setdefault(key, str(cores) if value == CORES else value)

@@ -2,8 +2,10 @@
 against the chapter's way, and both against this machine's float32 matmul limit.
 
 Every (backend, way) runs in its own process (``python -m d2lres.bench WORKER-JSON``) so
-thread pools do not mix and the chapter's way gets the framework's default settings. Each
-figure is the median of ``repeats`` timed calls after ``warmup`` untimed ones."""
+thread pools do not mix. The chapter's way runs with the framework's own settings but for what
+importing d2lres sets up, which both ways share (``d2lres.process``: OpenMP's passive wait
+policy; for MXNet, every core). Each figure is the median of ``repeats`` timed calls after
+``warmup`` untimed ones."""
 from __future__ import annotations
 
 import importlib

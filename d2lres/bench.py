@@ -162,7 +162,7 @@ def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held:
     label = f"{backend} {way}{' ' + json.dumps(options) if options else ''}: {' + '.join(parts)}"
     print(f"== {label}", flush=True)
     tic = time.perf_counter()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa.isa_env(held)}
+    env = isa.timed_process_env(held)
     status = signals.run_child([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.bench",
                                 json.dumps(job)], forward=False, env=env)
     signals.check(label, "its timed process was ended; no report written")
@@ -207,11 +207,11 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
         name: statistics.median(r["matmul_gflops"] for r in runs if r["backend"] == name) for name in names}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
     summarize(report)
-    (out / "bench.json").write_text(json.dumps(report, indent=1))
+    files.atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
     from .plots import bench_figure
     bench_figure(report).savefig(out / "bench.png", dpi=110)
     report["table"] = format_table(report)
-    (out / "bench.md").write_text(report["table"] + "\n\n![bench](bench.png)\n")
+    files.atomic_write_text(out / "bench.md", report["table"] + "\n\n![bench](bench.png)\n")
     return report
 
 

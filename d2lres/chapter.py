@@ -38,6 +38,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import files
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebooks" / "resnet.md"
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -248,7 +250,7 @@ def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
         path, nb = notebook_path(out, framework), build_notebook(text, framework, source_name(source))
         if not path.exists() or path.read_text() != nb:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(nb)
+            files.atomic_write_text(path, nb)
             written.append(path)
     return written
 
@@ -289,7 +291,7 @@ def sync(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> tuple[list[str], li
     """Rewrite the source's ``#@save`` cells from the library, then rebuild the notebooks."""
     text, changed = sync_text(Path(source).read_text())
     if changed:
-        Path(source).write_text(text)
+        files.atomic_write_text(source, text)
     return changed, build(source, out)
 
 

@@ -484,8 +484,8 @@ def main(argv=None) -> int:
     rows = measure(archs, args.backends, (1, args.size, args.size), args.size, args.batch, on_row=show)
     cpu = isa.describe()
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "size": args.size, "batch": args.batch, "rows": rows},
-                                              indent=1))
+        record = {"cpu": cpu, "size": args.size, "batch": args.batch, "rows": rows}
+        files.atomic_write_text(args.json, json.dumps(record, indent=1))
     return 0
 
 

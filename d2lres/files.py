@@ -53,6 +53,11 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return Path(path)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``Path(path).write_text(text)`` (UTF-8), whole or not at all."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a killed writer left in ``directory``; returns them."""
     directory = Path(directory)

@@ -33,6 +33,12 @@ def isa_env(isa: str) -> dict[str, str]:
     return dict(AVX2_ENV) if isa == "avx2" else {}
 
 
+def timed_process_env(isa: str) -> dict[str, str]:
+    """The environment of a timed process (bench, profile): this one's, TensorFlow's INFO lines
+    off unless asked for, held to ``isa``."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa_env(isa)}
+
+
 def held_isa() -> str:
     """``avx2`` when this process's environment holds oneDNN to AVX2, else ``native``."""
     return "avx2" if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" else "native"

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, signals, spec
+from . import backends, files, signals, spec
 from .errors import UserError
 
 #: Synchronized BatchNorm unless asked otherwise (see the module docstring).
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
         backend, replicas = options.pop("backend"), options.pop("replicas")
         results = [check_step(backend, replicas, sync, **options, weights_to=out.with_suffix(f".{i}.npz"))
                    for i, sync in enumerate(options.pop("sync_bn"))]
-        out.write_text(json.dumps(results, indent=1))
+        files.atomic_write_text(out, json.dumps(results, indent=1))
         return 0
     p = argparse.ArgumentParser(prog="python -m d2lres.parallel")
     sub = p.add_subparsers(dest="command", required=True)
@@ -421,8 +421,8 @@ def main(argv=None) -> int:
     print(format_results(results))
     print(format_agreement(pairs))
     if args.json:
-        Path(args.json).write_text(json.dumps({"checks": [{k: v for k, v in r.items() if k != "after_step"}
-                                                          for r in results], "agreement": pairs}, indent=1))
+        checks = [{k: v for k, v in r.items() if k != "after_step"} for r in results]
+        files.atomic_write_text(args.json, json.dumps({"checks": checks, "agreement": pairs}, indent=1))
     return 0 if all(r["ok"] for r in results + pairs) else 1
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -130,7 +129,7 @@ def _run_worker(backend: str, config: ProfileConfig, out: Path, held: str) -> di
     job = {"backend": backend, "config": asdict(config), "out": str(out)}
     print(f"== {backend}", flush=True)
     tic = time.perf_counter()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa.isa_env(held)}
+    env = isa.timed_process_env(held)
     status = signals.run_child([sys.executable, "-m", "d2lres.profile", json.dumps(job)], forward=False, env=env)
     signals.check(backend, "its timed process was ended; no report written")
     if status:
@@ -156,11 +155,11 @@ def profile(names, out, config: ProfileConfig = ProfileConfig(), *, held: str = 
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{r["backend"]: r["matmul_gflops"] for r in runs}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
     summarize(report)
-    (out / "profile.json").write_text(json.dumps(report, indent=1))
+    files.atomic_write_text(out / "profile.json", json.dumps(report, indent=1))
     from .plots import profile_figure
     profile_figure(report).savefig(out / "profile.png", dpi=110)
     report["table"] = format_table(report)
-    (out / "profile.md").write_text(report["table"] + "\n\n![profile](profile.png)\n")
+    files.atomic_write_text(out / "profile.md", report["table"] + "\n\n![profile](profile.png)\n")
     return report
 
 

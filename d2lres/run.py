@@ -363,11 +363,11 @@ def _main(argv) -> int:
         if error_file is None:
             return signals.report(err, ["job"])
         if parallel.process_rank() == 0:
-            Path(error_file).write_text(json.dumps({"interrupted": {"where": err.where, "detail": err.detail,
-                                                                         "resumable": err.resumable}}))
+            stopped = {"where": err.where, "detail": err.detail, "resumable": err.resumable}
+            files.atomic_write_text(error_file, json.dumps({"interrupted": stopped}))
         return err.status
     if status and error_file is not None:
-        Path(error_file).write_text(message.getvalue())
+        files.atomic_write_text(error_file, message.getvalue())
     return status
 
 

@@ -284,17 +284,16 @@ def load_reference(path, question: dict, step_weights: dict) -> tuple[dict, dict
     if asked != question:
         raise error("it answers other checks: " + ", ".join(
             f"{k} {asked.get(k)!r} (asked: {question[k]!r})" for k in question if asked.get(k) != question[k]))
-    expected = {*(f"reference:{k}" for k in _FORWARD), *(f"change:{k}" for k in step_weights),
-                *(f"rounding:{q}" for q in QUANTITIES)}
-    if set(arrays) != expected:
-        odd, missing = sorted(set(arrays) - expected), sorted(expected - set(arrays))
+    logits = (question["batch_size"], question["num_classes"])
+    expected = {"reference:eval_logits": logits, "reference:train_logits": logits, "reference:step_loss": (),
+                **{f"change:{k}": np.shape(w) for k, w in step_weights.items()},
+                **{f"rounding:{q}": () for q in QUANTITIES}}
+    if set(arrays) != set(expected):
+        odd, missing = sorted(set(arrays) - set(expected)), sorted(set(expected) - set(arrays))
         raise error("its members are not the checks' results" + (f": no {', '.join(missing[:3])}" if missing else "")
                     + (f"; odd {', '.join(odd[:3])}" if odd else ""))
     for key, value in arrays.items():
-        name = key.partition(":")[2]
-        shape = np.shape(step_weights[name]) if key.startswith("change:") else None
-        if value.dtype.kind != "f" or not np.all(np.isfinite(value)) or (shape is not None and value.shape != shape) \
-                or (key.startswith("rounding:") or key == "reference:step_loss") and value.shape != ():
+        if value.dtype.kind != "f" or value.shape != expected[key] or not np.all(np.isfinite(value)):
             raise error(f"member {key!r} is not a finite result of the shape the checks compute")
     ref = {k: arrays[f"reference:{k}"] for k in _FORWARD}
     ref["step_loss"] = float(ref["step_loss"])
@@ -345,22 +344,22 @@ def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 9
                 "input_shape": list(input_shape), "step_size": step_size, "batch_size": batch_size,
                 "num_classes": num_classes, "lr": lr, "seed": seed,
                 "inputs": _fingerprint(inputs, lr)}
-    if reference:
-        ref, rounding = load_reference(reference, question, inputs["step_weights"])
-    elif "torch" not in backends.available():
+    if not reference and "torch" not in backends.available():
         raise backends.BackendUnavailable(
             "the checks' float64 reference is d2lres.torch's network in double precision, and PyTorch is not "
             "installed; install it beside the backends to check: pip install 'd2lres[torch]' (or pass "
             "--reference FILE, written where it is installed by: d2lres check --save-reference FILE)")
+    given = load_reference(reference, question, inputs["step_weights"]) if reference else None
+    runs = run_all({**({} if given else {REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {})}),
+                    **{n: (n, {}) for n in names}}, input_shape, step_size, batch_size, num_classes, lr, seed, arch,
+                   inputs=inputs)
+    if given:
+        ref, rounding = given
     else:
-        runs = run_all({REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {})}, input_shape, step_size, batch_size,
-                       num_classes, lr, seed, arch, inputs=inputs)
-        ref = runs[REFERENCE]
-        rounding = differences(ref, runs[ROUNDED], scale=ref)
+        ref = runs.pop(REFERENCE)
+        rounding = differences(ref, runs.pop(ROUNDED), scale=ref)
     if save_to:
         save_reference(save_to, ref, rounding, question, inputs["step_weights"])
-    runs = run_all({n: (n, {}) for n in names}, input_shape, step_size, batch_size, num_classes, lr, seed, arch,
-                   inputs=inputs)
     bound = bounds(rounding)
     tol = pair_bounds(bound)
     expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes, arch)]

@@ -128,11 +128,12 @@ def test_a_reference_file_answers_only_its_own_checks(saved, tmp_path):
         arrays = {k: data[k] for k in data.files}
     for name, change in (("nan", lambda a: a.__setitem__("change:b1.conv.weight", a["change:b1.conv.weight"] * np.nan)),
                          ("shape", lambda a: a.__setitem__("change:b1.conv.weight", a["change:b1.conv.weight"][:1])),
+                         ("logits", lambda a: a.__setitem__("reference:eval_logits", a["reference:eval_logits"][:1])),
                          ("missing", lambda a: a.pop("rounding:step_loss"))):
         tampered = dict(arrays)
         change(tampered)
         file = tmp_path / f"{name}.npz"
         with open(file, "wb") as f:
             weights.write_npz(f, tampered)
-        refused("change:b1.conv.weight' is not a finite result" if name != "missing" else "no rounding:step_loss",
-                file)
+        refused({"missing": "no rounding:step_loss", "logits": "reference:eval_logits' is not a finite result"}.get(
+            name, "change:b1.conv.weight' is not a finite result"), file)

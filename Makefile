@@ -66,7 +66,7 @@ clean:
 
 ## The chapter: #@save cells vs the library, generated notebooks vs the source
 lib-check: $(STAMP)
-	$(PY) -m d2lres.chapter check
+	$(PY) -m book.chapter check
 
 ## The book site in build/book: the chapter in English and Japanese with each framework's outputs
 ## (fast mode; FULL=1: the chapter's settings), and the docs. Installs the `book` extra if missing.
@@ -77,11 +77,11 @@ book: $(STAMP)
 
 ## Regenerate notebooks/[ja/]<framework>/resnet.ipynb from notebooks/[ja/]resnet.md
 notebooks: $(STAMP)
-	$(PY) -m d2lres.chapter build
+	$(PY) -m book.chapter build
 
 ## Bring the #@save cells back in line with the library (the library is the source of truth)
 lib-sync: $(STAMP)
-	$(PY) -m d2lres.chapter sync
+	$(PY) -m book.chapter sync
 
 ## JupyterLab on the chapter's notebooks (the lab extra); LAB_OPTIONS for jupyter lab's own, e.g. --port=8899
 lab: $(STAMP)

@@ -4,7 +4,7 @@
 
 Steps: each framework's chapter code runs once in a Jupyter kernel (``book.execute``, cached);
 the chapter source becomes a MyST page per language (``book.chapter_page``) with the outputs
-merged in by cell; ``docs/*.md``, the API (from ``d2lres/api.py``'s docstrings), the command
+merged in by cell; ``docs/*.md``, the API (from ``d2lres/core/api.py``'s docstrings), the command
 line's help and the main job's report become pages; Sphinx writes the English site to ``--out``
 and the Japanese chapter to ``--out/ja``; the notebooks of both languages are copied under
 ``--out/notebooks`` for the tabs' download links.
@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from book import chapter_page, execute
-from d2lres import api, backends, chapter
+from book import chapter
+from d2lres.core import api
+from d2lres.host import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -97,7 +99,7 @@ def api_md() -> str:
     members = ", ".join(api.NAMES)
     return ("# The API\n\nEvery backend package (`d2lres.torch`, `d2lres.tf`, `d2lres.mxnet`, `d2lres.jax`) "
             "exports these names with these signatures; `tests/test_api.py` holds each backend to them. "
-            "Generated from `d2lres/api.py`'s docstrings.\n\n```{eval-rst}\n.. automodule:: d2lres.api\n"
+            "Generated from `d2lres/core/api.py`'s docstrings.\n\n```{eval-rst}\n.. automodule:: d2lres.core.api\n"
             f"   :members: {members}\n   :undoc-members:\n```\n")
 
 

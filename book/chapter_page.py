@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d2lres.chapter import _FENCE, _MD_TAB, FRAMEWORKS, parse_code_cells
+from book.chapter import _FENCE, _MD_TAB, FRAMEWORKS, parse_code_cells
 
 LABELS = {"pytorch": "PyTorch", "tensorflow": "TensorFlow", "mxnet": "MXNet", "jax": "JAX"}
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*$", re.M)

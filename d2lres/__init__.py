@@ -1,5 +1,5 @@
 """d2lres: the ResNet chapter of Dive into Deep Learning as software, one API in every framework."""
-from .threads import prepare_openmp
+from .host.threads import prepare_openmp
 
 __version__ = "0.1.0"
 

@@ -13,9 +13,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, backends, files, isa, signals, spec
+from . import __version__
+from .core import spec
+from .core.presets import BOUNDS, SCHEDULES, check_value, preset
 from .errors import report_errors
-from .presets import BOUNDS, SCHEDULES, check_value, preset
+from .host import backends
+from .perf import isa
+from .runs import files, signals
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -107,7 +111,7 @@ SUMMARY_WALK_LIMIT = 2**28
 
 
 def cmd_summary(args) -> int:
-    from . import memory
+    from .runs import memory
     arch = _arch(args)
     counts = spec.param_counts(args.classes, args.input[0], arch)
     memory.require(memory.FLOAT32 * sum(counts["total"]), f"a network with {args.classes:,} classes "
@@ -164,8 +168,8 @@ def header(arch, backend: str, preset: str, config, limit, out) -> str:
 
 
 def cmd_train(args) -> int:
-    from . import parallel
-    from .run import train
+    from .runs import parallel
+    from .runs.run import train
     config = _config(args)
     arch = _arch(args)
     out = Path(args.out or f"runs/{args.preset}/{backends.canonical(args.backend)}")
@@ -187,7 +191,7 @@ def cmd_train(args) -> int:
 def _launch(backend: str, config, out: Path, **options) -> int:
     """``d2lres train --devices N``: the run as a JSON job in the process(es) ``parallel.launch_command``
     sets up for ``backend``'s engine; its error (if any) as this command's."""
-    from . import parallel, run
+    from .runs import parallel, run
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run.job(backend, config, out, error_file=error_file, **options)
@@ -205,7 +209,7 @@ def _launch(backend: str, config, out: Path, **options) -> int:
 
 
 def cmd_check(args) -> int:
-    from .checks import cross_backend_checks, format_checks
+    from .verify.checks import cross_backend_checks, format_checks
     names = [backends.canonical(b) for b in args.backends]
     result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
                                   reference=getattr(args, "reference", None),
@@ -220,7 +224,7 @@ def cmd_check(args) -> int:
 def cmd_compare(args) -> int:
     if args.check:
         return cmd_check(args)
-    from .compare import compare_training
+    from .runs.compare import compare_training
     names = [backends.canonical(b) for b in args.backends]
     report = compare_training(_config(args), args.out or f"runs/compare-{args.preset}", names, arch=_arch(args),
                               data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite,
@@ -232,7 +236,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, bench
+    from .perf.bench import BenchConfig, bench
     config = BenchConfig.quick() if args.quick else BenchConfig()
     overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats), ("rounds", args.rounds))
                  if v is not None}
@@ -248,7 +252,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .profile import ProfileConfig, profile
+    from .perf.profile import ProfileConfig, profile
     config = ProfileConfig.quick() if args.quick else ProfileConfig()
     config = replace(config, **{k: v for k, v in (("size", args.size), ("batch", args.batch),
                                                   ("repeats", args.repeats)) if v is not None})

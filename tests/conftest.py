@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# None of these imports a framework or matplotlib, which read the variables set below.
-from d2lres import backends, spec
+from d2lres.core import spec
 from d2lres.data import default_data_dir
+
+# None of these imports a framework or matplotlib, which read the variables set below.
+from d2lres.host import backends
 
 REAL_DATA_DIR = str(default_data_dir())
 #: The user's pip cache, which the fresh venvs outside the checkout share (tests/test_notebooks.py).
@@ -106,7 +108,7 @@ def run_weights(folder) -> dict[str, np.ndarray]:
 
 @functools.cache
 def _full_check(arch: spec.Arch, input_shape: tuple, step_size: int, batch_size: int) -> dict:
-    from d2lres import checks
+    from d2lres.verify import checks
     return checks.cross_backend_checks(input_shape=input_shape, step_size=step_size, batch_size=batch_size,
                                        arch=arch)
 

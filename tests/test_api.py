@@ -1,11 +1,12 @@
-"""One API: every backend package exports exactly ``d2lres.api.NAMES`` with the contract's
+"""One API: every backend package exports exactly ``d2lres.core.api.NAMES`` with the contract's
 signatures (parameter names, kinds, defaults) and the ``Trainer`` methods; the table of names x
 backends is printed (``pytest -s``)."""
 import inspect
 
 import pytest
 
-from d2lres import api, backends
+from d2lres.core import api
+from d2lres.host import backends
 
 AVAILABLE = backends.available()
 
@@ -61,7 +62,7 @@ def test_trainer_has_the_contracts_methods(backend):
 def test_data_parallel_names_match_the_contract_in_every_backend(name):
     import importlib
 
-    from d2lres import parallel
+    from d2lres.runs import parallel
     want = api.signature(api.contract(name))
     got = {b: api.signature(getattr(importlib.import_module(f"d2lres.{b}.parallel"), name)) for b in AVAILABLE}
     wrong = {b: sig for b, sig in got.items() if sig != want}

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from d2lres import backends, bench, checks
+from d2lres.host import backends
+from d2lres.perf import bench
+from d2lres.verify import checks
 
 ACCELERATED = [(name, options) for name, variants in bench.ACCELERATIONS.items() if name in backends.available()
                for options in variants]

@@ -17,7 +17,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from d2lres import backends, chapter, spec
+from book import chapter
+from d2lres.core import spec
+from d2lres.host import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "build" / "book"

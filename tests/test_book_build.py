@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from book import chapter_page, execute
-from d2lres import chapter
+from book import chapter
 
 SOURCE = """# Title
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lres import backends, book
+from d2lres.core import book
+from d2lres.host import backends
 
 BOOK = Path(__file__).parent / "book"
 #: Images of each split the chapter's cells train and test on here.
@@ -154,7 +155,7 @@ def test_a_readers_checkpoint_resumes_only_into_the_same_structure(tmp_path):
     from torch import nn
 
     from d2lres import torch as d2l
-    from d2lres import training
+    from d2lres.runs import training
 
     def net(width):
         return nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1),

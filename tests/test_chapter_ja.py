@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from d2lres import chapter
+from book import chapter
 
 ROOT = Path(__file__).resolve().parent.parent
 EN = ROOT / "notebooks" / "resnet.md"

@@ -11,7 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from d2lres import backends, checks
+from d2lres.host import backends
+from d2lres.verify import checks
 
 TOL = checks.TOLERANCES
 #: Odd sizes at every stride-2 layer's input (33, 17, 9, 5, 3): there TensorFlow's ``'same'``

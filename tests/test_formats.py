@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from d2lres import spec, training, weights
+from d2lres.core import spec, weights
+from d2lres.runs import training
 
 
 def record(path) -> dict:

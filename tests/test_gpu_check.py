@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import COMMAND_TIMEOUT
-from d2lres import backends
+from d2lres.host import backends
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu-check"
 NEEDS = pytest.mark.skipif(not {"torch", "jax"} <= set(backends.available()), reason="needs PyTorch and JAX")

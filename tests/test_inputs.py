@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import forward
-from d2lres import backends, checks, inputs
-from d2lres.training import TrainingError
+from d2lres.core import inputs
+from d2lres.host import backends
+from d2lres.runs.training import TrainingError
+from d2lres.verify import checks
 
 BACKENDS = backends.available()
 RNG = np.random.default_rng(0)

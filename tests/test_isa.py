@@ -2,7 +2,7 @@
 log line says which kernels it chose)."""
 import pytest
 
-from d2lres import isa
+from d2lres.perf import isa
 
 
 def test_cpu_info_names_the_model_and_its_isa_class():

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import d2lres
-from d2lres import backends, errors, process
+from d2lres import errors
+from d2lres.host import backends, process
 
 PACKAGE = Path(d2lres.__file__).parent
 
@@ -88,7 +89,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_circle_among_d2lres_modules():
     graph = import_graph()
     assert {"d2lres.cli", "d2lres.torch.train", "d2lres.errors"} <= set(graph)  # the walk found the package
-    assert "d2lres.run" in graph["d2lres.compare"] and "d2lres.errors" in graph["d2lres.run"]
+    assert "d2lres.runs.run" in graph["d2lres.runs.compare"] and "d2lres.errors" in graph["d2lres.runs.run"]
     assert circles(graph) == []
 
 
@@ -99,8 +100,10 @@ def test_the_circle_finder_finds_a_circle():
 def test_every_error_d2lres_defines_is_a_user_error_with_its_builtin_base():
     """The classes the API documents keep their builtin base, so user code that catches a
     ValueError (a shape, a file) or an ImportError (a missing framework) keeps working."""
-    from d2lres import backends, compare, devices, files, inputs, memory, mxnet_compat, parallel, run, training, weights
+    from d2lres.core import inputs, weights
     from d2lres.data import DataError
+    from d2lres.host import backends, devices, mxnet_compat
+    from d2lres.runs import compare, files, memory, parallel, run, training
     bases = {inputs.InputError: ValueError, compare.CompareError: ValueError, devices.DeviceError: ValueError,
              files.FolderError: ValueError, memory.MemoryNeeded: ValueError, run.RunError: ValueError,
              weights.WeightsFileError: ValueError, weights.MissingWeightsFile: FileNotFoundError,
@@ -144,7 +147,7 @@ def test_what_the_user_can_fix_is_raised_as_a_user_error():
 
 
 def test_report_errors_tells_the_user_in_one_line_and_lets_a_bug_through():
-    from d2lres.inputs import InputError
+    from d2lres.core.inputs import InputError
 
     def fail(exc):
         raise exc
@@ -163,8 +166,8 @@ def test_report_errors_tells_the_user_in_one_line_and_lets_a_bug_through():
 def test_developer_tools_are_scripts_with_a_main_guard():
     """Tools (the GPU check, the convolution micro-benchmark) live in scripts/, not in the package,
     and run nothing when imported (a framework's log level set before it loads apart)."""
-    scripts = sorted((PACKAGE.parent / "scripts").iterdir())
-    assert scripts and not (PACKAGE / "tf" / "convbench.py").exists()
+    scripts = sorted((PACKAGE.parent / "scripts").iterdir()) + [PACKAGE.parent / "book" / "chapter.py"]
+    assert scripts and not (PACKAGE / "tf" / "convbench.py").exists() and not (PACKAGE / "chapter.py").exists()
     for path in scripts:
         tree = ast.parse(path.read_text(), str(path))
         guards = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'"]
@@ -172,6 +175,40 @@ def test_developer_tools_are_scripts_with_a_main_guard():
         top = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
                and not ast.unparse(n.value.func) == "os.environ.setdefault"]
         assert not top, f"{path} calls {ast.unparse(top[0])} when imported"
+
+
+#: The public paths of modules that live in a subpackage by concern: readers' code, the notebooks and
+#: the documents name them (``python -m`` for those with a command).
+PUBLIC_PATHS = {"d2lres.spec": "d2lres.core.spec", "d2lres.inputs": "d2lres.core.inputs",
+                "d2lres.weights": "d2lres.core.weights", "d2lres.training": "d2lres.runs.training",
+                "d2lres.run": "d2lres.runs.run", "d2lres.checks": "d2lres.verify.checks",
+                "d2lres.parallel": "d2lres.runs.parallel"}
+
+
+def test_the_top_level_is_the_public_surface_and_the_rest_is_grouped_by_concern():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert top == sorted(["__init__", "__main__", "cli", "errors", "tensorflow",
+                          *(k.split(".")[1] for k in PUBLIC_PATHS)])
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert packages == ["core", "data", "host", "jax", "mxnet", "perf", "runs", "tf", "torch", "verify"]
+
+
+@pytest.mark.parametrize("public", sorted(PUBLIC_PATHS))
+def test_a_public_path_is_its_module_itself(public):
+    import importlib
+    module = importlib.import_module(public)
+    assert module is importlib.import_module(PUBLIC_PATHS[public])
+    assert getattr(d2lres, public.split(".")[1]) is module
+
+
+def test_python_m_on_a_public_path_runs_its_command():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "d2lres.spec"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "| resnet18" in done.stdout.lower(), done.stderr
+    done = subprocess.run([sys.executable, "-m", "d2lres.run", "not json"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "the job of d2lres.run is not" in done.stderr, done.stderr
 
 
 def test_no_module_imports_another_modules_private_names():
@@ -186,7 +223,7 @@ def test_no_module_imports_another_modules_private_names():
 
 #: Each backend's framework imports, for the environment they change themselves.
 FRAMEWORK_IMPORTS = {"d2lres.torch": "import torch", "d2lres.tf": "import tensorflow, keras",
-                     "d2lres.mxnet": "import numpy; numpy.bool = bool; import mxnet",  # d2lres.mxnet_compat's fix
+                     "d2lres.mxnet": "import numpy; numpy.bool = bool; import mxnet",  # d2lres.host.mxnet_compat's fix
                      "d2lres.jax": "import jax, flax.nnx, optax"}
 #: A user's own values, which an import keeps (KERAS_BACKEND has no other value d2lres.tf accepts).
 USER_VALUES = {"OMP_WAIT_POLICY": "ACTIVE", "TF_CPP_MIN_LOG_LEVEL": "1", "OMP_NUM_THREADS": "1",
@@ -211,9 +248,9 @@ def _environment_after(statement: str, **preset) -> dict:
 
 @pytest.mark.parametrize("module", ["d2lres", *[f"d2lres.{b}" for b in backends.available()]])
 def test_importing_changes_the_environment_by_exactly_the_documented_list(module):
-    """``d2lres.process`` lists what each import sets (beside what the framework itself sets); a
+    """``d2lres.host.process`` lists what each import sets (beside what the framework itself sets); a
     value the user set is kept."""
-    from d2lres.threads import available_cores
+    from d2lres.host.threads import available_cores
     baseline = _environment_after(FRAMEWORK_IMPORTS.get(module, "pass"))
     after = _environment_after(f"import {module}")
     expected = {k: str(available_cores()) if v == process.CORES else v

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from d2lres import memory, run
 from d2lres.data import FashionMNIST
+from d2lres.runs import memory, run
 
 
 def small_data() -> FashionMNIST:

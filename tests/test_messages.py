@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from d2lres import backends, devices
+from d2lres.host import backends, devices
 
 BACKENDS = backends.available()
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import forward
-from d2lres import backends, spec
-from d2lres import weights as neutral
+from d2lres.core import spec
+from d2lres.core import weights as neutral
+from d2lres.host import backends
 
 
 @pytest.mark.parametrize("input_shape", [(1, 224, 224), (1, 96, 96)])

@@ -3,7 +3,7 @@ numpy 2 d2lres refuses with the set that works."""
 import numpy
 import pytest
 
-from d2lres import backends, mxnet_compat
+from d2lres.host import backends, mxnet_compat
 
 
 def test_numpy_2_is_refused_naming_the_set_that_works(monkeypatch):

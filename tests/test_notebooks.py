@@ -25,7 +25,10 @@ import numpy
 import pytest
 
 from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env
-from d2lres import backends, chapter, checks, spec
+from book import chapter
+from d2lres.core import spec
+from d2lres.host import backends
+from d2lres.verify import checks
 
 #: The #@save drift check reads every backend's library source, so it needs every framework.
 EVERY_BACKEND = pytest.mark.skipif(backends.available() != list(backends.BACKENDS),
@@ -39,7 +42,7 @@ SET = "current" if CURRENT_SET else "all"
 
 @EVERY_BACKEND
 def test_check_passes_on_the_real_source():
-    proc = subprocess.run([sys.executable, "-m", "d2lres.chapter", "check"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "book.chapter", "check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{2 * len(chapter.FRAMEWORKS)} #@save cells match the library" in proc.stdout

@@ -14,7 +14,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import d2lres
-from d2lres import backends
+from d2lres.host import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -75,7 +75,8 @@ def test_wheel_holds_the_package_and_nothing_else(dist):
     _, _, names = _metadata(dist["wheel"])
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "d2lres").rglob("*.py"))
     assert sorted(n for n in names if not n.startswith("d2lres-")) == sources
-    assert {"d2lres/torch/__init__.py", "d2lres/data/sources.py", "d2lres/plots.py", "d2lres/spec.py"} <= set(names)
+    assert {"d2lres/torch/__init__.py", "d2lres/data/sources.py", "d2lres/runs/plots.py",
+            "d2lres/core/spec.py"} <= set(names)
     assert dist["wheel"].stat().st_size < 1_000_000
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import d2lres_cli, run_metrics, run_weights, wait_all
-from d2lres import backends, parallel
+from d2lres.host import backends
+from d2lres.runs import parallel
 
 TIMEOUT = 420
 RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",
@@ -29,7 +30,7 @@ RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-prog
 #: What each worker runs: the strategy's layout, the contract's attributes and refusal.
 WORKER = """
 import json, sys
-from d2lres import parallel
+from d2lres.runs import parallel
 import d2lres.tf as mod
 from d2lres.tf import parallel as tfp
 net = mod.resnet18()

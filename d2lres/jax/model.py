@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from .. import api, book, inputs, spec
+from ..core import api, book, inputs, spec
 from ..errors import UserTypeError, UserValueError
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).

@@ -35,7 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .. import parallel
+from ..runs import parallel
 from .train import Trainer, eval_logits, host_arrays, jit_train_step, logits_and_stats, sgd
 
 AXIS = "data"

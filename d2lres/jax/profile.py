@@ -15,7 +15,7 @@ from .train import sgd
 
 
 def calls(trainer, feeds: dict, lr: float) -> dict:
-    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.profile``)."""
+    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.perf.profile``)."""
     X, y = trainer.convert(feeds["images"], feeds["labels"])
     trainer.step(X, y, lr)
     net = trainer.net

@@ -1,12 +1,12 @@
 """The chapter's ResNet in MXNet Gluon (NumPy mode): the d2lres API."""
 import warnings
 
-from ..backends import require
+from ..host.backends import require
 
 require("mxnet")  # a missing framework: an error that names the extra
 
-from ..threads import prepare_mxnet_threads, restore_torch_threads
-from ..mxnet_compat import prepare_numpy
+from ..host.threads import prepare_mxnet_threads, restore_torch_threads
+from ..host.mxnet_compat import prepare_numpy
 
 prepare_numpy()
 prepare_mxnet_threads()
@@ -14,14 +14,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import mxnet
 
-from ..api import NAMES
-from ..book import module_getattr
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,
-                    count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
-                    shape_walk)
+from ..core.api import NAMES
+from ..core.book import module_getattr
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
+                    resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
-from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
-                      save_weights, set_weights)
+from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 
 restore_torch_threads()
 

@@ -8,7 +8,7 @@ import mxnet as mx
 from mxnet import init, np, npx
 from mxnet.gluon import nn
 
-from .. import api, book, inputs, spec
+from ..core import api, book, inputs, spec
 from ..errors import UserValueError
 
 npx.set_np()

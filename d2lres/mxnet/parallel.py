@@ -44,7 +44,8 @@ import numpy as onp
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from .. import parallel, spec
+from ..core import spec
+from ..runs import parallel
 from .train import Trainer, try_gpu
 from .weights import named_parameters
 

@@ -9,7 +9,7 @@ from mxnet import autograd, np
 
 
 def calls(trainer, feeds: dict, lr: float) -> dict:
-    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.profile``)."""
+    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.perf.profile``)."""
     X, y = trainer.convert(feeds["images"], feeds["labels"])
     trainer.step(X, y, lr)  # hybridizes; leaves every gradient for the update
     ctx, out = trainer.device, {}

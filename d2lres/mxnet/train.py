@@ -11,8 +11,10 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
 
-from .. import book, data, devices, inputs, spec
+from .. import data
+from ..core import book, inputs, spec
 from ..errors import UserValueError
+from ..host import devices
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -57,7 +59,7 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
 
 
 class Trainer(book.TrainerBase):
-    """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.book``; its parameters
+    """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.core.book``; its parameters
     initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with static memory;
     ``None``: on). MXNet's convolutions are NCHW only: ``channels_last=True`` is refused. The running-variance

@@ -1,25 +1,23 @@
 """The chapter's ResNet in TensorFlow with Keras 3: the d2lres API (channels-last tensors; shapes
 reported NCHW like the other backends). ``d2lres.tensorflow`` is this module under d2l's name
 (``from d2lres import tensorflow as d2l``)."""
-from .. import process
+from ..host import process
 
-process.prepare("d2lres.tf")  # before TensorFlow and Keras load (d2lres.process says why)
+process.prepare("d2lres.tf")  # before TensorFlow and Keras load (d2lres.host.process says why)
 
-from ..backends import require
+from ..host.backends import require
 
 require("tf")  # a missing framework: an error that names the extra
 
 import tensorflow as tf
 
-from ..api import NAMES
-from ..book import module_getattr
+from ..core.api import NAMES
+from ..core.book import module_getattr
 
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet,
-                    count_parameters, resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block,
-                    shape_walk)
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
+                    resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
-from .weights import (get_weights, init_weights, load_torchvision_state_dict, load_weights,
-                      save_weights, set_weights)
+from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 # Before TensorFlow's runtime starts: TF_CONFIG's MultiWorkerMirroredStrategy (which waits for
 # every worker), or D2LRES_REPLICAS logical CPUs (d2lres.tf.parallel.prepare).
 from . import parallel  # noqa: E402,F401

@@ -36,7 +36,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from .. import parallel
+from ..runs import parallel
 
 
 def logical_cpus(n: int) -> None:

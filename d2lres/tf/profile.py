@@ -9,7 +9,7 @@ import tensorflow as tf
 
 
 def calls(trainer, feeds: dict, lr: float) -> dict:
-    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.profile``)."""
+    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.perf.profile``)."""
     tf.get_logger().setLevel("ERROR")  # one tf.function per stage: not a retracing problem
     X, y = trainer.convert(feeds["images"], feeds["labels"])
     trainer.step(X, y, lr)

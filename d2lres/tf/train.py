@@ -7,8 +7,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import book, data, devices, inputs
+from .. import data
+from ..core import book, inputs
 from ..errors import UserValueError
+from ..host import devices
 from .model import device_name, device_scope
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -49,12 +51,14 @@ def as_batch(X, y=None):
 
 
 class Trainer(book.TrainerBase):
-    """On a d2lres network or any Keras model mapping an NHWC batch to logits (``d2lres.book``; one not built yet is
-    built by its first batch): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``, ``w -=
-    lr v``) and cross-entropy. ``compile``: the step and the prediction run as one ``tf.function`` each (None: on,
-    measured +13-55% over eager; XLA is not offered: slower on CPU and beyond the checks' tolerances).
-    ``channels_last``: TensorFlow's CPU convolutions are NHWC only, so None and True are accepted and False is
-    refused."""
+    """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``, ``w -= lr v``)
+    and cross-entropy, on a d2lres network or any Keras model mapping an NHWC batch to logits
+    (``d2lres.core.book``; a model not yet built is built by its first batch).
+
+    ``compile``: the step and the prediction each run as one ``tf.function`` (None: on, faster
+    than eager; XLA is not offered: slower on CPU and beyond the checks' tolerances).
+    ``channels_last``: TensorFlow's CPU convolutions are NHWC only, so None and True are accepted
+    and False is refused."""
 
     backend = "tf"
 

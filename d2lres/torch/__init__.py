@@ -1,16 +1,16 @@
-"""The chapter's ResNet in PyTorch: the d2lres API (``d2lres.api``; see ``d2lres.spec`` for what it
+"""The chapter's ResNet in PyTorch: the d2lres API (``d2lres.core.api``; see ``d2lres.spec`` for what it
 builds). Tensors are NCHW."""
-from ..backends import require
+from ..host.backends import require
 
 require("torch")  # a missing framework: an error that names the extra
 
 import torch
 
-from ..api import NAMES
-from ..book import module_getattr
-from ..threads import restore_torch_threads
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters,
-                    resnet, resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
+from ..core.api import NAMES
+from ..core.book import module_getattr
+from ..host.threads import restore_torch_threads
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
+                    resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
 from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 

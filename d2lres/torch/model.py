@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import api, book, inputs, spec
+from ..core import api, book, inputs, spec
 from ..errors import UserValueError
 
 

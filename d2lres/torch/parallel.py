@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import parallel
+from ..runs import parallel
 from .train import Trainer, try_gpu
 from .weights import get_weights, set_weights
 
@@ -125,7 +125,7 @@ class ParallelTrainer(Trainer):
         return float(totals[0]), int(totals[1])
 
     def agree_stop(self, signum: int | None) -> int | None:
-        """The signal any process got (``d2lres.signals``), the same on every rank: all of them stop
+        """The signal any process got (``d2lres.runs.signals``), the same on every rank: all of them stop
         after the same step (a signal reaches them at different steps)."""
         flag = torch.tensor([signum or 0], dtype=torch.int64, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

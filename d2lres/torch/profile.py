@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 
 def calls(trainer, feeds: dict, lr: float) -> dict:
-    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.profile``)."""
+    """Name -> callable: ``b1`` .. ``head``, ``update``, ``step`` (see ``d2lres.perf.profile``)."""
     X, y = trainer.convert(feeds["images"], feeds["labels"])
     trainer.step(X, y, lr)  # chooses the memory format; leaves every gradient for the update
     fmt = trainer.memory_format

@@ -6,8 +6,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import book, data, devices
+from .. import data
+from ..core import book
 from ..errors import UserValueError
+from ..host import devices
 from .weights import get_weights, set_weights
 
 
@@ -51,7 +53,7 @@ CHANNELS_LAST_MIN_SIDE = 96
 
 class Trainer(book.TrainerBase):
     """SGD (momentum and weight decay as ``torch.optim.SGD``) with cross-entropy on one net:
-    a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits (``d2lres.book``).
+    a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits (``d2lres.core.book``).
 
     ``channels_last`` stores activations and weights NHWC (oneDNN's preferred layout); the
     default ``None`` chooses from the first batch (images >= ``CHANNELS_LAST_MIN_SIDE`` wide).

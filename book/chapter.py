@@ -21,9 +21,9 @@ back into the chapter's ``#@save`` cells (and rebuilds the notebooks); ``check``
 naming every ``#@save`` cell that differs from the library and every notebook that differs from
 what ``build`` would write.
 
-    python -m d2lres.chapter build   [--source notebooks/resnet.md --out notebooks]  (default: both languages)
-    python -m d2lres.chapter check   [--source ...] [--out ...]
-    python -m d2lres.chapter sync    [--source ...] [--out ...]
+    python -m book.chapter build   [--source notebooks/resnet.md --out notebooks]  (default: both languages)
+    python -m book.chapter check   [--source ...] [--out ...]
+    python -m book.chapter sync    [--source ...] [--out ...]
 
 The notebooks read ``D2LRES_FAST=1`` to train on a few hundred images for one short epoch.
 """
@@ -38,7 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import files
+from d2lres.runs import files
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebooks" / "resnet.md"
@@ -227,7 +227,7 @@ def build_notebook(text: str, framework: str, generated_from: str = "notebooks/r
                                   "language": "python"},
                    "language_info": {"name": "python"},
                    "d2lres": {"framework": framework, "generated_from": generated_from,
-                              "regenerate": "python -m d2lres.chapter build"}}
+                              "regenerate": "python -m book.chapter build"}}
     nb.nbformat, nb.nbformat_minor = 4, 5
     return nbformat.writes(nb) + "\n"
 
@@ -260,10 +260,10 @@ def notebook_problems(text: str, out: Path, generated_from: str = "notebooks/res
     for framework in FRAMEWORKS:
         path = notebook_path(out, framework)
         if not path.exists():
-            problems.append(f"{path}: missing (run `python -m d2lres.chapter build`)")
+            problems.append(f"{path}: missing (run `python -m book.chapter build`)")
         elif path.read_text() != build_notebook(text, framework, generated_from):
             problems.append(f"{path}: differs from what the source generates "
-                            f"(run `python -m d2lres.chapter build`)")
+                            f"(run `python -m book.chapter build`)")
     return problems
 
 
@@ -296,7 +296,7 @@ def sync(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> tuple[list[str], li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2lres.chapter", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m book.chapter", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "check", "sync"])
     parser.add_argument("--source", type=Path, help="one chapter source (default: every language's, "
                         + ", ".join(f"{lang} {src.relative_to(ROOT)}" for lang, (src, _) in LANGUAGES.items()) + ")")
@@ -338,7 +338,7 @@ def _one(command: str, source: Path, out: Path, reference: Path | None) -> int:
         for problem in problems:
             print(problem)
         print(f"\n{len(problems)} problem(s). The library is the source of truth: "
-              f"`python -m d2lres.chapter sync` rewrites the #@save cells from it and rebuilds "
+              f"`python -m book.chapter sync` rewrites the #@save cells from it and rebuilds "
               f"the notebooks.", file=sys.stderr)
         return 1
     saved = sum(cell.save for cell in parse_code_cells(Path(source).read_text()))

@@ -21,8 +21,8 @@ import inspect
 
 import numpy as np
 
+from ..errors import UserTypeError, UserValueError
 from . import inputs
-from .errors import UserTypeError, UserValueError
 from .spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
 #: What a d2l 1.0 edition call is told.
@@ -235,7 +235,7 @@ def train_ch6(net, make_trainer, reinitialize, train_iter, test_iter, num_epochs
     ``training on <device>`` and ``training.fit`` at the constant ``lr`` (which prints d2l's two
     summary lines and draws the curves). A ``checkpoint_dir`` without an ``identity`` gets the
     network's (:func:`identity`). Returns the history."""
-    from . import training
+    from ..runs import training
     if not is_d2lres_net(net):
         reinitialize()
     trainer = make_trainer()

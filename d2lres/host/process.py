@@ -24,11 +24,11 @@ IMPORT_ENVIRONMENT = {
 
 WHY = {
     "OMP_WAIT_POLICY": "idle OpenMP threads sleep instead of spinning, so training degrades gracefully when "
-                       "another program takes a core (d2lres.threads)",
+                       "another program takes a core (d2lres.host.threads)",
     "TF_CPP_MIN_LOG_LEVEL": "no INFO lines from TensorFlow's runtime at import",
     "KERAS_BACKEND": "Keras 3 on TensorFlow, whatever another library chose before",
     "OMP_NUM_THREADS": "importing MXNet sets the shared OpenMP runtime to one thread, which halves PyTorch's "
-                       "speed on two cores; unless the user set it, every core (d2lres.threads)",
+                       "speed on two cores; unless the user set it, every core (d2lres.host.threads)",
     "MXNET_OMP_MAX_THREADS": "MXNet's operators use every core, not fewer",
     "XLA_PYTHON_CLIENT_PREALLOCATE": "JAX does not reserve 75% of a GPU that another framework shares",
 }
@@ -36,7 +36,7 @@ WHY = {
 IMPORT_ACTIONS = {
     "d2lres.torch": "gives PyTorch every core again if MXNet, imported first, took them (unless the user set "
                     "OMP_NUM_THREADS)",
-    "d2lres.mxnet": "puts back the numpy names MXNet 1.9.1 refers to (numpy.bool, ...: d2lres.mxnet_compat), "
+    "d2lres.mxnet": "puts back the numpy names MXNet 1.9.1 refers to (numpy.bool, ...: d2lres.host.mxnet_compat), "
                     "switches Gluon to NumPy mode (npx.set_np, which d2lres's blocks are written in), and gives "
                     "PyTorch its cores back as d2lres.torch does",
     "d2lres.tf": "with TF_CONFIG set, enters TensorFlow's MultiWorkerMirroredStrategy (it must exist before "

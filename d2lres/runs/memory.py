@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from math import prod
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Share of the available memory one allocation may take.
 SHARE = 0.9

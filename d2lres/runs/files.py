@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Temporary files are named ``.<target>.<random>.tmp``.
 TEMP_SUFFIX = ".tmp"
@@ -140,7 +140,7 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out")
         raise FolderError(f"{option} {folder} is a file, not a folder; choose a folder for the run")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        from . import __version__
+        from .. import __version__
         atomic_write(folder / MARKER, lambda f: f.write(json.dumps(
             {"kind": kind, "d2lres": __version__}).encode()))
     except OSError as err:

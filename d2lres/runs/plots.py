@@ -17,7 +17,7 @@ COLORS = {"torch": "tab:red", "tf": "tab:orange", "mxnet": "tab:blue", "jax": "t
 def curves_figure(histories: dict[str, dict], title: str | None = None):
     """Left: training loss; right: train accuracy (lines: running means over each epoch so far) and
     test accuracy (points, one per epoch), per backend, each with the device it ran on (its one
-    spelling, ``d2lres.devices``); ``title`` (the network and settings) above both."""
+    spelling, ``d2lres.host.devices``); ``title`` (the network and settings) above both."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 4.2 if title else 3.6))
     if title:
         fig.suptitle(title, fontsize=9)
@@ -99,7 +99,7 @@ def profile_figure(report: dict):
     """Left: each backend's step as a stacked bar of its parts (ms), beside the time each part
     would take at the FLOP share of the fastest step; right: each part's GFLOP/s as a share of
     the matmul limit."""
-    from .isa import describe
+    from ..perf.isa import describe
     parts = [s["stage"] for s in report["stages"]] + ["update", "other"]
     runs = report["runs"]
     colors = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(parts)}

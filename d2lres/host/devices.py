@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Spellings of a device: cpu, gpu, gpu:N, cuda:N, /GPU:N, /device:GPU:N, /job:.../device:CPU:0.
 _PATTERN = re.compile(r"^(?:.*/)?(?:device:)?(cpu|gpu|cuda|mps)(?::(\d+))?$", re.IGNORECASE)

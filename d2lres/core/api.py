@@ -125,7 +125,7 @@ def load_data_fashion_mnist(batch_size, resize=None, *, data_dir=None, seed=0, l
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, **fit_options):
     """d2l's ``train_ch6`` (``device`` positional, as d2l calls it) on a d2lres network or any
     network of the framework mapping a batch to logits, re-initialised as d2l does unless it is
-    d2lres's (``d2lres.book``); ``train_iter`` may be d2lres's batches or the framework's own
+    d2lres's (``d2lres.core.book``); ``train_iter`` may be d2lres's batches or the framework's own
     data loader; ``fit_options`` go to ``d2lres.training.fit``."""
 
 

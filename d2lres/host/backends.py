@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from .errors import UserError, UserValueError
+from ..errors import UserError, UserValueError
 
 #: backend name -> (module, framework package it needs, pip extra of d2lres)
 BACKENDS = {
@@ -34,7 +34,7 @@ def canonical(name: str) -> str:
 
 def available() -> list[str]:
     """The backends that can run here, in ``BACKENDS`` order: their framework is installed (and
-    for MXNet, numpy is older than 2; see ``d2lres.mxnet_compat``). Imports no framework."""
+    for MXNet, numpy is older than 2; see ``d2lres.host.mxnet_compat``). Imports no framework."""
     import numpy
     numpy2 = int(numpy.__version__.split(".")[0]) >= 2
     return [name for name, (_, framework, _) in BACKENDS.items()

@@ -1,7 +1,7 @@
 """``d2lres profile``: where a training step's time goes, stage by stage, in every backend.
 
 For ResNet-18 at one image side and batch, each backend (in its own process, as ``d2lres bench``
-runs them, optionally held to AVX2 by ``d2lres.isa``) times, in training mode:
+runs them, optionally held to AVX2 by ``d2lres.perf.isa``) times, in training mode:
 
 - each stage of its own network separately -- ``b1`` (the stem: convolution, BatchNorm, ReLU,
   max-pool), ``b2`` .. ``b5`` (the ``resnet_block`` stages) and ``head`` (pooling, dense and the
@@ -36,9 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, files, isa, signals, spec
+from ..core import spec
+from ..core.presets import preset
+from ..host import backends
+from ..runs import files, signals
+from . import isa
 from .bench import matmul_gflops, numpy_matmul_gflops
-from .presets import preset
 
 #: The learning rate of every timed update and step (see above).
 LR = 0.0
@@ -130,10 +133,10 @@ def _run_worker(backend: str, config: ProfileConfig, out: Path, held: str) -> di
     print(f"== {backend}", flush=True)
     tic = time.perf_counter()
     env = isa.timed_process_env(held)
-    status = signals.run_child([sys.executable, "-m", "d2lres.profile", json.dumps(job)], forward=False, env=env)
+    status = signals.run_child([sys.executable, "-m", "d2lres.perf.profile", json.dumps(job)], forward=False, env=env)
     signals.check(backend, "its timed process was ended; no report written")
     if status:
-        raise subprocess.CalledProcessError(status, f"d2lres.profile {backend}")
+        raise subprocess.CalledProcessError(status, f"d2lres.perf.profile {backend}")
     print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
     return json.loads(out.read_text())
 
@@ -156,7 +159,7 @@ def profile(names, out, config: ProfileConfig = ProfileConfig(), *, held: str = 
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
     summarize(report)
     files.atomic_write_text(out / "profile.json", json.dumps(report, indent=1))
-    from .plots import profile_figure
+    from ..runs.plots import profile_figure
     profile_figure(report).savefig(out / "profile.png", dpi=110)
     report["table"] = format_table(report)
     files.atomic_write_text(out / "profile.md", report["table"] + "\n\n![profile](profile.png)\n")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import UserValueError
+from ..errors import UserValueError
 
 #: What ``--isa avx2`` sets in every timed process.
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",

@@ -1,9 +1,9 @@
 """``d2lres bench``: training and inference images/s of ResNet-18 per backend, d2lres's way
 against the chapter's way, and both against this machine's float32 matmul limit.
 
-Every (backend, way) runs in its own process (``python -m d2lres.bench WORKER-JSON``) so
+Every (backend, way) runs in its own process (``python -m d2lres.perf.bench WORKER-JSON``) so
 thread pools do not mix. The chapter's way runs with the framework's own settings but for what
-importing d2lres sets up, which both ways share (``d2lres.process``: OpenMP's passive wait
+importing d2lres sets up, which both ways share (``d2lres.host.process``: OpenMP's passive wait
 policy; for MXNet, every core). Each figure is the median of ``repeats`` timed calls after
 ``warmup`` untimed ones."""
 from __future__ import annotations
@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, data, files, isa, signals, spec
-from .presets import preset
+from .. import data
+from ..core import spec
+from ..core.presets import preset
+from ..host import backends
+from ..runs import files, signals
+from . import isa
 
 WAYS = ("d2lres", "chapter")
 
@@ -129,7 +133,7 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
     framework = backends.BACKENDS[backend][1]
     if way == "chapter":
         if backend == "mxnet":
-            from .mxnet_compat import prepare_numpy
+            from ..host.mxnet_compat import prepare_numpy
             prepare_numpy()  # MXNet cannot import on numpy 1.24+ without it
         importlib.import_module(framework)  # before d2lres sets any thread counts
     mod = backends.load(backend)
@@ -163,11 +167,11 @@ def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held:
     print(f"== {label}", flush=True)
     tic = time.perf_counter()
     env = isa.timed_process_env(held)
-    status = signals.run_child([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.bench",
+    status = signals.run_child([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.perf.bench",
                                 json.dumps(job)], forward=False, env=env)
     signals.check(label, "its timed process was ended; no report written")
     if status:
-        raise subprocess.CalledProcessError(status, f"d2lres.bench {label}")
+        raise subprocess.CalledProcessError(status, f"d2lres.perf.bench {label}")
     print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
     return json.loads(out.read_text())
 
@@ -193,7 +197,7 @@ def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out:
 def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, with_variants: bool = False,
           held: str = "native") -> dict:
     """Run every backend both ways (and its :func:`variants` if asked), every timed process held
-    to the instruction set ``held`` (``native`` or ``avx2``, see ``d2lres.isa``); write
+    to the instruction set ``held`` (``native`` or ``avx2``, see ``d2lres.perf.isa``); write
     ``bench.json``, ``bench.md`` and ``bench.png`` in ``out`` and return the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +212,7 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
     summarize(report)
     files.atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
-    from .plots import bench_figure
+    from ..runs.plots import bench_figure
     bench_figure(report).savefig(out / "bench.png", dpi=110)
     report["table"] = format_table(report)
     files.atomic_write_text(out / "bench.md", report["table"] + "\n\n![bench](bench.png)\n")
@@ -218,7 +222,7 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
 def numpy_matmul_gflops(n: int, held: str) -> float:
     """numpy's float32 matmul GFLOP/s, in a process held to ``held`` (OpenBLAS reads its core
     type when it loads)."""
-    code = f"from d2lres.bench import matmul_gflops, numpy_matmul; print(matmul_gflops(numpy_matmul({n}), {n}))"
+    code = f"from d2lres.perf.bench import matmul_gflops, numpy_matmul; print(matmul_gflops(numpy_matmul({n}), {n}))"
     with tempfile.TemporaryFile("w+") as f:
         status = signals.run_child([sys.executable, "-c", code], forward=False, env={**os.environ, **isa.isa_env(held)},
                                    stdout=f)

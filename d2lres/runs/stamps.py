@@ -10,7 +10,9 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__, backends, isa
+from .. import __version__
+from ..host import backends
+from ..perf import isa
 
 #: Distribution names of each backend's framework(s).
 FRAMEWORKS = {"torch": ("torch",), "tf": ("tensorflow", "tensorflow-cpu", "keras"), "mxnet": ("mxnet",),
@@ -56,7 +58,7 @@ def _gpus() -> list[str]:
 
 def stamps(names, data_dir=None, held: str | None = None) -> dict:
     """The stamps of a run of the backends ``names`` on the data in ``data_dir``."""
-    from .data import data_stamp
+    from ..data import data_stamp
     names = [backends.canonical(n) for n in names]
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "d2lres": __version__, "commit": _commit(), "python": platform.python_version(),

@@ -11,12 +11,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, data, isa, parallel, signals, spec
-from . import weights as neutral
-from .errors import UserError
+from ..host import backends
+from .. import data
+from ..perf import isa
+from . import parallel, signals
+from ..core import spec
+from ..core import weights as neutral
+from ..errors import UserError
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
-from .presets import TrainConfig
+from ..core.presets import TrainConfig
 from .progress import AcrossBackends
 from .run import CHECKPOINT_DIR, TIMING, run_folder, settings_line, stopped_at
 from .run import job as run_job
@@ -76,7 +80,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     ``out/curves.png``, ``out/report.json``.
     ``progress``: one bar over every backend's steps, and the expected time once the first
     backend's steps are measured; ``held``: the instruction set every backend's process is held
-    to (``d2lres.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
+    to (``d2lres.perf.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
     training in every backend (``d2lres.run.train``)."""
     arch = spec.get_arch(arch)
     names = distinct(names or backends.available())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import UserValueError
+from ..errors import UserValueError
 
 SCHEDULES = ("constant", "onecycle")
 MAX_EPOCHS = 10_000

@@ -1,0 +1,1 @@
+"""Measurement: the benchmark, the profile, the instruction-set hold."""

@@ -1,0 +1,1 @@
+"""Verification: the same-function checks against the float64 reference."""

@@ -19,7 +19,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(SET)
 EXTRAS := $(if $(filter all,$(SET)),all,current)
 
-.PHONY: run test test-fast check bench env clean lib-check notebooks lib-sync lint lab book
+.PHONY: run test test-fast test-frameworks check bench env clean lib-check notebooks lib-sync lint lab book
 
 $(STAMP): pyproject.toml constraints/$(SET).txt
 	@test -n "$(PYTHON)" || { echo "make: no Python for SET=$(SET) on the PATH (tried: $(PYTHONS)); install one" \
@@ -49,6 +49,14 @@ test: $(STAMP)
 ## Without the slow tests
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+## The fast tests whose outcome depends on the frameworks (their versions, kernels, instruction set):
+## what CI runs again under the current set, held to AVX2. The rest (files, folders, signals,
+## the command line's messages, the site, packaging) is the same code on either set.
+FRAMEWORK_TESTS := $(addprefix tests/test_,api.py bench.py chapter_code.py d2l_reference.py inputs.py isa.py \
+  jax.py loaders.py memory.py models.py notebooks.py parity.py profile.py tf_matmul_conv.py training.py variants.py)
+test-frameworks: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(FRAMEWORK_TESTS)
 
 ## The same-function checks across backends, as a table
 check: $(STAMP)

@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from book import chapter_page, execute
-from book import chapter
+from book import chapter, chapter_page, execute
 
 SOURCE = """# Title
 

@@ -103,8 +103,9 @@ def test_every_error_d2lres_defines_is_a_user_error_with_its_builtin_base():
     from d2lres.core import inputs, weights
     from d2lres.data import DataError
     from d2lres.host import backends, devices, mxnet_compat
-    from d2lres.runs import compare, files, memory, parallel, run, training
-    bases = {inputs.InputError: ValueError, compare.CompareError: ValueError, devices.DeviceError: ValueError,
+    from d2lres.runs import compare, files, jobs, memory, parallel, run, training
+    bases = {inputs.InputError: ValueError, jobs.JobError: ValueError, compare.CompareError: ValueError,
+             devices.DeviceError: ValueError,
              files.FolderError: ValueError, memory.MemoryNeeded: ValueError, run.RunError: ValueError,
              weights.WeightsFileError: ValueError, weights.MissingWeightsFile: FileNotFoundError,
              parallel.ParallelError: ValueError, training.TrainingError: RuntimeError, DataError: RuntimeError,

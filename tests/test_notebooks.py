@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy
 import pytest
 
-from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env
 from book import chapter
+from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env
 from d2lres.core import spec
 from d2lres.host import backends
 from d2lres.verify import checks

@@ -30,9 +30,11 @@ RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-prog
 #: What each worker runs: the strategy's layout, the contract's attributes and refusal.
 WORKER = """
 import json, sys
+from d2lres.host import process
 from d2lres.runs import parallel
 import d2lres.tf as mod
 from d2lres.tf import parallel as tfp
+process.configure("tf")  # before TensorFlow's runtime starts: the strategy waits for both workers
 net = mod.resnet18()
 mod.init_weights(net, 0)
 trainer = tfp.ParallelTrainer(net)

@@ -5,11 +5,17 @@ them first; that is all an import changes in the environment, and a value the us
 :data:`IMPORT_ENVIRONMENT` lists the variables per module, with :data:`WHY`;
 :data:`IMPORT_ACTIONS` says what an import does besides. ``tests/test_layout.py`` checks that
 importing each module changes the environment by exactly its list (and ``d2lres``'s, which
-every backend imports first). Everything else a run needs (data-parallel ranks, the instruction
-set hold, a job's settings) is passed to the processes d2lres starts, never set on import.
+every backend imports first).
+
+What a run needs of the process beyond that is set up where a run starts, by :func:`configure`
+(``d2lres.run.train``, which the command line and the jobs call, and the data-parallel checks'
+job): TensorFlow's multi-worker strategy or logical CPUs, JAX's processes joined as one. The rest
+(data-parallel ranks, the instruction-set hold, a job's settings) is passed to the processes
+d2lres starts (``d2lres.runs.jobs``).
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 #: The value "as many as the cores this process may run on" (``threads.available_cores``).
@@ -37,13 +43,31 @@ IMPORT_ACTIONS = {
     "d2lres.torch": "gives PyTorch every core again if MXNet, imported first, took them (unless the user set "
                     "OMP_NUM_THREADS)",
     "d2lres.mxnet": "puts back the numpy names MXNet 1.9.1 refers to (numpy.bool, ...: d2lres.host.mxnet_compat), "
-                    "switches Gluon to NumPy mode (npx.set_np, which d2lres's blocks are written in), and gives "
-                    "PyTorch its cores back as d2lres.torch does",
-    "d2lres.tf": "with TF_CONFIG set, enters TensorFlow's MultiWorkerMirroredStrategy (it must exist before "
-                 "the runtime starts); with D2LRES_REPLICAS, splits the CPU into that many logical devices",
-    "d2lres.jax": "with JAX_COORDINATOR_ADDRESS set, joins the other processes (jax.distributed.initialize, "
-                  "before any computation)",
+                    "switches Gluon to NumPy mode (npx.set_np: d2lres's blocks, loaders and Trainer are written in "
+                    "MXNet's NumPy interface, as the book's MXNet code is after its own npx.set_np(), and a Gluon "
+                    "block runs in one mode only), and gives PyTorch its cores back as d2lres.torch does",
 }
+
+#: What :func:`configure` does per backend, before the backend computes anything.
+RUN_SETUP = {
+    "tf": "with TF_CONFIG set, enters TensorFlow's MultiWorkerMirroredStrategy (it must exist before the runtime "
+          "starts; it waits for every worker); with D2LRES_REPLICAS > 1 on a machine without a GPU, splits the CPU "
+          "into that many logical devices (d2lres.tf.parallel.prepare)",
+    "jax": "with JAX_COORDINATOR_ADDRESS set, joins the other processes of the run (d2lres.jax.distributed.initialize, "
+           "before any computation)",
+}
+
+
+def configure(backend: str) -> None:
+    """Set this process up for a run of ``backend`` as :data:`RUN_SETUP` says (imports the
+    framework; nothing for a backend not listed). Call it before the backend computes anything;
+    a second call does nothing more."""
+    from . import backends
+    name = backends.canonical(backend)
+    if name == "tf":
+        importlib.import_module("d2lres.tf.parallel").prepare()
+    elif name == "jax":
+        importlib.import_module("d2lres.jax.distributed").initialize()
 
 
 def prepare(module: str, cores: int | None = None) -> None:

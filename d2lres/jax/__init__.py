@@ -13,9 +13,9 @@ API would have to carry a separate ``variables`` dict beside every net. ``d2lres
 the book's linen code as the baseline.
 
 ``XLA_PYTHON_CLIENT_PREALLOCATE`` is set to ``false`` (unless already set) before JAX is
-imported, so that a GPU is not 75% reserved by JAX while another framework shares it. With
-``JAX_COORDINATOR_ADDRESS`` set, ``jax.distributed.initialize`` runs on import
-(``d2lres.jax.distributed``).
+imported, so that a GPU is not 75% reserved by JAX while another framework shares it. A run
+with ``JAX_COORDINATOR_ADDRESS`` set joins its other processes first
+(``d2lres.host.process.configure``, ``d2lres.jax.distributed``).
 """
 from ..host import process
 
@@ -25,12 +25,7 @@ from ..host.backends import require
 
 require("jax")  # a missing framework: an error that names the extra
 
-import jax
-
-from . import distributed
-
-distributed.initialize()  # several processes as one run (JAX_COORDINATOR_ADDRESS ...), before any computation
-
+import jax  # noqa: F401  (after the settings above)
 
 from ..core.api import NAMES
 from ..core.book import module_getattr

@@ -1,5 +1,6 @@
 """Several JAX processes (on one machine or several) as one run: ``jax.distributed.initialize``
-from the environment, called when ``d2lres.jax`` is imported, before JAX computes anything.
+from the environment, called where a run starts (``d2lres.host.process.configure``), before JAX
+computes anything.
 
 JAX 0.7.1 reads the coordinator's address itself (``JAX_COORDINATOR_ADDRESS``, also
 ``JAX_LOCAL_DEVICE_IDS``, ``JAX_COORDINATOR_BIND_ADDRESS``), but not the number of processes or

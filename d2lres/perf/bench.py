@@ -25,7 +25,7 @@ from .. import data
 from ..core import spec
 from ..core.presets import preset
 from ..host import backends
-from ..runs import files, signals
+from ..runs import jobs, signals, stamps
 from . import isa
 
 WAYS = ("d2lres", "chapter")
@@ -164,16 +164,8 @@ def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held:
     job = {"backend": backend, "way": way, "config": asdict(config), "options": options,
            "data_dir": str(data_dir) if data_dir else None, "parts": parts, "out": str(out)}
     label = f"{backend} {way}{' ' + json.dumps(options) if options else ''}: {' + '.join(parts)}"
-    print(f"== {label}", flush=True)
-    tic = time.perf_counter()
-    env = isa.timed_process_env(held)
-    status = signals.run_child([sys.executable, "-W", "ignore:This DataLoader will create", "-m", "d2lres.perf.bench",
-                                json.dumps(job)], forward=False, env=env)
-    signals.check(label, "its timed process was ended; no report written")
-    if status:
-        raise subprocess.CalledProcessError(status, f"d2lres.perf.bench {label}")
-    print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
-    return json.loads(out.read_text())
+    return jobs.run_worker("d2lres.perf.bench", job, label, isa.timed_process_env(held),
+                           launcher=("-W", "ignore:This DataLoader will create"))
 
 
 def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path, held: str) -> list[dict]:
@@ -210,12 +202,12 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{
         name: statistics.median(r["matmul_gflops"] for r in runs if r["backend"] == name) for name in names}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
+    report["stamps"] = stamps.stamps(names, data_dir, held)
     summarize(report)
-    files.atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
-    from ..runs.plots import bench_figure
-    bench_figure(report).savefig(out / "bench.png", dpi=110)
-    report["table"] = format_table(report)
-    files.atomic_write_text(out / "bench.md", report["table"] + "\n\n![bench](bench.png)\n")
+    from ..runs import plots
+    table = format_table(report)
+    plots.save_report(out, "bench", report, plots.bench_figure(report), table)
+    report["table"] = table
     return report
 
 
@@ -281,12 +273,12 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _main(job: str) -> None:
-    job = json.loads(job)
+def _main(argv: list[str]) -> None:
+    job = jobs.read(argv)
     config = BenchConfig(**{**job["config"], "batches": tuple(job["config"]["batches"])})
     result = worker(job["backend"], job["way"], config, job["options"], job["data_dir"], job["parts"])
-    files.atomic_write(job["out"], lambda f: f.write(json.dumps(result).encode()))
+    jobs.write_result(job["out"], result)
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(sys.argv[1:])

@@ -26,9 +26,7 @@ checks, reading the loss back; negative when separate calls cost more than one f
 from __future__ import annotations
 
 import importlib
-import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +37,7 @@ import numpy as np
 from ..core import spec
 from ..core.presets import preset
 from ..host import backends
-from ..runs import files, signals
+from ..runs import jobs, stamps
 from . import isa
 from .bench import matmul_gflops, numpy_matmul_gflops
 
@@ -130,15 +128,7 @@ def worker(backend: str, config: ProfileConfig) -> dict:
 
 def _run_worker(backend: str, config: ProfileConfig, out: Path, held: str) -> dict:
     job = {"backend": backend, "config": asdict(config), "out": str(out)}
-    print(f"== {backend}", flush=True)
-    tic = time.perf_counter()
-    env = isa.timed_process_env(held)
-    status = signals.run_child([sys.executable, "-m", "d2lres.perf.profile", json.dumps(job)], forward=False, env=env)
-    signals.check(backend, "its timed process was ended; no report written")
-    if status:
-        raise subprocess.CalledProcessError(status, f"d2lres.perf.profile {backend}")
-    print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
-    return json.loads(out.read_text())
+    return jobs.run_worker("d2lres.perf.profile", job, backend, isa.timed_process_env(held))
 
 
 def profile(names, out, config: ProfileConfig = ProfileConfig(), *, held: str = "native") -> dict:
@@ -157,12 +147,12 @@ def profile(names, out, config: ProfileConfig = ProfileConfig(), *, held: str = 
               "training_gflop": training_gflop(spec.forward_macs((1, config.size, config.size)), config.batch)}
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{r["backend"]: r["matmul_gflops"] for r in runs}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
+    report["stamps"] = stamps.stamps(names, None, held)
     summarize(report)
-    files.atomic_write_text(out / "profile.json", json.dumps(report, indent=1))
-    from ..runs.plots import profile_figure
-    profile_figure(report).savefig(out / "profile.png", dpi=110)
-    report["table"] = format_table(report)
-    files.atomic_write_text(out / "profile.md", report["table"] + "\n\n![profile](profile.png)\n")
+    from ..runs import plots
+    table = format_table(report)
+    plots.save_report(out, "profile", report, plots.profile_figure(report), table)
+    report["table"] = table
     return report
 
 
@@ -224,11 +214,10 @@ def format_table(report: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
-def _main(job: str) -> None:
-    job = json.loads(job)
-    result = worker(job["backend"], ProfileConfig(**job["config"]))
-    files.atomic_write(job["out"], lambda f: f.write(json.dumps(result).encode()))
+def _main(argv: list[str]) -> None:
+    job = jobs.read(argv)
+    jobs.write_result(job["out"], worker(job["backend"], ProfileConfig(**job["config"])))
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(sys.argv[1:])

@@ -52,8 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..host import backends
-from . import files, signals
+from ..host import backends, process
+from . import files, jobs, signals
 from ..core import spec
 from ..errors import UserError
 
@@ -269,12 +269,9 @@ def launch_command(backend: str, devices: int, job: str) -> tuple[list[str], dic
     ``devices`` devices of this machine with ``backend``'s own engine: PyTorch through ``torchrun``
     (``d2lres.torch.launch``: one process per device), the others as one process set up by
     :func:`environment`."""
-    run = ["-m", "d2lres.run", job]
-    if backends.canonical(backend) == "torch" and devices > 1:
-        argv = [sys.executable, "-m", "d2lres.torch.launch", "--standalone", f"--nproc-per-node={devices}", *run]
-    else:
-        argv = [sys.executable, *run]
-    return argv, environment(backend, devices)
+    launcher = (("-m", "d2lres.torch.launch", "--standalone", f"--nproc-per-node={devices}")
+                if backends.canonical(backend) == "torch" and devices > 1 else ())
+    return jobs.command("d2lres.run", job, launcher=launcher), environment(backend, devices)
 
 
 def launched(env=None) -> bool:
@@ -323,15 +320,15 @@ def run_checks(backend: str, replicas: int = 2, modes=(True, False), *, timeout:
     process (one start-up of the framework); the results in that order."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        job = json.dumps({"backend": backend, "replicas": replicas, "sync_bn": list(modes), **options,
-                          "arch": arch_key(options.get("arch"))})
-        proc = subprocess.run([sys.executable, "-m", "d2lres.parallel", "check-job", job, str(out)],
+        job = {"backend": backend, "replicas": replicas, "sync_bn": list(modes), **options,
+               "arch": arch_key(options.get("arch")), "out": str(out)}
+        proc = subprocess.run(jobs.command("d2lres.parallel", job, args=("check-job",)),
                               env=environment(backend, replicas), capture_output=True, text=True, timeout=timeout)
         if proc.returncode or not out.exists():
             raise RuntimeError(f"the {backend} data-parallel check failed (exit {proc.returncode}):\n"
                                f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
         results = []
-        for i, result in enumerate(json.loads(out.read_text())):
+        for i, result in enumerate(jobs.read_result(out)):
             with np.load(out.with_suffix(f".{i}.npz")) as weights:
                 results.append({**result, "after_step": {k: weights[k] for k in weights.files}})
         return results
@@ -385,11 +382,12 @@ def format_results(results: list[dict]) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check-job":  # internal: the checks of one (prepared) process, a list of modes
-        options, out = json.loads(argv[1]), Path(argv[2])
-        backend, replicas = options.pop("backend"), options.pop("replicas")
+        options = jobs.read(argv[1:])
+        backend, replicas, out = options.pop("backend"), options.pop("replicas"), Path(options.pop("out"))
+        process.configure(backend)
         results = [check_step(backend, replicas, sync, **options, weights_to=out.with_suffix(f".{i}.npz"))
                    for i, sync in enumerate(options.pop("sync_bn"))]
-        files.atomic_write_text(out, json.dumps(results, indent=1))
+        jobs.write_result(out, results)
         return 0
     p = argparse.ArgumentParser(prog="python -m d2lres.parallel")
     sub = p.add_subparsers(dest="command", required=True)

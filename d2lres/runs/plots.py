@@ -2,6 +2,7 @@
 several overlaid (the comparison report)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -142,3 +143,16 @@ def profile_figure(report: dict):
                  fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def save_report(out: Path, name: str, report: dict, figure, table: str) -> None:
+    """A measurement's three files in ``out``: ``name.json`` (the report), ``name.png`` (its
+    figure) and ``name.md`` (its table, the figure, then the date, commit, versions and machine
+    of ``report["stamps"]``), each written whole or not at all."""
+    from . import files, stamps
+    files.atomic_write_text(out / f"{name}.json", json.dumps(report, indent=1))
+    files.atomic_write(out / f"{name}.png", lambda f: figure.savefig(f, format="png", dpi=110))
+    plt.close(figure)
+    lines = stamps.describe(report["stamps"]) if "stamps" in report else []
+    files.atomic_write_text(out / f"{name}.md", f"{table}\n\n![{name}]({name}.png)\n" + "".join(f"\n{line}" for line in lines)
+                            + ("\n" if lines else ""))

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..host import backends
+from ..host import backends, process
 from .. import data
 from . import files, parallel, stamps, training
 from ..core import spec
@@ -170,6 +170,7 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
                        "pass --devices N (N > 1) with it, or leave it out")
     arch = spec.get_arch(arch)
     backend = backends.canonical(backend)
+    process.configure(backend)  # a multi-process run's strategy or coordinator, before the backend computes
     writer = parallel.process_rank() == 0
     with (run_folder(out) if writer else contextlib.nullcontext(Path(out))) as out:
         checkpoint = out / CHECKPOINT_DIR / training.CHECKPOINT

@@ -18,9 +18,6 @@ from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residua
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
 from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
-# Before TensorFlow's runtime starts: TF_CONFIG's MultiWorkerMirroredStrategy (which waits for
-# every worker), or D2LRES_REPLICAS logical CPUs (d2lres.tf.parallel.prepare).
-from . import parallel  # noqa: E402,F401
 
 __all__ = list(NAMES)
 __getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

@@ -1,8 +1,8 @@
 """Data-parallel training in TensorFlow: ``tf.distribute.MirroredStrategy`` over the GPUs, or over
 logical CPU devices on a machine without one (``logical_cpus``, which must run before TensorFlow
-starts its runtime: importing ``d2lres.tf`` does it when ``D2LRES_REPLICAS`` is set, as
-``d2lres.parallel.environment`` sets it). See ``d2lres.parallel`` for the split and the BatchNorm
-option.
+starts its runtime: ``d2lres.host.process.configure`` does it where a run starts when
+``D2LRES_REPLICAS`` is set, as ``d2lres.parallel.environment`` sets it). See ``d2lres.parallel``
+for the split and the BatchNorm option.
 
 **Across machines** (or processes): ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set
 (``{"cluster": {"worker": ["host0:port", "host1:port", ...]}, "task": {"type": "worker",
@@ -10,8 +10,9 @@ option.
 same options); its local devices are its GPUs, or its CPU; the replicas are numbered over all
 workers, so each process takes its own shards of the same global batch (d2lres's seeded batches
 are the same in every process). The strategy configures TensorFlow's collective ops, which
-TensorFlow allows only before its runtime starts, so importing ``d2lres.tf`` with ``TF_CONFIG``
-set creates it (:func:`multi_worker_strategy`; it waits there for every worker of the cluster).
+TensorFlow allows only before its runtime starts, so a run with ``TF_CONFIG`` set creates it
+first (``d2lres.host.process.configure``, :func:`multi_worker_strategy`; it waits there for every
+worker of the cluster).
 Worker 0 is rank 0 (``d2lres.parallel.process_rank``), the one that writes the run's files.
 
 The network is built inside the strategy's scope (its variables mirrored on every replica);
@@ -37,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..runs import parallel
+from .model import BatchNorm
+from .train import Trainer, as_batch
 
 
 def logical_cpus(n: int) -> None:
@@ -89,24 +92,18 @@ def multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy | None:
         except RuntimeError as err:
             raise parallel.ParallelError(
                 f"TF_CONFIG is set but TensorFlow's runtime started before d2lres could configure its collective "
-                f"ops ({err}); import d2lres.tf (or d2lres.tf.parallel) before running anything in TensorFlow") \
+                f"ops ({err}); call d2lres.host.process.configure('tf') before running anything in TensorFlow") \
                 from None
     return _MULTI_WORKER
 
 
 def prepare() -> None:
-    """What must happen before TensorFlow's runtime starts (``d2lres.tf`` calls it on import):
-    the multi-worker strategy under ``TF_CONFIG``, else ``D2LRES_REPLICAS`` logical CPUs on a
-    machine without a GPU."""
+    """What must happen before TensorFlow's runtime starts (``d2lres.host.process.configure``
+    calls it where a run starts): the multi-worker strategy under ``TF_CONFIG``, else
+    ``D2LRES_REPLICAS`` logical CPUs on a machine without a GPU."""
     if multi_worker_strategy() is None and int(os.environ.get("D2LRES_REPLICAS", "1")) > 1 \
             and not tf.config.list_physical_devices("GPU"):
         logical_cpus(int(os.environ["D2LRES_REPLICAS"]))
-
-
-prepare()
-
-from .model import BatchNorm  # noqa: E402  (after the logical devices)
-from .train import Trainer, as_batch  # noqa: E402
 
 
 class SyncBatchNorm(BatchNorm):

@@ -217,7 +217,9 @@ def cmd_check(args) -> int:
     table = format_checks(result)
     print(table)
     if args.json:
-        files.atomic_write(args.json, lambda f: f.write(json.dumps({**result, "table": table}, indent=1).encode()))
+        from .runs.stamps import stamps
+        record = {**result, "table": table, "stamps": stamps(names, held=isa.held_isa())}
+        files.atomic_write_text(args.json, json.dumps(record, indent=1))
     return 0 if result["ok"] else 1
 
 
@@ -315,8 +317,13 @@ class _Help(argparse.HelpFormatter):
         return text
 
 
+DESCRIPTION = ("The ResNet chapter of Dive into Deep Learning in PyTorch, TensorFlow, MXNet and JAX: train it, "
+               "compare the backends, check that they compute the same function, measure their speed. "
+               "Also: python -m d2lres.")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="d2lres", description=__doc__.replace("``", ""), formatter_class=_Help)
+    p = argparse.ArgumentParser(prog="d2lres", description=DESCRIPTION, formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"d2lres {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=lambda **kw: argparse.ArgumentParser(
         formatter_class=_Help, **kw))

@@ -1,6 +1,7 @@
-"""Training settings by name. ``quick`` is the main job's (one epoch at 40x40 reaches ~0.905
-test accuracy in PyTorch; ~4 minutes per backend on two cores); ``chapter`` is the chapter
-exactly (``lr, num_epochs, batch_size = 0.05, 10, 256``, ``resize=96``, plain SGD).
+"""Training settings by name. ``quick`` is the main job's (one epoch at 40x40: short enough for
+a CPU, long enough for a meaningful test accuracy; docs/getting-started.md gives the time and
+accuracy measured); ``chapter`` is the chapter exactly
+(``lr, num_epochs, batch_size = 0.05, 10, 256``, ``resize=96``, plain SGD).
 
 :data:`BOUNDS` says which values each numeric setting takes; the command line checks its options
 against it (argparse-style errors) and :class:`TrainConfig` refuses values outside it."""

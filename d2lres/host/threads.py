@@ -1,15 +1,16 @@
 """Thread counts when several frameworks share a process.
 
-OpenMP threads that spin while they wait collapse when another program takes a core: a small
-PyTorch training step went from 129 to 4-10 images/s on two loaded cores with the default wait
-policy, and ran at 50-90 with ``OMP_WAIT_POLICY=PASSIVE`` (129 -> 139 on idle cores: no cost).
-Unless the user chose a policy, d2lres sets the passive one when it is imported, before any
-framework (it has no effect on a framework imported before d2lres).
+OpenMP threads that spin while they wait collapse when another program takes a core: on loaded
+cores a small PyTorch training step runs many times faster with ``OMP_WAIT_POLICY=PASSIVE`` than
+with the default wait policy, and on idle cores the passive policy costs nothing
+(docs/performance.md gives the figures). Unless the user chose a policy, d2lres sets the passive
+one when it is imported, before any framework (it has no effect on a framework imported before
+d2lres).
 
-Importing MXNet sets the shared OpenMP runtime to one thread, which halves PyTorch's speed on
-two cores whichever of the two is imported first; and MXNet's own operators use fewer OpenMP
-threads than there are cores unless told (on two cores: ~120 instead of ~190 training
-images/s at 48x48). Unless the user chose ``OMP_NUM_THREADS``, d2lres uses every core in both.
+Importing MXNet sets the shared OpenMP runtime to one thread, which leaves PyTorch a single
+core whichever of the two is imported first; and MXNet's own operators use fewer OpenMP
+threads than there are cores unless told, which slows its training. Unless the user chose
+``OMP_NUM_THREADS``, d2lres uses every core in both.
 """
 from __future__ import annotations
 

@@ -34,8 +34,8 @@ PRECISION = lax.Precision.HIGHEST
 
 # The initial values come from one numpy generator, as PyTorch's come from its global one
 # (``init_weights(net, seed)`` gives seeded values, the same in every backend). JAX's own
-# ``jax.random`` would compile one XLA program per parameter shape: ~10 s to build ResNet-18 the
-# first time, against ~0.3 s this way. Flax's layers still take ``rngs`` (unused by these
+# ``jax.random`` would compile one XLA program per parameter shape, which makes building a network
+# the first time far slower than drawing from numpy. Flax's layers still take ``rngs`` (unused by these
 # initialisers): a fresh one per layer, so that layers can also be built inside a JAX transform.
 _GENERATOR = np.random.default_rng(0)
 
@@ -63,7 +63,7 @@ class BatchNorm(nnx.BatchNorm):
     """``nnx.BatchNorm`` with d2lres's one setting (``spec.BN_EPS``, ``spec.BN_MOMENTUM``) and the
     running variance updated with the unbiased batch variance ``v n / (n - 1)``, as PyTorch does.
     Training mode runs :func:`normalize_batch`, whose gradient is written out (on a CPU, autodiff
-    through the two-pass variance cost a ResNet-18 step at 96 px 5-9%)."""
+    through the two-pass variance makes the training step slower; docs/performance.md has the timings)."""
 
     def __init__(self, num_features: int):
         super().__init__(num_features, momentum=1 - spec.BN_MOMENTUM, epsilon=spec.BN_EPS, use_fast_variance=False,
@@ -113,8 +113,8 @@ normalize_batch.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 #: Outputs of at most this many pixels (H x W) are convolved as one matmul over explicit patches:
 #: XLA's CPU convolution is pathological there (ResNet-18's b5 at 40x40 input: 2x2 outputs with
-#: 512 channels run at ~3 GFLOP/s, 40-70x slower than the same work as a matmul; measured here
-#: on two cores, forward and gradient). Larger outputs keep XLA's convolution (faster there).
+#: 512 channels, forward and gradient, run far slower than the same work as a matmul, as timed on
+#: a CPU; docs/performance.md gives the figures). Larger outputs keep XLA's convolution (faster there).
 PATCHES_MAX_PIXELS = 4
 
 
@@ -221,8 +221,8 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 class MaxPool(nnx.Module):
     """Max-pool with symmetric padding that never wins the max (``-inf``), as PyTorch's. Its
-    gradient is :func:`_max_pool_bwd`'s: XLA's own (``select_and_scatter``) is 3-6x slower on a
-    CPU (stem at 96 px, batch 64: 122 -> 40 ms forward + backward; 40 px, batch 128: 43 -> 7 ms)."""
+    gradient is :func:`_max_pool_bwd`'s: XLA's own (``select_and_scatter``) is several times slower
+    on a CPU (docs/performance.md gives the stem's timings)."""
 
     def __init__(self, kernel: int = 3, stride: int = 2, padding: int = 1):
         self.kernel, self.stride, self.padding = kernel, stride, padding

@@ -45,12 +45,11 @@ def device_scope(device):
 
 #: The matmul path's rule (``Conv2D.uses_matmul``): outputs at most this many pixels on a side...
 MATMUL_MAX_SIDE = 2
-#: ... from at least this many input channels. Measured by single-convolution forward+backward
-#: micro-benchmarks at batch 128 (``scripts/tf-convbench``, medians; AMD EPYC, 2 cores,
-#: AVX-512, also with oneDNN held to AVX2): every such layer of ResNet-18 at 40x40 (stage 5, 2x2)
-#: is 1.1-3.2x faster as im2col + matmul; at 3x3 outputs the stride-1 3x3 convolutions lose
-#: (0.6-0.8x, 1.0 for 512 channels under AVX2) and the strided ones vary (0.9-2.4x); at 128
-#: channels or fewer and larger images TF's own kernels win (0.4-0.9x).
+#: ... from at least this many input channels. Derived from single-convolution forward+backward
+#: micro-benchmarks (``scripts/tf-convbench``, natively and with oneDNN held to AVX2): every such
+#: layer of ResNet-18 at 40x40 (stage 5, 2x2) is faster as im2col + matmul; at 3x3 outputs the
+#: stride-1 3x3 convolutions lose and the strided ones vary; at 128 channels or fewer and larger
+#: images TF's own kernels win. The script prints the timings; docs/performance.md quotes some.
 MATMUL_MIN_CHANNELS = 256
 
 

@@ -46,8 +46,8 @@ def to_tensors(X: np.ndarray, y: np.ndarray, device=None):
     return (X.to(device), y.to(device)) if device is not None else (X, y)
 
 
-#: Images at least this wide train faster channels-last on CPU (``d2lres bench``, two cores:
-#: +20% at 96x96, batch 256; -5 to -20% at 40x40 and 64x64).
+#: Images at least this wide train faster channels-last on CPU, and narrower ones slower (timed
+#: with ``d2lres bench``; docs/performance.md gives the figures).
 CHANNELS_LAST_MIN_SIDE = 96
 
 
@@ -58,7 +58,7 @@ class Trainer(book.TrainerBase):
     ``channels_last`` stores activations and weights NHWC (oneDNN's preferred layout); the
     default ``None`` chooses from the first batch (images >= ``CHANNELS_LAST_MIN_SIDE`` wide).
     ``compile=True`` runs the training step's forward through ``torch.compile`` (``None``: off;
-    ``d2lres bench --variants`` measured it no faster on CPU, after 60-110 s of compiling)."""
+    ``d2lres bench --variants`` found it no faster on CPU, after a long compilation)."""
 
     backend = "torch"
 

@@ -7,14 +7,14 @@ the truth is the same network in float64 (d2lres.torch's net made ``.double()``,
 same inputs made float64: ``REFERENCE``). How far a float32 result may lie from it depends on
 float32 rounding through the depth *and* on how much this network at this input amplifies it:
 in train mode BatchNorm divides by batch standard deviations of a few values per channel, and
-the train-mode logits' float32 error varied 1000x across the family (1.2e-6 to 1.4e-3 at 64 px)
-where ``sqrt(multiply-adds per output)`` varied 2.3x and the depth 8.4x. So the amplification is
-measured, not guessed: the **float32 rounding model** (``ROUNDED``) is the float64 network with
-every layer's output, and every gradient flowing back into it, rounded to float32 -- one IEEE
-round-to-nearest per value per layer, the same on every CPU. Its distance from the reference,
-``e``, is the float32 error the network cannot avoid at this depth and input. A real float32
-kernel also rounds inside its sums (``K`` products per output), so it lands a bounded factor
-further away:
+across the family the train-mode logits' float32 error varies far more than
+``sqrt(multiply-adds per output)`` or the depth (docs/same-function.md gives the figures).
+So the amplification is measured, not guessed: the **float32 rounding model** (``ROUNDED``) is
+the float64 network with every layer's output, and every gradient flowing back into it, rounded
+to float32 -- one IEEE round-to-nearest per value per layer, the same on every CPU. Its distance
+from the reference, ``e``, is the float32 error the network cannot avoid at this depth and
+input. A real float32 kernel also rounds inside its sums (``K`` products per output), so it
+lands a bounded factor further away:
 
     |backend - float64| <= C_q * max(e_q, u32),   u32 = 2**-24   (:func:`bounds`)
 
@@ -25,7 +25,7 @@ Between two backends the bound follows from the triangle inequality through the 
 ``|a - b| <= |a - r| + |r - b|``: twice :func:`bounds` (:func:`pair_bounds`). ``d2lres check``
 shows each backend's distance from the reference, the rounding model's, the bound and the
 smallest margin, then the pairs. Margins measured natively and with oneDNN/MKL held to AVX2:
-README, "Same function".
+docs/same-function.md.
 
 The SGD step starts from weights whose BatchNorm shifts keep pre-activations off the ReLU kink
 (:func:`test_weights`): a flipped ReLU mask is a discontinuity, which no rounding bound covers.
@@ -58,21 +58,19 @@ ROUNDED = "float64-rounded"
 
 #: ``C`` of the rule ``|backend - float64| <= C * max(rounding, U32)`` per quantity (module
 #: docstring): SAFETY times the largest ``|PyTorch float32 - float64| / max(rounding, U32)`` over
-#: all 20 variants at both sizes the checks run at (1x64x64 and 1x96x96, batch 4; AMD EPYC with
-#: AVX-512; ``python -m d2lres.checks --size 64|96``). The largest ratios: eval logits 17.2,
-#: train-mode logits 18.8, step loss 8.2, updated weights 153 (ResNet-34 at 64 px: weight gradients
-#: are sums over N x H x W positions whose cancellation the model does not see; next largest 93),
-#: BN statistics 22.1. The ratio grows with the image (more positions per BatchNorm channel:
-#: better conditioned, so ``e`` falls while the rounding inside long sums does not).
+#: all 20 variants at both sizes the checks run at (1x64x64 and 1x96x96, batch 4; measured with
+#: ``python -m d2lres.checks --size 64|96``), rounded up. The ratios, the machine and why the
+#: updated weights' is the largest: docs/same-function.md, "Where the constants come from".
 SAFETY = 3.0
 ERROR_CONSTANTS = {"eval_logits": 52.0, "train_logits": 57.0, "step_loss": 25.0, "step_weights": 460.0,
                    "bn_stats": 67.0}
 #: Plain path against an acceleration path of the same backend (tests of the switches) and the
-#: bench's sanity check: ResNet-18, a fixed 1e-4 (measured ~1e-6; these compare float32 with float32
-#: on one CPU, the same kernels mostly).
+#: bench's sanity check: ResNet-18, a fixed 1e-4, far above the differences seen (these compare float32
+#: with float32 on one CPU, the same kernels mostly; docs/same-function.md gives them).
 TOLERANCES = {q: 1e-4 for q in QUANTITIES}
 #: Eval-mode logits of any variant between two backends without a reference (tests/test_variants.py):
-#: relative to max(1, max |logit|); measured ~1e-6, the bound of the rule at most ~4e-5 there.
+#: relative to max(1, max |logit|); far above the differences seen and the rule's bound there
+#: (docs/same-function.md gives both).
 FAMILY_TOLERANCES = {q: 1e-3 for q in QUANTITIES}
 
 
@@ -80,7 +78,8 @@ def path_fan_in(arch=None, num_classes: int = 10, in_channels: int = 1) -> int:
     """Multiply-adds behind one output along the network's longest path: the sum, over the layers
     with weights on it (b1's convolution, every block's main path, the dense layer), of each
     one's fan-in (input channels x kernel area, or input features). (The rule ``c * U32 *
-    sqrt(path_fan_in)`` was tried first: it misses the train-mode conditioning, see the README.)"""
+    sqrt(path_fan_in)`` was tried first: it misses the train-mode conditioning, see
+    docs/same-function.md.)"""
     total = 0
     for stage in spec.resnet_spec(arch, num_classes, in_channels).values():
         for layer in stage:
@@ -114,11 +113,12 @@ def test_weights(num_classes: int = 10, in_channels: int = 1, seed: int = 0,
     """Random weights with non-trivial BatchNorm parameters and running statistics.
 
     ``bn_shift`` is added to every BatchNorm shift. The SGD-step check uses ``STEP_BN_SHIFT``:
-    float32 rounding (~1e-6) flips the ReLU mask of any activation that close to zero, and one
-    flipped mask moves a whole slice of a weight gradient by ~1e-2 relative -- a property of
-    ReLU, not a difference between backends (seen with a shift of 0 in ResNet-18, and with 3 in
-    ResNet-50 v2). Shifted by 5 (over 3 standard deviations), practically no pre-activation lies
-    near the kink. The forward checks keep the shift at 0, so they do test where the ReLUs are."""
+    float32 rounding flips the ReLU mask of any activation within a rounding error of zero, and one
+    flipped mask moves a whole slice of a weight gradient far beyond any rounding bound
+    (docs/same-function.md gives the sizes) -- a property of ReLU, not a difference between
+    backends (seen with a shift of 0 in ResNet-18, and with 3 in ResNet-50 v2). Shifted by 5
+    (over 3 standard deviations), practically no pre-activation lies near the kink. The forward
+    checks keep the shift at 0, so they do test where the ReLUs are."""
     rng = np.random.default_rng(seed + 1)
     w = neutral.init_weights(num_classes, in_channels, seed, arch)
     for name, value in w.items():
@@ -257,7 +257,7 @@ def save_reference(path, ref: dict, rounding: dict, question: dict, step_weights
     """Write the float64 reference run ``ref``, the rounding model's distance from it and the
     ``question`` they answer (settings, the inputs' fingerprint) to ``path`` (``.npz``, atomically),
     for :func:`load_reference`. The step's updated weights are stored as their change from
-    ``step_weights`` in float32 (an error of 2^-24 of ``lr * gradient``, some 1e-4 of the bound),
+    ``step_weights`` in float32 (an error of 2^-24 of ``lr * gradient``, far below the bound),
     which halves the file; the running statistics, whose change is as large as they are, in float64."""
     arrays = {neutral.FORMAT_KEY: neutral.format_record("reference", question["arch"]),
               "question": np.array(json.dumps(question, sort_keys=True))}

@@ -37,8 +37,22 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=2000, derandomize=True, database
 RLIMIT_AS = 1 << 30
 
 
+#: The folder the fuzzers' examples write under, removed when this module's tests end.
+SCRATCH: Path | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _scratch_root():
+    global SCRATCH
+    with tempfile.TemporaryDirectory(prefix="d2lres-fuzz-", ignore_cleanup_errors=True) as root:
+        SCRATCH = Path(root)
+        yield
+    SCRATCH = None
+
+
 def scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="d2lres-fuzz-"))
+    """A fresh folder for one example (hypothesis runs a test's examples without new fixtures)."""
+    return Path(tempfile.mkdtemp(dir=SCRATCH))
 
 
 # ------------------------------------------------------------------------------------ IDX

@@ -93,6 +93,19 @@ def test_two_workers_count_the_cluster_and_refuse_another_number(tmp_path):
         assert "3 replicas asked, the TF_CONFIG cluster has 2 (2 worker(s) x 1 local device(s))" in info["refused"]
 
 
+def test_importing_sets_up_nothing_and_configure_makes_the_logical_cpus():
+    """Importing d2lres.tf leaves TensorFlow's devices as they are; ``process.configure("tf")``,
+    which a run calls where it starts, splits the CPU into ``D2LRES_REPLICAS`` logical devices."""
+    env = {**os.environ, "D2LRES_REPLICAS": "2"}
+    env.pop("TF_CONFIG", None)
+    count = "import tensorflow as tf; print(len(tf.config.list_logical_devices('CPU')))"
+    for setup, want in (("import d2lres.tf", "1"), ("import d2lres.tf; from d2lres.host import process; "
+                                                    "process.configure('tf')", "2")):
+        done = subprocess.run([sys.executable, "-c", f"{setup}; {count}"], env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+        assert done.returncode == 0 and done.stdout.split()[-1] == want, (setup, done.stdout, done.stderr[-2000:])
+
+
 @pytest.mark.slow
 def test_two_workers_train_one_run_that_worker_0_writes_and_resume_it(real_data, tmp_path):
     """``d2lres train`` in each of 2 worker processes (TF_CONFIG) joins one run; killed (both

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from book import chapter_page, execute
-from book import chapter
+from book import chapter, chapter_page, execute
 from d2lres.core import api
 from d2lres.host import backends
 

@@ -130,7 +130,7 @@ def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter"
 
     Args:
         depth: 18, 34, 50, 101 or 152, or a name such as ``"resnet50"``; the default 18 is the chapter's network.
-        version: 1, post-activation blocks as in the chapter; 2: pre-activation blocks.
+        version: 1 (the default): post-activation blocks, as the chapter's; 2: pre-activation blocks.
         num_classes: outputs of the dense head; the default 10 is Fashion-MNIST's.
         in_channels: channels of the input images; the default 1 is Fashion-MNIST's grey images.
         flavour: ``"chapter"`` (convolutions with biases, the paper's blocks) or ``"torchvision"`` (its ``resnet*``).
@@ -147,7 +147,7 @@ def resnet18(num_classes=10, in_channels=1, *, version=1, flavour="chapter", dev
     Args:
         num_classes: outputs of the dense head; the default 10 is Fashion-MNIST's.
         in_channels: channels of the input images; the default 1 is Fashion-MNIST's grey images.
-        version: 1, post-activation blocks as in the chapter; 2: pre-activation blocks.
+        version: 1 (the default): post-activation blocks, as the chapter's; 2: pre-activation blocks.
         flavour: ``"chapter"`` (convolutions with biases, the paper's blocks) or ``"torchvision"`` (its ``resnet*``).
         device: where the weights are created (a value ``try_gpu()`` returns); None: the framework's default.
 

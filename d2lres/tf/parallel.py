@@ -204,13 +204,7 @@ class ParallelTrainer(Trainer):
             return grads, loss, correct
         grads, loss, correct = self.strategy.run(replica, (X, y))
         total = tf.distribute.ReduceOp.SUM
-        grads = [self.strategy.reduce(total, g, axis=None) for g in grads]
-        for i, (w, g) in enumerate(zip(self._weights, grads)):
-            if self.weight_decay:
-                g = g + self.weight_decay * w
-            if self.momentum:
-                g = self.buffers[i].assign(self.momentum * self.buffers[i] + g)
-            w.assign_sub(self.lr * g)
+        self._update([self.strategy.reduce(total, g, axis=None) for g in grads])  # once, on the mirrored weights
         return self.strategy.reduce(total, loss, axis=None), self.strategy.reduce(total, correct, axis=None)
 
     def step(self, X, y, lr: float) -> tuple[float, int]:

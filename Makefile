@@ -67,7 +67,7 @@ bench: $(STAMP)
 	$(PY) -m d2lres bench --variants --out runs/bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check d2lres tests
+	$(VENV)/bin/ruff check d2lres tests book
 
 clean:
 	rm -rf .venv .venv-current runs

@@ -262,3 +262,16 @@ def test_importing_changes_the_environment_by_exactly_the_documented_list(module
     mine = {k: USER_VALUES[k] for k in expected if k in USER_VALUES}
     kept = _environment_after(f"import {module}", **mine)
     assert {k: kept[k] for k in mine} == mine
+
+
+def test_no_source_of_the_package_is_ignored_by_git():
+    """A pattern meant for outputs (``runs/``) once hid new modules of ``d2lres/runs/`` from git,
+    so a clean clone lacked them."""
+    import shutil
+    import subprocess
+    root = PACKAGE.parent
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "d2lres", "book",
+                              "tests", "scripts"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert [p for p in ignored if "__pycache__" not in p and not p.endswith(".pyc")] == []

@@ -7,7 +7,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 project = "d2lres"
 author = "the d2lres authors"
 copyright = "d2lres authors; chapter text after Dive into Deep Learning (CC BY-SA 4.0)"
-extensions = ["myst_parser", "sphinx_design", "sphinx.ext.autodoc", "book.mathml"]
+extensions = ["myst_parser", "sphinx_design", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "book.mathml"]
+# The API stubs' docstrings are Google style (Args:, Returns:).
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
 html_math_renderer = "mathml"

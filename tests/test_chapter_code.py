@@ -123,7 +123,7 @@ def test_try_gpu_takes_mps_where_cuda_is_absent(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert d2l.try_gpu() == torch.device("mps") and d2l.try_all_gpus() == [torch.device("mps")]
     assert d2l.try_gpu(1) == torch.device("cpu")
-    from d2lres import devices  # what try_gpu gives, the device check takes (resolve: before any tensor moves)
+    from d2lres.host import devices  # what try_gpu gives, the device check takes (resolve: before any tensor moves)
     assert devices.resolve(d2l.try_gpu(), "torch", 0, lambda kind, i: kind, mps=True) == "mps"
     with pytest.raises(devices.DeviceError, match="no Apple GPU"):
         devices.resolve("mps", "tf", 0, lambda kind, i: kind)

@@ -11,16 +11,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..host import backends
 from .. import data
-from ..perf import isa
-from . import parallel, signals
 from ..core import spec
 from ..core import weights as neutral
+from ..core.presets import TrainConfig
 from ..errors import UserError
+from ..host import backends
+from ..perf import isa
+from . import parallel, signals
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
-from ..core.presets import TrainConfig
 from .progress import AcrossBackends
 from .run import CHECKPOINT_DIR, TIMING, run_folder, settings_line, stopped_at
 from .run import job as run_job

@@ -52,10 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..host import backends, process
-from . import files, jobs, signals
 from ..core import spec
 from ..errors import UserError
+from ..host import backends, process
+from . import files, jobs, signals
 
 #: Synchronized BatchNorm unless asked otherwise (see the module docstring).
 SYNC_BN_DEFAULT = True

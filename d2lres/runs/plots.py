@@ -154,5 +154,5 @@ def save_report(out: Path, name: str, report: dict, figure, table: str) -> None:
     files.atomic_write(out / f"{name}.png", lambda f: figure.savefig(f, format="png", dpi=110))
     plt.close(figure)
     lines = stamps.describe(report["stamps"]) if "stamps" in report else []
-    files.atomic_write_text(out / f"{name}.md", f"{table}\n\n![{name}]({name}.png)\n" + "".join(f"\n{line}" for line in lines)
-                            + ("\n" if lines else ""))
+    stamp = "".join(f"\n{line}" for line in lines) + ("\n" if lines else "")
+    files.atomic_write_text(out / f"{name}.md", f"{table}\n\n![{name}]({name}.png)\n{stamp}")

@@ -29,13 +29,13 @@ from typing import Iterator
 
 import numpy as np
 
-from ..host import backends, process
 from .. import data
-from . import files, parallel, stamps, training
 from ..core import spec
 from ..core import weights as neutral
-from ..errors import UserError, report_errors
 from ..core.presets import TrainConfig
+from ..errors import UserError, report_errors
+from ..host import backends, process
+from . import files, parallel, stamps, training
 
 CHECKPOINT_DIR = "checkpoint"
 LOCK_FILE = ".lock"

@@ -12,10 +12,10 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import files, signals
-from ..host.devices import describe
-from ..errors import UserError, UserValueError
 from ..core.weights import FORMAT_KEY, format_record, read_npz, write_npz
+from ..errors import UserError, UserValueError
+from ..host.devices import describe
+from . import files, signals
 
 CHECKPOINT = "checkpoint.npz"
 #: Steps timed (after the first, which compiles) for the expected time of the whole run.

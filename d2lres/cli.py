@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .core import spec
+from .core import precision, spec
 from .core.presets import BOUNDS, SCHEDULES, check_value, preset
 from .errors import report_errors
 from .host import backends
@@ -155,7 +155,7 @@ def cmd_data(args) -> int:
 def _config(args):
     return preset(args.preset).with_overrides(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, resize=args.resize, seed=args.seed,
-        momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule)
+        momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, precision=args.precision)
 
 
 def header(arch, backend: str, preset: str, config, limit, out) -> str:
@@ -164,7 +164,7 @@ def header(arch, backend: str, preset: str, config, limit, out) -> str:
     images = f"the first {limit:,} images of each split" if limit else "all 60,000 training and 10,000 test images"
     return (f"d2lres train: {arch} in {backend}; preset {preset}: {c.epochs} epoch(s), batch {c.batch_size}, "
             f"{f'resize {c.resize}' if c.resize else '28x28'}, lr {c.lr} ({c.schedule}), momentum {c.momentum}, "
-            f"weight decay {c.weight_decay}, seed {c.seed}; {images}; run folder {out}")
+            f"weight decay {c.weight_decay}, seed {c.seed}, {c.precision}; {images}; run folder {out}")
 
 
 def cmd_train(args) -> int:
@@ -212,6 +212,7 @@ def cmd_check(args) -> int:
     from .verify.checks import cross_backend_checks, format_checks
     names = [backends.canonical(b) for b in args.backends]
     result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
+                                  precision=args.precision or precision.DEFAULT,
                                   reference=getattr(args, "reference", None),
                                   save_to=getattr(args, "save_reference", None))
     table = format_checks(result)
@@ -247,7 +248,7 @@ def cmd_bench(args) -> int:
     config = replace(config, **overrides)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
     report = bench([backends.canonical(b) for b in args.backends], out, config, data_dir=args.data_dir,
-                   with_variants=args.variants, held=args.isa)
+                   with_variants=args.variants, held=args.isa, precisions=tuple(dict.fromkeys(args.precision)))
     print(report["table"])
     print(f"\nreport: {out / 'bench.md'}, {out / 'bench.json'}, chart: {out / 'bench.png'}")
     return 0
@@ -257,7 +258,8 @@ def cmd_profile(args) -> int:
     from .perf.profile import ProfileConfig, profile
     config = ProfileConfig.quick() if args.quick else ProfileConfig()
     config = replace(config, **{k: v for k, v in (("size", args.size), ("batch", args.batch),
-                                                  ("repeats", args.repeats)) if v is not None})
+                                                  ("repeats", args.repeats), ("precision", args.precision))
+                                 if v is not None})
     out = Path(args.out or ("runs/profile-quick" if args.quick else "runs/profile"))
     report = profile([backends.canonical(b) for b in args.backends], out, config, held=args.isa)
     print(report["table"])
@@ -279,6 +281,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                                                   f"{quick.resize}, chapter {chapter.resize})")
     p.add_argument("--schedule", choices=SCHEDULES, help=f"overrides the preset (quick {quick.schedule}, "
                                                          f"chapter {chapter.schedule})")
+    _precision_option(p)
     p.add_argument("--out", type=_folder,
                    help="the run folder: new, empty, or a d2lres run of this command (default runs/PRESET/...)")
     p.add_argument("--overwrite", action="store_true",
@@ -292,6 +295,15 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                         "the global batch is split over them)")
     p.add_argument("--no-sync-bn", action="store_true",
                    help="with --devices: BatchNorm per device instead of synchronized (see README)")
+
+
+PRECISION_HELP = ("bf16: mixed precision (bfloat16 convolutions and dense layer; weights, optimizer state, "
+                  "BatchNorm and loss in float32); faster where the CPU or GPU has bfloat16 units, slower (with a "
+                  "warning) where it does not; MXNet refuses it")
+
+
+def _precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=precision.PRECISIONS, help=PRECISION_HELP + " (default float32)")
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
@@ -365,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--reference", metavar="FILE",
                    help="read the float64 reference from FILE (written by --save-reference with the same options) "
                         "instead of computing it in PyTorch")
+    _precision_option(k)
     k.set_defaults(func=cmd_check)
     b = sub.add_parser("bench", help="images/s per backend, d2lres vs the chapter's way, vs the matmul limit")
     b.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
@@ -382,6 +395,9 @@ def parser() -> argparse.ArgumentParser:
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process (what most "
                         "learners' CPUs have), to measure an AVX2 machine on a newer one")
     b.add_argument("--data-dir", type=_folder, help="Fashion-MNIST directory")
+    b.add_argument("--precision", nargs="+", choices=precision.PRECISIONS, default=[precision.DEFAULT],
+                   help="the precisions to time, in one run with their ratio (e.g. --precision float32 bf16); "
+                        + PRECISION_HELP)
     b.set_defaults(func=cmd_bench)
     f = sub.add_parser("profile", help="where a training step's time goes: each stage of ResNet-18 timed apart "
                                        "(forward + backward), the update and the step, per backend")
@@ -394,6 +410,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=_folder, help="output directory (default runs/profile)")
     f.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process")
+    _precision_option(f)
     f.set_defaults(func=cmd_profile)
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true",

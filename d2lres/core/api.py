@@ -295,7 +295,7 @@ def load_data_fashion_mnist(batch_size, resize=None, *, data_dir=None, seed=0, l
     """
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, **fit_options):
+def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, *, precision="float32", **fit_options):
     """d2l's ``train_ch6`` (``device`` positional, as d2l calls it) on any network mapping a batch to logits.
 
     SGD at a constant learning rate with cross-entropy; prints d2l's lines (``training on``, loss and accuracies,
@@ -309,6 +309,7 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, **fit_opt
         num_epochs: passes over ``train_iter``.
         lr: the learning rate, constant over the run.
         device: where to train (a value ``try_gpu()`` returns); None: ``try_gpu()``.
+        precision: the ``Trainer``'s ``precision``.
         **fit_options: passed on to ``d2lres.training.fit`` (checkpoints, ``verbose``, ...).
 
     Returns:
@@ -328,9 +329,13 @@ class Trainer:
             ``jax.jit``); None: the backend's default, stated in its docstring.
         channels_last: activations NHWC; None: the backend chooses; a value the backend cannot honour (it has one
             layout only) raises ``ValueError``.
+        precision: ``"float32"`` (the default) or ``"bf16"``: mixed precision, the convolutions and the dense layer
+            in bfloat16, weights, optimizer state, BatchNorm statistics and loss in float32
+            (``d2lres.core.precision``); a backend that cannot is refused with ``ValueError``.
     """
 
-    def __init__(self, net, momentum=0.0, weight_decay=0.0, *, device=None, compile=None, channels_last=None): ...
+    def __init__(self, net, momentum=0.0, weight_decay=0.0, *, device=None, compile=None, channels_last=None,
+                 precision="float32"): ...
 
     def convert(self, X, y):
         """A numpy batch as the framework's tensors on the trainer's device.
@@ -423,6 +428,7 @@ class ParallelTrainer(Trainer):
         device: as ``Trainer``'s, where the backend uses it (each backend's docstring says).
         compile: as ``Trainer``'s; refused where the backend's data-parallel engine needs one setting.
         channels_last: as ``Trainer``'s.
+        precision: as ``Trainer``'s.
         replicas: how many replicas share the global batch; None: every device the run's launcher set up
             (a number must match that).
         sync_bn: BatchNorm over the global batch (default ``d2lres.parallel.SYNC_BN_DEFAULT``); False: over each
@@ -430,7 +436,7 @@ class ParallelTrainer(Trainer):
     """
 
     def __init__(self, net, momentum=0.0, weight_decay=0.0, *, device=None, compile=None, channels_last=None,
-                 replicas=None, sync_bn=True): ...
+                 precision="float32", replicas=None, sync_bn=True): ...
 
 
 #: The public names every backend's ``parallel`` module shares.

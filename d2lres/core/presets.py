@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import UserValueError
+from .precision import PRECISIONS
 
 SCHEDULES = ("constant", "onecycle")
 MAX_EPOCHS = 10_000
@@ -51,12 +52,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # or "onecycle"
     seed: int = 0
+    precision: str = "float32"  # or "bf16" (d2lres.core.precision)
 
     def __post_init__(self):
         problems = [f"{f.name} must be {must}, got {getattr(self, f.name)!r}" for f in fields(self)
                     if f.name in BOUNDS and (must := check_value(f.name, getattr(self, f.name)))]
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if problems:
             raise UserValueError("invalid training settings: " + "; ".join(problems))
 

@@ -24,6 +24,8 @@ from ..errors import UserValueError
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "OPENBLAS_CORETYPE": "Haswell"}
 ISAS = ("native", "avx2")
+#: The CPU flags of bfloat16 units (AVX-512 BF16 dot products; AMX tiles).
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 def isa_env(isa: str) -> dict[str, str]:
@@ -45,7 +47,8 @@ def held_isa() -> str:
 
 
 def cpu_info(held: str | None = None) -> dict:
-    """CPU model, its ISA class (avx512+amx / avx512 / avx2 / older), cores, and the ISA the
+    """CPU model, its ISA class (avx512+amx / avx512 / avx2 / older), whether it has bfloat16
+    units (``bf16``: one of :data:`BF16_FLAGS`), cores, and the ISA the
     frameworks are held to (``held="avx2"``; otherwise what this process's environment says, which
     the timed processes inherit)."""
     flags: set[str] = set()
@@ -63,6 +66,7 @@ def cpu_info(held: str | None = None) -> dict:
     avx512 = "avx512f" in flags
     cls = "avx512+amx" if amx else "avx512" if avx512 else "avx2" if "avx2" in flags else "pre-avx2"
     return {"model": model, "isa_class": cls, "avx2": "avx2" in flags, "avx512": avx512, "amx": amx,
+            "bf16": bool(flags & BF16_FLAGS),
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             # "native" adds no variable, so a hold in this process's environment still applies
             "held": held if held == "avx2" else held_isa()}

@@ -223,6 +223,7 @@ def settings_line(head: str, config: TrainConfig, limit: int | None) -> str:
     c = config
     return (f"{head}\n{c.epochs} epoch(s), batch {c.batch_size}, {f'resize {c.resize}' if c.resize else '28x28'}, "
             f"lr {c.lr} ({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
+            + (f", {c.precision}" if c.precision != "float32" else "")
             + (f", first {limit:,} images of each split" if limit else ""))
 
 
@@ -238,7 +239,8 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
             raise RunError(f"--init {init}: {err}; pass weights of {arch} (or the matching --arch)") from None
     else:
         mod.init_weights(net, config.seed)
-    options = {"momentum": config.momentum, "weight_decay": config.weight_decay, "device": mod.try_gpu()}
+    options = {"momentum": config.momentum, "weight_decay": config.weight_decay, "device": mod.try_gpu(),
+               "precision": config.precision}
     if devices > 1 or parallel.launched():
         trainer = parallel.backend_module(backend).ParallelTrainer(net, sync_bn=sync_bn, **options)
         if devices > 1 and trainer.replicas != devices:  # under a launcher, its processes decide

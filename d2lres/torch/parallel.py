@@ -78,8 +78,8 @@ class ParallelTrainer(Trainer):
     the replicas' running statistics are averaged after every step."""
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
-                 sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
         if not dist.is_initialized():
             if "WORLD_SIZE" not in os.environ:
                 raise parallel.ParallelError(
@@ -93,7 +93,8 @@ class ParallelTrainer(Trainer):
             device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', dist.get_rank()))}")
         elif "LOCAL_WORLD_SIZE" in os.environ:  # share this machine's cores between its processes
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
-        super().__init__(net, momentum, weight_decay, device=device, compile=compile, channels_last=channels_last)
+        super().__init__(net, momentum, weight_decay, device=device, compile=compile, channels_last=channels_last,
+                         precision=precision)
         self.rank, self.replicas, self.sync_bn = dist.get_rank(), dist.get_world_size(), sync_bn
         if sync_bn:
             self.net = convert_sync_batchnorm(self.net)
@@ -112,8 +113,9 @@ class ParallelTrainer(Trainer):
         self.net.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self._train_forward(X)
-        loss = F.cross_entropy(logits, y)
+        with self._cast():
+            logits = self._train_forward(X)
+        loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()  # DDP averages: sum_r weight_r loss_r / R = the global mean loss
         self.optimizer.step()

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from .. import data
 from ..core import book
+from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
 from .weights import get_weights, set_weights
@@ -58,12 +59,16 @@ class Trainer(book.TrainerBase):
     ``channels_last`` stores activations and weights NHWC (oneDNN's preferred layout); the
     default ``None`` chooses from the first batch (images >= ``CHANNELS_LAST_MIN_SIDE`` wide).
     ``compile=True`` runs the training step's forward through ``torch.compile`` (``None``: off;
-    ``d2lres bench --variants`` found it no faster on CPU, after a long compilation)."""
+    ``d2lres bench --variants`` found it no faster on CPU, after a long compilation).
+    ``precision="bf16"`` runs the forward passes under ``torch.autocast`` in bfloat16 (its
+    convolutions and the dense layer; BatchNorm normalises in float32 inside oneDNN/cuDNN), the
+    loss in float32, the weights and momentum float32."""
 
     backend = "torch"
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+        self.precision = precisions.check(precision)
         self.device = try_gpu() if device is None else devices.resolve(
             device, "torch", torch.cuda.device_count(),
             lambda kind, i: torch.device(kind if kind in ("cpu", "mps") else f"cuda:{i}"),
@@ -77,6 +82,15 @@ class Trainer(book.TrainerBase):
         self.optimizer = torch.optim.SGD(net.parameters(), lr=0.0, momentum=momentum,
                                          weight_decay=weight_decay)
         self._names = {p: name for name, p in net.named_parameters()}
+        if precision == "bf16":
+            if self.device.type == "cuda":
+                precisions.refuse_gpu("torch", self.device, torch.cuda.is_bf16_supported(including_emulation=False))
+            elif self.device.type == "cpu":
+                precisions.warn_if_emulated("torch", torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    def _cast(self):
+        """The autocast context of this trainer's precision (a no-op in float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def convert(self, X: np.ndarray, y: np.ndarray):
         return to_tensors(X, y, self.device)
@@ -92,8 +106,9 @@ class Trainer(book.TrainerBase):
             group["lr"] = lr
 
         def run():
-            logits = self._train_forward(X)
-            loss = F.cross_entropy(logits, y)
+            with self._cast():
+                logits = self._train_forward(X)
+            loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -105,16 +120,16 @@ class Trainer(book.TrainerBase):
         X = torch.as_tensor(X)
         self._check(X, training=False)
         self.net.eval()
-        with torch.no_grad():
-            return self.net(self._input(X)).cpu().numpy()
+        with torch.no_grad(), self._cast():
+            return self.net(self._input(X)).float().cpu().numpy()
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
         X = torch.from_numpy(np.asarray(X))
         self._check(X, training)
         self.net.train(training)
-        with torch.no_grad():
-            run = lambda: self.net(self._input(X)).cpu().numpy()  # noqa: E731
+        with torch.no_grad(), self._cast():
+            run = lambda: self.net(self._input(X)).float().cpu().numpy()  # noqa: E731
             return self._keep_statistics_finite(run) if training else run()
 
     def _check(self, X: torch.Tensor, training: bool) -> None:
@@ -192,7 +207,8 @@ def _build_lazy(net: torch.nn.Module, train_iter, device) -> None:
         net.train(was_training)
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, *, precision: str = "float32",
+              **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
     (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
     history. ``net``: a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits.
@@ -208,5 +224,5 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     def reinitialize():
         _build_lazy(net, train_iter, device)
         net.apply(_d2l_init)
-    return book.train_ch6(net, lambda: Trainer(net, device=device), reinitialize, train_iter, test_iter,
-                          num_epochs, lr, **fit_options)
+    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), reinitialize, train_iter,
+                          test_iter, num_epochs, lr, **fit_options)

@@ -29,6 +29,13 @@ docs/same-function.md.
 
 The SGD step starts from weights whose BatchNorm shifts keep pre-activations off the ReLU kink
 (:func:`test_weights`): a flipped ReLU mask is a discontinuity, which no rounding bound covers.
+
+Mixed precision (``precision="bf16"``) has its own rule, derived the same way: the **bfloat16
+rounding model** rounds the convolutions' and the dense layer's inputs and weights and every
+layer's output (and incoming gradient) to bfloat16, BatchNorm computing in float64 between, as
+the frameworks keep it in float32; the unit roundoff is ``2**-8`` and ``BF16_ERROR_CONSTANTS``
+come from the backends' measured ratios. The updated weights and the running statistics are not
+bounded in bf16 (:data:`BF16_UNBOUNDED` says why); they are shown.
 """
 from __future__ import annotations
 
@@ -38,10 +45,12 @@ import hashlib
 import itertools
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..core import precision as precisions
 from ..core import spec
 from ..core import weights as neutral
 from ..host import backends
@@ -49,6 +58,8 @@ from ..runs import files
 
 #: The unit roundoff of float32: half the distance from 1 to the next float32.
 U32 = 2.0 ** -24
+#: The unit roundoff of each precision the checks bound (bfloat16 keeps 8 significand bits).
+UNIT_ROUNDOFF = {"float32": U32, "bf16": 2.0 ** -8}
 #: What the checks compare, in the order of the tables.
 QUANTITIES = ("eval_logits", "train_logits", "step_loss", "step_weights", "bn_stats")
 #: The float64 reference's label in :func:`run_all` / :func:`cross_backend_checks`.
@@ -64,6 +75,17 @@ ROUNDED = "float64-rounded"
 SAFETY = 3.0
 ERROR_CONSTANTS = {"eval_logits": 52.0, "train_logits": 57.0, "step_loss": 25.0, "step_weights": 460.0,
                    "bn_stats": 67.0}
+#: ``C`` of the bf16 rule ``|backend in bf16 - float64| <= C * max(bf16 rounding model, 2^-8)``:
+#: SAFETY times the largest ratio measured over the backends that train in bf16 (``python -m
+#: d2lres.checks --precision bf16``; docs/same-function.md gives the ratios); None: not bounded.
+BF16_ERROR_CONSTANTS = {"eval_logits": 3.0, "train_logits": 3.0, "step_loss": 3.0, "step_weights": None,
+                        "bn_stats": None}
+#: Why the step's updated weights and the running statistics have no bf16 bound.
+BF16_UNBOUNDED = ("at bfloat16's resolution (2^-8) many more pre-activations lie within a rounding error of the "
+                  "ReLU kink, and each one that flips moves a whole slice of a weight gradient (and of the batch "
+                  "statistics behind it) by far more than any rounding bound; so in bf16 the logits and the loss "
+                  "are bounded and the updated weights and running statistics are shown, not bounded")
+CONSTANTS = {"float32": ERROR_CONSTANTS, "bf16": BF16_ERROR_CONSTANTS}
 #: Plain path against an acceleration path of the same backend (tests of the switches) and the
 #: bench's sanity check: ResNet-18, a fixed 1e-4, far above the differences seen (these compare float32
 #: with float32 on one CPU, the same kernels mostly; docs/same-function.md gives them).
@@ -91,17 +113,24 @@ def path_fan_in(arch=None, num_classes: int = 10, in_channels: int = 1) -> int:
     return total
 
 
-def bounds(rounding: dict[str, float]) -> dict[str, float]:
-    """How far any backend's float32 result may lie from the float64 reference, per quantity,
-    given the float32 rounding model's distance from it (``rounding``, :func:`differences`):
-    ``ERROR_CONSTANTS[q] * max(rounding[q], U32)``."""
-    return {q: ERROR_CONSTANTS[q] * max(rounding[q], U32) for q in QUANTITIES}
+def bounds(rounding: dict[str, float], precision: str = "float32") -> dict[str, float | None]:
+    """How far any backend's result in ``precision`` may lie from the float64 reference, per
+    quantity, given that precision's rounding model's distance from it (``rounding``,
+    :func:`differences`): ``C[q] * max(rounding[q], u)`` with :data:`CONSTANTS` and
+    :data:`UNIT_ROUNDOFF`; None where the quantity is not bounded in that precision."""
+    u, constants = UNIT_ROUNDOFF[precision], CONSTANTS[precision]
+    return {q: None if constants[q] is None else constants[q] * max(rounding[q], u) for q in QUANTITIES}
 
 
-def pair_bounds(bound: dict[str, float]) -> dict[str, float]:
+def pair_bounds(bound: dict[str, float | None]) -> dict[str, float | None]:
     """What two backends may differ by: ``|a - b| <= |a - r| + |r - b|`` (the triangle inequality
     through the float64 reference ``r``), so twice :func:`bounds`."""
-    return {q: 2 * b for q, b in bound.items()}
+    return {q: None if b is None else 2 * b for q, b in bound.items()}
+
+
+def within(distance: dict[str, float], bound: dict[str, float | None]) -> bool:
+    """Every bounded quantity of ``distance`` within ``bound``."""
+    return all(bound[q] is None or distance[q] <= bound[q] for q in QUANTITIES)
 
 
 #: BatchNorm shift of the SGD-step check's weights (see ``test_weights``).
@@ -139,33 +168,63 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def _round_to_float32(module, inputs, output):
-    """A forward hook: the layer's output, and later the gradient that flows back into it, rounded
-    to float32 (IEEE round-to-nearest: the same on every CPU)."""
-    out = output.float().double()
+def _rounded(x, dtype):
+    """``x`` (float64) rounded to ``dtype`` (IEEE round-to-nearest: the same on every CPU) and back,
+    its gradient rounded the same way on the way back."""
+    out = x.to(dtype).double()
     if out.requires_grad:
-        out.register_hook(lambda grad: grad.float().double())
+        out.register_hook(lambda grad: grad.to(dtype).double())
     return out
 
 
+def _rounding_model(net, precision: str):
+    """The float64 ``net`` made ``precision``'s rounding model (in place): every leaf layer's
+    output rounded; in bf16 also the convolutions' and the dense layer's inputs and weights, the
+    operands of their bfloat16 products (BatchNorm keeps float64 between its rounded input and
+    output, as the frameworks keep it in float32). Returns a function that takes the weight
+    rounding off again (the weights' names as before), for ``get_weights``."""
+    import torch
+    from torch.nn.utils import parametrize
+    dtype = torch.float32 if precision == "float32" else torch.bfloat16
+
+    class Rounded(torch.nn.Module):
+        def forward(self, w):
+            return _rounded(w, dtype)
+
+    products = []
+    for m in net.modules():
+        if list(m.children()):
+            continue
+        m.register_forward_hook(lambda module, inputs, output: _rounded(output, dtype))
+        if precision != "float32" and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_pre_hook(lambda module, inputs: (_rounded(inputs[0], dtype), *inputs[1:]))
+            parametrize.register_parametrization(m, "weight", Rounded())
+            products.append(m)
+
+    def unround():
+        for m in products:
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+    return unround
+
+
 def _reference_run(weights_file: Path, step_file: Path, X: np.ndarray, Xs: np.ndarray, y: np.ndarray, lr: float,
-                   input_shape, num_classes: int, arch=None, rounded: bool = False) -> dict:
+                   input_shape, num_classes: int, arch=None, rounded: str | None = None) -> dict:
     """:func:`run_backend`'s quantities from the float64 reference: d2lres.torch's network in double
     precision (``.double()`` after loading the same float32 weights), the same inputs made float64,
-    one plain SGD step (``w -= lr * grad``, as ``Trainer``'s default)."""
+    one plain SGD step (``w -= lr * grad``, as ``Trainer``'s default). ``rounded``: a precision,
+    whose rounding model (:func:`_rounding_model`) it is instead."""
     import torch
     from torch.nn import functional as F
     mod = backends.load("torch")
     a = spec.get_arch(arch)
+    unround = []
 
     def net_from(path):
         net = mod.resnet(a.depth, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
         mod.load_weights(net, path)
         net = net.double()
         if rounded:
-            for m in net.modules():
-                if not list(m.children()):
-                    m.register_forward_hook(_round_to_float32)
+            unround.append(_rounding_model(net, rounded))
         return net
 
     out = {}
@@ -178,6 +237,8 @@ def _reference_run(weights_file: Path, step_file: Path, X: np.ndarray, Xs: np.nd
     with torch.no_grad():
         for p in net.parameters():
             p -= lr * p.grad
+    if rounded:
+        unround[-1]()
     out["step_loss"], out["after_step"] = float(loss.detach()), mod.get_weights(net)
     return out
 
@@ -186,14 +247,18 @@ def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, X
                 lr: float, input_shape, num_classes: int, arch=None, options: dict | None = None) -> dict:
     """Everything one backend computes for the checks: forward passes from ``weights_file``, one
     SGD step from ``step_file``; ``options`` go to its ``Trainer`` (e.g. an acceleration switch).
-    ``name`` :data:`REFERENCE` is the float64 reference."""
+    ``name`` :data:`REFERENCE` is the float64 reference, :data:`ROUNDED` the rounding model of
+    ``options["precision"]`` (float32 if not given)."""
     if name in (REFERENCE, ROUNDED):
-        return _reference_run(weights_file, step_file, X, Xs, y, lr, input_shape, num_classes, arch, name == ROUNDED)
+        rounded = (options or {}).get("precision", "float32") if name == ROUNDED else None
+        return _reference_run(weights_file, step_file, X, Xs, y, lr, input_shape, num_classes, arch, rounded)
     mod = backends.load(name)
     a = spec.get_arch(arch)
     net = mod.resnet(a.depth, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
     mod.load_weights(net, weights_file)
-    trainer = mod.Trainer(net, device=mod.try_gpu(), **(options or {}))
+    with warnings.catch_warnings():  # bf16 where it is emulated: slower, the same function
+        warnings.simplefilter("ignore", precisions.SlowPrecisionWarning)
+        trainer = mod.Trainer(net, device=mod.try_gpu(), **(options or {}))
     out = {"walk": mod.shape_walk(net, input_shape), "counts": mod.count_parameters(net),
            "eval_logits": trainer.forward(X, training=False)}
     mod.load_weights(net, weights_file)
@@ -330,7 +395,7 @@ def differences(ra: dict, rb: dict, arch=None, scale: dict | None = None) -> dic
 
 def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 96,
                          batch_size: int = 4, num_classes: int = 10, lr: float = 0.05, seed: int = 0,
-                         arch=None, reference=None, save_to=None) -> dict:
+                         arch=None, reference=None, save_to=None, precision: str = "float32") -> dict:
     """Run every backend in ``names``, the float64 reference and the float32 rounding model from the
     same weights files; compare each backend with the reference (within :func:`bounds`) and every
     pair (within :func:`pair_bounds`, which follows). The forward checks run at ``input_shape``, the
@@ -338,13 +403,22 @@ def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 9
     the chapter's ResNet-18. ``names``: default, every backend available (none: only the reference,
     e.g. to save it). ``reference``: a file of
     :func:`save_reference` to read the float64 runs from instead of computing them (no PyTorch
-    needed); ``save_to``: write them there."""
+    needed); ``save_to``: write them there. ``precision``: every backend's ``Trainer`` precision,
+    compared within that precision's bound (bf16: its own rounding model, ``BF16_ERROR_CONSTANTS``;
+    a backend that refuses it is left out and named in ``refused``)."""
+    precisions.check(precision)
     names = list(backends.available() if names is None else names)
+    refused = {}
+    if precision != "float32":
+        for n in list(names):
+            if n not in precisions.MIXED_BACKENDS:
+                refused[n] = f"{n} refuses precision {precision!r}"
+                names.remove(n)
     arch = spec.get_arch(arch)
     inputs = check_inputs(input_shape, step_size, batch_size, num_classes, seed, arch)
     question = {"arch": {"name": arch.name, "version": arch.version, "flavour": arch.flavour},
                 "input_shape": list(input_shape), "step_size": step_size, "batch_size": batch_size,
-                "num_classes": num_classes, "lr": lr, "seed": seed,
+                "num_classes": num_classes, "lr": lr, "seed": seed, "precision": precision,
                 "inputs": _fingerprint(inputs, lr)}
     if not reference and "torch" not in backends.available():
         raise backends.BackendUnavailable(
@@ -352,9 +426,10 @@ def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 9
             "installed; install it beside the backends to check: pip install 'd2lres[torch]' (or pass "
             "--reference FILE, written where it is installed by: d2lres check --save-reference FILE)")
     given = load_reference(reference, question, inputs["step_weights"]) if reference else None
-    runs = run_all({**({} if given else {REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {})}),
-                    **{n: (n, {}) for n in names}}, input_shape, step_size, batch_size, num_classes, lr, seed, arch,
-                   inputs=inputs)
+    options = {"precision": precision}
+    runs = run_all({**({} if given else {REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, options)}),
+                    **{n: (n, options) for n in names}}, input_shape, step_size, batch_size, num_classes, lr, seed,
+                   arch, inputs=inputs)
     if given:
         ref, rounding = given
     else:
@@ -362,12 +437,13 @@ def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 9
         rounding = differences(ref, runs.pop(ROUNDED), scale=ref)
     if save_to:
         save_reference(save_to, ref, rounding, question, inputs["step_weights"])
-    bound = bounds(rounding)
+    bound = bounds(rounding, precision)
     tol = pair_bounds(bound)
     expected_walk = [(n, s) for n, s, _ in spec.walk(tuple(input_shape), num_classes, arch)]
     expected_counts = spec.param_counts(num_classes, input_shape[0], arch)["total"]
     result = {"input_shape": tuple(input_shape), "step_size": step_size, "batch_size": batch_size,
-              "arch": str(arch), "rounding": rounding, "bounds": bound, "tolerances": tol, "backends": {},
+              "arch": str(arch), "precision": precision, "refused": refused, "rounding": rounding,
+              "bounds": bound, "tolerances": tol, "backends": {},
               "reference": {}, "pairs": {}, "reference_loss": ref["step_loss"],
               "reference_file": str(reference) if reference else None}
     for n, r in runs.items():
@@ -379,15 +455,23 @@ def cross_backend_checks(names=None, input_shape=(1, 96, 96), step_size: int = 9
     for a, b in itertools.combinations(names, 2):
         result["pairs"][f"{a}-{b}"] = differences(runs[a], runs[b], scale=ref)
     result["ok"] = all(v["shapes_match_spec"] and v["counts_match_spec"] for v in result["backends"].values()) \
-        and all(d[k] <= bound[k] for d in result["reference"].values() for k in QUANTITIES) \
-        and all(d[k] <= tol[k] for d in result["pairs"].values() for k in QUANTITIES)
+        and all(within(d, bound) for d in result["reference"].values()) \
+        and all(within(d, tol) for d in result["pairs"].values())
     return result
 
 
 def margins(result: dict) -> dict[str, dict[str, float]]:
-    """Backend -> quantity -> bound / distance from the float64 reference (inf: equal to it)."""
-    return {n: {q: (result["bounds"][q] / d[q] if d[q] else float("inf")) for q in QUANTITIES}
-            for n, d in result["reference"].items()}
+    """Backend -> quantity -> bound / distance from the float64 reference (inf: equal to it; None:
+    not bounded)."""
+    return {n: {q: _margin(result["bounds"][q], d[q]) for q in QUANTITIES} for n, d in result["reference"].items()}
+
+
+def _margin(bound, distance):
+    return None if bound is None else bound / distance if distance else float("inf")
+
+
+def _shown(value) -> str:
+    return "not bounded" if value is None else f"{value:.2e}"
 
 
 _LABELS = {"eval_logits": "eval logits", "train_logits": "train-mode logits", "step_loss": "step loss",
@@ -398,8 +482,9 @@ def format_checks(result: dict) -> str:
     """The checks as Markdown: per backend (shapes, counts, loss), its distance from the float64
     reference against the bound, then every pair against twice the bound."""
     bound, tol = result["bounds"], result["tolerances"]
+    prec = result.get("precision", "float32")
     arch = result.get("arch", "ResNet-18")
-    lines = [("" if arch == "ResNet-18" else f"{arch}. ") +
+    lines = [("" if arch == "ResNet-18" else f"{arch}. ") + ("" if prec == "float32" else f"Precision {prec}. ") +
              f"Input {'x'.join(map(str, result['input_shape']))}, batch {result['batch_size']}, random weights "
              f"with non-trivial BatchNorm statistics, transferred through the neutral .npz file. One SGD step "
              f"(lr 0.05, cross-entropy) at {result['step_size']}x{result['step_size']}, from weights whose "
@@ -417,40 +502,54 @@ def format_checks(result: dict) -> str:
     lines += ["", f"| distance from float64 | {header} |", "|---|---|---|---|---|---|"]
     for n, d in result["reference"].items():
         lines.append(f"| {n} | " + " | ".join(f"{d[q]:.2e}" for q in QUANTITIES) + " |")
-    lines.append("| float32 rounding model | " + " | ".join(f"{result['rounding'][q]:.2e}" for q in QUANTITIES) + " |")
-    lines.append("| **bound** | " + " | ".join(f"**{bound[q]:.2e}**" for q in QUANTITIES) + " |")
-    m = {q: min(bound[q] / d[q] if d[q] else float("inf") for d in result["reference"].values()) for q in QUANTITIES}
-    lines.append("| smallest margin (bound / distance) | " + " | ".join(f"{m[q]:.1f}" for q in QUANTITIES) + " |")
+    lines.append(f"| {prec} rounding model | " + " | ".join(f"{result['rounding'][q]:.2e}" for q in QUANTITIES) + " |")
+    lines.append("| **bound** | " + " | ".join(f"**{_shown(bound[q])}**" for q in QUANTITIES) + " |")
+    m = {q: min((_margin(bound[q], d[q]) for d in result["reference"].values()), default=None)
+         if bound[q] is not None else None for q in QUANTITIES}
+    lines.append("| smallest margin (bound / distance) | " + " | ".join(
+        "" if m[q] is None else f"{m[q]:.1f}" for q in QUANTITIES) + " |")
     lines += ["", f"| pair | {header} |", "|---|---|---|---|---|---|"]
     for pair, d in result["pairs"].items():
         lines.append(f"| {pair} | " + " | ".join(f"{d[q]:.2e}" for q in QUANTITIES) + " |")
-    lines.append("| **bound** (2x) | " + " | ".join(f"**{tol[q]:.2e}**" for q in QUANTITIES) + " |")
+    lines.append("| **bound** (2x) | " + " | ".join(f"**{_shown(tol[q])}**" for q in QUANTITIES) + " |")
+    u = "2^-24" if prec == "float32" else "2^-8"
+    constants = CONSTANTS[prec]
+    what = ("every layer's output and incoming gradient rounded to float32" if prec == "float32" else
+            "the convolutions' and the dense layer's inputs and weights and every layer's output and incoming "
+            "gradient rounded to bfloat16, BatchNorm computing in higher precision between")
+    name = "ERROR_CONSTANTS" if prec == "float32" else "BF16_ERROR_CONSTANTS"
     lines += ["", "Logits and loss: max |difference| / max(1, max |value|); weights and statistics: per tensor "
-              "max |difference| / max |value|, the largest. Rounding model: the float64 network with every layer's "
-              "output and incoming gradient rounded to float32. Bound from float64 = C * max(rounding model, 2^-24), "
-              "C = " + ", ".join(f"{ERROR_CONSTANTS[q]:g}" for q in QUANTITIES) + " (checks.ERROR_CONSTANTS); between "
-              f"two backends twice that. Result: {'PASS' if result['ok'] else 'FAIL'}."]
+              f"max |difference| / max |value|, the largest. Rounding model: the float64 network with {what}. "
+              f"Bound from float64 = C * max(rounding model, {u}), C = "
+              + ", ".join("-" if constants[q] is None else f"{constants[q]:g}" for q in QUANTITIES)
+              + f" (checks.{name}); between two backends twice that."
+              + ("" if prec == "float32" else f" Not bounded in {prec}: {BF16_UNBOUNDED}.")
+              + "".join(f" {why}." for why in result.get("refused", {}).values())
+              + f" Result: {'PASS' if result['ok'] else 'FAIL'}."]
     return "\n".join(lines)
 
 
 def measure(archs=None, names=("torch",), input_shape=(1, 64, 64), step_size: int = 64, batch_size: int = 4,
-            num_classes: int = 10, seed: int = 0, on_row=None) -> list[dict]:
+            num_classes: int = 10, seed: int = 0, on_row=None, precision: str = "float32") -> list[dict]:
     """Per variant and backend: each quantity's distance from the float64 reference, the rounding
-    model's, their ratio (what ``ERROR_CONSTANTS`` come from) and the margin (bound / distance)."""
+    model's of ``precision``, their ratio (what ``ERROR_CONSTANTS`` and ``BF16_ERROR_CONSTANTS``
+    come from) and the margin (bound / distance)."""
     rows = []
+    options = {"precision": precision}
+    u = UNIT_ROUNDOFF[precision]
     for arch in archs if archs is not None else spec.all_archs():
         arch = spec.get_arch(arch)
-        runs = run_all({REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, {}), **{n: (n, {}) for n in names}},
+        runs = run_all({REFERENCE: (REFERENCE, {}), ROUNDED: (ROUNDED, options), **{n: (n, options) for n in names}},
                        input_shape, step_size, batch_size, num_classes, 0.05, seed, arch)
         ref = runs.pop(REFERENCE)
         e = differences(ref, runs.pop(ROUNDED), scale=ref)
-        bound = bounds(e)
+        bound = bounds(e, precision)
         for n, r in runs.items():
             d = differences(ref, r, scale=ref)
             rows.append({"arch": str(arch), "backend": n, "path_fan_in": path_fan_in(arch, num_classes, input_shape[0]),
-                         "distance": d, "rounding": e, "bound": bound,
-                         "ratio": {q: d[q] / max(e[q], U32) for q in QUANTITIES},
-                         "margin": {q: bound[q] / d[q] if d[q] else float("inf") for q in QUANTITIES}})
+                         "precision": precision, "distance": d, "rounding": e, "bound": bound,
+                         "ratio": {q: d[q] / max(e[q], u) for q in QUANTITIES},
+                         "margin": {q: _margin(bound[q], d[q]) for q in QUANTITIES}})
             if on_row:
                 on_row(rows[-1])
         del runs, ref
@@ -467,6 +566,7 @@ def main(argv=None) -> int:
     p.add_argument("--backends", nargs="+", default=["torch"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--precision", choices=precisions.PRECISIONS, default="float32")
     p.add_argument("--json")
     args = p.parse_args(argv)
     archs = None
@@ -475,14 +575,17 @@ def main(argv=None) -> int:
         for a in args.archs:
             name, *rest = a.split("-")
             archs.append(spec.get_arch(name, 2 if "v2" in rest else 1, "torchvision" if "tv" in rest else "chapter"))
-    print(f"CPU: {isa.describe()}; input 1x{args.size}x{args.size}, batch {args.batch}")
+    print(f"CPU: {isa.describe()}; input 1x{args.size}x{args.size}, batch {args.batch}, {args.precision}")
     print("| variant | backend | " + " | ".join(f"{q}: distance / rounding model / margin" for q in QUANTITIES) + " |")
 
     def show(r):
         print(f"| {r['arch']} | {r['backend']} | " + " | ".join(
-            f"{r['distance'][q]:.1e} / {r['rounding'][q]:.1e} / {r['margin'][q]:.1f}" for q in QUANTITIES)
+            f"{r['distance'][q]:.1e} / {r['rounding'][q]:.1e} / "
+            + ("-" if r["margin"][q] is None else f"{r['margin'][q]:.1f}") + f" (ratio {r['ratio'][q]:.2f})"
+            for q in QUANTITIES)
             + " |", flush=True)
-    rows = measure(archs, args.backends, (1, args.size, args.size), args.size, args.batch, on_row=show)
+    rows = measure(archs, args.backends, (1, args.size, args.size), args.size, args.batch, on_row=show,
+                   precision=args.precision)
     cpu = isa.describe()
     if args.json:
         record = {"cpu": cpu, "size": args.size, "batch": args.batch, "rows": rows}

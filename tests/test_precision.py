@@ -1,0 +1,105 @@
+"""bf16 mixed precision (``precision=`` of every ``Trainer``): it takes effect, keeps the weights and
+the optimizer state in float32, stays within its own bound of the float64 reference (the bfloat16
+rounding model of ``d2lres.checks``), and is warned about or refused where it must be."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from d2lres.core import precision
+from d2lres.errors import UserValueError
+from d2lres.host import backends
+from d2lres.verify import checks
+
+MIXED = ["torch", "tf", "jax"]
+
+
+def _load(name):
+    if name not in backends.available():
+        pytest.skip(f"{name} is not installed")
+    return backends.load(name)
+
+
+def _trainer(name, prec, **options):
+    mod = _load(name)
+    net = mod.resnet18()
+    mod.init_weights(net, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", precision.SlowPrecisionWarning)
+        return mod.Trainer(net, momentum=0.9, precision=prec, **options)
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_bf16_takes_effect_and_keeps_float32_state(name):
+    rng = np.random.default_rng(0)
+    X = rng.random((4, 1, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 4)
+    plain, mixed = _trainer(name, "float32"), _trainer(name, "bf16")
+    assert mixed.precision == "bf16" and plain.precision == "float32"
+    a, b = plain.forward(X), mixed.forward(X)
+    assert b.dtype == np.float32
+    d = float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(a))))
+    # bfloat16's unit roundoff is 2^-8: far above float32's differences (1e-6), far below a wrong net's
+    assert 1e-4 < d < 0.1, d
+    for trainer in (plain, mixed):
+        trainer.step(*trainer.convert(X, y), 0.05)
+        trainer.step(*trainer.convert(X, y), 0.05)
+    assert all(v.dtype == np.float32 for v in mixed.get_weights().values())
+    state = mixed.optimizer_state()
+    assert state and all(v.dtype == np.float32 for v in state.values())
+    wa, wb = plain.get_weights(), mixed.get_weights()
+    worst = max(float(np.max(np.abs(wa[k] - wb[k])) / max(np.max(np.abs(wa[k])), 1e-12)) for k in wa)
+    assert worst < 0.1, worst
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_bf16_within_its_bound_of_float64(name):
+    _load(name)
+    result = checks.cross_backend_checks([name], input_shape=(1, 32, 32), step_size=32, precision="bf16")
+    assert result["precision"] == "bf16"
+    assert result["ok"], checks.format_checks(result)
+
+
+def test_unknown_precision_is_refused_in_every_backend():
+    for name in backends.available():
+        mod = backends.load(name)
+        with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+            mod.Trainer(mod.resnet18(), precision="fp8")
+
+
+def test_mxnet_refuses_bf16_with_its_reason():
+    mod = _load("mxnet")
+    with pytest.raises(ValueError, match="MXNet"):
+        mod.Trainer(mod.resnet18(), precision="bf16")
+
+
+def test_emulated_reason_names_flags_and_the_hold():
+    cpu = {"model": "AMD EPYC", "bf16": False, "held": "native"}
+    assert "no bfloat16 units" in precision.emulated_reason(cpu=cpu)
+    assert precision.emulated_reason(cpu={**cpu, "bf16": True}) is None
+    held = precision.emulated_reason(cpu={**cpu, "bf16": True, "held": "avx2"})
+    assert "held to AVX2" in held
+    assert "framework's own check" in precision.emulated_reason(False, cpu={**cpu, "bf16": True})
+    with pytest.raises(UserValueError, match="compute capability 8.0"):
+        precision.refuse_gpu("torch", "cuda:0", supported=False)
+
+
+def test_bf16_warns_once_under_the_avx2_hold(tmp_path):
+    _load("torch")
+    script = ("import warnings, d2lres.torch as d\n"
+              "warnings.simplefilter('always')\n"
+              "with warnings.catch_warnings(record=True) as w:\n"
+              "    warnings.simplefilter('always')\n"
+              "    d.Trainer(d.resnet18(), precision='bf16'); d.Trainer(d.resnet18(), precision='bf16')\n"
+              "print([str(x.message) for x in w if x.category.__name__ == 'SlowPrecisionWarning'])\n")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    messages = eval(out.stdout.strip().splitlines()[-1])
+    assert len(messages) == 1, messages
+    assert "slower than float32" in messages[0] and "held to AVX2" in messages[0]

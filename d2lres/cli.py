@@ -258,8 +258,7 @@ def cmd_profile(args) -> int:
     from .perf.profile import ProfileConfig, profile
     config = ProfileConfig.quick() if args.quick else ProfileConfig()
     config = replace(config, **{k: v for k, v in (("size", args.size), ("batch", args.batch),
-                                                  ("repeats", args.repeats), ("precision", args.precision))
-                                 if v is not None})
+                                                  ("repeats", args.repeats)) if v is not None})
     out = Path(args.out or ("runs/profile-quick" if args.quick else "runs/profile"))
     report = profile([backends.canonical(b) for b in args.backends], out, config, held=args.isa)
     print(report["table"])
@@ -410,7 +409,6 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=_folder, help="output directory (default runs/profile)")
     f.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process")
-    _precision_option(f)
     f.set_defaults(func=cmd_profile)
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true",

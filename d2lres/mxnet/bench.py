@@ -14,8 +14,8 @@ from .train import to_arrays
 CHAPTER_WORKERS = 4
 
 
-def matmul(n: int):
-    """A callable doing one ``n x n`` float32 matmul."""
+def matmul(n: int, precision: str = "float32"):
+    """A callable doing one ``n x n`` float32 matmul (MXNet trains in float32 only)."""
     a, b = np.random.uniform(size=(n, n)), np.random.uniform(size=(n, n))
     return lambda: (a @ b).wait_to_read()
 

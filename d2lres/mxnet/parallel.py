@@ -44,9 +44,11 @@ import numpy as onp
 from mxnet import autograd
 from mxnet.gluon import nn
 
+from ..core import precision as precisions
 from ..core import spec
+from ..errors import UserValueError
 from ..runs import parallel
-from .train import Trainer, try_gpu
+from .train import BF16_REFUSED, Trainer, try_gpu
 from .weights import named_parameters
 
 #: The dist_sync kvstore of this process (one per process: it registers the process as a worker).
@@ -108,8 +110,10 @@ class ParallelTrainer(Trainer):
     are GPUs. The kvstore: ``'dist_sync'`` under MXNet's launcher, else ``'device'``."""
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
-                 sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+        if precisions.check(precision) != "float32":  # refused before the process group starts
+            raise UserValueError(BF16_REFUSED)
         dist = distributed()
         local = local_replicas()
         if replicas is not None and not dist and "D2LRES_REPLICAS" not in os.environ:
@@ -142,7 +146,7 @@ class ParallelTrainer(Trainer):
                     block.__class__ = SyncBatchNorm
                     block._ndev = local
         super().__init__(net, momentum, weight_decay, device=self.ctxs[0], compile=False,
-                         channels_last=channels_last)
+                         channels_last=channels_last, precision=precision)
         net.collect_params().reset_ctx(self.ctxs)
         if compile is None or compile:  # without static_alloc: with it, over several contexts, the
             net.hybridize()              # running means were never updated (MXNet 1.9.1, CPU)

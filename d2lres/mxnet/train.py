@@ -13,6 +13,7 @@ from mxnet import autograd, np
 
 from .. import data
 from ..core import book, inputs, spec
+from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
 from .weights import get_weights, named_parameters, set_weights
@@ -58,6 +59,13 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
+#: Why the MXNet backend trains in float32 only.
+BF16_REFUSED = ("the MXNet backend trains in float32 only: MXNet 1.9's AMP (mxnet.contrib.amp.init("
+                "target_dtype='bfloat16')) casts the operators of the legacy mx.nd and mx.sym interfaces, not those "
+                "of the NumPy interface (mx.np, npx) that d2lres's MXNet blocks use, as the book's MXNet code does; "
+                "use precision='float32' here, or bf16 in the torch, tf or jax backend")
+
+
 class Trainer(book.TrainerBase):
     """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.core.book``; its parameters
     initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
@@ -69,7 +77,10 @@ class Trainer(book.TrainerBase):
     backend = "mxnet"
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+        if precisions.check(precision) != "float32":
+            raise UserValueError(BF16_REFUSED)
+        self.precision = precision
         if channels_last:
             raise UserValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
         self.net = net
@@ -230,7 +241,8 @@ def _d2l_initialize(net, train_iter, device) -> None:
             net(X.as_in_ctx(device))
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, *, precision: str = "float32",
+              **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
     (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
     history. ``net``: a d2lres network or any Gluon block mapping an NCHW batch to logits.
@@ -242,5 +254,6 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     uniform, scale 3, fan average; biases and BatchNorm to Gluon's defaults); a d2lres network
     keeps its weights (d2lres's seeded scheme, ``init_weights``)."""
     device = device if device is not None else try_gpu()
-    return book.train_ch6(net, lambda: Trainer(net, device=device), lambda: _d2l_initialize(net, train_iter, device),
-                          train_iter, test_iter, num_epochs, lr, **fit_options)
+    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision),
+                          lambda: _d2l_initialize(net, train_iter, device), train_iter, test_iter, num_epochs, lr,
+                          **fit_options)

@@ -1,5 +1,7 @@
 """``d2lres bench``: training and inference images/s of ResNet-18 per backend, d2lres's way
-against the chapter's way, and both against this machine's float32 matmul limit.
+against the chapter's way, and both against this machine's float32 matmul limit; with
+``--precision float32 bf16``, d2lres's way in bf16 too, against a bf16 matmul limit, with the
+bf16 / float32 ratios.
 
 Every (backend, way) runs in its own process (``python -m d2lres.perf.bench WORKER-JSON``) so
 thread pools do not mix. The chapter's way runs with the framework's own settings but for what
@@ -23,6 +25,8 @@ import numpy as np
 
 from .. import data
 from ..core import spec
+from ..core.precision import DEFAULT, MIXED_BACKENDS
+from ..core.precision import check as check_precision
 from ..core.presets import preset
 from ..host import backends
 from ..runs import jobs, signals, stamps
@@ -78,7 +82,7 @@ def median_rate(fn, items: int, repeats: int, warmup: int) -> float:
 
 
 def matmul_gflops(matmul, n: int, repeats: int = 5) -> float:
-    """Median GFLOP/s of ``matmul()``, one ``n x n`` float32 product (2 n^3 FLOPs)."""
+    """Median GFLOP/s of ``matmul()``, one ``n x n`` product (2 n^3 FLOPs)."""
     return median_rate(matmul, 2 * n ** 3, repeats, warmup=1) / 1e9
 
 
@@ -141,11 +145,12 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
     net = mod.resnet18()
     mod.init_weights(net, 0)
     runner = fw_bench.ChapterWay(net, config.lr) if way == "chapter" else D2lresWay(mod, net, config.lr, options)
-    result = {"backend": backend, "way": way, "options": options, "device": str(mod.try_gpu())}
+    result = {"backend": backend, "way": way, "options": options, "device": str(mod.try_gpu()),
+              "precision": options.get("precision", DEFAULT)}
     if "steps" in parts:
         rng = np.random.default_rng(0)
-        result.update(matmul_gflops=matmul_gflops(fw_bench.matmul(config.matmul_n), config.matmul_n),
-                      train={}, infer={})
+        result.update(matmul_gflops=matmul_gflops(fw_bench.matmul(config.matmul_n, result["precision"]),
+                                                  config.matmul_n), train={}, infer={})
         for batch in config.batches:
             X, y = runner.inputs(rng.random((batch, 1, config.size, config.size), dtype=np.float32),
                                  rng.integers(0, 10, batch))
@@ -168,16 +173,22 @@ def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held:
                            launcher=("-W", "ignore:This DataLoader will create"))
 
 
-def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path, held: str) -> list[dict]:
-    """Both ways (steps, then ``config.rounds`` end-to-end rounds alternating d2lres and the
-    chapter so that both see the same machine), then the variants' steps."""
-    runs = {way: _run_worker(name, way, config, {}, data_dir, ["steps", "end_to_end"], out / f"{name}-{way}.json",
-                             held) for way in WAYS}
+def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path, held: str,
+                  precisions_: tuple[str, ...] = (DEFAULT,)) -> list[dict]:
+    """Both ways and d2lres's way in each other precision (steps, then ``config.rounds``
+    end-to-end rounds alternating them so that all see the same machine), then the variants' steps."""
+    plans = {way: (way, {}) for way in WAYS}
+    plans.update({f"d2lres-{p}": ("d2lres", {"precision": p}) for p in precisions_
+                  if p != DEFAULT and name in MIXED_BACKENDS})
+    runs = {key: _run_worker(name, way, config, options, data_dir, ["steps", "end_to_end"], out / f"{name}-{key}.json",
+                             held) for key, (way, options) in plans.items()}
     for run in runs.values():
         run["end_to_end"]["rounds"] = [run["end_to_end"]["images_per_s"]]
     for i in range(1, config.rounds):
-        for way, run in runs.items():
-            extra = _run_worker(name, way, config, {}, data_dir, ["end_to_end"], out / f"{name}-{way}-{i}.json", held)
+        for key, run in runs.items():
+            way, options = plans[key]
+            extra = _run_worker(name, way, config, options, data_dir, ["end_to_end"], out / f"{name}-{key}-{i}.json",
+                                held)
             run["end_to_end"]["rounds"].append(extra["end_to_end"]["images_per_s"])
     for run in runs.values():
         run["end_to_end"]["images_per_s"] = statistics.median(run["end_to_end"]["rounds"])
@@ -187,21 +198,31 @@ def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out:
 
 
 def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, with_variants: bool = False,
-          held: str = "native") -> dict:
-    """Run every backend both ways (and its :func:`variants` if asked), every timed process held
+          held: str = "native", precisions: tuple[str, ...] = ("float32",)) -> dict:
+    """Run every backend both ways (and its :func:`variants` if asked; d2lres's way also in each
+    of ``precisions`` besides float32, where the backend trains in it), every timed process held
     to the instruction set ``held`` (``native`` or ``avx2``, see ``d2lres.perf.isa``); write
     ``bench.json``, ``bench.md`` and ``bench.png`` in ``out`` and return the report."""
+    precisions_ = tuple(check_precision(p) for p in precisions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data.fetch_fashion_mnist(data_dir)
     shape = (1, config.size, config.size)
     numpy_gflops = numpy_matmul_gflops(config.matmul_n, held)
-    runs = [run for name in names for run in _backend_runs(name, config, data_dir, with_variants, out, held)]
+    runs = [run for name in names
+            for run in _backend_runs(name, config, data_dir, with_variants, out, held, precisions_)]
     report = {"cpu": isa.cpu_info(held), "config": asdict(config), "forward_macs": spec.forward_macs(shape),
               "training_flops": spec.training_flops(shape), "runs": runs}
+    plain = [r for r in runs if r["precision"] == DEFAULT]
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{
-        name: statistics.median(r["matmul_gflops"] for r in runs if r["backend"] == name) for name in names}}
+        name: statistics.median(r["matmul_gflops"] for r in plain if r["backend"] == name) for name in names}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
+    report["matmul_gflops_by_precision"] = {
+        p: {name: statistics.median(r["matmul_gflops"] for r in group) for name in names
+            if (group := [r for r in runs if r["backend"] == name and r["precision"] == p])}
+        for p in precisions_ if p != DEFAULT}
+    report["matmul_limit_by_precision"] = {DEFAULT: report["matmul_limit_gflops"], **{
+        p: max(v.values()) for p, v in report["matmul_gflops_by_precision"].items() if v}}
     report["stamps"] = stamps.stamps(names, data_dir, held)
     summarize(report)
     from ..runs import plots
@@ -228,15 +249,24 @@ def numpy_matmul_gflops(n: int, held: str) -> float:
 def summarize(report: dict) -> None:
     """Add achieved GFLOP/s and the share of the matmul limit to each run, and the d2lres /
     chapter ratios per backend."""
-    flops, limit = report["training_flops"], report["matmul_limit_gflops"]
-    macs = report["forward_macs"]
+    flops, macs = report["training_flops"], report["forward_macs"]
+    limits = report.get("matmul_limit_by_precision", {DEFAULT: report["matmul_limit_gflops"]})
     for r in report["runs"]:
+        limit = limits[r.get("precision", DEFAULT)]
         r["train_gflops"] = {b: v * flops / 1e9 for b, v in r["train"].items()}
         r["train_share"] = {b: g / limit for b, g in r["train_gflops"].items()}
         r["infer_share"] = {b: v * 2 * macs / 1e9 / limit for b, v in r["infer"].items()}
     report["ratios"] = {}
     for name in dict.fromkeys(r["backend"] for r in report["runs"]):
         ways = {r["way"]: r for r in report["runs"] if r["backend"] == name and not r["options"]}
+        mixed = [r for r in report["runs"] if r["backend"] == name and r["way"] == "d2lres"
+                 and set(r["options"]) == {"precision"} and "end_to_end" in r]
+        if "d2lres" in ways:
+            report.setdefault("precision_ratios", {})[name] = {
+                r["precision"]: {"end_to_end": statistics.median(
+                    a / b for a, b in zip(r["end_to_end"]["rounds"], ways["d2lres"]["end_to_end"]["rounds"])),
+                    **{f"train_{b}": r["train"][b] / ways["d2lres"]["train"][b] for b in r["train"]}}
+                for r in mixed}
         if set(WAYS) <= set(ways):
             mine, theirs = ways["d2lres"], ways["chapter"]
             report["ratios"][name] = {
@@ -261,15 +291,27 @@ def format_table(report: dict) -> str:
              f"median of {report['config']['rounds']} rounds of {report['config']['end_to_end_steps']} steps, "
              "the ways alternating; the ratio is the median of the rounds' ratios.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    limits = report.get("matmul_limit_by_precision", {})
+    if len(limits) > 1:
+        lines[0] += (" Other precisions against their own matmul limit, the best of the backends' "
+                     + "; ".join(f"{p} {v:.0f} GFLOP/s" for p, v in limits.items() if p != DEFAULT) + ".")
     for r in report["runs"]:
         way = r["way"] + (" " + ", ".join(f"{k}={v}" for k, v in r["options"].items()) if r["options"] else "")
         e2e = r.get("end_to_end")
-        ratio = report["ratios"].get(r["backend"], {}).get("end_to_end") if r["way"] == "d2lres" and e2e else None
+        ratio = (report["ratios"].get(r["backend"], {}).get("end_to_end")
+                 if r["way"] == "d2lres" and not r["options"] and e2e else None)
         cells = ([r["backend"], way] + [f"{r['train'][b]:.1f}" for b in batches]
                  + [f"{r['infer'][b]:.1f}" for b in batches]
                  + [f"{e2e['images_per_s']:.1f}" if e2e else "", f"{ratio:.2f}x" if ratio else "",
                     f"{r['train_gflops'][batches[0]]:.1f}", f"{100 * r['train_share'][batches[0]]:.0f}%"])
         lines.append("| " + " | ".join(cells) + " |")
+    ratios = {(name, p): v for name, by in report.get("precision_ratios", {}).items() for p, v in by.items()}
+    if ratios:
+        lines += ["", "| backend | precision | " + " | ".join(f"train b{b} / float32" for b in batches)
+                  + " | end to end / float32 (median of rounds) |", "|" + "---|" * (3 + len(batches))]
+        for (name, p), v in ratios.items():
+            lines.append(f"| {name} | {p} | " + " | ".join(f"{v[f'train_{b}']:.2f}x" for b in batches)
+                         + f" | {v['end_to_end']:.2f}x |")
     return "\n".join(lines)
 
 

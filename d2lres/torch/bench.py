@@ -14,9 +14,10 @@ from .train import to_tensors
 CHAPTER_WORKERS = 4
 
 
-def matmul(n: int):
-    """A callable doing one ``n x n`` float32 matmul."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
+def matmul(n: int, precision: str = "float32"):
+    """A callable doing one ``n x n`` matmul in ``precision`` (float32, or bfloat16 for bf16)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
     return lambda: a @ b
 
 

@@ -134,3 +134,16 @@ def test_bench_times_both_precisions_in_one_run(real_data, tmp_path):
     assert set(ratio) == {"end_to_end", "train_4"} and all(v > 0 for v in ratio.values())
     table = (tmp_path / "bench.md").read_text()
     assert "| torch | d2lres precision=bf16 |" in table and "| torch | bf16 |" in table
+
+
+def test_compare_in_bf16_states_its_own_parity_criteria():
+    from d2lres.runs import compare
+    runs = {n: {"first_step_loss": loss, "test_acc": 0.9, "run": {"train_images": 60000}}
+            for n, loss in (("torch", 2.400), ("tf", 2.420))}
+    plain, mixed = compare.parity(runs), compare.parity(runs, "bf16")
+    assert plain["ok"] is False and mixed["ok"] is True  # 0.02 apart: beyond float32's 1e-4, within bf16's bound
+    assert mixed["criteria"]["first_step_loss"] == 2 * checks.BF16_ERROR_CONSTANTS["step_loss"] * 2 ** -8
+    assert abs(mixed["first_step_loss_max_diff"] - 0.02 / 2.42) < 1e-12
+    with pytest.raises(compare.CompareError, match="mxnet cannot train in bf16"):
+        compare.mixed_backends(["torch", "mxnet"], "bf16", chosen=True)
+    assert compare.mixed_backends(["torch", "mxnet", "jax"], "bf16", chosen=False) == ["torch", "jax"]

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 from .. import data
+from ..core import precision as precisions
 from ..core import spec
 from ..core import weights as neutral
 from ..core.presets import TrainConfig
 from ..errors import UserError
 from ..host import backends
 from ..perf import isa
+from ..verify.checks import BF16_ERROR_CONSTANTS, UNIT_ROUNDOFF
 from . import parallel, signals
 from .files import atomic_open, atomic_write
 from .plots import curves_figure
@@ -31,6 +33,11 @@ from .training import CHECKPOINT
 #: What the report requires of every pair of backends after training.
 FIRST_STEP_TOLERANCE = 1e-4
 TEST_ACC_SPREAD = 0.015
+#: The same in each precision: in bf16 the first-step losses may differ by the checks' bf16 pair
+#: bound on the loss at its floor (2 C 2^-8, relative to max(1, loss); ``d2lres.checks``).
+PARITY = {"float32": {"first_step_loss": FIRST_STEP_TOLERANCE, "test_acc_spread": TEST_ACC_SPREAD},
+          "bf16": {"first_step_loss": 2 * BF16_ERROR_CONSTANTS["step_loss"] * UNIT_ROUNDOFF["bf16"],
+                   "test_acc_spread": TEST_ACC_SPREAD}}
 #: A run with fewer training images, or a test accuracy below this, is a smoke run: no verdict.
 SMOKE_IMAGES = 5000
 SMOKE_ACCURACY = 0.2  # twice chance (ten classes)
@@ -83,7 +90,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     to (``d2lres.perf.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
     training in every backend (``d2lres.run.train``)."""
     arch = spec.get_arch(arch)
-    names = distinct(names or backends.available())
+    names = mixed_backends(distinct(names or backends.available()), config.precision, chosen=bool(names))
     tic = time.perf_counter()
     with run_folder(out, "compare") as out:
         print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
@@ -108,7 +115,8 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
         if checks:
             status = signals.run_child([sys.executable, "-m", "d2lres", "check", "--json", str(out / "checks.json"),
                                         "--backends", *names, "--arch", arch.name, "--version", str(arch.version),
-                                        "--flavour", arch.flavour], forward=False, stdout=subprocess.DEVNULL)
+                                        "--flavour", arch.flavour, "--precision", config.precision],
+                                       forward=False, stdout=subprocess.DEVNULL)
             signals.check("the cross-backend checks", f"every backend finished ({', '.join(names)}), no report "
                           f"written", True)
             if status not in (0, 1):  # 1: checks ran and failed, which the report shows
@@ -118,7 +126,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
         fig = curves_figure({n: r["history"] for n, r in results.items()}, title)
         with atomic_open(out / "curves.png") as f:
             fig.savefig(f, dpi=110, format="png")
-        summary = parity(results)
+        summary = parity(results, config.precision)
         summary["wall_seconds"] = time.perf_counter() - tic
         stamp = stamps(names, data_dir, held)
         cpu = stamp["cpu"]
@@ -129,6 +137,21 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
         text = render(config, results, summary, check_md, arch=arch, limit=limit, cpu=cpu, stamp=stamp)
         atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return out / "report.md"
+
+
+def mixed_backends(names: list[str], precision: str, chosen: bool) -> list[str]:
+    """``names`` that train in ``precision``: the others are left out with a note when the
+    backends were not ``chosen`` (every one installed), refused when they were."""
+    if precision == precisions.DEFAULT:
+        return names
+    left = [n for n in names if n not in precisions.MIXED_BACKENDS]
+    if left and chosen:
+        raise CompareError(f"{', '.join(left)} cannot train in {precision} (see d2lres.{left[0]}.Trainer); leave "
+                           f"{'it' if len(left) == 1 else 'them'} out of --backends")
+    if left:
+        print(f"d2lres: note: {', '.join(left)} left out: {'it trains' if len(left) == 1 else 'they train'} in float32 "
+              f"only")
+    return [n for n in names if n in precisions.MIXED_BACKENDS]
 
 
 def distinct(names) -> list[str]:
@@ -142,11 +165,15 @@ def distinct(names) -> list[str]:
     return unique
 
 
-def parity(results: dict[str, dict]) -> dict:
-    """The parity figures of every pair of backends and the verdict: ``PASS``/``FAIL``, or ``None``
-    with the reason (``no_verdict``) for fewer than two backends or a smoke run."""
+def parity(results: dict[str, dict], precision: str = "float32") -> dict:
+    """The parity figures of every pair of backends and the verdict against ``PARITY[precision]``:
+    ``PASS``/``FAIL``, or ``None`` with the reason (``no_verdict``) for fewer than two backends or
+    a smoke run. The first-step loss differences are relative to max(1, loss) in bf16, absolute in float32."""
     pairs = list(itertools.combinations(results, 2))
-    first = max((abs(results[a]["first_step_loss"] - results[b]["first_step_loss"]) for a, b in pairs), default=0.0)
+    scale = (lambda a, b: 1.0) if precision == "float32" else (
+        lambda a, b: max(1.0, abs(results[a]["first_step_loss"]), abs(results[b]["first_step_loss"])))
+    first = max((abs(results[a]["first_step_loss"] - results[b]["first_step_loss"]) / scale(a, b) for a, b in pairs),
+                default=0.0)
     accs = [r["test_acc"] for r in results.values()]
     spread = max(accs) - min(accs)
     images = min(r["run"]["train_images"] for r in results.values())
@@ -156,19 +183,26 @@ def parity(results: dict[str, dict]) -> dict:
     elif images < SMOKE_IMAGES or max(accs) < SMOKE_ACCURACY:
         reason = (f"a smoke run ({images:,} training images, test accuracy at most {max(accs):.3f}; a verdict needs "
                   f">= {SMOKE_IMAGES:,} images and accuracy >= {SMOKE_ACCURACY:g}): it shows the run works, not parity")
-    ok = None if reason else first <= FIRST_STEP_TOLERANCE and spread <= TEST_ACC_SPREAD
-    return {"first_step_loss_max_diff": first, "test_acc_spread": spread, "ok": ok, "no_verdict": reason}
+    criteria = PARITY[precision]
+    ok = None if reason else first <= criteria["first_step_loss"] and spread <= criteria["test_acc_spread"]
+    return {"first_step_loss_max_diff": first, "test_acc_spread": spread, "ok": ok, "no_verdict": reason,
+            "precision": precision, "criteria": criteria}
 
 
 def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str, *, arch=None,
            limit: int | None = None, cpu: dict | None = None, stamp: dict | None = None) -> str:
     c = config
     arch = spec.get_arch(arch)
+    criteria = summary.get("criteria", PARITY["float32"])
+    relative, why = ("", "") if c.precision == "float32" else (
+        " (relative to max(1, loss))", f"; in {c.precision}: twice the checks' bound on the loss, "
+                                       f"2 x {BF16_ERROR_CONSTANTS['step_loss']:g} x 2^-8")
     count = {1: "one backend", 2: "two backends", 3: "three backends"}.get(len(results), f"{len(results)} backends")
     lines = [f"# d2lres: {arch} on Fashion-MNIST in {count}", "",
              f"Network: {arch} ({arch.name}, version {arch.version}, flavour {arch.flavour}). "
              f"Settings: {c.epochs} epoch(s), batch {c.batch_size}, resize {c.resize}, lr {c.lr} "
-             f"({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
+             f"({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}, "
+             f"precision {c.precision}"
              + (f", the first {limit} images of each split" if limit else "") + ". "
              "Every backend starts from the same weights (`init.npz`) and sees the same batch order.", "",
              f"Total wall time {summary['wall_seconds']:.0f} s ({TOTAL_TIME}).",
@@ -181,10 +215,10 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
         lines.append(f"| {n} | {device} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_acc']:.4f} | "
                      f"{r['images_per_s']:.1f} | {r['wall_seconds']:.0f} | {r['first_step_loss']:.6f} |")
     lines += ["", "![training curves](curves.png)", "", "## Parity", "",
-              f"- first-step loss, largest difference between backends: {summary['first_step_loss_max_diff']:.2e} "
-              f"(required <= {FIRST_STEP_TOLERANCE:g})",
+              f"- first-step loss, largest difference between backends{relative}: "
+              f"{summary['first_step_loss_max_diff']:.2e} (required <= {criteria['first_step_loss']:.3g}{why})",
               f"- test accuracy spread: {100 * summary['test_acc_spread']:.2f} points "
-              f"(required <= {100 * TEST_ACC_SPREAD:g})",
+              f"(required <= {100 * criteria['test_acc_spread']:g})",
               f"- result: {'PASS' if summary['ok'] else 'FAIL'}" if summary["ok"] is not None
               else f"- result: no verdict -- {summary['no_verdict']}", "",
               f"Times: images/s: {TIMING['images_per_s']}; wall time: {TIMING['wall_seconds']}.", ""]

@@ -54,7 +54,7 @@ test-fast: $(STAMP)
 ## what CI runs again under the current set, held to AVX2. The rest (files, folders, signals,
 ## the command line's messages, the site, packaging) is the same code on either set.
 FRAMEWORK_TESTS := $(addprefix tests/test_,api.py bench.py chapter_code.py d2l_reference.py inputs.py isa.py \
-  jax.py loaders.py memory.py models.py notebooks.py parity.py profile.py tf_matmul_conv.py training.py variants.py)
+  jax.py loaders.py memory.py models.py notebooks.py parity.py precision.py profile.py tf_matmul_conv.py training.py variants.py)
 test-frameworks: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(FRAMEWORK_TESTS)
 

@@ -118,6 +118,7 @@ def test_the_precision_is_part_of_a_runs_identity(torch_run, real_data, tmp_path
     assert "belongs to another run: precision: checkpoint float32, now bf16" in out.stderr
 
 
+@pytest.mark.slow
 def test_bench_times_both_precisions_in_one_run(real_data, tmp_path):
     """``bench --precision float32 bf16``: d2lres's way in bf16 beside float32, its own matmul limit, the ratios."""
     _load("torch")

@@ -25,10 +25,11 @@ from flax.training import train_state
 from .train import to_arrays
 
 
-def matmul(n: int):
-    """A callable doing one ``n x n`` float32 matmul."""
+def matmul(n: int, precision: str = "float32"):
+    """A callable doing one ``n x n`` matmul in ``precision`` (float32, or bfloat16 for bf16)."""
     ka, kb = jax.random.split(jax.random.key(0))
-    a, b = jax.random.uniform(ka, (n, n)), jax.random.uniform(kb, (n, n))
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    a, b = jax.random.uniform(ka, (n, n), dtype), jax.random.uniform(kb, (n, n), dtype)
     return lambda: (a @ b).block_until_ready()
 
 

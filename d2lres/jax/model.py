@@ -13,6 +13,9 @@ What makes it PyTorch's function, layer by layer:
   the unbiased one);
 - convolutions and the dense layer: Xavier-uniform kernels, zero biases, float32 parameters
   and computation at ``lax.Precision.HIGHEST`` (no TF32 or bfloat16 passes on an accelerator).
+  The ``Trainer``'s ``precision="bf16"`` compiles its step from a graph definition whose
+  convolutions and dense layer have ``dtype=bfloat16`` (``d2lres.jax.train.dtype_policy``; the
+  biases are added in float32); BatchNorm always normalises in float32.
 
 Canonical names (``d2lres.spec``) are attribute paths: ``b3.0.conv1`` is ``net.b3.layers[0].conv1``.
 """
@@ -70,6 +73,9 @@ class BatchNorm(nnx.BatchNorm):
                          dtype=jnp.float32, param_dtype=jnp.float32, scale_init=ones, bias_init=zeros, rngs=_rngs())
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        # in float32 (or the wider of ``dtype`` and float32) whatever the input's: a bfloat16 convolution's
+        # output (the Trainer's bf16 policy) is normalised, and its statistics computed, in float32
+        x = jnp.asarray(x, jnp.promote_types(self.dtype or jnp.float32, jnp.float32))
         training = not (self.use_running_average if use_running_average is None else use_running_average)
         if not training or mask is not None:
             return super().__call__(x, use_running_average=use_running_average, mask=mask)
@@ -129,10 +135,11 @@ class Conv(nnx.Conv):
         Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
         patches = jnp.concatenate([Xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
                                    for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
-        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        patches, kernel, bias = self.promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
         Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
                             precision=self.precision)
-        return Y + self.bias[...] if self.bias is not None else Y
+        return Y + bias if bias is not None else Y
 
 
 class Lazy(nnx.Module):

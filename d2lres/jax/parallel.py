@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..core import precision as precisions
 from ..runs import parallel
 from .train import Trainer, eval_logits, host_arrays, jit_train_step, logits_and_stats, sgd
 
@@ -116,11 +117,14 @@ class ParallelTrainer(Trainer):
     global batch -- the same in every process -- and shards it over the mesh; each process feeds
     its own devices' shards. ``sync_bn``: synchronized BatchNorm (default
     ``d2lres.parallel.SYNC_BN_DEFAULT``). ``rank``: ``jax.process_index()`` (0 writes the run's
-    files). ``device`` is not used: the mesh is the device set."""
+    files). ``device`` is not used: the mesh is the device set. ``precision``: as ``Trainer``'s; with
+    ``"bf16"`` every compiled step here (synchronized or not) and the eval forward are compiled from
+    the Trainer's bf16 graph definitions."""
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
-                 sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+        precisions.check(precision)  # before the state is replicated
         if compile is False:
             raise parallel.ParallelError("data-parallel JAX runs compiled (jax.jit); compile=False is not available")
         self.mesh = mesh(replicas)
@@ -129,7 +133,7 @@ class ParallelTrainer(Trainer):
         self.replicated, self.sharded = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(AXIS))
         nnx.update(net, self._replicate(nnx.state(net)))  # so that Trainer's device_put keeps them
         super().__init__(net, momentum, weight_decay, device=self.replicated, compile=True,
-                         channels_last=channels_last)
+                         channels_last=channels_last, precision=precision)
         self.opt_state = self._replicate(self.opt_state)
 
     def _replicate(self, tree):

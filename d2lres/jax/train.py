@@ -7,17 +7,26 @@ the result back (``nnx.update``), so ``get_weights(net)`` / ``set_weights(net, w
 see and change what the next step uses. The optimizer is optax's ``add_decayed_weights`` then
 ``trace`` (PyTorch's SGD: ``v = m v + g + wd w``), and ``w -= lr v`` with the learning rate passed
 to the compiled step as a value (a schedule does not recompile it).
+
+``precision="bf16"`` is a dtype policy on the compiled functions (:func:`dtype_policy`): they are
+compiled from graph definitions whose convolutions and dense layers compute in bfloat16 and whose
+BatchNorms compute in float32; the state they take and return (parameters, statistics, the
+optimizer's) is the network's, float32, and the logits are cast to float32 before the loss.
 """
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from .. import data
 from ..core import book
+from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
 from .model import batch_norms, to_device
@@ -72,16 +81,92 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None, *, data_
                              data_dir=data_dir, seed=seed, limit=limit)
 
 
+# --- precision -----------------------------------------------------------------------------------
+
+#: The layers that compute in bfloat16 under ``precision="bf16"`` (their ``dtype``: Flax casts the
+#: input and kernel to it, with their ``promote_dtype``; ``param_dtype`` stays float32).
+BF16_LAYERS = (nnx.Conv, nnx.ConvTranspose, nnx.Linear, nnx.LinearGeneral, nnx.Einsum)
+#: The layers that compute in float32 there (normalisation: statistics and output).
+FLOAT32_LAYERS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
+
+
+def promote_bf16(args, /, *, dtype=None, inexact=True):
+    """The bf16 policy's ``promote_dtype`` of a :data:`BF16_LAYERS` layer (Flax calls it with
+    ``(inputs, kernel, bias)``): input and kernel cast to ``dtype`` (bfloat16), so that the
+    convolution or matmul computes in bfloat16, the bias left float32, so that it is added to that
+    bfloat16 result in float32 and its gradient -- a sum over the batch and the pixels -- is summed in
+    float32. (A bfloat16 bias would be summed in bfloat16: JAX transposes the broadcast of the bias to
+    a ``reduce_sum`` of bfloat16, which XLA:CPU accumulates rounding each addition to bfloat16; for a
+    convolution before a BatchNorm, whose bias gradient is 0, that sum came out ~40 times the rounding
+    of its terms.)"""
+    if len(args) != 3 or args[2] is None:
+        return dtypes.promote_dtype(args, dtype=dtype, inexact=inexact)
+    inputs, kernel = dtypes.promote_dtype(args[:2], dtype=dtype, inexact=inexact)
+    return inputs, kernel, jnp.asarray(args[2], jnp.promote_types(args[2].dtype, jnp.float32))
+
+
+@contextlib.contextmanager
+def dtype_policy(net: nnx.Module, precision: str = "float32"):
+    """While the block runs, ``net``'s layers have the computation dtypes of ``precision``: for
+    ``"bf16"``, ``dtype=bfloat16`` and ``promote_dtype=``:func:`promote_bf16` on every :data:`BF16_LAYERS`
+    layer and ``dtype=float32`` on every :data:`FLOAT32_LAYERS` one (``float32``: nothing changes);
+    each layer's own attributes are put back after. Take ``nnx.graphdef(net)`` inside it: the graph
+    definition keeps them, and every function merged from it computes with them, its variables
+    unchanged (float32)."""
+    precisions.check(precision)
+    saved = []
+    if precision == "bf16":
+        for _, module in nnx.iter_graph(net):
+            if isinstance(module, BF16_LAYERS):
+                policy = {"dtype": jnp.bfloat16, "promote_dtype": promote_bf16}
+            elif isinstance(module, FLOAT32_LAYERS):
+                policy = {"dtype": jnp.float32}
+            else:
+                continue
+            for attr, value in policy.items():
+                saved.append((module, attr, getattr(module, attr)))
+                setattr(module, attr, value)
+    try:
+        yield net
+    finally:
+        for module, attr, value in reversed(saved):
+            setattr(module, attr, value)
+
+
+def _float32(logits: jax.Array) -> jax.Array:
+    """The logits in float32 (in the bf16 graph a network may end in bfloat16, e.g. a dense layer
+    without bias): the loss, the argmax and what ``predict`` / ``forward`` return are float32."""
+    return logits if logits.dtype == jnp.float32 else logits.astype(jnp.float32)
+
+
+def check_bf16_devices(device) -> None:
+    """bf16 on ``device`` (a ``jax.Device`` or a sharding's devices): refused on a GPU below
+    compute capability 8.0; on a CPU (XLA:CPU has no bfloat16 check of its own) warned once that
+    it is emulated where the CPU has no bfloat16 units."""
+    found = [device] if isinstance(device, jax.Device) else sorted(device.device_set, key=lambda d: d.id)
+    for d in found:
+        if d.platform == "cpu":
+            continue
+        capability = getattr(d, "compute_capability", None)  # CUDA: "9.0"; ROCm's names are not numbers
+        try:
+            supported = tuple(int(part) for part in str(capability).split(".")[:2]) >= (8, 0)
+        except ValueError:
+            supported = True
+        precisions.refuse_gpu("jax", d, supported)
+    if any(d.platform == "cpu" for d in found):
+        precisions.warn_if_emulated("jax", None)
+
+
 # --- the pure functions that get compiled ------------------------------------------------------
 
 def logits_and_stats(graphdef, params, stats, X):
     # fresh Variables at this trace level (under jax.grad the statistics were created outside)
     model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, stats))
-    return model(X), nnx.state(model, nnx.BatchStat)
+    return _float32(model(X)), nnx.state(model, nnx.BatchStat)
 
 
 def eval_logits(graphdef, params, stats, X):
-    return nnx.merge(graphdef, params, stats)(X)
+    return _float32(nnx.merge(graphdef, params, stats)(X))
 
 
 def sgd(momentum: float, weight_decay: float) -> optax.GradientTransformation:
@@ -116,12 +201,21 @@ class Trainer(book.TrainerBase):
     (``d2lres.core.book``): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` (None: on) runs the step and the forward passes
     through ``jax.jit`` (one compilation per input shape). JAX convolutions here are NHWC only:
-    ``channels_last`` may be None or True; False is refused."""
+    ``channels_last`` may be None or True; False is refused.
+
+    ``precision="bf16"`` is a dtype policy on the compiled step (and on the uncompiled one): the step
+    and forward passes run the network's graph with ``dtype=bfloat16`` on every ``nnx.Conv`` /
+    ``nnx.Linear`` (Flax casts input and kernel to bfloat16, the bias is added in float32,
+    :func:`promote_bf16`; ``param_dtype`` stays float32) and float32 on every BatchNorm
+    (:func:`dtype_policy`); the parameters, the BatchNorm statistics and the optimizer state stay
+    float32 arrays, the logits are cast to float32 for the loss and for ``predict`` / ``forward``,
+    and the network object itself is left as it was."""
 
     backend = "jax"
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+        self.precision = precisions.check(precision)
         if channels_last is False:
             raise UserValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
         self.net = net
@@ -131,15 +225,20 @@ class Trainer(book.TrainerBase):
             self.device = try_gpu() if device is None else devices.resolve(
                 device, "jax", len(_gpus()),
                 lambda kind, i: _gpus()[i] if kind == "gpu" else jax.local_devices(backend="cpu")[0])
+        if self.precision == "bf16":
+            check_bf16_devices(self.device)
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         to_device(net, self.device)
         modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]
-        net.train()
-        self._graph_train = nnx.graphdef(net)
-        net.eval()
-        self._graph_eval = nnx.graphdef(net)
-        for bn, mode in modes:
-            bn.use_running_average = mode
+        try:
+            with dtype_policy(net, self.precision):  # the graphs keep the policy's dtypes; net gets its own back
+                net.train()
+                self._graph_train = nnx.graphdef(net)
+                net.eval()
+                self._graph_eval = nnx.graphdef(net)
+        finally:
+            for bn, mode in modes:
+                bn.use_running_average = mode
         paths = {id(v): path for path, v in nnx.iter_graph(net) if isinstance(v, nnx.Variable)}
         self._slots = [(name, paths[id(var)], kind) for name, var, kind in _variables(net)
                        if isinstance(var, nnx.Param)]
@@ -250,17 +349,19 @@ def _value(v):
     return v.value if isinstance(v, nnx.Variable) else v
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, *, precision: str = "float32",
+              **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
     (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
     history. ``net``: a d2lres network or any ``nnx`` module mapping an NHWC batch to logits.
     ``train_iter`` / ``test_iter``: d2lres's batches or any re-iterable of NHWC ``(X, y)``
-    arrays with a length; ``fit_options`` go to ``d2lres.training.fit``.
+    arrays with a length; ``precision``: the ``Trainer``'s (``"bf16"``: mixed precision);
+    ``fit_options`` go to ``d2lres.training.fit``.
 
     Initialisation: an ``nnx`` module is initialised when it is built (its layers' own
     initialisers and ``rngs``), so every network is trained from its weights as they are (the
     book's JAX tab, d2l 1.0's linen ``Trainer``, has no ``train_ch6``); a d2lres network's are
     d2lres's seeded scheme (``init_weights``)."""
     device = device if device is not None else try_gpu()
-    return book.train_ch6(net, lambda: Trainer(net, device=device), lambda: None, train_iter, test_iter,
-                          num_epochs, lr, **fit_options)
+    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), lambda: None,
+                          train_iter, test_iter, num_epochs, lr, **fit_options)

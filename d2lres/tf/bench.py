@@ -11,9 +11,10 @@ import tensorflow as tf
 from .train import to_tensors
 
 
-def matmul(n: int):
-    """A callable doing one ``n x n`` float32 matmul."""
-    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
+def matmul(n: int, precision: str = "float32"):
+    """A callable doing one ``n x n`` matmul in ``precision`` (float32, or bfloat16 for bf16)."""
+    dtype = tf.bfloat16 if precision == "bf16" else tf.float32
+    a, b = (tf.cast(tf.random.uniform((n, n)), dtype) for _ in range(2))
     return lambda: (a @ b).numpy()
 
 

@@ -43,6 +43,15 @@ def device_scope(device):
     return tf.device(device_name(device)) if device is not None else contextlib.nullcontext()
 
 
+def _add_bias(Y: tf.Tensor, bias) -> tf.Tensor:
+    """``Y + bias`` in a layer computing in bfloat16 (``precision="bf16"``): a broadcast ``AddV2``,
+    whose gradient is a ``Sum`` that accumulates in float32, where Keras's ``ops.add`` makes it
+    ``BiasAdd``, whose CPU ``BiasAddGrad`` sums a bfloat16 gradient in bfloat16: a bias before a
+    BatchNorm (exact gradient 0) then got gradients of 5 where float32 gives 1e-5 and PyTorch's
+    autocast 0.07 (ResNet-18's first convolution, 8 images of 32x32)."""
+    return tf.math.add(Y, tf.cast(tf.convert_to_tensor(bias), Y.dtype))
+
+
 #: The matmul path's rule (``Conv2D.uses_matmul``): outputs at most this many pixels on a side...
 MATMUL_MAX_SIDE = 2
 #: ... from at least this many input channels. Derived from single-convolution forward+backward
@@ -90,7 +99,11 @@ class Conv2D(keras.layers.Conv2D):
     def call(self, X):
         self.conv_path = "matmul" if self.uses_matmul(X.shape) else "conv"
         X = _pad(X, self.explicit_padding)
-        return self._matmul(X) if self.conv_path == "matmul" else super().call(X)
+        if self.conv_path == "matmul":
+            return self._matmul(X)
+        if self.use_bias and self.compute_dtype != "float32":  # bf16: the bias's gradient summed in float32
+            return _add_bias(self.convolution_op(X, self.kernel), self.bias)
+        return super().call(X)
 
     def _matmul(self, X):
         (k, _), (s, _) = self.kernel_size, self.strides
@@ -101,7 +114,20 @@ class Conv2D(keras.layers.Conv2D):
         depth = P.shape[-1]
         Y = tf.reshape(P, [-1, depth]) @ tf.reshape(tf.convert_to_tensor(self.kernel), [depth, self.filters])
         Y = tf.reshape(Y, tf.concat([tf.shape(P)[:3], [self.filters]], 0))
-        return Y + self.bias if self.use_bias else Y
+        if not self.use_bias:
+            return Y
+        return Y + self.bias if self.compute_dtype == "float32" else _add_bias(Y, self.bias)
+
+
+class Dense(keras.layers.Dense):
+    """Keras's ``Dense``; computing in bfloat16 (``precision="bf16"``) its bias is added as
+    ``Conv2D``'s is (:func:`_add_bias`: the bias's gradient summed in float32)."""
+
+    def call(self, inputs, training=None):
+        if self.bias is None or self.compute_dtype == "float32" or self.activation is not None \
+                or self.quantization_mode is not None or getattr(self, "lora_enabled", False):
+            return super().call(inputs, training=training)
+        return _add_bias(tf.matmul(inputs, tf.convert_to_tensor(self.kernel)), self.bias)
 
 
 class MaxPool2D(keras.layers.MaxPool2D):
@@ -253,7 +279,7 @@ class ResNet(keras.Model):
                 channels = num_channels
             head = [BatchNorm(channels), keras.layers.ReLU()] if arch.version == 2 else []
             self.head = _stage(head + [keras.layers.GlobalAveragePooling2D(keepdims=True), keras.layers.Flatten(),
-                                       keras.layers.Dense(num_classes)], "head")
+                                       Dense(num_classes)], "head")
             self(tf.zeros((1, 32, 32, in_channels)), training=False)  # builds the rest (Dense, Sequentials)
 
     def __iter__(self):

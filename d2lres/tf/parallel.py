@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from ..runs import parallel
 from .model import BatchNorm
-from .train import Trainer, as_batch
+from .train import Trainer, as_batch, as_float32
 
 
 def logical_cpus(n: int) -> None:
@@ -114,6 +114,8 @@ class SyncBatchNorm(BatchNorm):
         ctx = tf.distribute.get_replica_context()
         if not training or ctx is None or ctx.num_replicas_in_sync == 1:
             return super().call(X, training=training)
+        out_dtype = X.dtype  # bf16: bfloat16 in and out, the statistics in float32 (as the fused kernel)
+        X = X if X.dtype == tf.float32 else tf.cast(X, tf.float32)
         axes = [0, 1, 2]
         local = tf.cast(tf.size(X) // tf.shape(X)[-1], tf.float32)
         total, n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.reduce_sum(X, axes), local])
@@ -124,7 +126,7 @@ class SyncBatchNorm(BatchNorm):
         m = 1 - self.momentum  # PyTorch's momentum (Keras's is the weight of the old average)
         self.moving_mean.assign(self.moving_mean * (1 - m) + m * mean)
         self.moving_variance.assign(self.moving_variance * (1 - m) + m * var * n / tf.maximum(n - 1, 1))
-        return Y
+        return Y if Y.dtype == out_dtype else tf.cast(Y, out_dtype)
 
 
 def strategy(replicas: int | None = None) -> tf.distribute.Strategy:
@@ -168,13 +170,16 @@ class ParallelTrainer(Trainer):
     strategy's scope with its weights (``self.net`` is the mirrored one). ``replicas``: None, or
     the run's number, checked; ``rank``: this worker's index (0 in one process); ``sync_bn``:
     synchronized BatchNorm (default ``d2lres.parallel.SYNC_BN_DEFAULT``). ``device`` is not used:
-    the strategy places the replicas."""
+    the strategy places the replicas. ``precision``: as ``Trainer``'s, on the mirrored network
+    (bf16 is checked on every local replica's device; ``SyncBatchNorm`` computes in float32)."""
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, replicas: int | None = None,
-                 sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+        from ..core import precision as precisions
         from . import resnet
         from .weights import get_weights, set_weights
+        precisions.check(precision)  # before the strategy and the mirrored network are made
         self.strategy = strategy(replicas)
         self.replicas, self.sync_bn = self.strategy.num_replicas_in_sync, sync_bn
         config = tf_config() if self.strategy is _MULTI_WORKER else None
@@ -189,15 +194,18 @@ class ParallelTrainer(Trainer):
                     if type(layer) is BatchNorm:
                         layer.__class__ = SyncBatchNorm
             super().__init__(mirrored, momentum, weight_decay, device="/CPU:0", compile=compile,
-                             channels_last=channels_last)
+                             channels_last=channels_last, precision=precision)
         self.device = self.strategy.extended.worker_devices[0]  # inputs land here before the split
         wrap = (lambda f: tf.function(f, reduce_retracing=True)) if self.compile else (lambda f: f)
         self._dist_step = wrap(self._dist_step_impl)
 
+    def _precision_devices(self) -> list[str]:
+        return list(self.strategy.extended.worker_devices)
+
     def _dist_step_impl(self, X, y, n):
         def replica(X, y):
             with tf.GradientTape() as tape:
-                logits = self.net(X, training=True)
+                logits = as_float32(self.net(X, training=True))
                 loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) / n
             grads = tape.gradient(loss, self._weights)
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=y.dtype), y), tf.int32))
@@ -210,6 +218,7 @@ class ParallelTrainer(Trainer):
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step on the global batch ``(X, y)``; returns its mean loss and correct count."""
         X = self._check(X, training=True)
+        self._own_policy()
         X, y = as_batch(X, y)
         n = int(X.shape[0])
         parts = parallel.shard_slices(n, self.replicas)

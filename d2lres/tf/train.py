@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from .. import data
 from ..core import book, inputs
+from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
 from .model import device_name, device_scope
@@ -50,6 +51,52 @@ def as_batch(X, y=None):
     return X, (y if y.dtype == tf.int32 else tf.cast(y, tf.int32))
 
 
+#: The Keras dtype policy of each ``precision``: ``mixed_bfloat16`` keeps the variables float32 and
+#: computes in bfloat16 (Keras casts a layer's floating inputs to it and, inside its ``call``, its
+#: autocast variables: the kernels and biases, not BatchNorm's, which Keras makes ``autocast=False``).
+POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def set_precision(net, precision: str = "float32") -> None:
+    """Put the Keras dtype policy of ``precision`` (:data:`POLICIES`) on every layer of ``net``, the
+    network itself and d2lres's own layers included (``_flatten_layers``). Keras 3 reads a layer's
+    ``dtype_policy`` at every call (the input cast, the autocast scope of its variables), so this
+    works on a network already built: its variables are not touched (float32). Functions traced
+    before it keep the policy they were traced with. A layer with a non-floating or quantized
+    policy (a lookup, an int8 layer) keeps its own."""
+    policy = keras.DTypePolicy(POLICIES[precisions.check(precision)])
+    for layer in net._flatten_layers(include_self=True, recursive=True):
+        own = layer.dtype_policy
+        if own.quantization_mode is None and keras.backend.is_float_dtype(own.variable_dtype) \
+                and own.name != policy.name:
+            layer.dtype_policy = policy
+
+
+def as_float32(logits):
+    """The logits in float32 (the bf16 policy's Dense layer gives bfloat16): for the loss, the
+    argmax and what ``predict`` / ``forward`` return."""
+    return logits if logits.dtype == tf.float32 else tf.cast(logits, tf.float32)
+
+
+def check_bf16_devices(devices_) -> None:
+    """bf16 on TensorFlow devices (strings): refused on a GPU of compute capability below 8.0
+    (``tf.config.experimental.get_device_details``; unknown, as on a Mac's GPU: allowed), warned
+    once on a CPU where bfloat16 is emulated (TensorFlow has no public check of its own)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    cpu = False
+    for name in devices_:
+        spec = tf.DeviceSpec.from_string(name)
+        if (spec.device_type or "CPU").upper() != "GPU":
+            cpu = True
+            continue
+        index = spec.device_index or 0
+        details = tf.config.experimental.get_device_details(gpus[index]) if index < len(gpus) else {}
+        capability = details.get("compute_capability")
+        precisions.refuse_gpu("tf", name, capability is None or tuple(capability) >= (8, 0))
+    if cpu:
+        precisions.warn_if_emulated("tf", None)
+
+
 class Trainer(book.TrainerBase):
     """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``, ``w -= lr v``)
     and cross-entropy, on a d2lres network or any Keras model mapping an NHWC batch to logits
@@ -58,12 +105,23 @@ class Trainer(book.TrainerBase):
     ``compile``: the step and the prediction each run as one ``tf.function`` (None: on, faster
     than eager; XLA is not offered: slower on CPU and beyond the checks' tolerances).
     ``channels_last``: TensorFlow's CPU convolutions are NHWC only, so None and True are accepted
-    and False is refused."""
+    and False is refused.
+
+    ``precision="bf16"`` is Keras's ``mixed_bfloat16`` dtype policy, put on every layer of the
+    network (built or not) when the trainer is made (:func:`set_precision`; ``"float32"`` puts the
+    float32 policy back): the convolutions and the Dense layer compute in bfloat16 from float32
+    variables, BatchNorm runs TensorFlow's fused kernel, which computes in float32 on its bfloat16
+    input and keeps its statistics float32, and the logits are cast to float32 for the loss,
+    ``predict`` and ``forward``; d2lres's ``Conv2D`` and ``Dense`` add their bias so that its
+    gradient is summed in float32 (``model._add_bias``; a Keras layer of another network sums it in
+    bfloat16 on CPU). The weights and the momentum buffers stay float32. The policy is the
+    network's: a trainer puts its own back before each call if another trainer changed it."""
 
     backend = "tf"
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+        self.precision = precisions.check(precision)
         if channels_last is False:
             raise UserValueError("channels_last=False cannot be honoured: d2lres.tf runs NHWC (channels last) only; "
                                  "leave channels_last None or True")
@@ -73,15 +131,29 @@ class Trainer(book.TrainerBase):
         self.device = try_gpu() if device is None else devices.resolve(
             device_name(device), "tf", len(tf.config.list_physical_devices("GPU")),
             lambda kind, i: f"/{kind.upper()}:{i}")
+        if self.precision == "bf16":
+            check_bf16_devices(self._precision_devices())
         self.momentum, self.weight_decay = momentum, weight_decay
         self.compile = compile is not False
         with tf.device(self.device):
             self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        self._policy = POLICIES[self.precision]
+        set_precision(net, self.precision)  # before anything is traced
         self._weights = None
         if net.weights:
             self._collect()
         wrap = (lambda f: tf.function(f, reduce_retracing=True)) if self.compile else (lambda f: f)
-        self._step, self._predict = wrap(self._step_impl), wrap(lambda X: net(X, training=False))
+        self._step, self._predict = wrap(self._step_impl), wrap(lambda X: as_float32(net(X, training=False)))
+
+    def _precision_devices(self) -> list[str]:
+        """The devices bf16 is checked on (:func:`check_bf16_devices`)."""
+        return [self.device]
+
+    def _own_policy(self) -> None:
+        """The trainer's dtype policy on the network again if another trainer put its own there
+        (before anything runs or is traced)."""
+        if self.net.dtype_policy.name != self._policy:
+            set_precision(self.net, self.precision)
 
     def _collect(self, X=None) -> None:
         """The trainable variables and momentum buffers; a network without variables yet is
@@ -89,6 +161,7 @@ class Trainer(book.TrainerBase):
         if not self.net.weights:
             with tf.device(self.device):
                 self.net(X[:1], training=False)
+            set_precision(self.net, self.precision)  # any layer its build made
         # Keras 3 variables are not tf.Variables (no .ref()): keep the trainable ones in order,
         # with their names, and update the tf.Variables behind them (``.value``).
         kinds = {id(var): (name, kind) for name, var, kind in _variables(self.net)}
@@ -103,7 +176,7 @@ class Trainer(book.TrainerBase):
 
     def _step_impl(self, X, y):
         with tf.GradientTape() as tape:
-            logits = self.net(X, training=True)
+            logits = as_float32(self.net(X, training=True))
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         self._update(tape.gradient(loss, self._weights))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=y.dtype), y), tf.int32))
@@ -121,6 +194,7 @@ class Trainer(book.TrainerBase):
     def step(self, X, y, lr: float) -> tuple[float, int]:
         """One SGD step; returns the batch's mean loss and number of correct predictions."""
         X = self._check(X, training=True)
+        self._own_policy()
         if self._weights is None:
             self._collect(as_batch(X))
         self.lr.assign(lr)
@@ -134,6 +208,7 @@ class Trainer(book.TrainerBase):
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits."""
         X = self._check(X, training=False)
+        self._own_policy()
         if self._weights is None:
             self._collect(as_batch(X))
         with tf.device(self.device):
@@ -144,11 +219,12 @@ class Trainer(book.TrainerBase):
         X = np.asarray(X)
         in_channels, num_classes, arch = book.spec_of(self.net)
         inputs.check_batch(X.shape, X.dtype, in_channels, training=training, arch=arch, num_classes=num_classes or 10)
+        self._own_policy()
 
         def run():
             with tf.device(self.device):
                 X_ = tf.constant(np.ascontiguousarray(X.transpose(0, 2, 3, 1)))
-                return self.net(self._check(X_, training), training=training).numpy()
+                return as_float32(self.net(self._check(X_, training), training=training)).numpy()
         return self._keep_statistics_finite(run) if training else run()
 
     def _check(self, X, training: bool):
@@ -206,7 +282,8 @@ def _variables(net):
     return [(f"{i}.{v.name}", v, "native") for i, v in enumerate(net.weights)]
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, **fit_options):
+def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=None, *, precision: str = "float32",
+              **fit_options):
     """d2l's ``train_ch6``: SGD at constant ``lr``, cross-entropy; prints d2l's lines
     (``training on``, loss and accuracies, examples/sec), draws the curves and returns the
     history. ``net``: a d2lres network, any Keras model mapping an NHWC batch to logits, or --
@@ -214,15 +291,17 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     ``tf.distribute.OneDeviceStrategy(device).scope()``. ``device``: d2lres's device string or
     d2l's ``try_gpu()`` (a ``tf.device`` object). ``train_iter`` / ``test_iter``: d2lres's
     batches or a ``tf.data.Dataset`` of ``(X, y)`` batches (X NHWC, float; y integer labels);
+    ``precision``: the ``Trainer``'s (``"bf16"``: Keras's ``mixed_bfloat16`` policy on the network);
     ``fit_options`` go to ``d2lres.training.fit``.
 
     Initialisation, as d2l: a network built by ``net_fn`` (or not built before its first batch)
     gets Keras's initialisers (Glorot uniform kernels, zero biases); a network object already
     built is trained from its weights as they are, and a d2lres network keeps its weights
     (d2lres's seeded scheme, ``init_weights``)."""
+    precisions.check(precision)
     device = device_name(device) or try_gpu()
     if callable(net) and not isinstance(net, keras.layers.Layer):
         with tf.distribute.OneDeviceStrategy(device).scope():
             net = net()
-    return book.train_ch6(net, lambda: Trainer(net, device=device), lambda: None, train_iter, test_iter,
-                          num_epochs, lr, **fit_options)
+    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), lambda: None, train_iter,
+                          test_iter, num_epochs, lr, **fit_options)

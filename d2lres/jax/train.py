@@ -97,8 +97,8 @@ def promote_bf16(args, /, *, dtype=None, inexact=True):
     bfloat16 result in float32 and its gradient -- a sum over the batch and the pixels -- is summed in
     float32. (A bfloat16 bias would be summed in bfloat16: JAX transposes the broadcast of the bias to
     a ``reduce_sum`` of bfloat16, which XLA:CPU accumulates rounding each addition to bfloat16; for a
-    convolution before a BatchNorm, whose bias gradient is 0, that sum came out ~40 times the rounding
-    of its terms.)"""
+    convolution before a BatchNorm, whose bias gradient is 0, that sum came out far beyond the rounding
+    of its terms; docs/same-function.md gives the sizes.)"""
     if len(args) != 3 or args[2] is None:
         return dtypes.promote_dtype(args, dtype=dtype, inexact=inexact)
     inputs, kernel = dtypes.promote_dtype(args[:2], dtype=dtype, inexact=inexact)

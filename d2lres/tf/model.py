@@ -45,10 +45,9 @@ def device_scope(device):
 
 def _add_bias(Y: tf.Tensor, bias) -> tf.Tensor:
     """``Y + bias`` in a layer computing in bfloat16 (``precision="bf16"``): a broadcast ``AddV2``,
-    whose gradient is a ``Sum`` that accumulates in float32, where Keras's ``ops.add`` makes it
-    ``BiasAdd``, whose CPU ``BiasAddGrad`` sums a bfloat16 gradient in bfloat16: a bias before a
-    BatchNorm (exact gradient 0) then got gradients of 5 where float32 gives 1e-5 and PyTorch's
-    autocast 0.07 (ResNet-18's first convolution, 8 images of 32x32)."""
+    whose gradient is a ``Sum`` that accumulates in float32. Keras's ``ops.add`` would make it
+    ``BiasAdd``, and TensorFlow's CPU ``BiasAddGrad`` sums a bfloat16 gradient in bfloat16, far
+    from the exact gradient of a bias before a BatchNorm (0; docs/same-function.md gives the sizes)."""
     return tf.math.add(Y, tf.cast(tf.convert_to_tensor(bias), Y.dtype))
 
 

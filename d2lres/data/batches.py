@@ -39,17 +39,22 @@ class FashionMNIST:
         """``(X, y)``: float32 images (N, 1, H, W) in [0, 1] and int64 labels (N,); ``limit``: only
         the first images, and only those are resized. Refused (``memory.MemoryNeeded``) before
         allocating if the images would not fit in the available memory."""
-        from ..runs import memory
         key = (bool(train), resize, limit)
         if key not in self._splits:
             images, labels = (a[:limit] for a in self.raw[bool(train)])
-            side = resize or images.shape[-1]
-            memory.require(memory.images_bytes(len(images), side),
-                           f"{len(images):,} {'training' if train else 'test'} images at {side}x{side} (float32)",
-                           "use fewer images (--limit N) or a smaller --resize")
+            require_memory(len(images), resize or images.shape[-1], train)
             X = resize_images(images, resize)
             self._splits[key] = (X[:, None], labels.astype(np.int64))
         return self._splits[key]
+
+
+def require_memory(n_images: int, side: int, train: bool) -> None:
+    """Refuse (``memory.MemoryNeeded``) ``n_images`` images of one split at ``side`` x ``side`` in
+    float32 if they would not fit in the available memory."""
+    from ..runs import memory
+    memory.require(memory.images_bytes(n_images, side),
+                   f"{n_images:,} {'training' if train else 'test'} images at {side}x{side} (float32)",
+                   "use fewer images (--limit N) or a smaller --resize")
 
 
 class ArrayBatches:

@@ -1,6 +1,11 @@
 """``d2lres compare``: train every backend from the same initial weights and batch order (one
 process per backend, so thread pools and memory do not mix), then write ``report.md`` with
-the results table, overlaid curves and the cross-backend checks."""
+the results table, overlaid curves and the cross-backend checks.
+
+A compare folder is one comparison (``comparison.json``: the backends, the network, the settings,
+the data slice and the initial weights): another one there is refused unless ``--overwrite``, and
+every check (each backend's run folder included) passes before anything is written
+(``d2lres.runs.guard``)."""
 from __future__ import annotations
 
 import itertools
@@ -20,11 +25,11 @@ from ..errors import UserError
 from ..host import backends
 from ..perf import isa
 from ..verify.checks import BF16_ERROR_CONSTANTS, UNIT_ROUNDOFF
-from . import parallel, signals
-from .files import atomic_open, atomic_write
+from . import guard, parallel, run, signals
+from .files import atomic_open, atomic_write, atomic_write_text, inspect_folder
 from .plots import curves_figure
 from .progress import AcrossBackends
-from .run import CHECKPOINT_DIR, TIMING, run_folder, settings_line, stopped_at
+from .run import CHECKPOINT_DIR, TIMING, settings_line, stopped_at
 from .run import job as run_job
 from .stamps import describe as describe_stamps
 from .stamps import stamps
@@ -45,6 +50,8 @@ SMOKE_ACCURACY = 0.2  # twice chance (ten classes)
 
 #: What the report's total wall time includes.
 TOTAL_TIME = "everything: each backend's process start and import, training, and the cross-backend checks"
+#: The file that records a compare folder's comparison.
+COMPARISON = "comparison.json"
 
 
 class CompareError(UserError, ValueError):
@@ -52,15 +59,15 @@ class CompareError(UserError, ValueError):
 
 
 def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Path, *, arch, data_dir, limit,
-                         overwrite: bool, bar: AcrossBackends, held: str, devices: int, sync_bn: bool) -> dict:
+                         bar: AcrossBackends, held: str, devices: int, sync_bn: bool) -> dict:
     """One backend's run as a JSON job (``python -m d2lres.run JOB``) in its own process(es), on
-    ``devices`` devices (``parallel.launch_command``). A run already in ``out`` is continued (and a
-    finished one reused) if it is the same run; another run there is refused unless ``overwrite``."""
-    resume = not overwrite and (out / CHECKPOINT_DIR / CHECKPOINT).exists()
+    ``devices`` devices (``parallel.launch_command``): a run in ``out`` (checked by
+    :func:`compare_training`) is continued."""
+    resume = (out / CHECKPOINT_DIR / CHECKPOINT).exists()
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
-                      overwrite=overwrite, error_file=error_file, devices=devices, sync_bn=sync_bn,
+                      error_file=error_file, devices=devices, sync_bn=sync_bn,
                       progress=bar.enabled)  # the bar across backends, or none (not each job's own)
         bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
         env, fds = bar.start(backend)
@@ -79,12 +86,37 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
     return json.loads((out / "metrics.json").read_text())
 
 
+def comparison_differences(saved: dict, now: dict) -> list[str]:
+    """``"key: folder A, now B"`` for each entry of two comparisons (:data:`COMPARISON`) that differs."""
+    flat = [{"backends": ", ".join(sorted(c.get("backends", []))), **c.get("run", {})} for c in (saved, now)]
+    return [f"{k}: folder {flat[0].get(k)}, now {flat[1].get(k)}"
+            for k in dict.fromkeys([*flat[0], *flat[1]]) if flat[0].get(k) != flat[1].get(k)]
+
+
+def recorded_comparison(out: Path) -> dict | None:
+    """The comparison a compare folder holds: its :data:`COMPARISON`, or for a folder written before
+    that file, its ``report.json``'s backends and runs; ``None`` if it records none."""
+    try:
+        return json.loads((out / COMPARISON).read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        results = json.loads((out / "report.json").read_text())["results"]
+        run = dict(next(iter(results.values()))["run"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+    run.pop("backend", None)
+    return {"backends": list(results), "run": run}
+
+
 def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=None,
                      data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False,
                      progress: bool = True, held: str = "native", devices: int = 1,
                      sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> Path:
     """Train each backend (``names``; default: every one available), then write ``out/report.md``,
-    ``out/curves.png``, ``out/report.json``.
+    ``out/curves.png``, ``out/report.json``. A backend's finished run of the same comparison is
+    reused (the report says so), an interrupted one continued; another comparison in ``out`` is
+    refused, naming what differs, unless ``overwrite``.
     ``progress``: one bar over every backend's steps, and the expected time once the first
     backend's steps are measured; ``held``: the instruction set every backend's process is held
     to (``d2lres.perf.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
@@ -92,19 +124,72 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     arch = spec.get_arch(arch)
     names = mixed_backends(distinct(names or backends.available()), config.precision, chosen=bool(names))
     tic = time.perf_counter()
-    with run_folder(out, "compare") as out:
-        print(f"data: {data.fetch_fashion_mnist(data_dir).source}")
-        init = out / "init.npz"  # the same bytes' worth of weights for every backend (a seeded initialiser)
-        neutral.save_npz(init, neutral.init_weights(seed=config.seed, arch=arch), arch)
-        available = len(data.FashionMNIST.load(data_dir).raw[True][1])
-        steps = config.epochs * -(-min(limit or available, available) // config.batch_size)
+
+    def inputs():
+        for n in names:
+            backends.require(n)
+        source = data.fetch_fashion_mnist(data_dir).source
+        init = neutral.init_weights(seed=config.seed, arch=arch)  # the same weights for every backend
+        runs = {n: run.run_identity(n, arch, config, limit=limit, data_dir=data_dir, init_weights=init) for n in names}
+        first = runs[names[0]]
+        run.check_batches(first["train_images"], config.batch_size, config.resize, arch, first["test_images"])
+        common = {k: v for k, v in first.items() if k != "backend"}
+        return source, init, runs, {"backends": names, "run": common}
+
+    def state(out: Path, value) -> guard.Plan:
+        _, _, runs, comparison = value
+        saved = recorded_comparison(out)
+        differences = comparison_differences(saved, comparison) if saved is not None else []
+        if differences and not overwrite:
+            raise CompareError(f"{out} holds another comparison: {'; '.join(differences)}. A compare folder is one "
+                               f"comparison: choose another --out, or pass --overwrite to replace it")
+        init = out / "init.npz"
+        if not overwrite and init.exists() and run.init_digest(neutral.load_npz(init)) != comparison["run"]["init"]:
+            raise CompareError(f"{init} holds other initial weights than seed {config.seed} gives {arch}: the folder "
+                               f"is another comparison; choose another --out, or pass --overwrite to replace it")
+        remove, reused = [], {}
+        if overwrite:
+            remove += [out / name for name in (COMPARISON, "init.npz", "checks.json", "curves.png", "report.json",
+                                                "report.md")]
+        for n in backends.BACKENDS:
+            folder = out / n
+            if n not in names and not (overwrite and folder.is_dir()):
+                continue
+            try:
+                inspect_folder(folder, "train", option=f"the {n} run folder {folder} (--out)")
+            except UserError as err:
+                raise CompareError(f"{n}: {err}") from None
+            guard.refuse_if_held(folder)
+            resume = not overwrite and (folder / CHECKPOINT_DIR / CHECKPOINT).exists()
+            try:
+                plan = run.folder_plan(folder, runs.get(n, {}), resume=resume, overwrite=overwrite)
+            except UserError as err:
+                raise CompareError(f"{n}: {err}") from None
+            remove += plan.remove
+            if plan.found is not None:
+                reused[n] = plan.found
+        return guard.Plan(remove=tuple(remove), found=reused)
+
+    with guard.validated(out, "compare", inputs, state) as (out, (source, init_weights, runs, comparison), plan):
+        print(f"data: {source}")
+        reused = plan.found
+        if not (out / COMPARISON).exists():
+            atomic_write_text(out / COMPARISON, json.dumps(comparison, indent=1))
+        init = out / "init.npz"
+        if not init.exists():
+            neutral.save_npz(init, init_weights, arch)
+        steps = config.epochs * -(-runs[names[0]]["train_images"] // config.batch_size)
         results = {}
-        with AcrossBackends({n: steps for n in names}, enabled=progress) as bar:
+        with AcrossBackends({n: steps for n in names if n not in reused}, enabled=progress) as bar:
             for n in names:
+                if n in reused:
+                    bar.bar.write(f"== {n}: its finished run in {out / n} is reused (not trained again)")
+                    results[n] = {**reused[n], "reused": True}
+                    continue
                 try:
                     results[n] = _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir,
-                                                      limit=limit, overwrite=overwrite, bar=bar, held=held,
-                                                      devices=devices, sync_bn=sync_bn)
+                                                      limit=limit, bar=bar, held=held, devices=devices,
+                                                      sync_bn=sync_bn)
                 except signals.Interrupted as err:
                     err.detail = "; ".join(filter(None, [
                         err.detail, f"finished: {', '.join(results) or 'none'}",
@@ -131,12 +216,25 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
         stamp = stamps(names, data_dir, held)
         cpu = stamp["cpu"]
         report = {"arch": str(arch), "config": config.to_dict(), "limit": limit, "cpu": cpu, "parity": summary,
-                  "stamps": stamp, "timing": {**TIMING, "total wall_seconds": TOTAL_TIME},
+                  "stamps": stamp, "timing": {**TIMING, "total wall_seconds": total_time(results)},
                   "results": {n: {k: v for k, v in r.items() if k != "history"} for n, r in results.items()}}
         atomic_write(out / "report.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
         text = render(config, results, summary, check_md, arch=arch, limit=limit, cpu=cpu, stamp=stamp)
         atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return out / "report.md"
+
+
+def total_time(results: dict[str, dict]) -> str:
+    """What the report's total wall time includes: :data:`TOTAL_TIME`, less the backends whose finished
+    run was reused (their own times are in the table)."""
+    reused = [n for n, r in results.items() if r.get("reused")]
+    if not reused:
+        return TOTAL_TIME
+    trained = [n for n in results if n not in reused]
+    return ("this command: " + (f"training {', '.join(trained)} (each backend's process start and import "
+                                f"included), " if trained else "no training, ")
+            + f"the cross-backend checks; reused without training: {', '.join(reused)} (finished by an earlier "
+              f"compare into this folder; the table gives the times of those runs)")
 
 
 def mixed_backends(names: list[str], precision: str, chosen: bool) -> list[str]:
@@ -205,7 +303,7 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
              f"precision {c.precision}"
              + (f", the first {limit} images of each split" if limit else "") + ". "
              "Every backend starts from the same weights (`init.npz`) and sees the same batch order.", "",
-             f"Total wall time {summary['wall_seconds']:.0f} s ({TOTAL_TIME}).",
+             f"Total wall time {summary['wall_seconds']:.0f} s ({total_time(results)}).",
              "", *(describe_stamps(stamp) if stamp else [f"- CPU: {isa.describe(cpu)}"]), "",
              "| backend | device | train loss | train acc | test acc | images/s (training steps) "
              "| wall time (s, in the backend's process) | first-step loss |",
@@ -213,7 +311,8 @@ def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_m
     for n, r in results.items():
         device = r["device"] if r.get("devices", 1) == 1 else f"{r['devices']} x {r['device']}"
         lines.append(f"| {n} | {device} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_acc']:.4f} | "
-                     f"{r['images_per_s']:.1f} | {r['wall_seconds']:.0f} | {r['first_step_loss']:.6f} |")
+                     f"{r['images_per_s']:.1f} | {r['wall_seconds']:.0f}{' (reused)' if r.get('reused') else ''} | "
+                     f"{r['first_step_loss']:.6f} |")
     lines += ["", "![training curves](curves.png)", "", "## Parity", "",
               f"- first-step loss, largest difference between backends{relative}: "
               f"{summary['first_step_loss_max_diff']:.2e} (required <= {criteria['first_step_loss']:.3g}{why})",

@@ -5,6 +5,7 @@ writer's leftover temporary files are removed by :func:`remove_stale_temporaries
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -27,8 +28,13 @@ def _umask() -> int:
 def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file object for ``path``: on success it replaces ``path``, else it is deleted."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as err:  # name the target, not the temporary file or a folder above it
+        raise OSError(err.errno, _reason(err, path.parent), str(path)) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is not
         with os.fdopen(fd, "wb") as f:
@@ -38,12 +44,28 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:  # a write's error (a full disk) names no file: name the target
-            raise OSError(err.errno, err.strerror, str(path)) from None
-        raise
+        raise OSError(err.errno, _reason(err, path.parent), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _reason(err: OSError, folder: Path) -> str:
+    """``err``'s reason, with a read-only file system told apart from a missing permission."""
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and read_only(folder):
+        return "Read-only file system"
+    return err.strerror or str(err)
+
+
+def read_only(path: str | os.PathLike) -> bool:
+    """Whether the nearest existing folder at or above ``path`` is on a read-only mount."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -76,7 +98,7 @@ MARKER = ".d2lres-run.json"
 #: What d2lres itself writes into a run folder of each kind (besides ``MARKER`` and temporaries).
 OWN_FILES = {
     "train": (".lock", "checkpoint", "metrics.json", "weights.npz", "curves.png"),
-    "compare": (".lock", "init.npz", "checks.json", "curves.png", "report.json", "report.md",
+    "compare": (".lock", "comparison.json", "init.npz", "checks.json", "curves.png", "report.json", "report.md",
                 "torch", "tf", "mxnet", "jax"),
 }
 #: Files that show an unmarked folder is a run of that kind written before the marker existed.
@@ -108,11 +130,11 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
-def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out") -> Path:
-    """Check that d2lres may write a ``kind`` run into ``folder`` and mark it as one: the folder is
-    new, empty, or already a d2lres run of that kind. Refused (:class:`FolderError`, naming what is
-    there and the options): an empty path, the filesystem root, a home folder itself, a run of the
-    other kind, a folder holding files that are not a d2lres run."""
+def inspect_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out") -> Path:
+    """The checks of :func:`claim_folder`, reading only: nothing is created or marked. Refused
+    (:class:`FolderError`, naming what is there and the options): an empty path, the filesystem
+    root, a home folder itself, a file, a run of the other kind, a folder holding files that are not
+    a d2lres run, a folder (or, for a new one, the folder it would be made in) that cannot be written."""
     if str(folder) == "":
         raise FolderError(f"{option} is empty; name a folder for the run (or leave {option} out for the default)")
     folder = Path(folder).expanduser()
@@ -134,10 +156,34 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out")
             raise FolderError(f"{option} {folder} holds files that are not a d2lres {kind} run "
                               f"({_listing(entries)}); d2lres writes only into a new or empty folder or one of "
                               f"its own runs: choose another {option}, or move those files away")
-        if (folder / MARKER).is_file():
-            return folder
     elif folder.exists():
         raise FolderError(f"{option} {folder} is a file, not a folder; choose a folder for the run")
+    problem = unwritable(folder)
+    if problem:
+        raise FolderError(f"cannot use {folder} as a run folder ({problem}); choose another {option} or make it "
+                          f"writable")
+    return folder
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` (or, if it does not exist, the folder it would be made in) cannot be written, or
+    ``None``: a file on the way, a read-only file system, or no permission."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if os.access(path, os.W_OK | os.X_OK):
+        return None
+    return "Read-only file system" if read_only(path) else "Permission denied"
+
+
+def claim_folder(folder: str | os.PathLike, kind: str, *, option: str = "--out") -> Path:
+    """Check that d2lres may write a ``kind`` run into ``folder`` (:func:`inspect_folder`), then
+    create it and mark it as one."""
+    folder = inspect_folder(folder, kind, option=option)
+    if (folder / MARKER).is_file():
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         from .. import __version__

@@ -2,30 +2,24 @@
 weights (a seeded neutral file), the shared loop with checkpoints, and the outputs
 ``metrics.json``, ``curves.png``, ``weights.npz`` in the run folder.
 
-A run folder is d2lres's or it is refused (``files.claim_folder``: new, empty, or marked by
-``.d2lres-run.json`` as a run of the same kind), and belongs to one run at a time:
-:func:`run_folder` holds an ``fcntl.flock`` on its
-``.lock`` file (the kernel drops it when the process ends, however it ends), removes the
-temporary files of killed writes, and refuses a folder that another live run holds. An existing
-run (a checkpoint or ``metrics.json``) is continued only with ``resume=True`` and replaced only
-with ``overwrite=True``. The checkpoint records the run's identity (:func:`run_identity`:
-backend, architecture, settings, data slice, initial weights); resuming refuses another one,
-naming each difference.
+A run folder is d2lres's or it is refused (``files.inspect_folder``: new, empty, or marked by
+``.d2lres-run.json`` as a run of the same kind), and belongs to one run at a time
+(``guard.run_folder``: an ``fcntl.flock`` on its ``.lock`` file). :func:`train` checks everything
+before it creates, removes or writes anything, in the order ``d2lres.runs.guard`` owns. An
+existing run (a checkpoint or ``metrics.json``) is continued only with ``resume=True`` and
+replaced only with ``overwrite=True``. The checkpoint records the run's identity
+(:func:`run_identity`: backend, architecture, settings, data slice, initial weights); resuming
+refuses another one, naming each difference.
 
 ``python -m d2lres.run JOB`` runs one JSON job (what ``d2lres compare`` starts per backend)."""
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -33,12 +27,11 @@ from .. import data
 from ..core import spec
 from ..core import weights as neutral
 from ..core.presets import TrainConfig
-from ..errors import UserError, report_errors
+from ..errors import report_errors
 from ..host import backends, process
-from . import files, parallel, stamps, training
+from . import files, guard, parallel, stamps, training
+from .guard import CHECKPOINT_DIR, RunError
 
-CHECKPOINT_DIR = "checkpoint"
-LOCK_FILE = ".lock"
 #: The files a finished run leaves in its folder (besides ``checkpoint/``).
 OUTPUTS = ("metrics.json", "weights.npz", "curves.png")
 
@@ -50,53 +43,6 @@ TIMING = {"wall_seconds": "this process's run after the framework's import: buil
                           "compilation included; evaluation and checkpoints not)"}
 
 
-class RunError(UserError, ValueError):
-    """A run cannot start or go on as asked; the message says why and what to do."""
-
-
-@contextlib.contextmanager
-def run_folder(out: str | os.PathLike, kind: str = "train") -> Iterator[Path]:
-    """Create and own the folder ``out`` for the duration: a ``kind`` run folder of d2lres
-    (``files.claim_folder``: new, empty or already such a run, and marked so), an exclusive
-    ``flock`` on ``out/.lock`` (holding this process's pid), stale temporary files removed. Raises
-    :class:`RunError` if ``out`` is not d2lres's to write, cannot be created or written, or another
-    run holds it."""
-    try:
-        out = files.claim_folder(out, kind)
-    except files.FolderError as err:
-        raise RunError(str(err)) from None
-    try:
-        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise RunError(f"cannot use {out} as a run folder ({err.strerror or err}); choose another --out "
-                       f"or make it writable") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunError(f"the run folder {out} is in use by another run (pid {_holder(fd)}); wait for it "
-                           f"to end or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        for folder in (out, out / CHECKPOINT_DIR):
-            files.remove_stale_temporaries(folder)
-        yield out
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _holder(fd: int) -> str:
-    """The pid the lock's holder wrote (it writes it just after taking the lock)."""
-    for _ in range(20):
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if pid:
-            return pid
-        time.sleep(0.05)
-    return "unknown"
-
-
 def _digest(arrays) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -104,6 +50,11 @@ def _digest(arrays) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
     return "sha256:" + h.hexdigest()[:16]
+
+
+def init_digest(weights: dict[str, np.ndarray]) -> str:
+    """The digest of initial weights that a run's identity records."""
+    return _digest(weights[k] for k in sorted(weights))
 
 
 def run_identity(backend: str, arch, config: TrainConfig, *, limit: int | None = None, data_dir=None,
@@ -115,18 +66,19 @@ def run_identity(backend: str, arch, config: TrainConfig, *, limit: int | None =
     dataset = data.FashionMNIST.load(data_dir)
     (x_train, y_train), (x_test, y_test) = dataset.raw[True], dataset.raw[False]
     sliced = [a[:limit] for a in (x_train, y_train, x_test, y_test)]
-    init = ("seed" if init_weights is None
-            else _digest(init_weights[k] for k in sorted(init_weights)))
+    init = "seed" if init_weights is None else init_digest(init_weights)
     return {"backend": backends.canonical(backend), "arch": arch.name, "version": arch.version,
             "flavour": arch.flavour, **config.to_dict(), "limit": limit, "train_images": len(sliced[1]),
             "test_images": len(sliced[3]), "data": _digest(sliced), "init": init}
 
 
-def check_batches(n_images: int, batch_size: int, resize: int | None, arch) -> None:
+def check_batches(n_images: int, batch_size: int, resize: int | None, arch, test_images: int = 0) -> None:
     """Refuse training batches that cannot run: the smallest one (the last, or the only one) where
     the BatchNorm layer with the fewest positions per channel (``spec.batchnorm_sizes`` at this
-    image size) would see a single value per channel; and a batch whose activations would not fit
-    in the available memory (``memory.require``)."""
+    image size) would see a single value per channel; a batch whose activations would not fit
+    in the available memory (``memory.require``); and the ``n_images`` training and ``test_images``
+    test images resized, if they would not (``data.batches.require_memory``)."""
+    from ..data.batches import require_memory
     from . import memory
     side = resize or 28
     arch = spec.get_arch(arch)
@@ -143,6 +95,9 @@ def check_batches(n_images: int, batch_size: int, resize: int | None, arch) -> N
     memory.require(3 * memory.activations_bytes(batch, spec.walk((1, side, side), 10, arch)),
                    f"training a batch of {batch} images of {side}x{side} (activations and their gradients)",
                    "use a smaller --batch-size or --resize")
+    require_memory(n_images, side, True)
+    if test_images:
+        require_memory(test_images, side, False)
 
 
 def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init: str | Path | None = None,
@@ -151,7 +106,8 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
           sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> dict:
     """Train ``arch`` (default ResNet-18) in ``backend`` with ``config`` in the run folder ``out``;
     returns (and writes) the metrics. ``resume`` continues the run in ``out`` (which must have a
-    checkpoint of the same run); ``overwrite`` replaces a run found there.
+    checkpoint of the same run); ``overwrite`` replaces a run found there, once every check has
+    passed (``d2lres.runs.guard``: a refused run leaves the folder as it was).
 
     ``devices > 1``, or a process of a multi-process launcher (``parallel.launched``), trains
     data-parallel with the backend's ``ParallelTrainer`` (``sync_bn``: synchronized BatchNorm) in a
@@ -170,37 +126,51 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
                        "pass --devices N (N > 1) with it, or leave it out")
     arch = spec.get_arch(arch)
     backend = backends.canonical(backend)
-    process.configure(backend)  # a multi-process run's strategy or coordinator, before the backend computes
-    writer = parallel.process_rank() == 0
-    with (run_folder(out) if writer else contextlib.nullcontext(Path(out))) as out:
-        checkpoint = out / CHECKPOINT_DIR / training.CHECKPOINT
-        found = [str(p.relative_to(out)) for p in (checkpoint, out / "metrics.json") if p.exists()]
-        if resume and not checkpoint.exists():
-            raise RunError(f"--resume: no checkpoint in {out} (no {checkpoint.relative_to(out)}); "
-                           f"run without --resume to start the run")
-        if found and not resume:
-            if not overwrite:
-                raise RunError(f"{out} holds a run already ({', '.join(found)}); pass --resume to continue it, "
-                               f"--overwrite to replace it, or choose another --out")
-            for path in (checkpoint, *(out / name for name in OUTPUTS)) if writer else ():
-                path.unlink(missing_ok=True)
+
+    def inputs():
+        backends.require(backend)
         init_weights = neutral.load_npz(init) if init is not None else None
         if init_weights is not None:
             neutral.check_arch(init_weights, arch, init)
         identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
-        if resume:
-            differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
-            if differences:
-                raise RunError(f"--resume: the checkpoint in {out} belongs to another run: {'; '.join(differences)}. "
-                               f"Resume with the run's own options, or pass --overwrite to start again")
-            done = _finished_metrics(out, identity)
-            if done is not None:
-                print(f"{backend}: the run in {out} is complete already; its metrics are unchanged")
-                return done
-        check_batches(identity["train_images"], config.batch_size, config.resize, arch)
+        check_batches(identity["train_images"], config.batch_size, config.resize, arch, identity["test_images"])
+        return init_weights, identity
+
+    def state(out: Path, value) -> guard.Plan:
+        return folder_plan(out, value[1], resume=resume, overwrite=overwrite)
+
+    process.configure(backend)  # a multi-process run's strategy or coordinator, before the backend computes
+    writer = parallel.process_rank() == 0
+    with guard.validated(out, "train", inputs, state, writer=writer) as (out, (init_weights, identity), plan):
+        if plan.found is not None:
+            print(f"{backend}: the run in {out} is complete already; its metrics are unchanged")
+            return plan.found
         return _train(backend, arch, config, out, init_weights, identity, data_dir=data_dir, resume=resume,
                       progress=progress if writer else False, limit=limit, checkpoint_every=checkpoint_every, init=init,
                       devices=devices, sync_bn=sync_bn, writer=writer)
+
+
+def folder_plan(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> guard.Plan:
+    """What the run folder ``out`` holds against the run ``identity`` (reading only): a run there is
+    continued only with ``resume`` (the same run; ``found``: its metrics if it is finished) and
+    replaced only with ``overwrite`` (``remove``: its files)."""
+    checkpoint = out / CHECKPOINT_DIR / training.CHECKPOINT
+    found = [str(p.relative_to(out)) for p in (checkpoint, out / "metrics.json") if p.exists()]
+    if resume and not checkpoint.exists():
+        raise RunError(f"--resume: no checkpoint in {out} (no {checkpoint.relative_to(out)}); "
+                       f"run without --resume to start the run")
+    if found and not resume:
+        if not overwrite:
+            raise RunError(f"{out} holds a run already ({', '.join(found)}); pass --resume to continue it, "
+                           f"--overwrite to replace it, or choose another --out")
+        return guard.Plan(remove=(checkpoint, *(out / name for name in OUTPUTS)))
+    if not resume:
+        return guard.Plan()
+    differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
+    if differences:
+        raise RunError(f"--resume: the checkpoint in {out} belongs to another run: {'; '.join(differences)}. "
+                       f"Resume with the run's own options, or pass --overwrite to start again")
+    return guard.Plan(found=_finished_metrics(out, identity))
 
 
 def _finished_metrics(out: Path, identity: dict) -> dict | None:

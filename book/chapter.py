@@ -196,8 +196,13 @@ import sys
 
 if importlib.util.find_spec("d2lres") is None:
     source = os.environ.get("{INSTALL_VARIABLE}", "")
-    if source and pathlib.Path(source).expanduser().exists():  # a wheel or a source folder
-        source = pathlib.Path(source).expanduser().resolve().as_uri()
+    if source and "://" not in source:  # a wheel or a source folder
+        path = pathlib.Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{INSTALL_VARIABLE} names {{path}}, which does not exist; build the wheel "
+                                    "(python -m build) and set {INSTALL_VARIABLE} to its path, or to the "
+                                    "repository's git+https:// URL")
+        source = path.resolve().as_uri()
     requirement = f"d2lres[{extra}] @ {{source}}" if source else "d2lres[{extra}]"
     print(f"installing {{requirement}}")
     pip = subprocess.run([sys.executable, "-m", "pip", "install", requirement], text=True,

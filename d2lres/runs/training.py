@@ -105,6 +105,15 @@ def read_identity(directory: str | Path) -> dict | None:
         raise TrainingError(f"checkpoint {path}: no readable progress record ({err}); {CHECKPOINT_FIX}") from None
 
 
+def resume_point(epoch: int, step_in_epoch: int, num_epochs: int, steps_per_epoch: int) -> str:
+    """Where a checkpoint stopped, counted as the run counts (epochs from 1)."""
+    if step_in_epoch:
+        return f"epoch {epoch + 1} of {num_epochs}, after step {step_in_epoch} of {steps_per_epoch}"
+    if epoch >= num_epochs:
+        return f"all {num_epochs} epoch(s) trained; nothing left to train"
+    return f"{epoch} of {num_epochs} epoch(s) trained, from the start of epoch {epoch + 1}"
+
+
 def kept(directory: Path | None) -> str:
     """What a failed run leaves to resume from: the last checkpoint, or that there is none."""
     if directory is not None and (Path(directory) / CHECKPOINT).exists():
@@ -202,7 +211,8 @@ def fit(trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[i
             history, acc = saved["history"], saved["acc"]
             epoch, step_in_epoch = saved["epoch"], saved["step_in_epoch"]
             if verbose and write:
-                print(f"resuming from {directory / CHECKPOINT}: epoch {epoch + 1}, step {step_in_epoch}")
+                where = resume_point(epoch, step_in_epoch, num_epochs, steps_per_epoch)
+                print(f"resuming from {directory / CHECKPOINT}: {where}")
 
     def checkpoint():
         if directory is not None and write:

@@ -162,7 +162,7 @@ def test_files_name_the_target_and_the_cause(tmp_path, monkeypatch):
     folder.mkdir()
     with pytest.raises(IsADirectoryError) as err:
         files.atomic_write_text(folder, "x")
-    assert err.value.filename == str(folder) and "is a folder" in str(err.value)
+    assert err.value.filename == str(folder) and err.value.strerror == "Is a directory"
     # a read-only mount (as root, access() fails only there) is not a missing permission
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     assert files.unwritable(tmp_path / "new" / "run") == "Permission denied"

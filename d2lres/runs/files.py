@@ -29,7 +29,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file object for ``path``: on success it replaces ``path``, else it is deleted."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)

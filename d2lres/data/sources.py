@@ -302,8 +302,9 @@ def npm_failure(stderr: str, environ: Mapping[str, str] = os.environ) -> str:
                    for line in lines if "request to " in line or line.startswith(("FetchError: ", "Error: "))), None)
     proxy = next((environ[k] for k in ("npm_config_https_proxy", "npm_config_proxy", "HTTPS_PROXY", "https_proxy",
                                        "HTTP_PROXY", "http_proxy") if environ.get(k)), None)
-    parts = [code or "no error code", reason or next((line for line in reversed(lines) if line), "no output")]
-    return ": ".join(parts) + (f" (through the proxy {proxy})" if proxy else "")
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "no output")
+    cause = ": ".join(filter(None, [code, reason])) or last
+    return cause + (f" (through the proxy {proxy})" if proxy else "")
 
 
 def _from_npm(npm: str, data_dir: Path, npm_integrity: str, progress: bool) -> None:

@@ -19,7 +19,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(SET)
 EXTRAS := $(if $(filter all,$(SET)),all,current)
 
-.PHONY: run test test-fast test-frameworks check bench env clean lib-check notebooks lib-sync lint lab book
+.PHONY: run test test-fast test-frameworks test-times check bench env clean lib-check notebooks lib-sync lint lab book
 
 $(STAMP): pyproject.toml constraints/$(SET).txt
 	@test -n "$(PYTHON)" || { echo "make: no Python for SET=$(SET) on the PATH (tried: $(PYTHONS)); install one" \
@@ -42,21 +42,38 @@ env: $(STAMP)
 run: $(STAMP)
 	$(PY) -m d2lres compare --preset quick --out runs/compare-quick
 
+## Tests run in two pytest runs: the tests that share the machine well on WORKERS pytest-xdist
+## workers (each test file on one worker), then the `serial` ones (timing, signals, data-parallel
+## launches) alone. Each run writes its JUnit report (every test's time) to build/test-times/, which
+## `make test-times` summarises. $(call tests,NAME,SELECT): the tests that the marker expression
+## "SELECT serial" selects (SELECT: empty, or ending in "and").
+WORKERS ?= 2
+define tests
+	@mkdir -p build/test-times; rm -f build/test-times/$(1)-*.xml; rc=0; \
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadscope -m "$(2) not serial" \
+	  --junitxml=build/test-times/$(1)-parallel.xml $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m pytest -q -p no:xdist -m "$(2) serial" --junitxml=build/test-times/$(1)-serial.xml \
+	  $(PYTEST_ARGS) || { r=$$?; [ $$r = 5 ] || rc=$$r; }; \
+	exit $$rc
+endef
+
 ## The whole test suite (what CI runs)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(call tests,$(SET),)
 
-## Without the slow tests
+## Without the slow tests: a developer's quick loop
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(call tests,$(SET)-fast,not slow and)
 
-## The fast tests whose outcome depends on the frameworks (their versions, kernels, instruction set):
-## what CI runs again under the current set, held to AVX2. The rest (files, folders, signals,
-## the command line's messages, the site, packaging) is the same code on either set.
-FRAMEWORK_TESTS := $(addprefix tests/test_,api.py bench.py chapter_code.py d2l_reference.py inputs.py isa.py \
-  jax.py loaders.py memory.py models.py notebooks.py parity.py precision.py profile.py tf_matmul_conv.py training.py variants.py)
+## The fast tests whose outcome depends on the frameworks (their versions, kernels, instruction set;
+## marked `framework`): what CI runs again under the current set, held to AVX2. The rest (files,
+## folders, signals, the command line's messages, the site, packaging) is the same code on either set.
 test-frameworks: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(FRAMEWORK_TESTS)
+	$(call tests,$(SET)-frameworks,framework and not slow and)
+
+## Each test run's wall time and the slowest tests (from build/test-times/); WRITE=1: into docs/development.md
+test-times:
+	$(PY) scripts/test-times $(if $(WRITE),--write docs/development.md)
 
 ## The same-function checks across backends, as a table
 check: $(STAMP)

@@ -5,7 +5,8 @@ Also the helpers the tests share: every pair of backends, one way to call any ba
 models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lres_cli`,
 :func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
 compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`), the
-small PyTorch run (:func:`torch_run`)."""
+small PyTorch run (:func:`torch_run`). Under pytest-xdist each worker is a process of its own, so
+what several tests need is computed once per test run by :func:`shared`, whichever worker asks first."""
 import contextlib
 import functools
 import http.server
@@ -13,16 +14,19 @@ import importlib
 import itertools
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from d2lres.core import spec
 from d2lres.data import default_data_dir
@@ -42,6 +46,35 @@ os.environ.setdefault("D2LRES_DATA_DIR", REAL_DATA_DIR)
 
 #: Seconds any one command of a test may take (two shared cores can be slow).
 COMMAND_TIMEOUT = 600
+
+#: The folder every worker of this test run shares (set when the session starts).
+_SHARED_ROOT: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_root(tmp_path_factory):
+    """Under pytest-xdist each worker's base temporary folder is ``<run's folder>/popen-gwN``: the
+    products of :func:`shared` live in the run's folder, so every worker finds them."""
+    global _SHARED_ROOT
+    base = tmp_path_factory.getbasetemp()
+    _SHARED_ROOT = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    yield
+
+
+def shared(name: str, compute: Callable[[Path], object]):
+    """``compute(folder)`` once per test run, whichever worker asks first: under a lock, in a
+    folder of its own, its result pickled beside it; a worker that asks later waits for the lock
+    and reads the result. A failed computation leaves no result (the next one to ask retries)."""
+    assert _SHARED_ROOT is not None, "shared() runs inside a test or fixture"
+    folder, result = _SHARED_ROOT / "shared" / name, _SHARED_ROOT / "shared" / f"{name}.pickle"
+    folder.parent.mkdir(exist_ok=True)
+    with FileLock(str(_SHARED_ROOT / "shared" / f"{name}.lock")):
+        if not result.exists():
+            folder.mkdir(exist_ok=True)
+            value = compute(folder)
+            result.with_suffix(".tmp").write_bytes(pickle.dumps(value))
+            result.with_suffix(".tmp").replace(result)
+        return pickle.loads(result.read_bytes())
 
 
 def d2lres_cli(*args) -> subprocess.CompletedProcess:
@@ -72,18 +105,19 @@ SMALL_RUN = ["--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",
 
 
 @pytest.fixture(scope="session")
-def torch_run(real_data, tmp_path_factory):
+def torch_run(real_data):
     """``d2lres train --backend torch SMALL_RUN`` on one device, uninterrupted, under umask 022: its
-    folder (its wall time in ``.seconds``). tests/test_faults.py's reference and
-    tests/test_parallel_torch.py's one-device run."""
-    out = tmp_path_factory.mktemp("torch-run")
-    tic = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "d2lres", "train", "--backend", "torch", *SMALL_RUN, "--data-dir",
-                           str(real_data), "--out", str(out)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
-                          preexec_fn=lambda: os.umask(0o022))
-    assert done.returncode == 0, done.stderr[-3000:]
-    (out / ".seconds").write_text(str(time.monotonic() - tic))
-    return out
+    folder (its wall time in ``.seconds``), once per test run. tests/test_faults.py's reference,
+    tests/test_parallel_torch.py's one-device run. Read it or copy it, do not change it."""
+    def train(out: Path) -> Path:
+        tic = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "d2lres", "train", "--backend", "torch", *SMALL_RUN, "--data-dir",
+                               str(real_data), "--out", str(out)], capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, preexec_fn=lambda: os.umask(0o022))
+        assert done.returncode == 0, done.stderr[-3000:]
+        (out / ".seconds").write_text(str(time.monotonic() - tic))
+        return out
+    return shared("torch-run", train)
 
 
 def one_and_two_devices(run: list, data_dir, tmp_path_factory) -> tuple[Path, Path, str]:
@@ -106,18 +140,16 @@ def run_weights(folder) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files if k != "__format__"}  # d2lres.weights.FORMAT_KEY
 
 
-@functools.cache
-def _full_check(arch: spec.Arch, input_shape: tuple, step_size: int, batch_size: int) -> dict:
-    from d2lres.verify import checks
-    return checks.cross_backend_checks(input_shape=input_shape, step_size=step_size, batch_size=batch_size,
-                                       arch=arch)
-
-
 def full_check(arch=None, input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4) -> dict:
     """``checks.cross_backend_checks`` of ``arch`` (default: the chapter's ResNet-18) at the CLI's
-    defaults, computed once a session (tests/test_parity.py's ResNet-18 is also
+    defaults, computed once per test run (tests/test_parity.py's ResNet-18 is also
     tests/test_variants.py's). Read it, do not change it."""
-    return _full_check(spec.get_arch(arch), tuple(input_shape), step_size, batch_size)
+    from d2lres.verify import checks
+    arch = spec.get_arch(arch)
+    name = f"full-check-{arch.name}-v{arch.version}-{arch.flavour}-{'x'.join(map(str, input_shape))}-{step_size}-" \
+           f"{batch_size}"
+    return shared(name, lambda _: checks.cross_backend_checks(input_shape=tuple(input_shape), step_size=step_size,
+                                                              batch_size=batch_size, arch=arch))
 
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).
@@ -187,8 +219,8 @@ def mod(request):
 def real_data():
     """The real Fashion-MNIST directory (fetched if needed), or skip."""
     from d2lres import data
-    try:
-        return data.fetch_fashion_mnist(progress=False).data_dir
+    try:  # one worker fetches, the others wait for it
+        return shared("real-data", lambda _: data.fetch_fashion_mnist(progress=False).data_dir)
     except data.DataError as err:
         pytest.skip(f"Fashion-MNIST not available: {err}")
 
@@ -203,13 +235,15 @@ def block_output():
 
 
 @pytest.fixture(scope="session")
-def dist(tmp_path_factory) -> dict[str, Path]:
-    """``python -m build`` of the checkout, once a session: ``{"sdist": ..., "wheel": ...}``."""
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(Path(__file__).parent.parent)],
-                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=outside_env())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"sdist": next(out.glob("*.tar.gz")), "wheel": next(out.glob("*.whl"))}
+def dist() -> dict[str, Path]:
+    """``python -m build`` of the checkout, once per test run: ``{"sdist": ..., "wheel": ...}``."""
+    def build(out: Path) -> dict[str, Path]:
+        proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out),
+                               str(Path(__file__).parent.parent)],
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=outside_env())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return {"sdist": next(out.glob("*.tar.gz")), "wheel": next(out.glob("*.whl"))}
+    return shared("dist", build)
 
 
 def outside_env(**extra) -> dict[str, str]:

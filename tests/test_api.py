@@ -8,6 +8,8 @@ import pytest
 from d2lres.core import api
 from d2lres.host import backends
 
+pytestmark = pytest.mark.framework
+
 AVAILABLE = backends.available()
 
 

@@ -11,6 +11,8 @@ from d2lres.host import backends
 from d2lres.perf import bench
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 ACCELERATED = [(name, options) for name, variants in bench.ACCELERATIONS.items() if name in backends.available()
                for options in variants]
 

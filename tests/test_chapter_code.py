@@ -18,6 +18,8 @@ import pytest
 from d2lres.core import book
 from d2lres.host import backends
 
+pytestmark = pytest.mark.framework
+
 BOOK = Path(__file__).parent / "book"
 #: Images of each split the chapter's cells train and test on here.
 LIMIT = 256

@@ -14,6 +14,8 @@ import pytest
 from d2lres.host import backends
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 TOL = checks.TOLERANCES
 #: Odd sizes at every stride-2 layer's input (33, 17, 9, 5, 3): there TensorFlow's ``'same'``
 #: padding is symmetric, as d2lres's (at even sizes it pads 0 before, 1 after: a listed difference).

@@ -10,6 +10,8 @@ from d2lres.host import backends
 from d2lres.runs.training import TrainingError
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 BACKENDS = backends.available()
 RNG = np.random.default_rng(0)
 X32 = RNG.random((2, 1, 32, 32), dtype=np.float32)

@@ -4,6 +4,8 @@ import pytest
 
 from d2lres.perf import isa
 
+pytestmark = pytest.mark.framework
+
 
 def test_cpu_info_names_the_model_and_its_isa_class():
     info = isa.cpu_info()

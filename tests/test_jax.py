@@ -17,6 +17,8 @@ from d2lres.core import spec
 from d2lres.host import backends  # noqa: E402
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 
 @pytest.fixture(scope="module")
 def res():

@@ -8,6 +8,8 @@ from d2lres.host import backends
 from d2lres.runs import training
 from test_training import toy_data
 
+pytestmark = pytest.mark.framework
+
 
 def framework_loader(backend, X, y, batch_size):
     """The framework's ordinary loader over NCHW ``X`` (NHWC for the channels-last backends)."""

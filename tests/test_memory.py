@@ -12,6 +12,8 @@ import pytest
 from d2lres.data import FashionMNIST
 from d2lres.runs import memory, run
 
+pytestmark = pytest.mark.framework
+
 
 def small_data() -> FashionMNIST:
     rng = np.random.default_rng(0)

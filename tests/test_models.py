@@ -11,6 +11,8 @@ from d2lres.core import spec
 from d2lres.core import weights as neutral
 from d2lres.host import backends
 
+pytestmark = pytest.mark.framework
+
 
 @pytest.mark.parametrize("input_shape", [(1, 224, 224), (1, 96, 96)])
 def test_shape_walk_equals_spec(mod, input_shape):

@@ -30,6 +30,8 @@ from d2lres.core import spec
 from d2lres.host import backends
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 #: The #@save drift check reads every backend's library source, so it needs every framework.
 EVERY_BACKEND = pytest.mark.skipif(backends.available() != list(backends.BACKENDS),
                                    reason="the #@save check needs every backend; this set lacks one")

@@ -9,6 +9,8 @@ from d2lres.core import spec
 from d2lres.host import backends
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 #: Plain path against an acceleration path of one backend (float32 against float32).
 TOL = checks.TOLERANCES
 QUANTITIES = checks.QUANTITIES

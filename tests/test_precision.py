@@ -19,6 +19,8 @@ from d2lres.errors import UserValueError
 from d2lres.host import backends
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 MIXED = ["torch", "tf", "jax"]
 
 

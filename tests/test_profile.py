@@ -11,6 +11,8 @@ from d2lres.core import spec
 from d2lres.host import backends
 from d2lres.perf import isa, profile
 
+pytestmark = pytest.mark.framework
+
 #: One or two fast-starting backends (JAX compiles for tens of seconds, TensorFlow traces).
 QUICK = [b for b in ("torch", "mxnet") if b in backends.available()] or backends.available()[:1]
 

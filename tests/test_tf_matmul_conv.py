@@ -8,6 +8,8 @@ import pytest
 from d2lres.host import backends
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 model = pytest.importorskip("d2lres.tf.model")

@@ -13,6 +13,8 @@ from d2lres.core import weights as neutral
 from d2lres.host import backends
 from d2lres.runs import training
 
+pytestmark = pytest.mark.framework
+
 BACKENDS = backends.available()
 
 

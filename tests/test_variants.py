@@ -23,6 +23,8 @@ from d2lres.core import weights as neutral
 from d2lres.host import backends
 from d2lres.verify import checks
 
+pytestmark = pytest.mark.framework
+
 BACKENDS = backends.available()
 ARCHS = spec.all_archs()
 IDS = [f"{a.name}-v{a.version}-{a.flavour}" for a in ARCHS]

@@ -13,13 +13,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
-from .core import precision, spec
+from . import __version__, spec
+from .core import precision
 from .core.presets import BOUNDS, SCHEDULES, check_value, preset
 from .errors import report_errors
-from .host import backends
-from .perf import isa
-from .runs import files, signals
+from .host import backends, isa
+from .util import files, signals
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -111,7 +110,7 @@ SUMMARY_WALK_LIMIT = 2**28
 
 
 def cmd_summary(args) -> int:
-    from .runs import memory
+    from .util import memory
     arch = _arch(args)
     counts = spec.param_counts(args.classes, args.input[0], arch)
     memory.require(memory.FLOAT32 * sum(counts["total"]), f"a network with {args.classes:,} classes "
@@ -168,8 +167,8 @@ def header(arch, backend: str, preset: str, config, limit, out) -> str:
 
 
 def cmd_train(args) -> int:
-    from .runs import parallel
-    from .runs.run import train
+    from . import parallel
+    from .run import train
     config = _config(args)
     arch = _arch(args)
     out = Path(args.out or train_out(args.preset, backends.canonical(args.backend)))
@@ -191,7 +190,7 @@ def cmd_train(args) -> int:
 def _launch(backend: str, config, out: Path, **options) -> int:
     """``d2lres train --devices N``: the run as a JSON job in the process(es) ``parallel.launch_command``
     sets up for ``backend``'s engine; its error (if any) as this command's."""
-    from .runs import parallel, run
+    from . import parallel, run
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         job = run.job(backend, config, out, error_file=error_file, **options)
@@ -209,7 +208,7 @@ def _launch(backend: str, config, out: Path, **options) -> int:
 
 
 def cmd_check(args) -> int:
-    from .verify.checks import cross_backend_checks, format_checks
+    from .checks import cross_backend_checks, format_checks
     names = [backends.canonical(b) for b in args.backends]
     result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
                                   precision=args.precision or precision.DEFAULT,
@@ -218,8 +217,9 @@ def cmd_check(args) -> int:
     table = format_checks(result)
     print(table)
     if args.json:
-        from .runs.stamps import stamps
-        record = {**result, "table": table, "stamps": stamps(names, held=isa.held_isa())}
+        from . import data
+        from .util.stamps import stamps
+        record = {**result, "table": table, "stamps": stamps(names, data.data_stamp(), held=isa.held_isa())}
         files.atomic_write_text(args.json, json.dumps(record, indent=1))
     return 0 if result["ok"] else 1
 
@@ -227,7 +227,7 @@ def cmd_check(args) -> int:
 def cmd_compare(args) -> int:
     if args.check:
         return cmd_check(args)
-    from .runs.compare import compare_training
+    from .pipeline.compare import compare_training
     names = [backends.canonical(b) for b in args.backends]
     report = compare_training(_config(args), args.out or compare_out(args.preset), names, arch=_arch(args),
                               data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite,

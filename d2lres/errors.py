@@ -24,6 +24,11 @@ class UserTypeError(UserError, TypeError):
     """An argument of the wrong kind (a network d2lres did not build, a flag that is not a bool)."""
 
 
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (e.g. the loss is no longer finite). ``d2lres.training.TrainingError``
+    (the loop raises it; so does ``d2lres.inputs`` for non-finite BatchNorm statistics)."""
+
+
 def report_errors(func, *args, stream=None) -> int:
     """``func(*args)``, with every :class:`UserError` and ``OSError`` (unwritable, full disk, a
     folder where a file belongs) as one ``d2lres: error:`` line on ``stream`` (default stderr)

@@ -1,10 +1,350 @@
-"""``d2lres.run``: one training run; python -m d2lres.run JOB runs a job. It is the module
-``d2lres.runs.run`` itself (one object, not a copy), under the path that notebooks, documents
-and users' code name."""
-import sys
+"""One training run of one backend, as ``d2lres train`` does it: data, the same initial
+weights (a seeded neutral file), the shared loop with checkpoints, and the outputs
+``metrics.json``, ``curves.png``, ``weights.npz`` in the run folder.
 
-from .runs import run
+A run folder is d2lres's or it is refused (``files.inspect_folder``: new, empty, or marked by
+``.d2lres-run.json`` as a run of the same kind), and belongs to one run at a time
+(``guard.run_folder``: an ``fcntl.flock`` on its ``.lock`` file). :func:`train` checks everything
+before it creates, removes or writes anything, in the order ``d2lres.util.guard`` owns. An
+existing run (a checkpoint or ``metrics.json``) is continued only with ``resume=True`` and
+replaced only with ``overwrite=True``. The checkpoint records the run's identity
+(:func:`run_identity`: backend, architecture, settings, data slice, initial weights); resuming
+refuses another one, naming each difference.
+
+``python -m d2lres.run JOB`` runs one JSON job (what ``d2lres compare`` starts per backend)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data, parallel, spec, training
+from . import weights as neutral
+from .core.presets import TrainConfig
+from .errors import report_errors
+from .host import backends, process
+from .util import files, guard, stamps
+from .util.guard import CHECKPOINT_DIR, RunError
+
+#: The files a finished run leaves in its folder (besides ``checkpoint/``).
+OUTPUTS = ("metrics.json", "weights.npz", "curves.png")
+
+
+#: What each time of ``metrics.json`` includes.
+TIMING = {"wall_seconds": "this process's run after the framework's import: building the network, loading and "
+                          "resizing the data, training (compilation included) and evaluation",
+          "images_per_s": "training images per second of the training steps alone (the first step's "
+                          "compilation included; evaluation and checkpoints not)"}
+
+
+def _digest(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def init_digest(weights: dict[str, np.ndarray]) -> str:
+    """The digest of initial weights that a run's identity records."""
+    return _digest(weights[k] for k in sorted(weights))
+
+
+def run_identity(backend: str, arch, config: TrainConfig, *, limit: int | None = None, data_dir=None,
+                 init_weights: dict[str, np.ndarray] | None = None) -> dict:
+    """What makes a run the run it is, as a flat JSON-able dict: backend, architecture,
+    training settings, data slice (limit, image counts, a digest of the images and labels used)
+    and initial weights (the seed, or a digest of the ``--init`` arrays)."""
+    arch = spec.get_arch(arch)
+    dataset = data.FashionMNIST.load(data_dir)
+    (x_train, y_train), (x_test, y_test) = dataset.raw[True], dataset.raw[False]
+    sliced = [a[:limit] for a in (x_train, y_train, x_test, y_test)]
+    init = "seed" if init_weights is None else init_digest(init_weights)
+    return {"backend": backends.canonical(backend), "arch": arch.name, "version": arch.version,
+            "flavour": arch.flavour, **config.to_dict(), "limit": limit, "train_images": len(sliced[1]),
+            "test_images": len(sliced[3]), "data": _digest(sliced), "init": init}
+
+
+def check_batches(n_images: int, batch_size: int, resize: int | None, arch, test_images: int = 0) -> None:
+    """Refuse training batches that cannot run: the smallest one (the last, or the only one) where
+    the BatchNorm layer with the fewest positions per channel (``spec.batchnorm_sizes`` at this
+    image size) would see a single value per channel; a batch whose activations would not fit
+    in the available memory (``memory.require``); and the ``n_images`` training and ``test_images``
+    test images resized, if they would not (``data.batches.require_memory``)."""
+    from .data.batches import require_memory
+    from .util import memory
+    side = resize or 28
+    arch = spec.get_arch(arch)
+    spec.check_input((1, side, side), 1)
+    sizes = spec.batchnorm_sizes((side, side), 10, 1, arch)
+    layer = min(sizes, key=sizes.get)
+    smallest = n_images if n_images < batch_size else (n_images % batch_size or batch_size)
+    if smallest * sizes[layer] < 2:
+        raise RunError(f"the {'only' if n_images <= batch_size else 'last'} training batch would hold {smallest} "
+                       f"image of {side}x{side} ({n_images} image(s), batch size {batch_size}), which gives BatchNorm "
+                       f"layer {layer} a single value per channel (it cannot train on that); change --batch-size or "
+                       f"--limit, or a larger --resize")
+    batch = min(batch_size, n_images)
+    memory.require(3 * memory.activations_bytes(batch, spec.walk((1, side, side), 10, arch)),
+                   f"training a batch of {batch} images of {side}x{side} (activations and their gradients)",
+                   "use a smaller --batch-size or --resize")
+    require_memory(n_images, side, True)
+    if test_images:
+        require_memory(test_images, side, False)
+
+
+def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init: str | Path | None = None,
+          data_dir=None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          limit: int | None = None, checkpoint_every: int = 100, devices: int = 1,
+          sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> dict:
+    """Train ``arch`` (default ResNet-18) in ``backend`` with ``config`` in the run folder ``out``;
+    returns (and writes) the metrics. ``resume`` continues the run in ``out`` (which must have a
+    checkpoint of the same run); ``overwrite`` replaces a run found there, once every check has
+    passed (``d2lres.util.guard``: a refused run leaves the folder as it was).
+
+    ``devices > 1``, or a process of a multi-process launcher (``parallel.launched``), trains
+    data-parallel with the backend's ``ParallelTrainer`` (``sync_bn``: synchronized BatchNorm) in a
+    process that ``parallel.launch_command`` set up. Only rank 0 (``parallel.process_rank``) holds
+    the folder and writes; the others read the checkpoint to resume. Synchronized, the run is the
+    one-device run with the same global batch, so it is the same run (identity) on any number of
+    devices, and its checkpoint resumes on any."""
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if limit is not None and limit < 1:
+        raise RunError(f"--limit must be >= 1, got {limit}")
+    if devices < 1:
+        raise RunError(f"--devices must be >= 1, got {devices}")
+    if not sync_bn and devices == 1 and not parallel.launched():
+        raise RunError("--no-sync-bn is for data-parallel runs: on one device BatchNorm sees the whole batch; "
+                       "pass --devices N (N > 1) with it, or leave it out")
+    arch = spec.get_arch(arch)
+    backend = backends.canonical(backend)
+
+    def inputs():
+        backends.require(backend)
+        init_weights = neutral.load_npz(init) if init is not None else None
+        if init_weights is not None:
+            neutral.check_arch(init_weights, arch, init)
+        identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
+        check_batches(identity["train_images"], config.batch_size, config.resize, arch, identity["test_images"])
+        return init_weights, identity
+
+    def state(out: Path, value) -> guard.Plan:
+        return folder_plan(out, value[1], resume=resume, overwrite=overwrite)
+
+    process.configure(backend)  # a multi-process run's strategy or coordinator, before the backend computes
+    writer = parallel.process_rank() == 0
+    with guard.validated(out, "train", inputs, state, writer=writer) as (out, (init_weights, identity), plan):
+        if plan.found is not None:
+            print(f"{backend}: the run in {out} is complete already; its metrics are unchanged")
+            return plan.found
+        return _train(backend, arch, config, out, init_weights, identity, data_dir=data_dir, resume=resume,
+                      progress=progress if writer else False, limit=limit, checkpoint_every=checkpoint_every, init=init,
+                      devices=devices, sync_bn=sync_bn, writer=writer)
+
+
+def folder_plan(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> guard.Plan:
+    """What the run folder ``out`` holds against the run ``identity`` (reading only): a run there is
+    continued only with ``resume`` (the same run; ``found``: its metrics if it is finished) and
+    replaced only with ``overwrite`` (``remove``: its files)."""
+    checkpoint = out / CHECKPOINT_DIR / training.CHECKPOINT
+    found = [str(p.relative_to(out)) for p in (checkpoint, out / "metrics.json") if p.exists()]
+    if resume and not checkpoint.exists():
+        raise RunError(f"--resume: no checkpoint in {out} (no {checkpoint.relative_to(out)}); "
+                       f"run without --resume to start the run")
+    if found and not resume:
+        if not overwrite:
+            raise RunError(f"{out} holds a run already ({', '.join(found)}); pass --resume to continue it, "
+                           f"--overwrite to replace it, or choose another --out")
+        return guard.Plan(remove=(checkpoint, *(out / name for name in OUTPUTS)))
+    if not resume:
+        return guard.Plan()
+    differences = training.identity_differences(training.read_identity(out / CHECKPOINT_DIR), identity)
+    if differences:
+        raise RunError(f"--resume: the checkpoint in {out} belongs to another run: {'; '.join(differences)}. "
+                       f"Resume with the run's own options, or pass --overwrite to start again")
+    return guard.Plan(found=_finished_metrics(out, identity))
+
+
+def _finished_metrics(out: Path, identity: dict) -> dict | None:
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("run") == identity else None
+
+
+def curves_title(arch, backend: str, config: TrainConfig, limit: int | None, trainer) -> str:
+    """The network, backend, device and settings of a run, for its curves."""
+    from .host.devices import describe
+    device = getattr(trainer, "device_label", None) or describe(trainer.device, backend).split(" (")[0]
+    return settings_line(f"{arch} in {backend} on {device}", config, limit)
+
+
+def settings_line(head: str, config: TrainConfig, limit: int | None) -> str:
+    """``head``, then the settings of ``config`` and the data slice on a second line."""
+    c = config
+    return (f"{head}\n{c.epochs} epoch(s), batch {c.batch_size}, {f'resize {c.resize}' if c.resize else '28x28'}, "
+            f"lr {c.lr} ({c.schedule}), momentum {c.momentum}, weight decay {c.weight_decay}, seed {c.seed}"
+            + (f", {c.precision}" if c.precision != "float32" else "")
+            + (f", first {limit:,} images of each split" if limit else ""))
+
+
+def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resume, progress, limit,
+           checkpoint_every, init, devices, sync_bn, writer) -> dict:
+    mod = backends.load(backend)
+    tic = time.perf_counter()
+    net = mod.resnet(arch.depth, arch.version, flavour=arch.flavour)
+    if init_weights is not None:
+        try:
+            mod.set_weights(net, init_weights)
+        except ValueError as err:
+            raise RunError(f"--init {init}: {err}; pass weights of {arch} (or the matching --arch)") from None
+    else:
+        mod.init_weights(net, config.seed)
+    options = {"momentum": config.momentum, "weight_decay": config.weight_decay, "device": mod.try_gpu(),
+               "precision": config.precision}
+    if devices > 1 or parallel.launched():
+        trainer = parallel.backend_module(backend).ParallelTrainer(net, sync_bn=sync_bn, **options)
+        if devices > 1 and trainer.replicas != devices:  # under a launcher, its processes decide
+            raise RunError(f"--devices {devices}: this process was set up for {trainer.replicas} replica(s) (by its "
+                           f"launcher, or d2lres.parallel.launch_command); under a launcher leave --devices out, "
+                           f"its processes decide")
+    else:
+        trainer = mod.Trainer(net, **options)
+    train_iter, test_iter = data.load_batches(config.batch_size, config.resize, trainer.convert,
+                                              data_dir=data_dir, seed=config.seed, limit=limit)
+    lr = (training.one_cycle(config.lr, config.epochs * len(train_iter)) if config.schedule == "onecycle"
+          else config.lr)
+    history = training.fit(trainer, train_iter, test_iter, config.epochs, lr,
+                           checkpoint_dir=out / CHECKPOINT_DIR, resume=resume, progress=progress,
+                           curves_path=out / "curves.png", checkpoint_every=checkpoint_every,
+                           identity=identity, title=curves_title(arch, backend, config, limit, trainer), write=writer)
+    weights = trainer.get_weights()
+    last = history["epochs"][-1]
+    metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": limit,
+               "device": history["device"], "devices": getattr(trainer, "replicas", 1),
+               "sync_bn": getattr(trainer, "sync_bn", None), "train_loss": last["train_loss"],
+               "train_acc": last["train_acc"],
+               "test_acc": last["test_acc"],
+               "images_per_s": sum(e["images_per_s"] for e in history["epochs"]) / len(history["epochs"]),
+               "wall_seconds": time.perf_counter() - tic, "first_step_loss": history["first_step_loss"],
+               "run": identity, "init": None if init is None else str(init), "timing": TIMING,
+               "stamps": stamps.stamps([backend], data.data_stamp(data_dir)),
+               "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
+    if writer:
+        neutral.save_npz(out / "weights.npz", weights, arch)
+        files.atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+    return metrics
+
+
+# --- the per-backend job of ``d2lres compare`` --------------------------------------------------
+
+def job(backend: str, config: TrainConfig, out, **options) -> str:
+    """The JSON job that :func:`main` runs: ``train(backend, config, out, **options)``."""
+    arch = spec.get_arch(options.pop("arch", None))
+    return json.dumps({"backend": backend, "config": config.to_dict(), "out": str(out),
+                       "arch": [arch.depth, arch.version, arch.flavour],
+                       **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
+
+
+#: The options of a job and the JSON types each may have (``None``: null allowed).
+_JOB_OPTIONS = {"init": (str, None), "data_dir": (str, None), "resume": (bool,), "overwrite": (bool,),
+                "progress": (bool,), "limit": (int, None), "checkpoint_every": (int,), "devices": (int,),
+                "sync_bn": (bool,), "error_file": (str, None)}
+
+
+def parse_job(text: str) -> dict:
+    """The keyword arguments of :func:`train` from a JSON job of :func:`job`; anything else
+    (not JSON, missing or unknown keys, values of the wrong type) raises :class:`RunError`."""
+    def bad(problem: str) -> RunError:
+        return RunError(f"the job of d2lres.run is not one d2lres.run.job wrote ({problem}); "
+                        f"start training with d2lres train or d2lres compare")
+    try:
+        job_ = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise bad(f"not JSON: {err}") from None
+    if not isinstance(job_, dict):
+        raise bad(f"a JSON {type(job_).__name__}, not an object")
+    missing = [k for k in ("backend", "config", "out", "arch") if k not in job_]
+    unknown = [k for k in job_ if k not in ("backend", "config", "out", "arch", *_JOB_OPTIONS)]
+    if missing or unknown:
+        raise bad("; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                          unknown and f"unknown {', '.join(map(repr, unknown))}"])))
+    for key, kinds in _JOB_OPTIONS.items():
+        value = job_.get(key)
+        if key in job_ and not (value is None and None in kinds or type(value) in kinds):
+            raise bad(f"{key} is {value!r}")
+    backend, config, out, arch = (job_.pop(k) for k in ("backend", "config", "out", "arch"))
+    if not (isinstance(backend, str) and isinstance(out, str) and isinstance(config, dict)
+            and isinstance(arch, list) and len(arch) == 3 and all(type(a) in (int, str) for a in arch)):
+        raise bad("backend, out, config or arch of the wrong type")
+    try:
+        config, arch = TrainConfig.from_dict(config), spec.get_arch(*arch)
+    except (TypeError, ValueError) as err:
+        raise bad(f"config or arch: {err}") from None
+    job_.pop("error_file", None)
+    return {"backend": backend, "config": config, "out": out, "arch": arch, **job_}
+
+
+def stopped_at(error_file: Path) -> tuple[str, str, bool]:
+    """``(where, what was kept, resumable)`` that an interrupted job (``d2lres.run``) wrote to ``error_file``."""
+    try:
+        stopped = json.loads(error_file.read_text())["interrupted"]
+        return str(stopped["where"]), str(stopped["detail"]), bool(stopped["resumable"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "", "", False
+
+
+def main(argv=None) -> int:
+    """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
+    on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
+    from .util import signals
+    with signals.handled():
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv) -> int:
+    from .util import signals
+    text = argv[0] if argv else ""
+    try:
+        error_file = json.loads(text).get("error_file")
+    except (ValueError, AttributeError, RecursionError):
+        error_file = None
+    error_file = error_file if isinstance(error_file, str) else None
+
+    parallel.die_with_launcher()
+
+    def run() -> int:
+        from .loop.progress import step_reporter
+        spec_ = parse_job(text)
+        reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
+        if reporter is not None:
+            spec_["progress"] = reporter
+        metrics = train(spec_.pop("backend"), spec_.pop("config"), spec_.pop("out"), **spec_)
+        if parallel.process_rank() == 0:
+            print(f"test accuracy {metrics['test_acc']:.4f}")
+        return 0
+    message = io.StringIO()
+    try:
+        status = report_errors(run, stream=message if error_file is not None else None)
+    except signals.Interrupted as err:  # its caller (compare, train --devices) says how to resume
+        if error_file is None:
+            return signals.report(err, ["job"])
+        if parallel.process_rank() == 0:
+            stopped = {"where": err.where, "detail": err.detail, "resumable": err.resumable}
+            files.atomic_write_text(error_file, json.dumps({"interrupted": stopped}))
+        return err.status
+    if status and error_file is not None:
+        files.atomic_write_text(error_file, message.getvalue())
+    return status
+
 
 if __name__ == "__main__":
-    sys.exit(run.main())
-sys.modules[__name__] = run
+    sys.exit(main())

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from d2lres.core import spec
+from d2lres import spec
 from d2lres.data import default_data_dir
 
 # None of these imports a framework or matplotlib, which read the variables set below.
@@ -144,7 +144,7 @@ def full_check(arch=None, input_shape=(1, 96, 96), step_size: int = 96, batch_si
     """``checks.cross_backend_checks`` of ``arch`` (default: the chapter's ResNet-18) at the CLI's
     defaults, computed once per test run (tests/test_parity.py's ResNet-18 is also
     tests/test_variants.py's). Read it, do not change it."""
-    from d2lres.verify import checks
+    from d2lres import checks
     arch = spec.get_arch(arch)
     name = f"full-check-{arch.name}-v{arch.version}-{arch.flavour}-{'x'.join(map(str, input_shape))}-{step_size}-" \
            f"{batch_size}"

@@ -64,7 +64,7 @@ def test_trainer_has_the_contracts_methods(backend):
 def test_data_parallel_names_match_the_contract_in_every_backend(name):
     import importlib
 
-    from d2lres.runs import parallel
+    from d2lres import parallel
     want = api.signature(api.contract(name))
     got = {b: api.signature(getattr(importlib.import_module(f"d2lres.{b}.parallel"), name)) for b in AVAILABLE}
     wrong = {b: sig for b, sig in got.items() if sig != want}

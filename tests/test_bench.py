@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from d2lres import checks
 from d2lres.host import backends
 from d2lres.perf import bench
-from d2lres.verify import checks
 
 pytestmark = pytest.mark.framework
 

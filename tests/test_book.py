@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from book import chapter
-from d2lres.core import spec
+from d2lres import spec
 from d2lres.host import backends
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -124,8 +124,8 @@ import resource, sys
 from pathlib import Path
 import numpy as np
 from d2lres import cli
-from d2lres.runs import training
-from d2lres.core import weights
+from d2lres import training
+from d2lres import weights
 
 class Trainer:
     def __init__(self, w): self.w = w
@@ -147,8 +147,7 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_last_one(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("d2lres: error: ") and "File too large" in line and "free space" in line, line
-    from d2lres.core import weights
-    from d2lres.runs import training
+    from d2lres import training, weights
     saved, _, progress = training.load_checkpoint(tmp_path)
     assert progress["step_in_epoch"] == 1
     np.testing.assert_array_equal(saved["b1.conv.weight"], weights.init_weights(seed=0)["b1.conv.weight"])

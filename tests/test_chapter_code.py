@@ -157,7 +157,7 @@ def test_a_readers_checkpoint_resumes_only_into_the_same_structure(tmp_path):
     from torch import nn
 
     from d2lres import torch as d2l
-    from d2lres.runs import training
+    from d2lres import training
 
     def net(width):
         return nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1),

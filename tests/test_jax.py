@@ -13,9 +13,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax import lax  # noqa: E402
 
-from d2lres.core import spec
+from d2lres import checks, spec
 from d2lres.host import backends  # noqa: E402
-from d2lres.verify import checks
 
 pytestmark = pytest.mark.framework
 

@@ -89,7 +89,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_circle_among_d2lres_modules():
     graph = import_graph()
     assert {"d2lres.cli", "d2lres.torch.train", "d2lres.errors"} <= set(graph)  # the walk found the package
-    assert "d2lres.runs.run" in graph["d2lres.runs.compare"] and "d2lres.errors" in graph["d2lres.runs.run"]
+    assert "d2lres.run" in graph["d2lres.pipeline.compare"] and "d2lres.errors" in graph["d2lres.run"]
     assert circles(graph) == []
 
 
@@ -100,10 +100,11 @@ def test_the_circle_finder_finds_a_circle():
 def test_every_error_d2lres_defines_is_a_user_error_with_its_builtin_base():
     """The classes the API documents keep their builtin base, so user code that catches a
     ValueError (a shape, a file) or an ImportError (a missing framework) keeps working."""
-    from d2lres.core import inputs, weights
+    from d2lres import inputs, parallel, run, training, weights
     from d2lres.data import DataError
     from d2lres.host import backends, devices, mxnet_compat
-    from d2lres.runs import compare, files, jobs, memory, parallel, run, training
+    from d2lres.pipeline import compare
+    from d2lres.util import files, jobs, memory
     bases = {inputs.InputError: ValueError, jobs.JobError: ValueError, compare.CompareError: ValueError,
              devices.DeviceError: ValueError,
              files.FolderError: ValueError, memory.MemoryNeeded: ValueError, run.RunError: ValueError,
@@ -148,7 +149,7 @@ def test_what_the_user_can_fix_is_raised_as_a_user_error():
 
 
 def test_report_errors_tells_the_user_in_one_line_and_lets_a_bug_through():
-    from d2lres.core.inputs import InputError
+    from d2lres.inputs import InputError
 
     def fail(exc):
         raise exc
@@ -178,28 +179,107 @@ def test_developer_tools_are_scripts_with_a_main_guard():
         assert not top, f"{path} calls {ast.unparse(top[0])} when imported"
 
 
-#: The public paths of modules that live in a subpackage by concern: readers' code, the notebooks and
-#: the documents name them (``python -m`` for those with a command).
-PUBLIC_PATHS = {"d2lres.spec": "d2lres.core.spec", "d2lres.inputs": "d2lres.core.inputs",
-                "d2lres.weights": "d2lres.core.weights", "d2lres.training": "d2lres.runs.training",
-                "d2lres.run": "d2lres.runs.run", "d2lres.checks": "d2lres.verify.checks",
-                "d2lres.parallel": "d2lres.runs.parallel"}
+#: The layers, bottom first. A unit -- a subpackage, or a module at the top level -- imports only
+#: units of its own layer or of the layers below (at the top or inside a function), and no two units
+#: import each other, directly or around a circle. The frameworks' backends are loaded by name
+#: (``d2lres.host.backends.load``) by the layers above them, never imported by the ones below.
+LAYERS = (
+    ("errors", ("d2lres.errors",)),
+    ("utilities", ("d2lres.util", "d2lres.host")),
+    ("contract", ("d2lres.core", "d2lres.spec", "d2lres.inputs", "d2lres.weights")),
+    ("data", ("d2lres.data",)),
+    ("loop", ("d2lres.training", "d2lres.loop")),
+    ("backends", ("d2lres.torch", "d2lres.tf", "d2lres.mxnet", "d2lres.jax")),
+    ("pipeline", ("d2lres.run", "d2lres.pipeline", "d2lres.parallel", "d2lres.checks", "d2lres.perf")),
+    ("command line", ("d2lres.cli", "d2lres.__main__")),
+)
+#: The package itself (``d2lres/__init__.py``): the OpenMP set-up before any framework, and
+#: ``d2lres.tensorflow`` (d2l's name for ``d2lres.tf``, an attribute imported when asked for).
+ROOT_IMPORTS = {"d2lres.host", "d2lres.tf"}
+#: The public paths readers' code, the notebooks and the documents name (``python -m`` for those
+#: with a command): each is the module itself, at the top level, in its layer.
+PUBLIC_PATHS = {"d2lres.spec": "contract", "d2lres.inputs": "contract", "d2lres.weights": "contract",
+                "d2lres.training": "loop", "d2lres.run": "pipeline", "d2lres.checks": "pipeline",
+                "d2lres.parallel": "pipeline"}
 
 
-def test_the_top_level_is_the_public_surface_and_the_rest_is_grouped_by_concern():
-    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == sorted(["__init__", "__main__", "cli", "errors", "tensorflow",
-                          *(k.split(".")[1] for k in PUBLIC_PATHS)])
-    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    assert packages == ["core", "data", "host", "jax", "mxnet", "perf", "runs", "tf", "torch", "verify"]
+def unit(module: str) -> str:
+    """``d2lres.util.files`` -> ``d2lres.util``; a top-level module is its own unit."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Unit -> the units it imports (from :func:`import_graph`)."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        graph.setdefault(unit(module), set()).update(unit(t) for t in targets if unit(t) != unit(module))
+    return graph
+
+
+def layer_report(graph: dict[str, set[str]] | None = None) -> str:
+    """The layers, bottom first, each unit with the units it imports (``make`` nothing: for a reader
+    and the closing notes; ``python -c 'import test_layout as t; print(t.layer_report())'`` in tests/)."""
+    graph = package_graph() if graph is None else graph
+    lines = [f"d2lres (the package) -> {', '.join(sorted(graph.get('d2lres', ())))}"]
+    for i, (layer, units) in enumerate(LAYERS):
+        lines.append(f"{i} {layer}")
+        lines += [f"    {u} -> {', '.join(sorted(graph.get(u, ()))) or '(nothing)'}" for u in units]
+    return "\n".join(lines)
+
+
+def test_every_unit_of_the_package_has_its_layer():
+    assigned = [u for _, units in LAYERS for u in units]
+    assert len(assigned) == len(set(assigned))
+    assert set(package_graph()) - {"d2lres"} == set(assigned)
+    layer_of = {u: layer for layer, units in LAYERS for u in units}
+    assert {path: layer_of[path] for path in PUBLIC_PATHS} == PUBLIC_PATHS
+
+
+def test_layers_depend_in_one_direction_without_a_package_circle():
+    graph = package_graph()
+    rank = {u: i for i, (_, units) in enumerate(LAYERS) for u in units}
+    upward = [f"{u} ({LAYERS[rank[u]][0]}) -> {t} ({LAYERS[rank[t]][0]})"
+              for u, targets in graph.items() if u != "d2lres" for t in sorted(targets) if rank[t] > rank[u]]
+    assert upward == [], layer_report(graph)
+    assert circles({u: t for u, t in graph.items() if u != "d2lres"}) == [], layer_report(graph)
+    assert graph["d2lres"] == ROOT_IMPORTS
+
+
+def test_the_layer_rule_finds_an_upward_import():
+    graph = {u: set() for _, units in LAYERS for u in units}
+    graph["d2lres.util"] = {"d2lres.data"}  # e.g. the stamps reading the data's folder themselves
+    rank = {u: i for i, (_, units) in enumerate(LAYERS) for u in units}
+    assert [(u, t) for u, ts in graph.items() for t in ts if rank[t] > rank[u]] == [("d2lres.util", "d2lres.data")]
+
+
+def test_no_module_has_a_second_name():
+    """One name per module: no ``sys.modules`` entry set by d2lres, and each command's
+    ``if __name__ == "__main__"`` written once, in the module ``python -m`` names."""
+    swaps, guards = [], []
+    for name, (path, _) in _modules().items():
+        tree = ast.parse(path.read_text())
+        swaps += [name for node in ast.walk(tree) if isinstance(node, ast.Subscript)
+                  and ast.unparse(node.value) == "sys.modules" and isinstance(node.ctx, ast.Store)]
+        guards += [name for node in tree.body if isinstance(node, ast.If)
+                   and ast.unparse(node.test) == "__name__ == '__main__'"]
+    assert swaps == []
+    assert sorted(guards) == ["d2lres.checks", "d2lres.mxnet.launch", "d2lres.parallel", "d2lres.perf.bench",
+                              "d2lres.perf.profile", "d2lres.run", "d2lres.spec", "d2lres.torch.launch"]
 
 
 @pytest.mark.parametrize("public", sorted(PUBLIC_PATHS))
 def test_a_public_path_is_its_module_itself(public):
     import importlib
     module = importlib.import_module(public)
-    assert module is importlib.import_module(PUBLIC_PATHS[public])
+    assert Path(module.__file__) == PACKAGE / (public.split(".")[1] + ".py")
     assert getattr(d2lres, public.split(".")[1]) is module
+
+
+def test_d2lres_tensorflow_is_an_attribute_of_the_package_not_a_module():
+    assert not (PACKAGE / "tensorflow.py").exists() and not (PACKAGE / "tensorflow").exists()
+    assert "tensorflow" not in dir(d2lres) or d2lres.__dict__.get("tensorflow") is None
+    with pytest.raises(AttributeError, match="no attribute 'tensorflo'"):
+        d2lres.tensorflo  # noqa: B018
 
 
 def test_python_m_on_a_public_path_runs_its_command():

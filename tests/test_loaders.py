@@ -3,9 +3,8 @@ the same order gives the same training as d2lres's own batches."""
 import numpy as np
 import pytest
 
-from d2lres import data
+from d2lres import data, training
 from d2lres.host import backends
-from d2lres.runs import training
 from test_training import toy_data
 
 pytestmark = pytest.mark.framework

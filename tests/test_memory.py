@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from d2lres import run
 from d2lres.data import FashionMNIST
-from d2lres.runs import memory, run
+from d2lres.util import memory
 
 pytestmark = pytest.mark.framework
 

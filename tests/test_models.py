@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import forward
-from d2lres.core import spec
-from d2lres.core import weights as neutral
+from d2lres import spec
+from d2lres import weights as neutral
 from d2lres.host import backends
 
 pytestmark = pytest.mark.framework

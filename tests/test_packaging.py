@@ -75,8 +75,8 @@ def test_wheel_holds_the_package_and_nothing_else(dist):
     _, _, names = _metadata(dist["wheel"])
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "d2lres").rglob("*.py"))
     assert sorted(n for n in names if not n.startswith("d2lres-")) == sources
-    assert {"d2lres/torch/__init__.py", "d2lres/data/sources.py", "d2lres/runs/plots.py",
-            "d2lres/core/spec.py"} <= set(names)
+    assert {"d2lres/torch/__init__.py", "d2lres/data/sources.py", "d2lres/loop/plots.py",
+            "d2lres/spec.py"} <= set(names)
     assert dist["wheel"].stat().st_size < 1_000_000
 
 

@@ -9,8 +9,8 @@ within the same tolerances, and measurably not the 1-device step."""
 import numpy as np
 import pytest
 
+from d2lres import parallel
 from d2lres.host import backends
-from d2lres.runs import parallel
 
 TIMEOUT = 420
 
@@ -132,8 +132,8 @@ def test_the_data_parallel_steps_of_every_backend_agree():
 def test_devices_the_process_was_not_set_up_for_are_refused(real_data, tmp_path):
     """An accepted --devices takes effect or is refused: a process set up for one replica (no
     launcher) does not train on one device when asked for two."""
+    from d2lres import run
     from d2lres.core.presets import preset
-    from d2lres.runs import run
     config = preset("quick").with_overrides(resize=28, batch_size=4)
     with pytest.raises(run.RunError, match=r"--devices 2: this process was set up for 1 replica"):
         run.train("mxnet", config, tmp_path, data_dir=real_data, limit=8, devices=2, sync_bn=False, progress=False)
@@ -144,7 +144,7 @@ def test_no_sync_bn_on_one_device_is_refused(tmp_path):
     """An accepted option takes effect or is refused: per-device BatchNorm means nothing on one device."""
     from d2lres import cli
     from d2lres.core.presets import preset
-    from d2lres.runs.run import RunError, train
+    from d2lres.run import RunError, train
     with pytest.raises(RunError, match="--no-sync-bn is for data-parallel runs"):
         train("torch", preset("quick"), tmp_path, sync_bn=False)
     assert not any(tmp_path.iterdir())

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import one_and_two_devices, run_metrics, run_weights, wait_all
-from d2lres.runs import parallel
-from d2lres.verify import checks
+from d2lres import checks, parallel
 
 pytest.importorskip("jax")
 from d2lres.jax import distributed  # noqa: E402

@@ -19,8 +19,8 @@ import time
 import numpy as np
 import pytest
 
+from d2lres import parallel
 from d2lres.host import backends
-from d2lres.runs import parallel
 
 pytestmark = pytest.mark.skipif("mxnet" not in backends.available(), reason="MXNet is not in this set")
 
@@ -34,7 +34,7 @@ RUN = ["--backend", "mxnet", "--resize", "28", "--epochs", "1", "--no-progress",
 STEP_JOB = """
 import json, os, sys
 from pathlib import Path
-from d2lres.runs import parallel
+from d2lres import parallel
 from d2lres.mxnet import parallel as mxp
 result = parallel.check_step("mxnet", 2, sync_bn=False, momentum=0.9, weight_decay=0.05)
 result["kv_rank"], result["kv_workers"] = mxp.dist_kvstore().rank, mxp.dist_kvstore().num_workers

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import d2lres_cli, run_metrics, run_weights, wait_all
+from d2lres import parallel
 from d2lres.host import backends
-from d2lres.runs import parallel
 
 TIMEOUT = 420
 RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",
@@ -31,7 +31,7 @@ RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-prog
 WORKER = """
 import json, sys
 from d2lres.host import process
-from d2lres.runs import parallel
+from d2lres import parallel
 import d2lres.tf as mod
 from d2lres.tf import parallel as tfp
 process.configure("tf")  # before TensorFlow's runtime starts: the strategy waits for both workers

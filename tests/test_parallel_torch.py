@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN, d2lres_cli, run_metrics, run_weights, wait_all
-from d2lres.runs.parallel import free_port
-from d2lres.verify import checks
+from d2lres import checks
+from d2lres.parallel import free_port
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 600

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import PAIRS, full_check
-from d2lres.core import spec
+from d2lres import checks, spec
 from d2lres.host import backends
-from d2lres.verify import checks
 
 pytestmark = pytest.mark.framework
 
@@ -116,7 +115,7 @@ def test_a_saved_reference_gives_the_checks_it_was_saved_from(saved):
 def test_a_reference_file_answers_only_its_own_checks(saved, tmp_path):
     """Other settings, another file kind, a damaged or tampered member: refused, naming the file
     and what differs, before any backend runs."""
-    from d2lres.core import weights
+    from d2lres import weights
     path, _ = saved
 
     def refused(match, file=path, **settings):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN
+from d2lres import checks
 from d2lres.core import precision
 from d2lres.errors import UserValueError
 from d2lres.host import backends
-from d2lres.verify import checks
 
 pytestmark = pytest.mark.framework
 
@@ -140,7 +140,7 @@ def test_bench_times_both_precisions_in_one_run(real_data, tmp_path):
 
 
 def test_compare_in_bf16_states_its_own_parity_criteria():
-    from d2lres.runs import compare
+    from d2lres.pipeline import compare
     runs = {n: {"first_step_loss": loss, "test_acc": 0.9, "run": {"train_images": 60000}}
             for n, loss in (("torch", 2.400), ("tf", 2.420))}
     plain, mixed = compare.parity(runs), compare.parity(runs, "bf16")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from d2lres.core import spec
-from d2lres.host import backends
-from d2lres.perf import isa, profile
+from d2lres import spec
+from d2lres.host import backends, isa
+from d2lres.perf import profile
 
 pytestmark = pytest.mark.framework
 

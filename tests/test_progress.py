@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
-from d2lres.runs import progress
+from d2lres.loop import progress
 
-CHILD = ("import time; from d2lres.runs.progress import step_reporter; tick = step_reporter()\n"
+CHILD = ("import time; from d2lres.loop.progress import step_reporter; tick = step_reporter()\n"
          "for _ in range({n}): time.sleep(0.01); tick()")
 
 

@@ -1,7 +1,7 @@
 """The framework-free spec reproduces the chapter's reference numbers (DESIGN.md)."""
 import pytest
 
-from d2lres.core import spec
+from d2lres import spec
 
 
 def test_resnet18_shapes_at_224():

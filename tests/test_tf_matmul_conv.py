@@ -5,8 +5,8 @@ tolerances; and at 40x40 TF still agrees with PyTorch."""
 import numpy as np
 import pytest
 
+from d2lres import checks
 from d2lres.host import backends
-from d2lres.verify import checks
 
 pytestmark = pytest.mark.framework
 

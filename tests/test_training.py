@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from d2lres import data
-from d2lres.core import weights as neutral
+from d2lres import data, training
+from d2lres import weights as neutral
 from d2lres.host import backends
-from d2lres.runs import training
 
 pytestmark = pytest.mark.framework
 

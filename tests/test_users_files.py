@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from d2lres.runs import files
+from d2lres.util import files
 
 
 def test_a_new_or_empty_folder_is_claimed_and_marked(tmp_path):
@@ -105,7 +105,7 @@ def fake_result(acc: float, images: int, loss: float = 2.3) -> dict:
 
 
 def test_reports_give_no_verdict_for_one_backend_or_a_smoke_run(capsys):
-    from d2lres.runs import compare
+    from d2lres.pipeline import compare
     assert compare.distinct(["torch", "Torch", "pytorch"]) == ["torch"]
     assert capsys.readouterr().out.count("torch named more than once") == 1
     one = compare.parity({"torch": fake_result(0.9, 60000)})
@@ -165,7 +165,7 @@ def test_framework_log_noise_is_kept_out_unless_verbose(real_data, monkeypatch, 
 
 
 def test_curves_label_the_running_mean_and_draw_test_accuracy_as_points():
-    from d2lres.runs.plots import curves_figure
+    from d2lres.loop.plots import curves_figure
     history = {"device": "cpu (tf: /CPU:0)", "points": [[0.5, 2.0, 0.3], [1.0, 1.5, 0.4]],
                "epochs": [{"epoch": 1, "test_acc": 0.45}]}
     fig = curves_figure({"tf": history}, "ResNet-18 in tf on cpu\n1 epoch(s), batch 32")

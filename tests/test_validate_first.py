@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from conftest import COMMAND_TIMEOUT, serve_directory
-from d2lres import cli
+from d2lres import cli, training
 from d2lres.core.presets import preset
 from d2lres.data import FILES, fetch_fashion_mnist, sources, write_idx
-from d2lres.runs import files, training
+from d2lres.util import files
 
 TINY = ["--limit", "64", "--epochs", "1", "--resize", "28", "--batch-size", "32", "--no-progress"]
 
@@ -117,7 +117,7 @@ def test_refused_compare_leaves_the_folder_as_it_was(finished, tmp_path, capsys,
 
 
 def test_finished_runs_are_reused_and_reported_as_reused(finished, tmp_path, capsys, real_data):
-    from d2lres.runs.compare import compare_training
+    from d2lres.pipeline.compare import compare_training
     run = finished / "torch"
     keep = {k: v for k, v in snapshot(finished).items() if not k.endswith(".lock")}  # the pid of the last holder
     # train --resume of the finished run (the compare's settings and init.npz): its metrics, unchanged

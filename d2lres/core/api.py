@@ -454,7 +454,7 @@ NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block"
 def factories(ResNet) -> tuple:
     """A backend's ``resnet`` and ``resnet18`` ... ``resnet152``, with the contract's signatures,
     built on its ``ResNet`` class (which builds and initialises the network)."""
-    from . import spec
+    from .. import spec
 
     def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter", *, device=None):
         """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
@@ -488,7 +488,8 @@ def block_classes(Block) -> tuple:
     """A backend's ``Bottleneck``, ``PreActResidual`` and ``PreActBottleneck``: subclasses of its
     ``Block`` (each built from its ``spec.Block``) with one constructor, the contract's. None is a
     subclass of another."""
-    from . import book, spec
+    from .. import spec
+    from . import book
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,

@@ -21,9 +21,9 @@ import inspect
 
 import numpy as np
 
+from .. import inputs
 from ..errors import UserTypeError, UserValueError
-from . import inputs
-from .spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
+from ..spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
 #: What a d2l 1.0 edition call is told.
 EDITION = ("d2lres follows the d2l 0.17 edition's helpers: train with "
@@ -226,21 +226,3 @@ def walk_children(children, X, call, shape, mode) -> list[tuple[str, tuple[int, 
             rows.append((getattr(layer, "__name__", None) or type(layer).__name__, shape(X)))
     return rows
 
-
-def train_ch6(net, make_trainer, reinitialize, train_iter, test_iter, num_epochs: int, lr: float,
-              **fit_options) -> dict:
-    """d2l's ``train_ch6`` for any backend: ``reinitialize()`` (the backend's d2l rule) for a
-    network that is not d2lres's -- d2lres's own keep their weights (its seeded scheme, which the
-    same-function comparisons start from) --, then ``make_trainer()``, the line
-    ``training on <device>`` and ``training.fit`` at the constant ``lr`` (which prints d2l's two
-    summary lines and draws the curves). A ``checkpoint_dir`` without an ``identity`` gets the
-    network's (:func:`identity`). Returns the history."""
-    from ..runs import training
-    if not is_d2lres_net(net):
-        reinitialize()
-    trainer = make_trainer()
-    if fit_options.get("verbose", True):
-        print(f"training on {getattr(trainer, 'device_label', None) or trainer.device}")
-    if fit_options.get("checkpoint_dir") is not None and fit_options.get("identity") is None:
-        fit_options["identity"] = identity(net, trainer.get_weights())
-    return training.fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)

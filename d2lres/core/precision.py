@@ -39,7 +39,7 @@ def emulated_reason(framework_native: bool | None = None, cpu: dict | None = Non
     """Why bfloat16 is emulated on this CPU (None: it has bfloat16 units the frameworks use): the
     CPU's flags, the oneDNN hold (``--isa avx2``) and the framework's own check
     (``framework_native``: None where the framework has none)."""
-    from ..perf import isa
+    from ..host import isa
     cpu = cpu or isa.cpu_info()
     reasons = []
     if not cpu["bf16"]:

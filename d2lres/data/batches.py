@@ -51,7 +51,7 @@ class FashionMNIST:
 def require_memory(n_images: int, side: int, train: bool) -> None:
     """Refuse (``memory.MemoryNeeded``) ``n_images`` images of one split at ``side`` x ``side`` in
     float32 if they would not fit in the available memory."""
-    from ..runs import memory
+    from ..util import memory
     memory.require(memory.images_bytes(n_images, side),
                    f"{n_images:,} {'training' if train else 'test'} images at {side}x{side} (float32)",
                    "use fewer images (--limit N) or a smaller --resize")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, UserValueError
-from ..runs.files import atomic_open
+from ..util.files import atomic_open
 
 __all__ = ["DataError", "read_idx", "write_idx"]
 

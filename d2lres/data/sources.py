@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..runs.files import TEMP_SUFFIX, atomic_open, unwritable
+from ..util.files import TEMP_SUFFIX, atomic_open, unwritable
 from .idx import MAX_IDX_BYTES, DataError, read_idx, write_idx
 
 __all__ = [

@@ -70,7 +70,7 @@ def local_environments(num_processes: int, port: int | None = None, env=None, *,
     coordinator on ``host:port`` (a free port by default; bound to ``host`` only), each process
     with ``devices_per_process`` CPU devices (``--xla_force_host_platform_device_count``)."""
     base = dict(os.environ if env is None else env)
-    from ..runs.parallel import free_port
+    from ..loop.split import free_port
     port = port or free_port(host)
     flags = [f for f in base.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     base.update({COORDINATOR: f"{host}:{port}", "JAX_COORDINATOR_BIND_ADDRESS": f"{host}:{port}",

@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from ..core import api, book, inputs, spec
+from .. import inputs, spec
+from ..core import api, book
 from ..errors import UserTypeError, UserValueError
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).

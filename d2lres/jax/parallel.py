@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..core import precision as precisions
-from ..runs import parallel
+from ..loop import split
 from .train import Trainer, eval_logits, host_arrays, jit_train_step, logits_and_stats, sgd
 
 AXIS = "data"
@@ -50,7 +50,7 @@ def run_devices() -> list:
     if jax.process_count() > 1 or not wanted:
         return devices
     if int(wanted) > len(devices):
-        raise parallel.ParallelError(
+        raise split.ParallelError(
             f"{wanted} devices asked, JAX sees {len(devices)} ({devices[0].platform}); on the CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={wanted} before JAX is imported (d2lres train "
             f"--devices does)")
@@ -64,7 +64,7 @@ def mesh(replicas: int | None = None) -> Mesh:
     if replicas is not None and replicas != len(devices):
         hint = (f"on the CPU set XLA_FLAGS=--xla_force_host_platform_device_count={replicas} before JAX is imported"
                 if jax.process_count() == 1 else "or start the run with as many processes x devices")
-        raise parallel.ParallelError(
+        raise split.ParallelError(
             f"{replicas} replicas asked, the JAX run has {len(devices)} device(s) ({devices[0].platform}, "
             f"{jax.process_count()} process(es)); pass replicas=None for all of them, {hint}")
     return Mesh(np.array(devices), (AXIS,))
@@ -123,10 +123,10 @@ class ParallelTrainer(Trainer):
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
-                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 replicas: int | None = None, sync_bn: bool = split.SYNC_BN_DEFAULT):
         precisions.check(precision)  # before the state is replicated
         if compile is False:
-            raise parallel.ParallelError("data-parallel JAX runs compiled (jax.jit); compile=False is not available")
+            raise split.ParallelError("data-parallel JAX runs compiled (jax.jit); compile=False is not available")
         self.mesh = mesh(replicas)
         self.replicas, self.sync_bn, self.rank = self.mesh.size, sync_bn, jax.process_index()
         self.device_label = self.mesh.devices.flat[0].platform  # reports name it, not the sharding (training.fit)
@@ -152,7 +152,7 @@ class ParallelTrainer(Trainer):
         n = int(X.shape[0])
         where = self._batch_sharding(n)
         if not self.sync_bn and where is self.replicated:
-            raise parallel.ParallelError(
+            raise split.ParallelError(
                 f"unsynchronized BatchNorm in JAX needs batches that divide over the {self.replicas} devices; "
                 f"this one has {n} images (choose a batch size and --limit that divide, or synchronized BatchNorm)")
         X = global_array(np.asarray(X, np.float32), where)

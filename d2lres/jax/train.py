@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from .. import data
+from .. import data, training
 from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
@@ -363,5 +363,5 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     book's JAX tab, d2l 1.0's linen ``Trainer``, has no ``train_ch6``); a d2lres network's are
     d2lres's seeded scheme (``init_weights``)."""
     device = device if device is not None else try_gpu()
-    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), lambda: None,
+    return training.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), lambda: None,
                           train_iter, test_iter, num_epochs, lr, **fit_options)

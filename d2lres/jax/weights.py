@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ..core import spec
-from ..core import weights as neutral
+from .. import spec
+from .. import weights as neutral
 from ..errors import UserValueError
 from .model import Lazy, ResNet
 

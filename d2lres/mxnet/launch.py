@@ -29,7 +29,7 @@ import sys
 import time
 
 from ..errors import UserValueError
-from ..runs.parallel import LOOPBACK, free_ports
+from ..loop.split import LOOPBACK, free_ports
 
 #: Seconds the scheduler and servers may take to exit after the last worker finished.
 SERVER_EXIT_TIMEOUT = 30.0

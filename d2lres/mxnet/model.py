@@ -8,7 +8,8 @@ import mxnet as mx
 from mxnet import init, np, npx
 from mxnet.gluon import nn
 
-from ..core import api, book, inputs, spec
+from .. import inputs, spec
+from ..core import api, book
 from ..errors import UserValueError
 
 npx.set_np()

@@ -4,20 +4,20 @@ kvstore and the same SGD update on every context. See ``d2lres.parallel`` for th
 BatchNorm option.
 
 **One process** (``d2lres train --backend mxnet --devices N``): ``N`` contexts (``D2LRES_REPLICAS``,
-which ``parallel.environment`` sets; 1 when unset) and a ``'device'`` kvstore.
+which ``split.environment`` sets; 1 when unset) and a ``'device'`` kvstore.
 
 **Several processes, several machines**: MXNet's parameter server, a ``'dist_sync'`` kvstore,
 chosen when MXNet's distributed environment is present (``DMLC_ROLE=worker``, see
 ``d2lres.mxnet.launch``). A dist_sync job is a scheduler, S servers and W workers; every worker
 runs ``d2lres train`` with ``D2LRES_REPLICAS`` contexts of its own (default 1), so the run has
 ``W x contexts`` replicas. Each worker trains on its contexts' shards of the global batch (the
-global shards ``parallel.shard_slices(n, replicas)`` in the order of ``kv.rank`` then context),
+global shards ``split.shard_slices(n, replicas)`` in the order of ``kv.rank`` then context),
 the kvstore sums the gradients of every context of every worker, and every worker applies the
 same SGD update (momentum and weight decay once, on the summed gradient: the single-device
 update). The loss and correct count, and (unsynchronized) the running statistics, are summed
 through the kvstore too, so every worker holds the same weights and reports the global batch's
 numbers. ``contrib.SyncBatchNorm`` synchronizes the contexts of one process only, so across
-workers BatchNorm is per replica (``sync_bn=False``, what ``parallel.emulate_unsynchronized``
+workers BatchNorm is per replica (``sync_bn=False``, what ``split.emulate_unsynchronized``
 describes); ``sync_bn=True`` is refused there.
 
 Each context's loss is its shard's summed cross-entropy over the global batch size, so the summed
@@ -44,10 +44,10 @@ import numpy as onp
 from mxnet import autograd
 from mxnet.gluon import nn
 
+from .. import spec
 from ..core import precision as precisions
-from ..core import spec
 from ..errors import UserValueError
-from ..runs import parallel
+from ..loop import split
 from .train import BF16_REFUSED, Trainer, try_gpu
 from .weights import named_parameters
 
@@ -85,11 +85,11 @@ def distributed(env=None) -> bool:
 
 
 def local_replicas(env=None) -> int:
-    """Contexts in this process: ``D2LRES_REPLICAS`` (set by ``parallel.environment`` and by
+    """Contexts in this process: ``D2LRES_REPLICAS`` (set by ``split.environment`` and by
     ``d2lres.mxnet.launch --contexts``), 1 when unset."""
     value = (os.environ if env is None else env).get("D2LRES_REPLICAS") or "1"
     if not value.isdigit() or int(value) < 1:
-        raise parallel.ParallelError(f"D2LRES_REPLICAS must be a number >= 1, got {value!r}")
+        raise split.ParallelError(f"D2LRES_REPLICAS must be a number >= 1, got {value!r}")
     return int(value)
 
 
@@ -111,7 +111,7 @@ class ParallelTrainer(Trainer):
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
-                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 replicas: int | None = None, sync_bn: bool = split.SYNC_BN_DEFAULT):
         if precisions.check(precision) != "float32":  # refused before the process group starts
             raise UserValueError(BF16_REFUSED)
         dist = distributed()
@@ -123,17 +123,17 @@ class ParallelTrainer(Trainer):
         if replicas is not None and replicas != total:
             where = (f"{workers} dist_sync workers x {local} contexts (D2LRES_REPLICAS)" if dist else
                      f"D2LRES_REPLICAS={local} contexts in this process")
-            raise parallel.ParallelError(f"replicas={replicas} does not match the run's {total} replicas ({where}); "
+            raise split.ParallelError(f"replicas={replicas} does not match the run's {total} replicas ({where}); "
                                          f"pass replicas=None or {total}")
         self.ctxs = contexts(local, device)
         self.replicas, self.sync_bn, self.workers = total, sync_bn, workers
         if sync_bn and dist and workers > 1:
-            raise parallel.ParallelError(
+            raise split.ParallelError(
                 "synchronized BatchNorm across MXNet dist_sync workers is not available (contrib.SyncBatchNorm "
                 "synchronizes the contexts of one process); pass --no-sync-bn (sync_bn=False): BatchNorm per "
                 "replica, running statistics averaged")
         if sync_bn and local > 1 and self.ctxs[0].device_type == "cpu":
-            raise parallel.ParallelError(
+            raise split.ParallelError(
                 "synchronized BatchNorm over CPU contexts is not available in MXNet 1.9.1: contrib.SyncBatchNorm "
                 "waits at a barrier for the other contexts' operators, which the CPU engine never runs alongside "
                 "(the step hangs); on CPUs pass --no-sync-bn (sync_bn=False: BatchNorm per context, statistics "
@@ -164,7 +164,7 @@ class ParallelTrainer(Trainer):
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         n, local = int(X.shape[0]), len(self.ctxs)
-        parts = parallel.shard_slices(n, self.replicas)[self.rank * local:(self.rank + 1) * local]
+        parts = split.shard_slices(n, self.replicas)[self.rank * local:(self.rank + 1) * local]
         Xs = [X[s].as_in_ctx(c) for s, c in zip(parts, self.ctxs)]
         ys = [y[s].as_in_ctx(c) for s, c in zip(parts, self.ctxs)]
         old_vars = [[p.data(c).copy() for _, p in self.running_vars] for c in self.ctxs]

@@ -11,8 +11,8 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
 
-from .. import data
-from ..core import book, inputs, spec
+from .. import data, inputs, spec, training
+from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
@@ -254,6 +254,6 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     uniform, scale 3, fan average; biases and BatchNorm to Gluon's defaults); a d2lres network
     keeps its weights (d2lres's seeded scheme, ``init_weights``)."""
     device = device if device is not None else try_gpu()
-    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision),
+    return training.train_ch6(net, lambda: Trainer(net, device=device, precision=precision),
                           lambda: _d2l_initialize(net, train_iter, device), train_iter, test_iter, num_epochs, lr,
                           **fit_options)

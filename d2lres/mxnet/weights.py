@@ -7,8 +7,8 @@ import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
 
-from ..core import spec
-from ..core import weights as neutral
+from .. import spec
+from .. import weights as neutral
 from .model import ResNet
 
 _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"),

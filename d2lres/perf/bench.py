@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data
-from ..core import spec
+from .. import data, spec
 from ..core.precision import DEFAULT, MIXED_BACKENDS
 from ..core.precision import check as check_precision
 from ..core.presets import preset
-from ..host import backends
-from ..runs import jobs, signals, stamps
-from . import isa
+from ..host import backends, isa
+from ..util import jobs, signals, stamps
 
 WAYS = ("d2lres", "chapter")
 
@@ -201,7 +199,7 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
           held: str = "native", precisions: tuple[str, ...] = ("float32",)) -> dict:
     """Run every backend both ways (and its :func:`variants` if asked; d2lres's way also in each
     of ``precisions`` besides float32, where the backend trains in it), every timed process held
-    to the instruction set ``held`` (``native`` or ``avx2``, see ``d2lres.perf.isa``); write
+    to the instruction set ``held`` (``native`` or ``avx2``, see ``d2lres.host.isa``); write
     ``bench.json``, ``bench.md`` and ``bench.png`` in ``out`` and return the report."""
     precisions_ = tuple(check_precision(p) for p in precisions)
     out = Path(out)
@@ -223,9 +221,9 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
         for p in precisions_ if p != DEFAULT}
     report["matmul_limit_by_precision"] = {DEFAULT: report["matmul_limit_gflops"], **{
         p: max(v.values()) for p, v in report["matmul_gflops_by_precision"].items() if v}}
-    report["stamps"] = stamps.stamps(names, data_dir, held)
+    report["stamps"] = stamps.stamps(names, data.data_stamp(data_dir), held)
     summarize(report)
-    from ..runs import plots
+    from ..loop import plots
     table = format_table(report)
     plots.save_report(out, "bench", report, plots.bench_figure(report), table)
     report["table"] = table

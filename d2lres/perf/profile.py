@@ -1,7 +1,7 @@
 """``d2lres profile``: where a training step's time goes, stage by stage, in every backend.
 
 For ResNet-18 at one image side and batch, each backend (in its own process, as ``d2lres bench``
-runs them, optionally held to AVX2 by ``d2lres.perf.isa``) times, in training mode:
+runs them, optionally held to AVX2 by ``d2lres.host.isa``) times, in training mode:
 
 - each stage of its own network separately -- ``b1`` (the stem: convolution, BatchNorm, ReLU,
   max-pool), ``b2`` .. ``b5`` (the ``resnet_block`` stages) and ``head`` (pooling, dense and the
@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import spec
+from .. import data, spec
 from ..core.presets import preset
-from ..host import backends
-from ..runs import jobs, stamps
-from . import isa
+from ..host import backends, isa
+from ..util import jobs, stamps
 from .bench import matmul_gflops, numpy_matmul_gflops
 
 #: The learning rate of every timed update and step (see above).
@@ -147,9 +146,9 @@ def profile(names, out, config: ProfileConfig = ProfileConfig(), *, held: str = 
               "training_gflop": training_gflop(spec.forward_macs((1, config.size, config.size)), config.batch)}
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{r["backend"]: r["matmul_gflops"] for r in runs}}
     report["matmul_limit_gflops"] = max(report["matmul_gflops"].values())
-    report["stamps"] = stamps.stamps(names, None, held)
+    report["stamps"] = stamps.stamps(names, data.data_stamp(), held)
     summarize(report)
-    from ..runs import plots
+    from ..loop import plots
     table = format_table(report)
     plots.save_report(out, "profile", report, plots.profile_figure(report), table)
     report["table"] = table

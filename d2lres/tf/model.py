@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..core import api, book, inputs, spec
+from .. import inputs, spec
+from ..core import api, book
 from ..errors import UserValueError
 
 if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "tensorflow":

@@ -37,7 +37,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from ..runs import parallel
+from ..loop import split
 from .model import BatchNorm
 from .train import Trainer, as_batch, as_float32
 
@@ -51,7 +51,7 @@ def logical_cpus(n: int) -> None:
     except RuntimeError:
         have = len(tf.config.list_logical_devices("CPU"))
         if have < n:
-            raise parallel.ParallelError(
+            raise split.ParallelError(
                 f"{n} CPU replicas asked, TensorFlow started with {have} logical CPU(s); split the CPU before "
                 f"TensorFlow runs anything (import d2lres.tf.parallel first with D2LRES_REPLICAS={n}, or call "
                 f"d2lres.tf.parallel.logical_cpus({n}) first)") from None
@@ -68,12 +68,12 @@ def tf_config(env=None) -> dict | None:
         workers, task = config["cluster"]["worker"], config["task"]
         index = int(task["index"])
     except (ValueError, KeyError, TypeError) as err:
-        raise parallel.ParallelError(
+        raise split.ParallelError(
             f"TF_CONFIG is not a cluster of workers ({type(err).__name__}: {err}); set it to "
             f'{{"cluster": {{"worker": ["host0:port", "host1:port"]}}, "task": {{"type": "worker", "index": i}}}} '
             f"or unset it") from None
     if task.get("type") != "worker" or not 0 <= index < len(workers) or set(config["cluster"]) - {"worker"}:
-        raise parallel.ParallelError(
+        raise split.ParallelError(
             f"TF_CONFIG: d2lres runs a cluster of workers only (task type 'worker', index 0..{len(workers) - 1}); "
             f"got task {task} in a cluster of {sorted(config['cluster'])}")
     return config
@@ -90,7 +90,7 @@ def multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy | None:
         try:
             _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as err:
-            raise parallel.ParallelError(
+            raise split.ParallelError(
                 f"TF_CONFIG is set but TensorFlow's runtime started before d2lres could configure its collective "
                 f"ops ({err}); call d2lres.host.process.configure('tf') before running anything in TensorFlow") \
                 from None
@@ -137,14 +137,14 @@ def strategy(replicas: int | None = None) -> tf.distribute.Strategy:
     multi = multi_worker_strategy()
     if multi is not None:
         if replicas is not None and replicas != multi.num_replicas_in_sync:
-            raise parallel.ParallelError(
+            raise split.ParallelError(
                 f"{replicas} replicas asked, the TF_CONFIG cluster has {multi.num_replicas_in_sync} "
                 f"({len(tf_config()['cluster']['worker'])} worker(s) x {len(multi.extended.worker_devices)} local "
                 f"device(s)); leave the number to the cluster")
         return multi
     launched = os.environ.get("D2LRES_REPLICAS")
     if replicas is not None and launched is not None and replicas != int(launched):
-        raise parallel.ParallelError(f"{replicas} replicas asked in a process set up for D2LRES_REPLICAS={launched}")
+        raise split.ParallelError(f"{replicas} replicas asked in a process set up for D2LRES_REPLICAS={launched}")
     gpus = tf.config.list_logical_devices("GPU")
     if replicas is None:
         replicas = int(launched) if launched is not None else len(gpus or tf.config.list_logical_devices("CPU"))
@@ -152,7 +152,7 @@ def strategy(replicas: int | None = None) -> tf.distribute.Strategy:
         logical_cpus(replicas)
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))][:replicas]
     if len(devices) < replicas:
-        raise parallel.ParallelError(f"{replicas} replicas asked, TensorFlow has {len(devices)} device(s)")
+        raise split.ParallelError(f"{replicas} replicas asked, TensorFlow has {len(devices)} device(s)")
     return tf.distribute.MirroredStrategy(devices)
 
 
@@ -175,7 +175,7 @@ class ParallelTrainer(Trainer):
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
-                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 replicas: int | None = None, sync_bn: bool = split.SYNC_BN_DEFAULT):
         from ..core import precision as precisions
         from . import resnet
         from .weights import get_weights, set_weights
@@ -221,7 +221,7 @@ class ParallelTrainer(Trainer):
         self._own_policy()
         X, y = as_batch(X, y)
         n = int(X.shape[0])
-        parts = parallel.shard_slices(n, self.replicas)
+        parts = split.shard_slices(n, self.replicas)
         self.lr.assign(lr)
 
         def run():
@@ -245,13 +245,13 @@ def _named_layers(net):
 
 
 def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
-                       sync_bn: bool = parallel.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
+                       sync_bn: bool = split.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
                        weight_decay: float = 0.0) -> dict:
     """One data-parallel step on ``replicas`` devices from ``weights`` on the global batch
     ``(X, y)`` (NCHW numpy): ``{"step_loss", "after_step"}``."""
     strategy(replicas)  # before anything else runs TensorFlow (refuses a number the run does not have)
     from . import resnet, set_weights
-    a = parallel.get_arch(arch)
+    a = split.get_arch(arch)
     net = resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     set_weights(net, weights)
     trainer = ParallelTrainer(net, momentum, weight_decay, replicas=replicas, sync_bn=sync_bn)

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import data
-from ..core import book, inputs
+from .. import data, inputs, training
+from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
@@ -303,5 +303,5 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     if callable(net) and not isinstance(net, keras.layers.Layer):
         with tf.distribute.OneDeviceStrategy(device).scope():
             net = net()
-    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), lambda: None, train_iter,
+    return training.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), lambda: None, train_iter,
                           test_iter, num_epochs, lr, **fit_options)

@@ -7,8 +7,8 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from ..core import spec
-from ..core import weights as neutral
+from .. import spec
+from .. import weights as neutral
 from .model import BatchNorm, ResNet
 
 _BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),

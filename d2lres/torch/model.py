@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core import api, book, inputs, spec
+from .. import inputs, spec
+from ..core import api, book
 from ..errors import UserValueError
 
 

@@ -24,11 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ..runs import parallel
+from ..loop import split
 from .train import Trainer, try_gpu
 from .weights import get_weights, set_weights
 
-LOOPBACK = parallel.LOOPBACK
+LOOPBACK = split.LOOPBACK
 
 
 class SyncBatchNorm(nn.BatchNorm2d):
@@ -79,15 +79,15 @@ class ParallelTrainer(Trainer):
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
-                 replicas: int | None = None, sync_bn: bool = parallel.SYNC_BN_DEFAULT):
+                 replicas: int | None = None, sync_bn: bool = split.SYNC_BN_DEFAULT):
         if not dist.is_initialized():
             if "WORLD_SIZE" not in os.environ:
-                raise parallel.ParallelError(
+                raise split.ParallelError(
                     "data-parallel PyTorch runs one process per device: start it with torchrun (d2lres train "
                     "--devices N does), or call d2lres.torch.parallel.init_process_group in each process")
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # torchrun's environment
         if replicas is not None and replicas != dist.get_world_size():
-            raise parallel.ParallelError(f"{replicas} replicas asked, the process group has {dist.get_world_size()} "
+            raise split.ParallelError(f"{replicas} replicas asked, the process group has {dist.get_world_size()} "
                                          f"processes (one per replica)")
         if torch.cuda.is_available():  # one GPU per process of this machine
             device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', dist.get_rank()))}")
@@ -107,8 +107,8 @@ class ParallelTrainer(Trainer):
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
         n = int(X.shape[0])
-        part = parallel.shard_slices(n, self.replicas)[self.rank]
-        weight = parallel.loss_weights(n, self.replicas)[self.rank]
+        part = split.shard_slices(n, self.replicas)[self.rank]
+        weight = split.loss_weights(n, self.replicas)[self.rank]
         X, y = self._input(X[part]), y[part].to(self.device)
         self.net.train()
         for group in self.optimizer.param_groups:
@@ -127,7 +127,7 @@ class ParallelTrainer(Trainer):
         return float(totals[0]), int(totals[1])
 
     def agree_stop(self, signum: int | None) -> int | None:
-        """The signal any process got (``d2lres.runs.signals``), the same on every rank: all of them stop
+        """The signal any process got (``d2lres.util.signals``), the same on every rank: all of them stop
         after the same step (a signal reaches them at different steps)."""
         flag = torch.tensor([signum or 0], dtype=torch.int64, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -155,7 +155,7 @@ def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, 
         from . import resnet
         data = np.load(Path(folder) / "inputs.npz")
         weights = {k[2:]: data[k] for k in data.files if k.startswith("w.")}
-        a = parallel.get_arch(arch)
+        a = split.get_arch(arch)
         net = resnet(a.depth, a.version, num_classes=10, in_channels=data["X"].shape[1], flavour=a.flavour)
         set_weights(net, weights)
         device = try_gpu(rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -171,17 +171,17 @@ def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, 
 def spawn(fn, replicas: int, *args) -> None:
     """``fn(rank, replicas, port, *args)`` in ``replicas`` fresh processes (``torch.multiprocessing``)."""
     import torch.multiprocessing as mp
-    mp.spawn(fn, args=(replicas, parallel.free_port(), *args), nprocs=replicas, join=True)
+    mp.spawn(fn, args=(replicas, split.free_port(), *args), nprocs=replicas, join=True)
 
 
 def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
-                       sync_bn: bool = parallel.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
+                       sync_bn: bool = split.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
                        weight_decay: float = 0.0) -> dict:
     """One data-parallel step on ``replicas`` gloo processes from ``weights`` on the global batch
     ``(X, y)`` (NCHW numpy): ``{"step_loss", "after_step"}`` (canonical weights of replica 0)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "inputs.npz", X=X, y=y, **{f"w.{k}": v for k, v in weights.items()})
-        spawn(_step_worker, replicas, tmp, lr, sync_bn, parallel.arch_key(arch), momentum, weight_decay)
+        spawn(_step_worker, replicas, tmp, lr, sync_bn, split.arch_key(arch), momentum, weight_decay)
         out = np.load(Path(tmp) / "result.npz")
         return {"step_loss": float(out["loss"]),
                 "after_step": {k[2:]: out[k] for k in out.files if k.startswith("w.")}}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import data
+from .. import data, training
 from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
@@ -224,5 +224,5 @@ def train_ch6(net, train_iter, test_iter, num_epochs: int, lr: float, device=Non
     def reinitialize():
         _build_lazy(net, train_iter, device)
         net.apply(_d2l_init)
-    return book.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), reinitialize, train_iter,
+    return training.train_ch6(net, lambda: Trainer(net, device=device, precision=precision), reinitialize, train_iter,
                           test_iter, num_epochs, lr, **fit_options)

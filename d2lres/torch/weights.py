@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import weights as neutral
 from ..core import book
-from ..core import weights as neutral
 
 INSTEAD = "the framework's own: torch.save(net.state_dict(), path) / net.load_state_dict(torch.load(path))"
 

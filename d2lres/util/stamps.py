@@ -11,8 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
-from ..host import backends
-from ..perf import isa
+from ..host import backends, isa
 
 #: Distribution names of each backend's framework(s).
 FRAMEWORKS = {"torch": ("torch",), "tf": ("tensorflow", "tensorflow-cpu", "keras"), "mxnet": ("mxnet",),
@@ -56,14 +55,14 @@ def _gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
-def stamps(names, data_dir=None, held: str | None = None) -> dict:
-    """The stamps of a run of the backends ``names`` on the data in ``data_dir``."""
-    from ..data import data_stamp
+def stamps(names, data: dict, held: str | None = None) -> dict:
+    """The stamps of a run of the backends ``names`` on the data ``data`` (its stamp:
+    ``d2lres.data.data_stamp(data_dir)``)."""
     names = [backends.canonical(n) for n in names]
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "d2lres": __version__, "commit": _commit(), "python": platform.python_version(),
             "frameworks": _versions(names), "cpu": isa.cpu_info(held), "gpus": _gpus(),
-            "data": data_stamp(data_dir)}
+            "data": data}
 
 
 def describe(s: dict) -> list[str]:

@@ -5,7 +5,7 @@ the results table, overlaid curves and the cross-backend checks.
 A compare folder is one comparison (``comparison.json``: the backends, the network, the settings,
 the data slice and the initial weights): another one there is refused unless ``--overwrite``, and
 every check (each backend's run folder included) passes before anything is written
-(``d2lres.runs.guard``)."""
+(``d2lres.util.guard``)."""
 from __future__ import annotations
 
 import itertools
@@ -16,24 +16,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import data
+from .. import data, parallel, run, spec
+from .. import weights as neutral
+from ..checks import BF16_ERROR_CONSTANTS, UNIT_ROUNDOFF
 from ..core import precision as precisions
-from ..core import spec
-from ..core import weights as neutral
 from ..core.presets import TrainConfig
 from ..errors import UserError
-from ..host import backends
-from ..perf import isa
-from ..verify.checks import BF16_ERROR_CONSTANTS, UNIT_ROUNDOFF
-from . import guard, parallel, run, signals
-from .files import atomic_open, atomic_write, atomic_write_text, inspect_folder
-from .plots import curves_figure
-from .progress import AcrossBackends
-from .run import CHECKPOINT_DIR, TIMING, settings_line, stopped_at
-from .run import job as run_job
-from .stamps import describe as describe_stamps
-from .stamps import stamps
-from .training import CHECKPOINT
+from ..host import backends, isa
+from ..loop.plots import curves_figure
+from ..loop.progress import AcrossBackends
+from ..run import CHECKPOINT_DIR, TIMING, settings_line, stopped_at
+from ..run import job as run_job
+from ..training import CHECKPOINT
+from ..util import guard, signals
+from ..util.files import atomic_open, atomic_write, atomic_write_text, inspect_folder
+from ..util.stamps import describe as describe_stamps
+from ..util.stamps import stamps
 
 #: What the report requires of every pair of backends after training.
 FIRST_STEP_TOLERANCE = 1e-4
@@ -119,7 +117,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     refused, naming what differs, unless ``overwrite``.
     ``progress``: one bar over every backend's steps, and the expected time once the first
     backend's steps are measured; ``held``: the instruction set every backend's process is held
-    to (``d2lres.perf.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
+    to (``d2lres.host.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
     training in every backend (``d2lres.run.train``)."""
     arch = spec.get_arch(arch)
     names = mixed_backends(distinct(names or backends.available()), config.precision, chosen=bool(names))
@@ -213,7 +211,7 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
             fig.savefig(f, dpi=110, format="png")
         summary = parity(results, config.precision)
         summary["wall_seconds"] = time.perf_counter() - tic
-        stamp = stamps(names, data_dir, held)
+        stamp = stamps(names, data.data_stamp(data_dir), held)
         cpu = stamp["cpu"]
         report = {"arch": str(arch), "config": config.to_dict(), "limit": limit, "cpu": cpu, "parity": summary,
                   "stamps": stamp, "timing": {**TIMING, "total wall_seconds": total_time(results)},

@@ -100,7 +100,7 @@ def profile_figure(report: dict):
     """Left: each backend's step as a stacked bar of its parts (ms), beside the time each part
     would take at the FLOP share of the fastest step; right: each part's GFLOP/s as a share of
     the matmul limit."""
-    from ..perf.isa import describe
+    from ..host.isa import describe
     parts = [s["stage"] for s in report["stages"]] + ["update", "other"]
     runs = report["runs"]
     colors = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(parts)}
@@ -149,7 +149,7 @@ def save_report(out: Path, name: str, report: dict, figure, table: str) -> None:
     """A measurement's three files in ``out``: ``name.json`` (the report), ``name.png`` (its
     figure) and ``name.md`` (its table, the figure, then the date, commit, versions and machine
     of ``report["stamps"]``), each written whole or not at all."""
-    from . import files, stamps
+    from ..util import files, stamps
     files.atomic_write_text(out / f"{name}.json", json.dumps(report, indent=1))
     files.atomic_write(out / f"{name}.png", lambda f: figure.savefig(f, format="png", dpi=110))
     plt.close(figure)

@@ -1,1 +1,0 @@
-"""Verification: the same-function checks against the float64 reference."""

@@ -17,7 +17,7 @@ from . import __version__, spec
 from .core import precision
 from .core.presets import BOUNDS, SCHEDULES, check_value, preset
 from .errors import report_errors
-from .host import backends, isa
+from .host import backends, isa, process
 from .util import files, signals
 
 
@@ -212,8 +212,7 @@ def cmd_check(args) -> int:
     names = [backends.canonical(b) for b in args.backends]
     result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
                                   precision=args.precision or precision.DEFAULT,
-                                  reference=getattr(args, "reference", None),
-                                  save_to=getattr(args, "save_reference", None))
+                                  reference=args.reference, save_to=args.save_reference)
     table = format_checks(result)
     print(table)
     if args.json:
@@ -225,8 +224,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    if args.check:
-        return cmd_check(args)
     from .pipeline.compare import compare_training
     names = [backends.canonical(b) for b in args.backends]
     report = compare_training(_config(args), args.out or compare_out(args.preset), names, arch=_arch(args),
@@ -298,14 +295,12 @@ def _training_options(p: argparse.ArgumentParser, out: str) -> None:
                                                   f"{quick.resize}, chapter {chapter.resize})")
     p.add_argument("--schedule", choices=SCHEDULES, help=f"overrides the preset (quick {quick.schedule}, "
                                                          f"chapter {chapter.schedule})")
-    _precision_option(p)
-    p.add_argument("--out", type=_folder,
-                   help=f"the run folder: new, empty, or a d2lres run of this command (default {out})")
+    _option(p, "--precision")
+    _option(p, "--out", help=f"the run folder: new, empty, or a d2lres run of this command (default {out})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the d2lres run found in --out (only d2lres's own files, and only once every "
                         "check has passed)")
-    p.add_argument("--data-dir", type=_folder,
-                   help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
+    _option(p, "--data-dir")
     p.add_argument("--limit", type=_number(int, "limit"),
                    help="use only the first N images of each split (smoke runs; N >= 1)")
     p.add_argument("--devices", type=_number(int, "devices"), default=1, metavar="N",
@@ -313,6 +308,7 @@ def _training_options(p: argparse.ArgumentParser, out: str) -> None:
                         "the global batch is split over them)")
     p.add_argument("--no-sync-bn", action="store_true",
                    help="with --devices: BatchNorm per device instead of synchronized (see README)")
+    _option(p, "--no-progress")
 
 
 PRECISION_HELP = ("bf16: mixed precision (bfloat16 convolutions and dense layer; weights, optimizer state, "
@@ -320,19 +316,35 @@ PRECISION_HELP = ("bf16: mixed precision (bfloat16 convolutions and dense layer;
                   "warning) where it does not; MXNet refuses it")
 
 
-def _precision_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=precision.PRECISIONS, help=PRECISION_HELP + " (default float32)")
-
-
-def _check_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", help="also write the results as JSON")
-    p.add_argument("--input", type=_shape, default=(1, 96, 96), help="CxHxW")
-    p.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
-                   help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
-    _arch_options(p)
-
-
 BACKEND_NAMES = ", ".join(backends.BACKENDS) + " (also pytorch, tensorflow)"
+
+#: The options several commands take, each defined once: ``add_argument``'s keywords (a callable
+#: default is called when the parser is built). A command may give its own help or default.
+OPTIONS = {
+    "--backend": {"required": True, "type": _backend, "help": f"one of {BACKEND_NAMES}"},
+    "--backends": {"nargs": "+", "default": backends.available, "type": _backend,
+                   "help": f"which backends ({BACKEND_NAMES}; default: every one installed)"},
+    "--input": {"type": _shape, "help": "CxHxW"},
+    "--precision": {"choices": precision.PRECISIONS, "help": PRECISION_HELP + " (default float32)"},
+    "--isa": {"choices": isa.ISAS, "default": "native",
+              "help": "avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every process the command starts (what most "
+                      "learners' CPUs have), to measure an AVX2 machine on a newer one"},
+    "--out": {"type": _folder},
+    "--data-dir": {"type": _folder, "help": "Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)"},
+    "--no-progress": {"action": "store_true", "help": "no progress bar"},
+    "--quick": {"action": "store_true", "help": "a smoke run in seconds (numbers not meaningful)"},
+    "--verbose": {"action": "store_true",
+                  "help": "keep the frameworks' own log lines (TensorFlow's INFO lines: oneDNN, CPU features, ...), "
+                          "here and in the processes the command starts"},
+}
+
+
+def _option(p: argparse.ArgumentParser, flag: str, **own) -> None:
+    """Add the shared option ``flag`` (:data:`OPTIONS`) to ``p``, with this command's ``own`` keywords."""
+    keywords = {**OPTIONS[flag], **own}
+    if callable(keywords.get("default")):
+        keywords["default"] = keywords["default"]()
+    p.add_argument(flag, **keywords)
 
 
 class _Help(argparse.HelpFormatter):
@@ -359,79 +371,73 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=_Help, **kw))
     s = sub.add_parser("summary", help="layer shapes and parameter counts of one backend's ResNet-18 "
                                        "(or any variant: --arch, --version, --flavour)")
-    s.add_argument("--backend", required=True, type=_backend, help=f"one of {BACKEND_NAMES}")
-    s.add_argument("--input", type=_shape, default=(1, 224, 224), help="CxHxW")
+    _option(s, "--backend")
+    _option(s, "--input", default=(1, 224, 224))
     s.add_argument("--classes", type=_count, default=10, help="classes of the head (default 10, Fashion-MNIST's)")
     _arch_options(s)
     s.set_defaults(func=cmd_summary)
     d = sub.add_parser("data", help="fetch and verify Fashion-MNIST, say which source served")
-    d.add_argument("--data-dir", type=_folder,
-                   help="Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)")
+    _option(d, "--data-dir")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="train ResNet-18 (or --arch ...) in one backend")
-    t.add_argument("--backend", required=True, type=_backend, help=f"one of {BACKEND_NAMES}")
+    _option(t, "--backend")
     t.add_argument("--init", help="initial weights (.npz, neutral format)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                                                          "(the same options are required)")
     t.add_argument("--checkpoint-every", type=_number(int, "steps"), default=100, metavar="STEPS",
                    help="write the checkpoint every STEPS steps (and at each epoch's end)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _arch_options(t)
     _training_options(t, train_out("PRESET", "BACKEND"))
     t.set_defaults(func=cmd_train)
-    c = sub.add_parser("compare", help="train all backends and report (or --check: as d2lres check)")
-    c.add_argument("--check", action="store_true", help="only the cross-backend checks (same as d2lres check)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.add_argument("--isa", choices=isa.ISAS, default="native",
-                   help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every backend's process")
-    _check_options(c)
+    c = sub.add_parser("compare", help="train every backend from the same weights and report (the checks alone: "
+                                       "d2lres check)")
+    _option(c, "--backends")
+    _option(c, "--isa")
+    _arch_options(c)
     _training_options(c, compare_out("PRESET"))
     c.set_defaults(func=cmd_compare)
     k = sub.add_parser("check", help="the same-function checks: every pair of backends on random weights")
-    _check_options(k)
+    k.add_argument("--json", help="also write the results as JSON")
+    _option(k, "--input", default=(1, 96, 96))
+    _option(k, "--backends")
+    _arch_options(k)
     k.add_argument("--save-reference", metavar="FILE",
                    help="also write the float64 reference's results to FILE (.npz), for --reference where PyTorch "
                         "is not installed")
     k.add_argument("--reference", metavar="FILE",
                    help="read the float64 reference from FILE (written by --save-reference with the same options) "
                         "instead of computing it in PyTorch")
-    _precision_option(k)
+    _option(k, "--precision")
     k.set_defaults(func=cmd_check)
     b = sub.add_parser("bench", help="images/s per backend, d2lres vs the chapter's way, vs the matmul limit")
-    b.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
+    _option(b, "--quick")
     b.add_argument("--variants", action="store_true",
                    help="also time each backend's other switches (channels-last or not, torch.compile, "
                         "eager TF, non-hybridized MXNet)")
-    b.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
-                   help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
+    _option(b, "--backends")
     b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
     b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
     b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")
     b.add_argument("--rounds", type=int, help="end-to-end rounds per way, alternating (median reported)")
-    b.add_argument("--out", type=_folder, help="output directory (default runs/bench)")
-    b.add_argument("--isa", choices=isa.ISAS, default="native",
-                   help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process (what most "
-                        "learners' CPUs have), to measure an AVX2 machine on a newer one")
-    b.add_argument("--data-dir", type=_folder, help="Fashion-MNIST directory")
-    b.add_argument("--precision", nargs="+", choices=precision.PRECISIONS, default=[precision.DEFAULT],
-                   help="the precisions to time, in one run with their ratio (e.g. --precision float32 bf16); "
-                        + PRECISION_HELP)
+    _option(b, "--out", help="output directory (default runs/bench)")
+    _option(b, "--isa")
+    _option(b, "--data-dir")
+    _option(b, "--precision", nargs="+", default=[precision.DEFAULT],
+            help="the precisions to time, in one run with their ratio (e.g. --precision float32 bf16); "
+                 + PRECISION_HELP)
     b.set_defaults(func=cmd_bench)
     f = sub.add_parser("profile", help="where a training step's time goes: each stage of ResNet-18 timed apart "
                                        "(forward + backward), the update and the step, per backend")
-    f.add_argument("--quick", action="store_true", help="a smoke run in seconds (numbers not meaningful)")
-    f.add_argument("--backends", nargs="+", default=backends.available(), type=_backend,
-                   help=f"which backends ({BACKEND_NAMES}; default: every one installed)")
+    _option(f, "--quick")
+    _option(f, "--backends")
     f.add_argument("--size", type=_resize, help="image side (default 40, the quick preset's; 96 is the chapter's)")
     f.add_argument("--batch", type=_number(int, "batch_size"), help="batch size (default 128)")
     f.add_argument("--repeats", type=_number(int, "steps"), help="timed rounds (median reported; default 7)")
-    f.add_argument("--out", type=_folder, help="output directory (default runs/profile)")
-    f.add_argument("--isa", choices=isa.ISAS, default="native",
-                   help="avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every timed process")
+    _option(f, "--out", help="output directory (default runs/profile)")
+    _option(f, "--isa")
     f.set_defaults(func=cmd_profile)
     for command in sub.choices.values():
-        command.add_argument("--verbose", action="store_true",
-                             help="keep the frameworks' own log lines (TensorFlow's oneDNN notices, ...)")
+        _option(command, "--verbose")
     return p
 
 
@@ -439,8 +445,7 @@ def main(argv=None) -> int:
     with signals.handled():
         argv = sys.argv[1:] if argv is None else list(argv)
         args = parser().parse_args(argv)
-        if not args.verbose:  # before any framework is imported, here or in the processes this one starts
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        process.log_lines(args.verbose)  # before any framework is imported, here or in the processes it starts
         try:
             status = report_errors(args.func, args)
             signals.check("the end", "the command had finished")

@@ -300,10 +300,13 @@ def test_last_batch_of_one_image_is_refused(real_data, tmp_path):
     assert "1 image" in line and "--batch-size" in line
 
 
-def test_compare_check_and_check_are_one_command():
-    for argv in (["check", "--arch", "resnet50"], ["compare", "--check", "--arch", "resnet50"]):
-        args = cli.parser().parse_args(argv)
-        assert args.func in (cli.cmd_check, cli.cmd_compare) and args.arch == "resnet50"
+def test_the_checks_are_one_command_and_compare_takes_only_its_own_options(capsys):
+    args = cli.parser().parse_args(["check", "--arch", "resnet50"])
+    assert args.func is cli.cmd_check and args.arch == "resnet50"
+    for option in ("--check", "--json=x.json", "--input=1x64x64"):  # check's, not compare's
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args(["compare", option])
+        assert f"unrecognized arguments: {option}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- architectures

@@ -154,14 +154,33 @@ def test_a_tiny_run_says_what_it_does_and_records_where_it_ran(real_data, tmp_pa
 
 def test_framework_log_noise_is_kept_out_unless_verbose(real_data, monkeypatch, capsys):
     """TensorFlow's C++ INFO lines (the oneDNN notices) are off before any framework is imported, in
-    this process and the ones it starts, unless --verbose."""
+    this process and the ones it starts; with --verbose, all on (level 0, which d2lres.tf keeps)."""
     import os
 
     from d2lres import cli
-    for argv, level in ((["data"], "2"), (["data", "--verbose"], None)):
+    for argv, level in ((["data"], "2"), (["data", "--verbose"], "0")):
         monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
         assert cli.main([*argv, "--data-dir", str(real_data)]) == 0
         assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
+
+
+def test_verbose_shows_tensorflows_log_lines_that_a_quiet_command_keeps_out():
+    """``--verbose`` takes effect where TensorFlow loads: importing d2lres.tf keeps the level the
+    command line set (0) instead of setting its own (2), so TensorFlow's INFO lines are printed."""
+    import os
+    import re
+
+    from d2lres.host import backends
+    if "tf" not in backends.available():
+        pytest.skip("TensorFlow is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    logged = {}
+    for flags in ((), ("--verbose",)):
+        done = subprocess.run([sys.executable, "-m", "d2lres", "summary", "--backend", "tf", "--input", "1x32x32",
+                               *flags], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        logged[flags] = re.findall(r"^I\d{4} .*$", done.stderr, re.M)  # absl's INFO lines: I<month><day> ...
+    assert len(logged[("--verbose",)]) > len(logged[()]), logged
 
 
 def test_curves_label_the_running_mean_and_draw_test_accuracy_as_points():

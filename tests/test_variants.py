@@ -284,7 +284,7 @@ def test_torchvision_state_dict_loads_in_all_backends(depth, tmp_path):
 #: see 2 values per channel and the normalisation turns float32 rounding into O(1) differences.
 #: 64x64 with batch 4 gives b5 16 values per channel.
 def test_full_check_resnet50_v2():
-    """Train-mode logits and one SGD step too (``d2lres compare --check --arch resnet50 --version 2``), at 64x64."""
+    """Train-mode logits and one SGD step too (``d2lres check --arch resnet50 --version 2``), at 64x64."""
     result = checks.cross_backend_checks(input_shape=(1, 64, 64), step_size=64, batch_size=4, arch=spec.Arch(50, 2))
     assert result["ok"], checks.format_checks(result)
     assert "ResNet-50 v2" in checks.format_checks(result)
@@ -320,6 +320,6 @@ def test_cli_summary_any_variant():
 
 
 def test_cli_unknown_arch():
-    out = _cli("compare", "--check", "--arch", "resnet42")
+    out = _cli("check", "--arch", "resnet42")
     assert out.returncode == 2
     assert "unknown architecture 'resnet42'; known: resnet18, resnet34, resnet50, resnet101, resnet152" in out.stderr

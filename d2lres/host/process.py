@@ -48,6 +48,12 @@ IMPORT_ACTIONS = {
                     "block runs in one mode only), and gives PyTorch its cores back as d2lres.torch does",
 }
 
+#: What the command line sets before any framework loads, in its process and the ones it starts (a
+#: value the user set is kept): without ``--verbose``, TensorFlow's runtime keeps its INFO lines to
+#: itself (as ``d2lres.tf``'s import does); with it, TensorFlow prints them all (level 0), which
+#: ``d2lres.tf``'s import then keeps.
+LOG_ENVIRONMENT = {False: {"TF_CPP_MIN_LOG_LEVEL": "2"}, True: {"TF_CPP_MIN_LOG_LEVEL": "0"}}
+
 #: What :func:`configure` does per backend, before the backend computes anything.
 RUN_SETUP = {
     "tf": "with TF_CONFIG set, enters TensorFlow's MultiWorkerMirroredStrategy (it must exist before the runtime "
@@ -75,3 +81,9 @@ def prepare(module: str, cores: int | None = None) -> None:
     (:data:`CORES` as ``cores``)."""
     for key, value in IMPORT_ENVIRONMENT[module].items():
         os.environ.setdefault(key, str(cores) if value == CORES else value)
+
+
+def log_lines(verbose: bool) -> None:
+    """Set :data:`LOG_ENVIRONMENT`'s variables for ``verbose`` that the user has not set."""
+    for key, value in LOG_ENVIRONMENT[bool(verbose)].items():
+        os.environ.setdefault(key, value)

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -176,7 +175,11 @@ def cmd_train(args) -> int:
                "overwrite": args.overwrite, "limit": args.limit, "checkpoint_every": args.checkpoint_every,
                "devices": args.devices, "sync_bn": not args.no_sync_bn}
     if args.devices > 1 and not parallel.launched():  # start the backend's own launcher, which runs the job
-        return _launch(args.backend, config, out, progress=not args.no_progress, **options)
+        from .run import launch
+        metrics = launch(args.backend, config, out, progress=not args.no_progress, **options)
+        print(f"{metrics['arch']} in {metrics['backend']} on {metrics['devices']} devices: test accuracy "
+              f"{metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
+        return 0
     parallel.die_with_launcher()
     if parallel.process_rank() == 0:
         print(header(arch, backends.canonical(args.backend), args.preset, config, args.limit, out))
@@ -184,26 +187,6 @@ def cmd_train(args) -> int:
     if parallel.process_rank() == 0:
         print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
               f"metrics, curves and weights in {out}")
-    return 0
-
-
-def _launch(backend: str, config, out: Path, **options) -> int:
-    """``d2lres train --devices N``: the run as a JSON job in the process(es) ``parallel.launch_command``
-    sets up for ``backend``'s engine; its error (if any) as this command's."""
-    from . import parallel, run
-    with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
-        error_file = Path(tmp) / "error"
-        job = run.job(backend, config, out, error_file=error_file, **options)
-        argv, env = parallel.launch_command(backend, options["devices"], job)
-        status = signals.run_child(argv, env=env)
-        if status:
-            signals.check(*run.stopped_at(error_file))
-            error = error_file.read_text().strip() if error_file.exists() else ""
-            raise run.RunError(error.removeprefix("d2lres: error: ") if error else
-                               f"data-parallel training in {backend} failed (exit status {status}; its error is above)")
-    metrics = json.loads((out / "metrics.json").read_text())
-    print(f"{metrics['arch']} in {metrics['backend']} on {metrics['devices']} devices: test accuracy "
-          f"{metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
     return 0
 
 

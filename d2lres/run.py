@@ -293,6 +293,33 @@ def parse_job(text: str) -> dict:
     return {"backend": backend, "config": config, "out": out, "arch": arch, **job_}
 
 
+def launch(backend: str, config: TrainConfig, out, *, devices: int = 1, label: str | None = None,
+           env: dict | None = None, child: dict | None = None, **options) -> dict:
+    """The run as a JSON job (:func:`job`: ``python -m d2lres.run JOB``) in the process(es) that
+    ``parallel.launch_command`` sets up for ``backend``'s engine on ``devices`` devices (``env`` on top of
+    their environment, ``child``: ``signals.run_child``'s other arguments); returns its metrics. Its
+    error is raised here as :class:`RunError` with the job's own message (``label: `` before it); a
+    signal, as ``signals.Interrupted`` where the job stopped (``label``'s step). ``d2lres train
+    --devices`` and each backend of ``d2lres compare`` start their runs with it."""
+    import tempfile
+
+    from .util import signals
+    with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
+        error_file = Path(tmp) / "error"
+        argv, launch_env = parallel.launch_command(
+            backend, devices, job(backend, config, out, error_file=error_file, devices=devices, **options))
+        status = signals.run_child(argv, env={**launch_env, **(env or {})}, **(child or {}))
+        if status:
+            where, detail, resumable = stopped_at(error_file)
+            if label is not None:
+                where = f"{label}'s {where}" if where else label
+            signals.check(where, detail, resumable)
+            error = error_file.read_text().strip().removeprefix("d2lres: error: ") if error_file.exists() else ""
+            error = error or f"training in {backend} failed (exit status {status}; its error is above)"
+            raise RunError(f"{label}: {error}" if label is not None else error)
+    return json.loads((Path(out) / "metrics.json").read_text())
+
+
 def stopped_at(error_file: Path) -> tuple[str, str, bool]:
     """``(where, what was kept, resumable)`` that an interrupted job (``d2lres.run``) wrote to ``error_file``."""
     try:

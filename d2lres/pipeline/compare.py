@@ -12,7 +12,6 @@ import itertools
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,8 +24,7 @@ from ..errors import UserError
 from ..host import backends, isa
 from ..loop.plots import curves_figure
 from ..loop.progress import AcrossBackends
-from ..run import CHECKPOINT_DIR, TIMING, settings_line, stopped_at
-from ..run import job as run_job
+from ..run import CHECKPOINT_DIR, TIMING, settings_line
 from ..training import CHECKPOINT
 from ..util import guard, signals
 from ..util.files import atomic_open, atomic_write, atomic_write_text, inspect_folder
@@ -62,26 +60,17 @@ def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Pat
     ``devices`` devices (``parallel.launch_command``): a run in ``out`` (checked by
     :func:`compare_training`) is continued."""
     resume = (out / CHECKPOINT_DIR / CHECKPOINT).exists()
-    with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
-        error_file = Path(tmp) / "error"
-        job = run_job(backend, config, out, arch=arch, init=init, data_dir=data_dir, limit=limit, resume=resume,
-                      error_file=error_file, devices=devices, sync_bn=sync_bn,
-                      progress=bar.enabled)  # the bar across backends, or none (not each job's own)
-        bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
-        env, fds = bar.start(backend)
-        argv, launch_env = parallel.launch_command(backend, devices, job)
-        returncode = signals.run_child(argv, env={**launch_env, **isa.isa_env(held), **env}, pass_fds=fds,
-                                       started=bar.started)
+    bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
+    env, fds = bar.start(backend)
+    try:
+        return run.launch(backend, config, out, devices=devices, label=backend, env={**isa.isa_env(held), **env},
+                          child={"pass_fds": fds, "started": bar.started}, arch=arch, init=init, data_dir=data_dir,
+                          limit=limit, resume=resume, sync_bn=sync_bn,
+                          progress=bar.enabled)  # the bar across backends, or none (not each job's own)
+    except run.RunError as err:
+        raise CompareError(str(err)) from None
+    finally:
         bar.finish()
-        if returncode != 0 and signals.requested():
-            where, detail, resumable = stopped_at(error_file)
-            raise signals.Interrupted(signals.requested(), f"{backend}'s {where}" if where else backend, detail,
-                                      resumable)
-        if returncode != 0:
-            error = error_file.read_text().strip().removeprefix("d2lres: error: ") if error_file.exists() else ""
-            raise CompareError(f"{backend}: {error}" if error else
-                               f"{backend}: training failed (exit status {returncode}, its error is above)")
-    return json.loads((out / "metrics.json").read_text())
 
 
 def comparison_differences(saved: dict, now: dict) -> list[str]:

@@ -15,7 +15,6 @@ refuses another one, naming each difference.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 import time
@@ -26,7 +25,6 @@ import numpy as np
 from . import data, parallel, spec, training
 from . import weights as neutral
 from .core.presets import TrainConfig
-from .errors import report_errors
 from .host import backends, process
 from .util import files, guard, stamps
 from .util.guard import CHECKPOINT_DIR, RunError
@@ -260,16 +258,20 @@ _JOB_OPTIONS = {"init": (str, None), "data_dir": (str, None), "resume": (bool,),
                 "sync_bn": (bool,), "error_file": (str, None)}
 
 
-def parse_job(text: str) -> dict:
-    """The keyword arguments of :func:`train` from a JSON job of :func:`job`; anything else
-    (not JSON, missing or unknown keys, values of the wrong type) raises :class:`RunError`."""
+def parse_job(job_) -> dict:
+    """The keyword arguments of :func:`train` from a JSON job of :func:`job` (its text, or the value
+    ``jobs.main`` read from it); anything else (not JSON, missing or unknown keys, values of the wrong
+    type) raises :class:`RunError`."""
     def bad(problem: str) -> RunError:
         return RunError(f"the job of d2lres.run is not one d2lres.run.job wrote ({problem}); "
                         f"start training with d2lres train or d2lres compare")
-    try:
-        job_ = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise bad(f"not JSON: {err}") from None
+    if isinstance(job_, str):
+        try:
+            job_ = json.loads(job_)
+        except (ValueError, RecursionError) as err:
+            raise bad(f"not JSON: {err}") from None
+    else:
+        job_ = dict(job_) if isinstance(job_, dict) else job_
     if not isinstance(job_, dict):
         raise bad(f"a JSON {type(job_).__name__}, not an object")
     missing = [k for k in ("backend", "config", "out", "arch") if k not in job_]
@@ -303,74 +305,40 @@ def launch(backend: str, config: TrainConfig, out, *, devices: int = 1, label: s
     --devices`` and each backend of ``d2lres compare`` start their runs with it."""
     import tempfile
 
-    from .util import signals
+    from .util import jobs, signals
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
         argv, launch_env = parallel.launch_command(
             backend, devices, job(backend, config, out, error_file=error_file, devices=devices, **options))
         status = signals.run_child(argv, env={**launch_env, **(env or {})}, **(child or {}))
         if status:
-            where, detail, resumable = stopped_at(error_file)
+            where, detail, resumable = jobs.stopped_at(error_file)
             if label is not None:
                 where = f"{label}'s {where}" if where else label
             signals.check(where, detail, resumable)
-            error = error_file.read_text().strip().removeprefix("d2lres: error: ") if error_file.exists() else ""
-            error = error or f"training in {backend} failed (exit status {status}; its error is above)"
+            error = (jobs.failure(error_file)
+                     or f"training in {backend} failed (exit status {status}; its error is above)")
             raise RunError(f"{label}: {error}" if label is not None else error)
     return json.loads((Path(out) / "metrics.json").read_text())
 
 
-def stopped_at(error_file: Path) -> tuple[str, str, bool]:
-    """``(where, what was kept, resumable)`` that an interrupted job (``d2lres.run``) wrote to ``error_file``."""
-    try:
-        stopped = json.loads(error_file.read_text())["interrupted"]
-        return str(stopped["where"]), str(stopped["detail"]), bool(stopped["resumable"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return "", "", False
-
-
 def main(argv=None) -> int:
-    """``python -m d2lres.run JOB``: run one JSON job from :func:`job`; errors as ``d2lres train``'s,
-    on stderr or, if the job names an ``error_file``, into that file (for the caller to report)."""
-    from .util import signals
-    with signals.handled():
-        return _main(sys.argv[1:] if argv is None else argv)
-
-
-def _main(argv) -> int:
-    from .util import signals
-    text = argv[0] if argv else ""
-    try:
-        error_file = json.loads(text).get("error_file")
-    except (ValueError, AttributeError, RecursionError):
-        error_file = None
-    error_file = error_file if isinstance(error_file, str) else None
-
+    """``python -m d2lres.run JOB``: run one JSON job from :func:`job` (``jobs.main``: errors as
+    ``d2lres train``'s, on stderr or into the job's error file, for the caller to report)."""
+    from .util import jobs
     parallel.die_with_launcher()
 
-    def run() -> int:
+    def work(job_) -> int:
         from .loop.progress import step_reporter
-        spec_ = parse_job(text)
+        options = parse_job(job_)
         reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
         if reporter is not None:
-            spec_["progress"] = reporter
-        metrics = train(spec_.pop("backend"), spec_.pop("config"), spec_.pop("out"), **spec_)
+            options["progress"] = reporter
+        metrics = train(options.pop("backend"), options.pop("config"), options.pop("out"), **options)
         if parallel.process_rank() == 0:
             print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0
-    message = io.StringIO()
-    try:
-        status = report_errors(run, stream=message if error_file is not None else None)
-    except signals.Interrupted as err:  # its caller (compare, train --devices) says how to resume
-        if error_file is None:
-            return signals.report(err, ["job"])
-        if parallel.process_rank() == 0:
-            stopped = {"where": err.where, "detail": err.detail, "resumable": err.resumable}
-            files.atomic_write_text(error_file, json.dumps({"interrupted": stopped}))
-        return err.status
-    if status and error_file is not None:
-        files.atomic_write_text(error_file, message.getvalue())
-    return status
+    return jobs.main(sys.argv[1:] if argv is None else argv, work, writes=parallel.process_rank() == 0)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,30 @@ A job is a JSON object passed as the last argument of ``python [LAUNCHER] -m MOD
 atomically (:func:`write_result`), which the caller reads with :func:`read_result`. Its environment
 is this process's with the job's additions on top (:func:`environment`). :func:`run` starts it
 through ``signals.run_child``, so an interrupt reaches it and it never outlives the caller.
+
+A job whose caller reports its errors (a training run: ``d2lres train --devices``, each backend of
+``d2lres compare``) names an :data:`ERROR_FILE`; :func:`main` runs the module's work and writes there
+its one error line (:func:`failure` reads it back) or where it stopped (:func:`stopped_at`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-from ..errors import UserError
+from ..errors import UserError, report_errors
 from . import files, signals
 
 
 class JobError(UserError, ValueError):
     """A module's command line holds no job that :func:`command` wrote."""
+
+
+#: The key of a job's error file (see the module's docstring).
+ERROR_FILE = "error_file"
 
 
 def command(module: str, job: dict | str, *, launcher: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> list[str]:
@@ -84,3 +94,50 @@ def run_worker(module: str, job: dict, label: str, env: dict, launcher: tuple[st
         raise subprocess.CalledProcessError(status, f"{module} {label}")
     print(f"   done in {time.perf_counter() - tic:.0f} s", flush=True)
     return read_result(job["out"])
+
+
+def main(argv: list[str], work: Callable[[object], int], *, writes: bool = True) -> int:
+    """``python -m MODULE JOB`` for a job whose caller reports its errors: the job read once (the
+    JSON value; text that is not JSON as it is, for ``work``'s own message), then ``work(job)``. Its
+    error: one ``d2lres: error:`` line on stderr, or into the job's :data:`ERROR_FILE` (for
+    :func:`failure`); an interrupt: its line on stderr, or where it stopped into that file (for
+    :func:`stopped_at`; ``writes``: this process writes it, one of a multi-process run does not)."""
+    text = argv[0] if argv else ""
+    try:
+        job = json.loads(text)
+    except (ValueError, RecursionError):
+        job = text
+    if isinstance(job, str):  # not JSON, or a JSON string: the text, for work's own message
+        job = text
+    error_file = job.get(ERROR_FILE) if isinstance(job, dict) else None
+    error_file = error_file if isinstance(error_file, str) else None
+    message = io.StringIO()
+    with signals.handled():
+        try:
+            status = report_errors(work, job, stream=message if error_file is not None else None)
+        except signals.Interrupted as err:  # its caller says how to resume
+            if error_file is None:
+                return signals.report(err, ["job"])
+            if writes:
+                stopped = {"where": err.where, "detail": err.detail, "resumable": err.resumable}
+                files.atomic_write_text(error_file, json.dumps({"interrupted": stopped}))
+            return err.status
+    if status and error_file is not None:
+        files.atomic_write_text(error_file, message.getvalue())
+    return status
+
+
+def failure(error_file: str | os.PathLike) -> str:
+    """The error line a failed job wrote to its error file (:func:`main`), without ``d2lres: error:``;
+    empty if it wrote none."""
+    path = Path(error_file)
+    return path.read_text().strip().removeprefix("d2lres: error: ") if path.exists() else ""
+
+
+def stopped_at(error_file: str | os.PathLike) -> tuple[str, str, bool]:
+    """``(where, what was kept, resumable)`` that an interrupted job wrote to its error file (:func:`main`)."""
+    try:
+        stopped = json.loads(Path(error_file).read_text())["interrupted"]
+        return str(stopped["where"]), str(stopped["detail"]), bool(stopped["resumable"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "", "", False

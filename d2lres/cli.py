@@ -44,6 +44,7 @@ def _count(text: str) -> int:
 
 
 def _backend(text: str) -> str:
+    """An argparse type: a backend's canonical name (the one parse of it: the commands use it as it is)."""
     try:
         return backends.canonical(text)
     except ValueError as err:
@@ -122,7 +123,7 @@ def cmd_summary(args) -> int:
     rows = mod.shape_walk(net, (args.input[0], 64, 64) if large else args.input)  # builds a lazy network
     if large:
         rows = [(name, shape) for name, shape, _ in expected]
-    print(f"{arch} in {backends.canonical(args.backend)}, input 1x{'x'.join(map(str, args.input))} "
+    print(f"{arch} in {args.backend}, input 1x{'x'.join(map(str, args.input))} "
           f"(shapes as NCHW)\n")
     if large:
         print(f"(shapes from the spec: running this input through the network would take about "
@@ -170,7 +171,7 @@ def cmd_train(args) -> int:
     from .run import train
     config = _config(args)
     arch = _arch(args)
-    out = Path(args.out or train_out(args.preset, backends.canonical(args.backend)))
+    out = Path(args.out or train_out(args.preset, args.backend))
     options = {"arch": arch, "init": args.init, "data_dir": args.data_dir, "resume": args.resume,
                "overwrite": args.overwrite, "limit": args.limit, "checkpoint_every": args.checkpoint_every,
                "devices": args.devices, "sync_bn": not args.no_sync_bn}
@@ -182,7 +183,7 @@ def cmd_train(args) -> int:
         return 0
     parallel.die_with_launcher()
     if parallel.process_rank() == 0:
-        print(header(arch, backends.canonical(args.backend), args.preset, config, args.limit, out))
+        print(header(arch, args.backend, args.preset, config, args.limit, out))
     metrics = train(args.backend, config, out, progress=not args.no_progress, **options)
     if parallel.process_rank() == 0:
         print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
@@ -192,7 +193,7 @@ def cmd_train(args) -> int:
 
 def cmd_check(args) -> int:
     from .checks import cross_backend_checks, format_checks
-    names = [backends.canonical(b) for b in args.backends]
+    names = list(args.backends)
     result = cross_backend_checks(names, input_shape=args.input, arch=_arch(args),
                                   precision=args.precision or precision.DEFAULT,
                                   reference=args.reference, save_to=args.save_reference)
@@ -208,7 +209,7 @@ def cmd_check(args) -> int:
 
 def cmd_compare(args) -> int:
     from .pipeline.compare import compare_training
-    names = [backends.canonical(b) for b in args.backends]
+    names = list(args.backends)
     report = compare_training(_config(args), args.out or compare_out(args.preset), names, arch=_arch(args),
                               data_dir=args.data_dir, limit=args.limit, overwrite=args.overwrite,
                               progress=not args.no_progress, held=args.isa, devices=args.devices,
@@ -227,7 +228,7 @@ def cmd_bench(args) -> int:
         overrides["batches"] = tuple(args.batches)
     config = replace(config, **overrides)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
-    report = bench([backends.canonical(b) for b in args.backends], out, config, data_dir=args.data_dir,
+    report = bench(args.backends, out, config, data_dir=args.data_dir,
                    with_variants=args.variants, held=args.isa, precisions=tuple(dict.fromkeys(args.precision)))
     print(report["table"])
     print(f"\nreport: {out / 'bench.md'}, {out / 'bench.json'}, chart: {out / 'bench.png'}")
@@ -240,7 +241,7 @@ def cmd_profile(args) -> int:
     config = replace(config, **{k: v for k, v in (("size", args.size), ("batch", args.batch),
                                                   ("repeats", args.repeats)) if v is not None})
     out = Path(args.out or ("runs/profile-quick" if args.quick else "runs/profile"))
-    report = profile([backends.canonical(b) for b in args.backends], out, config, held=args.isa)
+    report = profile(args.backends, out, config, held=args.isa)
     print(report["table"])
     print(f"\nreport: {out / 'profile.md'}, {out / 'profile.json'}, chart: {out / 'profile.png'}")
     return 0

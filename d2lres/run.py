@@ -246,9 +246,8 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
 
 def job(backend: str, config: TrainConfig, out, **options) -> str:
     """The JSON job that :func:`main` runs: ``train(backend, config, out, **options)``."""
-    arch = spec.get_arch(options.pop("arch", None))
     return json.dumps({"backend": backend, "config": config.to_dict(), "out": str(out),
-                       "arch": [arch.depth, arch.version, arch.flavour],
+                       "arch": parallel.arch_key(options.pop("arch", None)),
                        **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
 
 
@@ -288,7 +287,7 @@ def parse_job(job_) -> dict:
             and isinstance(arch, list) and len(arch) == 3 and all(type(a) in (int, str) for a in arch)):
         raise bad("backend, out, config or arch of the wrong type")
     try:
-        config, arch = TrainConfig.from_dict(config), spec.get_arch(*arch)
+        config, arch = TrainConfig.from_dict(config), parallel.get_arch(arch)
     except (TypeError, ValueError) as err:
         raise bad(f"config or arch: {err}") from None
     job_.pop("error_file", None)

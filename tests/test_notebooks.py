@@ -270,8 +270,8 @@ def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(fram
     """One fresh venv per framework, outside the checkout: pip and a kernel, no d2lres. The
     notebook's first cell installs ``<wheel>[<extra>]`` (with the set's constraints; no bytecode
     compiled ahead, PIP_NO_COMPILE), the whole notebook runs; the Japanese notebook's first cell
-    (its code cells are the English ones) then does nothing in that venv; then the command line there, ``check`` with a saved
-    reference where the venv has no PyTorch."""
+    (its code cells are the English ones) then does nothing in that venv; then the command line
+    there, ``check`` with a saved reference where the venv has no PyTorch."""
     backend = chapter.FRAMEWORKS[framework].rsplit(".", 1)[1]
     work, env = _outside(tmp_path)
     env.update(PIP_CONSTRAINT=str(ROOT / "constraints" / f"{SET}.txt"), D2LRES_PIP=str(dist["wheel"]),

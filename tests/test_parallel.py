@@ -88,6 +88,7 @@ def _check(backend: str, sync_bn: bool) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.parametrize("backend", ["torch", "jax", "tf", "mxnet"])
 def test_two_replicas_with_synchronized_batchnorm_equal_one_device(backend):
     _need(backend)
@@ -101,6 +102,7 @@ def test_two_replicas_with_synchronized_batchnorm_equal_one_device(backend):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.parametrize("backend", ["torch", "jax", "tf", "mxnet"])
 def test_two_replicas_without_synchronized_batchnorm_are_the_per_shard_steps(backend):
     """Unsynchronized: equal to the emulation (per-shard single-device steps, averaged) within the
@@ -116,6 +118,7 @@ def test_two_replicas_without_synchronized_batchnorm_are_the_per_shard_steps(bac
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_the_data_parallel_steps_of_every_backend_agree():
     """Not only each engine against its own single-device step: the data-parallel steps of every
     pair of backends against each other, in each BatchNorm mode (MXNet: per replica only)."""

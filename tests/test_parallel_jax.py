@@ -69,6 +69,7 @@ def runs(real_data, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_devices_are_the_one_device_run(runs):
     one, two, printed = runs
     a, b = run_metrics(one), run_metrics(two)
@@ -78,6 +79,7 @@ def test_two_devices_are_the_one_device_run(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_processes_killed_and_resumed_are_the_two_device_run(runs, real_data, tmp_path):
     """Two "machines": ``d2lres train`` in two processes with JAX's coordinator on 127.0.0.1, both
     killed after the first checkpoint, resumed by two processes: the same weights, bit for bit, as

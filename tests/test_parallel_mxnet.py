@@ -93,6 +93,7 @@ def test_refusals_before_joining_a_job(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_dist_sync_workers_step_as_the_per_shard_emulation(tmp_path):
     script = tmp_path / "step_job.py"
     script.write_text(STEP_JOB)
@@ -117,6 +118,7 @@ def metrics_and_weights(out):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_train_on_two_contexts_and_on_two_dist_sync_workers(real_data, tmp_path):
     """``--devices 2 --no-sync-bn``: one process, cpu(0) and cpu(1); the same run as 2 dist_sync
     workers of one context each is the same function (same shards, same sums): same metrics and
@@ -144,6 +146,7 @@ def test_train_on_two_contexts_and_on_two_dist_sync_workers(real_data, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_failing_worker_stops_the_job():
     code = ("import os, sys, time\n"
             "if os.environ['D2LRES_PROCESS_ID'] == '1': sys.exit(3)\n"
@@ -156,6 +159,7 @@ def test_a_failing_worker_stops_the_job():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_killed_dist_sync_run_resumes(real_data, tmp_path):
     """SIGTERM to the launcher after the first checkpoint stops every process; the same command with
     ``--resume`` continues from the checkpoint in both workers (process 0 wrote it) and finishes.

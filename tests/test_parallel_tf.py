@@ -82,6 +82,7 @@ def test_tf_config_names_this_process_and_refuses_what_it_cannot_run():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_workers_count_the_cluster_and_refuse_another_number(tmp_path):
     """MultiWorkerMirroredStrategy over 2 worker processes: replicas counted over the cluster, rank =
     task index, a wrong explicit number refused, in both workers."""
@@ -107,6 +108,7 @@ def test_importing_sets_up_nothing_and_configure_makes_the_logical_cpus():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_workers_train_one_run_that_worker_0_writes_and_resume_it(real_data, tmp_path):
     """``d2lres train`` in each of 2 worker processes (TF_CONFIG) joins one run; killed (both
     workers) after its first checkpoint and resumed by 2 workers, it is the ``--devices 2`` run on

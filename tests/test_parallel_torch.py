@@ -18,7 +18,8 @@ from conftest import SMALL_RUN, d2lres_cli, run_metrics, run_weights, wait_all
 from d2lres import checks
 from d2lres.parallel import free_port
 
-pytestmark = pytest.mark.slow
+#: Launches of two processes each: alone, after the other tests (the marker serial).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 TIMEOUT = 600
 RUN = ["train", "--backend", "torch", *SMALL_RUN]
 

@@ -17,7 +17,7 @@ from conftest import SMALL_RUN
 from d2lres import checks
 from d2lres.core import precision
 from d2lres.errors import UserValueError
-from d2lres.host import backends
+from d2lres.host import backends, isa
 
 pytestmark = pytest.mark.framework
 
@@ -28,6 +28,17 @@ def _load(name):
     if name not in backends.available():
         pytest.skip(f"{name} is not installed")
     return backends.load(name)
+
+
+def _refused_here(name) -> bool:
+    """TensorFlow refuses bf16 on a CPU with bfloat16 units held to AVX2 (the current set's pass):
+    asserted here, with its reason, instead of the bf16 run."""
+    if name != "tf" or not (isa.cpu_info()["bf16"] and isa.held_isa() == "avx2"):
+        return False
+    mod = _load(name)
+    with pytest.raises(ValueError, match="while oneDNN is held to AVX2.*precision='float32'"):
+        mod.Trainer(mod.resnet18(), precision="bf16")
+    return True
 
 
 def _trainer(name, prec, **options):
@@ -41,6 +52,8 @@ def _trainer(name, prec, **options):
 
 @pytest.mark.parametrize("name", MIXED)
 def test_bf16_takes_effect_and_keeps_float32_state(name):
+    if _refused_here(name):
+        return
     rng = np.random.default_rng(0)
     X = rng.random((4, 1, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, 4)
@@ -62,6 +75,8 @@ def test_bf16_takes_effect_and_keeps_float32_state(name):
 @pytest.mark.parametrize("name", MIXED)
 def test_bf16_within_its_bound_of_float64(name):
     _load(name)
+    if _refused_here(name):
+        return
     result = checks.cross_backend_checks([name], input_shape=(1, 32, 32), step_size=32, precision="bf16")
     assert result["precision"] == "bf16"
     assert result["ok"], checks.format_checks(result)
@@ -78,6 +93,14 @@ def test_mxnet_refuses_bf16_with_its_reason():
     mod = _load("mxnet")
     with pytest.raises(ValueError, match="MXNet"):
         mod.Trainer(mod.resnet18(), precision="bf16")
+
+
+def test_held_bf16_is_refused_only_on_a_cpu_with_bfloat16_units():
+    cpu = {"model": "Intel Xeon", "bf16": True, "held": "avx2"}
+    with pytest.raises(UserValueError, match="tf: precision 'bf16' cannot run on this CPU .Intel Xeon. while oneDNN"):
+        precision.refuse_held_bf16("tf", cpu)
+    precision.refuse_held_bf16("tf", {**cpu, "held": "native"})
+    precision.refuse_held_bf16("tf", {**cpu, "bf16": False})
 
 
 def test_emulated_reason_names_flags_and_the_hold():

@@ -28,9 +28,10 @@ RUN = ["--resize", "28", "--epochs", "1", "--batch-size", "32", "--limit", "256"
        "--momentum", "0.9", "--schedule", "constant", "--checkpoint-every", "1", "--no-progress"]
 #: The second backend: MXNet where it is installed (the quickest to start), else TensorFlow.
 SECOND = "mxnet" if "mxnet" in backends.available() else "tf"
-#: Real processes trained and signalled: the whole suite runs them; the current set's fast run,
-#: whose frameworks this logic does not depend on, leaves them out.
-pytestmark = pytest.mark.slow
+#: Real processes trained and signalled: the whole suite runs them, alone after the other tests
+#: (serial: each signal is timed against a running training); the current set's fast run, whose
+#: frameworks this logic does not depend on, leaves them out.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def start(*args) -> subprocess.Popen:

@@ -147,9 +147,10 @@ def test_cli_unknown_backend_is_named():
 
 @pytest.mark.slow
 def test_compare_on_real_data_writes_the_report(real_data, tmp_path):
-    """The main job end to end, on a slice of the real data set: every backend trained from the same
-    initial weights, report.md with the table, curves PNG, checks."""
-    out = _cli("compare", "--limit", "256", "--epochs", "1", "--resize", "28", "--batch-size", "64",
+    """The main job end to end, on a slice of the real data set at the main job's size and batch
+    (40x40, 128 images): every backend trained from the same initial weights, report.md with the
+    table, curves PNG, checks."""
+    out = _cli("compare", "--limit", "256", "--epochs", "1", "--resize", "40", "--batch-size", "128",
                "--out", str(tmp_path), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
@@ -160,7 +161,7 @@ def test_compare_on_real_data_writes_the_report(real_data, tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for backend in BACKENDS:
         assert (tmp_path / backend / "weights.npz").exists()
-    steps = 4 * len(backends.available())  # 256 images in batches of 64, one epoch, per backend
+    steps = 2 * len(backends.available())  # 256 images in batches of 128, one epoch, per backend
     assert f"{steps}/{steps}" in out.stderr  # the one bar across backends counted every step
 
 

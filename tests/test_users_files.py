@@ -164,6 +164,7 @@ def test_framework_log_noise_is_kept_out_unless_verbose(real_data, monkeypatch, 
         assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
 
 
+@pytest.mark.framework  # the log lines are TensorFlow's own
 def test_verbose_shows_tensorflows_log_lines_that_a_quiet_command_keeps_out():
     """``--verbose`` takes effect where TensorFlow loads: importing d2lres.tf keeps the level the
     command line set (0) instead of setting its own (2), so TensorFlow's INFO lines are printed."""

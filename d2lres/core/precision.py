@@ -66,6 +66,19 @@ def warn_if_emulated(backend: str, framework_native: bool | None = None) -> str 
     return reason
 
 
+def refuse_held_bf16(backend: str, cpu: dict | None = None) -> None:
+    """``ValueError`` for bf16 on a CPU with bfloat16 units while oneDNN is held to AVX2: TensorFlow
+    picks oneDNN's bfloat16 convolution by the CPU's flags, which the hold then cannot create (its
+    convolutions fail with "could not create a primitive descriptor")."""
+    from ..host import isa
+    cpu = cpu or isa.cpu_info()
+    if cpu["bf16"] and cpu["held"] == "avx2":
+        raise UserValueError(f"{backend}: precision 'bf16' cannot run on this CPU ({cpu['model']}) while oneDNN is "
+                             f"held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, --isa avx2): its bfloat16 kernels are chosen "
+                             f"by the CPU, which has bfloat16 units, and the hold refuses them; drop the hold or "
+                             f"use precision='float32'")
+
+
 def refuse_gpu(backend: str, device, supported: bool) -> None:
     """``ValueError`` for bf16 on a GPU without bfloat16 (``supported`` False, e.g. a T4)."""
     if not supported:

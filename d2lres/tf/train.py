@@ -81,7 +81,8 @@ def as_float32(logits):
 def check_bf16_devices(devices_) -> None:
     """bf16 on TensorFlow devices (strings): refused on a GPU of compute capability below 8.0
     (``tf.config.experimental.get_device_details``; unknown, as on a Mac's GPU: allowed), warned
-    once on a CPU where bfloat16 is emulated (TensorFlow has no public check of its own)."""
+    once on a CPU where bfloat16 is emulated (TensorFlow has no public check of its own), refused on
+    a CPU with bfloat16 units while oneDNN is held to AVX2 (:func:`precisions.refuse_held_bf16`)."""
     gpus = tf.config.list_physical_devices("GPU")
     cpu = False
     for name in devices_:
@@ -94,6 +95,7 @@ def check_bf16_devices(devices_) -> None:
         capability = details.get("compute_capability")
         precisions.refuse_gpu("tf", name, capability is None or tuple(capability) >= (8, 0))
     if cpu:
+        precisions.refuse_held_bf16("tf")
         precisions.warn_if_emulated("tf", None)
 
 

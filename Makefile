@@ -43,14 +43,14 @@ run: $(STAMP)
 	$(PY) -m d2lres compare --preset quick --out runs/compare-quick
 
 ## Tests run in two pytest runs: the tests that share the machine well on WORKERS pytest-xdist
-## workers (each test file on one worker), then the `serial` ones (timing, signals, data-parallel
-## launches) alone. Each run writes its JUnit report (every test's time) to build/test-times/, which
+## workers (worksteal: a worker that runs out takes tests queued on the other), then the `serial`
+## ones (signals, data-parallel launches) alone. Each run writes its JUnit report (every test's time) to build/test-times/, which
 ## `make test-times` summarises. $(call tests,NAME,SELECT): the tests that the marker expression
 ## "SELECT serial" selects (SELECT: empty, or ending in "and").
 WORKERS ?= 2
 define tests
 	@mkdir -p build/test-times; rm -f build/test-times/$(1)-*.xml; rc=0; \
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadscope -m "$(2) not serial" \
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m "$(2) not serial" \
 	  --junitxml=build/test-times/$(1)-parallel.xml $(PYTEST_ARGS) || rc=$$?; \
 	$(PY) -m pytest -q -p no:xdist -m "$(2) serial" --junitxml=build/test-times/$(1)-serial.xml \
 	  $(PYTEST_ARGS) || { r=$$?; [ $$r = 5 ] || rc=$$r; }; \

@@ -25,7 +25,7 @@ import numpy
 import pytest
 
 from book import chapter
-from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env
+from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env, shared
 from d2lres import checks, spec
 from d2lres.host import backends
 
@@ -142,17 +142,18 @@ KERNEL_PACKAGES = ("pip", "ipython<9.16", "ipykernel", "nbclient", "nbformat")
 
 
 @pytest.fixture(scope="session")
-def kernel_packages(tmp_path_factory) -> Path:
+def kernel_packages() -> Path:
     """The site-packages of a venv with pip and a Jupyter kernel (no d2lres, no framework),
-    installed once a session and copied into each fresh venv."""
-    venv = tmp_path_factory.mktemp("kernel-venv")
-    env = outside_env()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=COMMAND_TIMEOUT)
-    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c",
-                           str(ROOT / "constraints" / f"{SET}.txt"), *KERNEL_PACKAGES],
-                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return next(venv.glob("lib/python3*/site-packages"))
+    installed once per test run and copied into each fresh venv."""
+    def install(venv: Path) -> Path:
+        env = outside_env()
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=COMMAND_TIMEOUT)
+        proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c",
+                               str(ROOT / "constraints" / f"{SET}.txt"), *KERNEL_PACKAGES],
+                              capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return next(venv.glob("lib/python3*/site-packages"))
+    return shared("kernel-venv", install)
 
 
 def _text(cell) -> str:

@@ -264,6 +264,7 @@ def _report(framework: str, **facts) -> None:
 FRESH_VENV_FRAMEWORKS = ("pytorch", "mxnet")
 
 
+@pytest.mark.slow  # a framework installed into a fresh venv: make test runs it, make test-fast does not
 @pytest.mark.skipif(CURRENT_SET, reason="the current set runs the notebooks in its own environment")
 @pytest.mark.parametrize("framework", FRESH_VENV_FRAMEWORKS)
 def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(framework, dist, kernel_packages,

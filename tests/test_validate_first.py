@@ -20,14 +20,14 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import COMMAND_TIMEOUT, serve_directory
 from d2lres import cli, training
 from d2lres.core.presets import preset
-from d2lres.data import FILES, fetch_fashion_mnist, sources, write_idx
+from d2lres.data import FILES, fetch_fashion_mnist, sources
 from d2lres.util import files
+from test_data import write_official
 
 TINY = ["--limit", "64", "--epochs", "1", "--resize", "28", "--batch-size", "32", "--no-progress"]
 
@@ -212,19 +212,10 @@ def test_the_install_cell_says_a_missing_wheel_is_missing(tmp_path):
     assert f"FileNotFoundError: D2LRES_PIP names {wheel}, which does not exist" in done.stderr
 
 
-def small_data(directory: Path) -> dict[str, str]:
-    """Four small IDX files standing in for the official ones; their MD5s."""
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, shape in zip(FILES, [(20, 28, 28), (20,), (10, 28, 28), (10,)]):
-        write_idx(directory / name, rng.integers(0, 10, shape, dtype=np.uint8))
-    return {name: hashlib.md5((directory / name).read_bytes()).hexdigest() for name in FILES}
-
-
 @pytest.mark.serial
 def test_a_killed_fetch_costs_nothing_but_time(tmp_path):
     import http.server
-    md5 = small_data(tmp_path / "mirror")
+    md5 = write_official(tmp_path / "mirror")
     big = tmp_path / "mirror" / FILES[0]
     big.write_bytes(big.read_bytes() + b"\0" * (4 << 20))  # large enough to be caught mid-file
     md5[FILES[0]] = hashlib.md5(big.read_bytes()).hexdigest()

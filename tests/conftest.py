@@ -4,7 +4,7 @@ runs with a temporary HOME. The real data set's directory is resolved before tha
 Also the helpers the tests share: every pair of backends, one way to call any backend's
 models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lres_cli`,
 :func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
-compute alike, once a session: the cross-backend checks of one variant (:func:`full_check`), the
+compute alike, once per test run: the cross-backend checks of one variant (:func:`full_check`), the
 small PyTorch run (:func:`torch_run`). Under pytest-xdist each worker is a process of its own, so
 what several tests need is computed once per test run by :func:`shared`, whichever worker asks first."""
 import contextlib

@@ -1,107 +1,58 @@
-"""Keep framework caches (Keras, MXNet, matplotlib) out of the user's home: the whole session
-runs with a temporary HOME. The real data set's directory is resolved before that.
-
-Also the helpers the tests share: every pair of backends, one way to call any backend's
-models on a numpy batch (:func:`forward`), the command line's runs (:func:`d2lres_cli`,
-:func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), and what several test files
-compute alike, once per test run: the cross-backend checks of one variant (:func:`full_check`), the
-small PyTorch run (:func:`torch_run`). Under pytest-xdist each worker is a process of its own, so
-what several tests need is computed once per test run by :func:`shared`, whichever worker asks first."""
-import contextlib
-import functools
-import http.server
-import importlib
-import itertools
-import json
+"""The tests' fixtures, and the run's environment: the whole run has a folder of its own
+(``helpers.test_root``) with a temporary ``HOME`` in it, so the frameworks' caches (Keras, MXNet,
+matplotlib, XLA) stay out of the user's home. ``pytest_configure`` sets it up before any test
+module is collected (the frameworks read these variables when they are imported), and
+``pytest_unconfigure`` puts the variables back. The folder is removed when the process exits,
+after the exit handlers of what the tests imported (IPython, which d2l imports, closes its history
+database in ``HOME`` then). pytest-xdist's workers inherit it from the process that started them.
+The helpers the tests share are in helpers.py."""
+import atexit
 import os
-import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from filelock import FileLock
 
-from d2lres import spec
 from d2lres.data import default_data_dir
-
-# None of these imports a framework or matplotlib, which read the variables set below.
 from d2lres.host import backends
+from helpers import COMMAND_TIMEOUT, SMALL_RUN, TEST_ROOT, forward, outside_env, shared
 
-REAL_DATA_DIR = str(default_data_dir())
-#: The user's pip cache, which the fresh venvs outside the checkout share (tests/test_notebooks.py).
-REAL_PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pip")
-_home = tempfile.mkdtemp(prefix="d2lres-test-home-")
-os.environ.update(HOME=_home, XDG_CACHE_HOME=os.path.join(_home, ".cache"),
-                  MPLCONFIGDIR=os.path.join(_home, ".matplotlib"), KERAS_HOME=os.path.join(_home, ".keras"),
-                  MXNET_HOME=os.path.join(_home, ".mxnet"), TF_CPP_MIN_LOG_LEVEL="2")
-os.environ.setdefault("D2LRES_DATA_DIR", REAL_DATA_DIR)
-
-#: Seconds any one command of a test may take (two shared cores can be slow).
-COMMAND_TIMEOUT = 600
-
-#: The folder every worker of this test run shares (set when the session starts).
-_SHARED_ROOT: Path | None = None
+#: What the run sets, put back when it ends.
+_ENVIRONMENT = ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "KERAS_HOME", "MXNET_HOME", "TF_CPP_MIN_LOG_LEVEL",
+                "D2LRES_DATA_DIR", "PIP_CACHE_DIR", TEST_ROOT)
+_SAVED = pytest.StashKey[dict]()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _shared_root(tmp_path_factory):
-    """Under pytest-xdist each worker's base temporary folder is ``<run's folder>/popen-gwN``: the
-    products of :func:`shared` live in the run's folder, so every worker finds them."""
-    global _SHARED_ROOT
-    base = tmp_path_factory.getbasetemp()
-    _SHARED_ROOT = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    yield
+def pytest_configure(config):
+    if os.environ.get(TEST_ROOT):  # a pytest-xdist worker: the process that started it set all this
+        return
+    config.stash[_SAVED] = {name: os.environ.get(name) for name in _ENVIRONMENT}
+    # From the user's HOME, before it moves: the real data set, and the pip cache that the fresh
+    # venvs outside the checkout share (tests/test_notebooks.py).
+    os.environ.setdefault("D2LRES_DATA_DIR", str(default_data_dir()))
+    os.environ.setdefault("PIP_CACHE_DIR", os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pip"))
+    root = Path(tempfile.mkdtemp(prefix="d2lres-tests-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # registered first, so it runs last
+    home = root / "home"
+    home.mkdir()
+    (root / "shared").mkdir()
+    os.environ.update({TEST_ROOT: str(root), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+                       "MPLCONFIGDIR": str(home / ".matplotlib"), "KERAS_HOME": str(home / ".keras"),
+                       "MXNET_HOME": str(home / ".mxnet"), "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
-def shared(name: str, compute: Callable[[Path], object]):
-    """``compute(folder)`` once per test run, whichever worker asks first: under a lock, in a
-    folder of its own, its result pickled beside it; a worker that asks later waits for the lock
-    and reads the result. A failed computation leaves no result (the next one to ask retries)."""
-    assert _SHARED_ROOT is not None, "shared() runs inside a test or fixture"
-    folder, result = _SHARED_ROOT / "shared" / name, _SHARED_ROOT / "shared" / f"{name}.pickle"
-    folder.parent.mkdir(exist_ok=True)
-    with FileLock(str(_SHARED_ROOT / "shared" / f"{name}.lock")):
-        if not result.exists():
-            folder.mkdir(exist_ok=True)
-            value = compute(folder)
-            result.with_suffix(".tmp").write_bytes(pickle.dumps(value))
-            result.with_suffix(".tmp").replace(result)
-        return pickle.loads(result.read_bytes())
-
-
-def d2lres_cli(*args) -> subprocess.CompletedProcess:
-    """``python -m d2lres ARGS``, its output captured; it must succeed."""
-    out = subprocess.run([sys.executable, "-m", "d2lres", *map(str, args)], capture_output=True, text=True,
-                         timeout=COMMAND_TIMEOUT)
-    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
-    return out
-
-
-def wait_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
-    """``(stdout, stderr)`` of processes started together (the rest killed if one outlives the
-    timeout); every one must succeed."""
-    try:
-        outs = [p.communicate(timeout=COMMAND_TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), [err[-4000:] for _, err in outs]
-    return outs
-
-
-#: The command line's small run (tests/test_faults.py, tests/test_parallel_*.py): 28x28 images,
-#: batch 4, 24 real images, 2 epochs, a checkpoint every 2 steps.
-SMALL_RUN = ["--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01", "--batch-size", "4", "--momentum",
-             "0.9", "--schedule", "constant", "--limit", "24", "--checkpoint-every", "2"]
+def pytest_unconfigure(config):
+    for name, value in config.stash.get(_SAVED, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -118,95 +69,6 @@ def torch_run(real_data):
         (out / ".seconds").write_text(str(time.monotonic() - tic))
         return out
     return shared("torch-run", train)
-
-
-def one_and_two_devices(run: list, data_dir, tmp_path_factory) -> tuple[Path, Path, str]:
-    """The run ``d2lres *run`` on one device and on ``--devices 2``: both folders, and what the
-    two-device command printed."""
-    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    d2lres_cli(*run, "--data-dir", data_dir, "--out", one)
-    printed = d2lres_cli(*run, "--data-dir", data_dir, "--out", two, "--devices", 2).stdout
-    return one, two, printed
-
-
-def run_metrics(folder) -> dict:
-    """A run folder's ``metrics.json``."""
-    return json.loads((Path(folder) / "metrics.json").read_text())
-
-
-def run_weights(folder) -> dict[str, np.ndarray]:
-    """A run folder's ``weights.npz``."""
-    with np.load(Path(folder) / "weights.npz") as data:
-        return {k: data[k] for k in data.files if k != "__format__"}  # d2lres.weights.FORMAT_KEY
-
-
-def full_check(arch=None, input_shape=(1, 96, 96), step_size: int = 96, batch_size: int = 4) -> dict:
-    """``checks.cross_backend_checks`` of ``arch`` (default: the chapter's ResNet-18) at the CLI's
-    defaults, computed once per test run (tests/test_parity.py's ResNet-18 is also
-    tests/test_variants.py's). Read it, do not change it."""
-    from d2lres import checks
-    arch = spec.get_arch(arch)
-    name = f"full-check-{arch.name}-v{arch.version}-{arch.flavour}-{'x'.join(map(str, input_shape))}-{step_size}-" \
-           f"{batch_size}"
-    return shared(name, lambda _: checks.cross_backend_checks(input_shape=tuple(input_shape), step_size=step_size,
-                                                              batch_size=batch_size, arch=arch))
-
-
-#: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).
-PAIRS = [f"{a}-{b}" for a, b in itertools.combinations(backends.available(), 2)]
-
-
-@dataclass(frozen=True)
-class Calling:
-    """How the tests call one backend's models on a numpy batch held in NCHW.
-
-    ``array``: the dotted name of the function that makes the framework's array from numpy;
-    ``channels_last``: its models take NHWC (4-D inputs are transposed, outputs transposed back);
-    ``call_options``: keyword arguments of an inference-mode call; ``eval``: call ``net.eval()``
-    first; ``init``: the method a freshly built block needs before its first call."""
-    array: str
-    channels_last: bool = False
-    call_options: tuple[tuple[str, object], ...] = ()
-    eval: bool = False
-    init: str | None = None
-
-
-#: One line per backend.
-CALLING = {
-    "torch": Calling("torch.from_numpy", eval=True),
-    "tf": Calling("numpy.asarray", channels_last=True, call_options=(("training", False),)),
-    "mxnet": Calling("mxnet.numpy.array", init="initialize"),
-    "jax": Calling("jax.numpy.asarray", channels_last=True, eval=True),
-}
-
-
-def backend_name(mod) -> str:
-    """``"torch"`` for ``d2lres.torch``."""
-    return mod.__name__.rsplit(".", 1)[1]
-
-
-def as_input(mod, x: np.ndarray):
-    """A numpy batch (NCHW when 4-D) as the framework array ``mod``'s models take."""
-    how = CALLING[backend_name(mod)]
-    module, _, function = how.array.rpartition(".")
-    if how.channels_last and x.ndim == 4:
-        x = x.transpose(0, 2, 3, 1)
-    return getattr(importlib.import_module(module), function)(x)
-
-
-def forward(mod, net, x: np.ndarray, *, fresh: bool = False) -> np.ndarray:
-    """Inference-mode output of ``net`` (a network or block of ``mod``) for the numpy batch ``x``
-    (NCHW), as numpy (NCHW when 4-D). ``fresh``: ``net`` was just built and never called."""
-    how = CALLING[backend_name(mod)]
-    if fresh and how.init:
-        getattr(net, how.init)()
-    if how.eval:
-        net.eval()
-    out = net(as_input(mod, x), **dict(how.call_options))
-    for method in ("detach", "asnumpy"):  # PyTorch: off the autograd graph; MXNet: to numpy
-        out = getattr(out, method)() if hasattr(out, method) else out
-    out = np.asarray(out)
-    return out.transpose(0, 3, 1, 2) if how.channels_last and out.ndim == 4 else out
 
 
 @pytest.fixture(params=backends.available())
@@ -244,29 +106,3 @@ def dist() -> dict[str, Path]:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return {"sdist": next(out.glob("*.tar.gz")), "wheel": next(out.glob("*.whl"))}
     return shared("dist", build)
-
-
-def outside_env(**extra) -> dict[str, str]:
-    """The environment of a process outside the checkout: no PYTHONPATH, the user's pip cache."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MPLBACKEND")}
-    return {**env, "PIP_CACHE_DIR": REAL_PIP_CACHE, **extra}
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder without logging each request."""
-
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def serve_directory(directory, handler: type = QuietHandler):
-    """A local HTTP mirror of ``directory`` (``handler`` serves it) for the duration of the block;
-    yields its URL."""
-    handler = functools.partial(handler, directory=str(directory))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
-        finally:
-            server.shutdown()

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import serve_directory
 from d2lres import data
 from d2lres.data import (
     FILES,
@@ -28,8 +27,9 @@ from d2lres.data import (
     resize_images,
     write_idx,
 )
+from helpers import real_data_dir, serve_directory
 
-REAL_DATA_DIR = default_data_dir()  # taken before the fixture below moves HOME
+REAL_DATA_DIR = Path(real_data_dir())  # taken before the fixture below moves HOME
 
 
 @pytest.fixture(autouse=True)

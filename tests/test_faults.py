@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN
 from d2lres import cli
+from helpers import SMALL_RUN
 
 TIMEOUT = 600  # seconds, for any one command (two shared cores can be slow)
 #: The small run: 2 epochs of 6 batches, a checkpoint every 2 steps and at each epoch's end.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMMAND_TIMEOUT
 from d2lres.host import backends
+from helpers import COMMAND_TIMEOUT
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu-check"
 NEEDS = pytest.mark.skipif(not {"torch", "jax"} <= set(backends.available()), reason="needs PyTorch and JAX")

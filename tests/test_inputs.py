@@ -4,10 +4,10 @@ its ``Trainer``."""
 import numpy as np
 import pytest
 
-from conftest import forward
 from d2lres import checks, inputs
 from d2lres.host import backends
 from d2lres.training import TrainingError
+from helpers import forward
 
 pytestmark = pytest.mark.framework
 

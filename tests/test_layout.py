@@ -355,3 +355,19 @@ def test_no_source_of_the_package_is_ignored_by_git():
     ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "d2lres", "book",
                               "tests", "scripts"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
     assert [p for p in ignored if "__pycache__" not in p and not p.endswith(".pyc")] == []
+
+
+def test_test_files_take_their_helpers_from_helpers_and_never_import_conftest():
+    """conftest.py holds fixtures and the run's environment; what tests share as code is in
+    tests/helpers.py, so a test file never imports conftest (pytest loads it once, as a plugin)."""
+    tests = PACKAGE.parent / "tests"
+    if not tests.is_dir():
+        pytest.skip("no tests folder beside the package")
+    importers = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            if "conftest" in names:
+                importers.append(path.name)
+    assert importers == []

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import forward
 from d2lres import spec
 from d2lres import weights as neutral
 from d2lres.host import backends
+from helpers import forward
 
 pytestmark = pytest.mark.framework
 

@@ -25,9 +25,9 @@ import numpy
 import pytest
 
 from book import chapter
-from conftest import COMMAND_TIMEOUT, REAL_DATA_DIR, outside_env, shared
 from d2lres import checks, spec
 from d2lres.host import backends
+from helpers import COMMAND_TIMEOUT, outside_env, real_data_dir, shared
 
 pytestmark = pytest.mark.framework
 
@@ -250,7 +250,7 @@ def _outside(tmp_path) -> tuple[Path, dict]:
     env = outside_env(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
                       MPLCONFIGDIR=str(home / ".matplotlib"), KERAS_HOME=str(home / ".keras"),
                       MXNET_HOME=str(home / ".mxnet"), JUPYTER_PLATFORM_DIRS="1",
-                      D2LRES_DATA_DIR=REAL_DATA_DIR, D2LRES_FAST="1")
+                      D2LRES_DATA_DIR=real_data_dir(), D2LRES_FAST="1")
     return work, env
 
 
@@ -310,7 +310,7 @@ def test_notebook_installs_the_wheel_in_a_fresh_venv_and_the_cli_runs_there(fram
     summary = _run([d2lres, "summary", "--backend", backend], env, work).stdout
     assert re.search(r"^total +11,178,378 +7,808 +\(= spec\)$", summary, re.M), summary
     fetched = _run([d2lres, "data"], env, work).stdout
-    assert f"Fashion-MNIST in {REAL_DATA_DIR} (served by: cache)" in fetched
+    assert f"Fashion-MNIST in {real_data_dir()} (served by: cache)" in fetched
     trained = _run([d2lres, "train", "--backend", backend, "--limit", 512, "--epochs", 1, "--resize", 32,
                     "--batch-size", 64, "--no-progress", "--out", work / "run"], env, work).stdout
     assert f"ResNet-18 in {backend}: test accuracy" in trained

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_and_two_devices, run_metrics, run_weights, wait_all
 from d2lres import checks, parallel
+from helpers import one_and_two_devices, run_metrics, run_weights, wait_all
 
 pytest.importorskip("jax")
 from d2lres.jax import distributed  # noqa: E402

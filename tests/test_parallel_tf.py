@@ -19,9 +19,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import d2lres_cli, run_metrics, run_weights, wait_all
 from d2lres import parallel
 from d2lres.host import backends
+from helpers import d2lres_cli, run_metrics, run_weights, wait_all
 
 TIMEOUT = 420
 RUN = ["train", "--backend", "tf", "--resize", "28", "--epochs", "2", "--no-progress", "--lr", "0.01",

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN, d2lres_cli, run_metrics, run_weights, wait_all
 from d2lres import checks
 from d2lres.parallel import free_port
+from helpers import SMALL_RUN, d2lres_cli, run_metrics, run_weights, wait_all
 
 #: Launches of two processes each: alone, after the other tests (the marker serial).
 pytestmark = [pytest.mark.slow, pytest.mark.serial]

@@ -4,9 +4,9 @@ that (``d2lres.checks``) -- and every acceleration path gives the plain path's o
 import numpy as np
 import pytest
 
-from conftest import PAIRS, full_check
 from d2lres import checks, spec
 from d2lres.host import backends
+from helpers import PAIRS, full_check
 
 pytestmark = pytest.mark.framework
 

@@ -13,11 +13,11 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN
 from d2lres import checks
 from d2lres.core import precision
 from d2lres.errors import UserValueError
 from d2lres.host import backends, isa
+from helpers import SMALL_RUN
 
 pytestmark = pytest.mark.framework
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import COMMAND_TIMEOUT, d2lres_cli, run_weights
 from d2lres import cli, training
 from d2lres.host import backends
+from helpers import COMMAND_TIMEOUT, d2lres_cli, run_weights
 
 #: One epoch of 8 batches of 32 at 28 px, a checkpoint after every step (8, so that a loaded machine
 #: does not finish the epoch before the signal: MXNet's steps return before their work is done).

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMMAND_TIMEOUT, serve_directory
 from d2lres import cli, training
 from d2lres.core.presets import preset
 from d2lres.data import FILES, fetch_fashion_mnist, sources
 from d2lres.util import files
+from helpers import COMMAND_TIMEOUT, serve_directory
 from test_data import write_official
 
 TINY = ["--limit", "64", "--epochs", "1", "--resize", "28", "--batch-size", "32", "--no-progress"]

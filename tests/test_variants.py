@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PAIRS, forward, full_check
 from d2lres import checks, spec
 from d2lres import weights as neutral
 from d2lres.host import backends
+from helpers import PAIRS, forward, full_check
 
 pytestmark = pytest.mark.framework
 

@@ -349,6 +349,8 @@ DESCRIPTION = ("The ResNet chapter of Dive into Deep Learning in PyTorch, Tensor
 
 
 def parser() -> argparse.ArgumentParser:
+    from .perf.bench import BenchConfig
+    from .perf.profile import ProfileConfig
     p = argparse.ArgumentParser(prog="d2lres", description=DESCRIPTION, formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"d2lres {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=lambda **kw: argparse.ArgumentParser(
@@ -399,10 +401,16 @@ def parser() -> argparse.ArgumentParser:
                    help="also time each backend's other switches (channels-last or not, torch.compile, "
                         "eager TF, non-hybridized MXNet)")
     _option(b, "--backends")
-    b.add_argument("--size", type=int, help="image side (default 96, the chapter's)")
-    b.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 256 32); the first is end to end")
-    b.add_argument("--repeats", type=int, help="timed runs per step figure (median reported)")
-    b.add_argument("--rounds", type=int, help="end-to-end rounds per way, alternating (median reported)")
+    bench_defaults, profile_defaults = BenchConfig(), ProfileConfig()
+    quick, chapter = preset("quick"), preset("chapter")
+    b.add_argument("--size", type=int, help=f"image side (default {bench_defaults.size}"
+                   + (", the chapter's)" if bench_defaults.size == chapter.resize else ")"))
+    b.add_argument("--batches", type=int, nargs="+", help=f"batch sizes (default "
+                   f"{' '.join(map(str, bench_defaults.batches))}); the first is end to end")
+    b.add_argument("--repeats", type=int, help=f"timed runs per step figure (median reported; default "
+                   f"{bench_defaults.repeats})")
+    b.add_argument("--rounds", type=int, help=f"end-to-end rounds per way, alternating (median reported; default "
+                   f"{bench_defaults.rounds})")
     _option(b, "--out", help="output directory (default runs/bench)")
     _option(b, "--isa")
     _option(b, "--data-dir")
@@ -414,9 +422,12 @@ def parser() -> argparse.ArgumentParser:
                                        "(forward + backward), the update and the step, per backend")
     _option(f, "--quick")
     _option(f, "--backends")
-    f.add_argument("--size", type=_resize, help="image side (default 40, the quick preset's; 96 is the chapter's)")
-    f.add_argument("--batch", type=_number(int, "batch_size"), help="batch size (default 128)")
-    f.add_argument("--repeats", type=_number(int, "steps"), help="timed rounds (median reported; default 7)")
+    f.add_argument("--size", type=_resize, help=f"image side (default {profile_defaults.size}"
+                   + (", the quick preset's" if profile_defaults.size == quick.resize else "")
+                   + f"; {chapter.resize} is the chapter's)")
+    f.add_argument("--batch", type=_number(int, "batch_size"), help=f"batch size (default {profile_defaults.batch})")
+    f.add_argument("--repeats", type=_number(int, "steps"), help=f"timed rounds (median reported; default "
+                   f"{profile_defaults.repeats})")
     _option(f, "--out", help="output directory (default runs/profile)")
     _option(f, "--isa")
     f.set_defaults(func=cmd_profile)

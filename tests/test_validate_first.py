@@ -155,6 +155,7 @@ def test_help_figures_come_from_the_code():
     assert f"(default {' '.join(map(str, b.batches))})" in bench
     assert f"(default {p.size}, the quick preset's" in profile and p.size == quick.resize
     assert f"(default {p.batch})" in profile and f"default {p.repeats})" in profile
+    assert f"default {b.repeats})" in bench and f"default {b.rounds})" in bench
 
 
 def test_files_name_the_target_and_the_cause(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .core import book
 from .errors import TrainingError, UserValueError
 from .host.devices import describe
+from .loop.trainer import identity as network_identity
 from .util import files, signals
 from .weights import FORMAT_KEY, format_record, read_npz, write_npz
 
@@ -323,12 +324,12 @@ def train_ch6(net, make_trainer, reinitialize, train_iter, test_iter, num_epochs
     same-function comparisons start from) --, then ``make_trainer()``, the line
     ``training on <device>`` and ``training.fit`` at the constant ``lr`` (which prints d2l's two
     summary lines and draws the curves). A ``checkpoint_dir`` without an ``identity`` gets the
-    network's (``d2lres.core.book.identity``). Returns the history."""
+    network's (``d2lres.loop.trainer.identity``). Returns the history."""
     if not book.is_d2lres_net(net):
         reinitialize()
     trainer = make_trainer()
     if fit_options.get("verbose", True):
         print(f"training on {getattr(trainer, 'device_label', None) or trainer.device}")
     if fit_options.get("checkpoint_dir") is not None and fit_options.get("identity") is None:
-        fit_options["identity"] = book.identity(net, trainer.get_weights())
+        fit_options["identity"] = network_identity(net, trainer.get_weights())
     return fit(trainer, train_iter, test_iter, num_epochs, lr, **fit_options)

@@ -29,6 +29,8 @@ from . import weights as neutral
 from .core.description import CHECKPOINT_EVERY, SYNC_BN_DEFAULT, RunDescription
 from .core.presets import TrainConfig
 from .host import backends, process
+from .loop.callbacks import Checkpoints, Curves, D2lLines, ExpectedTime, ProgressBar, ReportSteps, StopOnSignal
+from .loop.engine import Loop
 from .util import files, guard, stamps
 from .util.guard import CHECKPOINT_DIR, RunError
 
@@ -228,11 +230,8 @@ def _train(run: RunDescription, out: Path, init_weights, identity, *, report_ste
                                               data_dir=run.data_dir, seed=config.seed, limit=run.limit)
     lr = (training.one_cycle(config.lr, config.epochs * len(train_iter)) if config.schedule == "onecycle"
           else config.lr)
-    history = training.fit(trainer, train_iter, test_iter, config.epochs, lr,
-                           checkpoint_dir=out / CHECKPOINT_DIR, resume=run.resume,
-                           progress=(report_steps or run.progress) if writer else False,
-                           curves_path=out / "curves.png", checkpoint_every=run.checkpoint_every, identity=identity,
-                           title=curves_title(arch, backend, config, run.limit, trainer), write=writer)
+    history = Loop(trainer, train_iter, test_iter, config.epochs, lr).run(
+        callbacks(run, out, identity, curves_title(arch, backend, config, run.limit, trainer), report_steps, writer))
     weights = trainer.get_weights()
     last = history["epochs"][-1]
     metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": run.limit,
@@ -252,6 +251,25 @@ def _train(run: RunDescription, out: Path, init_weights, identity, *, report_ste
 
 
 # --- the per-backend job of ``d2lres compare`` --------------------------------------------------
+
+def callbacks(run: RunDescription, out: Path, identity: dict, title: str, report_steps, writer: bool) -> list:
+    """What surrounds the loop of a run in its folder ``out``: the bar and the expected time, or
+    ``report_steps``, checkpoints (resumed with ``run.resume``), the curves, a stop on a signal, d2l's
+    closing lines. Only the process that writes (``writer``) shows or writes anything."""
+    chosen = []
+    if writer and report_steps is not None:
+        chosen.append(ReportSteps(report_steps))
+    elif writer and run.progress:
+        chosen += [ProgressBar(), ExpectedTime()]
+    chosen.append(Checkpoints(out / CHECKPOINT_DIR, every=run.checkpoint_every, resume=run.resume, identity=identity,
+                              write=writer))
+    if writer:
+        chosen.append(Curves(out / "curves.png", title))
+    chosen.append(StopOnSignal())
+    if writer:
+        chosen.append(D2lLines())
+    return chosen
+
 
 def launch(run: RunDescription, *, label: str | None = None, env: dict | None = None,
            child: dict | None = None) -> dict:

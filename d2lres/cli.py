@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__, spec
 from .core import precision
+from .core.description import RunDescription
 from .core.presets import BOUNDS, SCHEDULES, check_value, preset
 from .errors import report_errors
 from .host import backends, isa, process
@@ -58,9 +59,11 @@ def _folder(text: str) -> str:
     return text
 
 
-def _arch_name(text: str) -> str:
+def _arch_name(text: str) -> spec.Arch:
+    """An argparse type: the architecture a name gives (the one parse of it; ``--version`` and
+    ``--flavour`` are set on it by :func:`_arch`)."""
     try:
-        return spec.get_arch(text).name
+        return spec.get_arch(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -92,7 +95,7 @@ def _resize(text: str) -> int:
 
 
 def _arch(args) -> spec.Arch:
-    return spec.get_arch(args.arch, args.version, args.flavour)
+    return replace(args.arch, version=args.version, flavour=args.flavour)
 
 
 def _arch_options(p: argparse.ArgumentParser) -> None:
@@ -166,27 +169,31 @@ def header(arch, backend: str, preset: str, config, limit, out) -> str:
             f"weight decay {c.weight_decay}, seed {c.seed}, {c.precision}; {images}; run folder {out}")
 
 
-def cmd_train(args) -> int:
-    from . import parallel
-    from .run import train
-    config = _config(args)
-    arch = _arch(args)
+def describe_run(args) -> RunDescription:
+    """``d2lres train``'s options as the run they describe (each already parsed by its argparse type)."""
     out = Path(args.out or train_out(args.preset, args.backend))
-    options = {"arch": arch, "init": args.init, "data_dir": args.data_dir, "resume": args.resume,
-               "overwrite": args.overwrite, "limit": args.limit, "checkpoint_every": args.checkpoint_every,
-               "devices": args.devices, "sync_bn": not args.no_sync_bn}
-    if args.devices > 1 and not parallel.launched():  # start the backend's own launcher, which runs the job
-        from .run import launch
-        metrics = launch(args.backend, config, out, progress=not args.no_progress, **options)
+    return RunDescription(args.backend, _arch(args), _config(args), out,
+                          init=None if args.init is None else Path(args.init),
+                          data_dir=None if args.data_dir is None else Path(args.data_dir), limit=args.limit,
+                          resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
+                          devices=args.devices, sync_bn=not args.no_sync_bn, progress=not args.no_progress)
+
+
+def cmd_train(args) -> int:
+    from . import parallel, run
+    description = describe_run(args)
+    out = description.out
+    if description.devices > 1 and not parallel.launched():  # the backend's own launcher runs it as a job
+        metrics = run.launch(description)
         print(f"{metrics['arch']} in {metrics['backend']} on {metrics['devices']} devices: test accuracy "
               f"{metrics['test_acc']:.4f}; metrics, curves and weights in {out}")
         return 0
     parallel.die_with_launcher()
     if parallel.process_rank() == 0:
-        print(header(arch, args.backend, args.preset, config, args.limit, out))
-    metrics = train(args.backend, config, out, progress=not args.no_progress, **options)
+        print(header(description.arch, description.backend, args.preset, description.config, description.limit, out))
+    metrics = run.execute(description)
     if parallel.process_rank() == 0:
-        print(f"{arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
+        print(f"{description.arch} in {metrics['backend']}: test accuracy {metrics['test_acc']:.4f}; "
               f"metrics, curves and weights in {out}")
     return 0
 

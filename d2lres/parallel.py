@@ -24,19 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
+from . import spec
+from .core.description import arch_from_job, arch_job
 from .host import backends, process
 from .loop.split import (  # noqa: F401 (the split, re-exported: see the docstring)
     LOOPBACK,
     SYNC_BN_DEFAULT,
     ParallelError,
-    arch_key,
     bn_batch_size,
     die_with_launcher,
     emulate_unsynchronized,
     environment,
     free_port,
     free_ports,
-    get_arch,
     launch_command,
     launched,
     loss_weights,
@@ -74,11 +74,11 @@ def step_inputs(input_shape=(1, 64, 64), batch_size: int = 4, num_classes: int =
     return test_weights(num_classes, input_shape[0], seed, STEP_BN_SHIFT, arch=arch), X, y
 
 
-def single_device_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, arch=None,
-                       momentum: float = 0.0, weight_decay: float = 0.0) -> dict:
+def single_device_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *,
+                       arch: spec.Arch, momentum: float = 0.0, weight_decay: float = 0.0) -> dict:
     """One step of the backend's ordinary ``Trainer`` on one device from ``weights``."""
     mod = backends.load(backend)
-    a = get_arch(arch)
+    a = arch
     net = mod.resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     mod.set_weights(net, weights)
     trainer = mod.Trainer(net, momentum=momentum, weight_decay=weight_decay, device=mod.try_gpu())
@@ -87,14 +87,14 @@ def single_device_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray
 
 
 def data_parallel_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
-                       sync_bn: bool = SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
+                       sync_bn: bool = SYNC_BN_DEFAULT, arch: spec.Arch, momentum: float = 0.0,
                        weight_decay: float = 0.0) -> dict:
     """One data-parallel step of ``backend``'s ``ParallelTrainer`` on ``replicas`` replicas from
     ``weights`` on the global batch ``(X, y)`` (NCHW numpy, through the trainer's ``convert``):
     ``{"step_loss", "after_step"}``. JAX and MXNet use this; PyTorch (processes it spawns) and
     TensorFlow (the net built in the strategy's scope) have their own ``data_parallel_step``."""
     mod = backends.load(backend)
-    a = get_arch(arch)
+    a = arch
     net = mod.resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     mod.set_weights(net, weights)
     trainer = backend_module(backend).ParallelTrainer(net, momentum, weight_decay, replicas=replicas,
@@ -116,7 +116,7 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
     single-device step is reported as ``unsync_vs_single``. ``weights_to``: also save the
     data-parallel step's weights there (``.npz``)."""
     from .checks import TOLERANCES
-    arch = get_arch(arch)
+    arch = spec.get_arch(arch)  # the edge: anything spec.get_arch takes
     weights, X, y = step_inputs(input_shape, batch_size, seed=seed, arch=arch)
     par = backend_module(backend)
     options = {"arch": arch, "momentum": momentum, "weight_decay": weight_decay}
@@ -143,8 +143,8 @@ def check_step(backend: str, replicas: int = 2, sync_bn: bool = True, *, input_s
 
 
 def backend_module(backend: str):
-    """``d2lres.<backend>.parallel`` (imports the framework)."""
-    return importlib.import_module(f"d2lres.{backends.canonical(backend)}.parallel")
+    """``d2lres.<backend>.parallel`` (``backend``: its canonical name; imports the framework)."""
+    return importlib.import_module(f"d2lres.{backend}.parallel")
 
 
 def run_check(backend: str, replicas: int = 2, sync_bn: bool = True, *, timeout: float = CHECK_TIMEOUT,
@@ -158,10 +158,11 @@ def run_checks(backend: str, replicas: int = 2, modes=(True, False), *, timeout:
                **options) -> list[dict]:
     """:func:`run_check` for each BatchNorm mode of ``modes`` (``sync_bn``), all in one fresh
     process (one start-up of the framework); the results in that order."""
+    backend = backends.canonical(backend)  # the edge: any spelling
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         job = {"backend": backend, "replicas": replicas, "sync_bn": list(modes), **options,
-               "arch": arch_key(options.get("arch")), "out": str(out)}
+               "arch": arch_job(spec.get_arch(options.get("arch"))), "out": str(out)}
         proc = subprocess.run(jobs.command("d2lres.parallel", job, args=("check-job",)),
                               env=environment(backend, replicas), capture_output=True, text=True, timeout=timeout)
         if proc.returncode or not out.exists():
@@ -224,6 +225,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "check-job":  # internal: the checks of one (prepared) process, a list of modes
         options = jobs.read(argv[1:])
         backend, replicas, out = options.pop("backend"), options.pop("replicas"), Path(options.pop("out"))
+        options["arch"] = arch_from_job(options["arch"])
         process.configure(backend)
         results = [check_step(backend, replicas, sync, **options, weights_to=out.with_suffix(f".{i}.npz"))
                    for i, sync in enumerate(options.pop("sync_bn"))]

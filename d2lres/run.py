@@ -11,7 +11,8 @@ replaced only with ``overwrite=True``. The checkpoint records the run's identity
 (:func:`run_identity`: backend, architecture, settings, data slice, initial weights); resuming
 refuses another one, naming each difference.
 
-``python -m d2lres.run JOB`` runs one JSON job (what ``d2lres compare`` starts per backend)."""
+``python -m d2lres.run JOB`` runs one run that :func:`launch` started (``d2lres compare``, per
+backend; ``d2lres train --devices``): a :class:`RunDescription` as a JSON job."""
 from __future__ import annotations
 
 import hashlib
@@ -19,13 +20,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import data, parallel, spec, training
 from . import weights as neutral
+from .core.description import CHECKPOINT_EVERY, SYNC_BN_DEFAULT, RunDescription
 from .core.presets import TrainConfig
 from .host import backends, process
+from .loop.callbacks import Checkpoints, Curves, D2lLines, ExpectedTime, ProgressBar, ReportSteps, StopOnSignal
+from .loop.engine import Loop
 from .util import files, guard, stamps
 from .util.guard import CHECKPOINT_DIR, RunError
 
@@ -54,18 +59,17 @@ def init_digest(weights: dict[str, np.ndarray]) -> str:
     return _digest(weights[k] for k in sorted(weights))
 
 
-def run_identity(backend: str, arch, config: TrainConfig, *, limit: int | None = None, data_dir=None,
-                 init_weights: dict[str, np.ndarray] | None = None) -> dict:
-    """What makes a run the run it is, as a flat JSON-able dict: backend, architecture,
-    training settings, data slice (limit, image counts, a digest of the images and labels used)
-    and initial weights (the seed, or a digest of the ``--init`` arrays)."""
-    arch = spec.get_arch(arch)
-    dataset = data.FashionMNIST.load(data_dir)
+def run_identity(run: RunDescription, init_weights: dict[str, np.ndarray] | None = None) -> dict:
+    """What makes ``run`` the run it is, as a flat JSON-able dict: backend, architecture, training
+    settings, data slice (limit, image counts, a digest of the images and labels used) and initial
+    weights (the seed, or a digest of the ``--init`` arrays ``init_weights``)."""
+    arch, limit = run.arch, run.limit
+    dataset = data.FashionMNIST.load(run.data_dir)
     (x_train, y_train), (x_test, y_test) = dataset.raw[True], dataset.raw[False]
     sliced = [a[:limit] for a in (x_train, y_train, x_test, y_test)]
     init = "seed" if init_weights is None else init_digest(init_weights)
-    return {"backend": backends.canonical(backend), "arch": arch.name, "version": arch.version,
-            "flavour": arch.flavour, **config.to_dict(), "limit": limit, "train_images": len(sliced[1]),
+    return {"backend": run.backend, "arch": arch.name, "version": arch.version,
+            "flavour": arch.flavour, **run.config.to_dict(), "limit": limit, "train_images": len(sliced[1]),
             "test_images": len(sliced[3]), "data": _digest(sliced), "init": init}
 
 
@@ -78,7 +82,6 @@ def check_batches(n_images: int, batch_size: int, resize: int | None, arch, test
     from .data.batches import require_memory
     from .util import memory
     side = resize or 28
-    arch = spec.get_arch(arch)
     spec.check_input((1, side, side), 1)
     sizes = spec.batchnorm_sizes((side, side), 10, 1, arch)
     layer = min(sizes, key=sizes.get)
@@ -99,12 +102,22 @@ def check_batches(n_images: int, batch_size: int, resize: int | None, arch, test
 
 def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init: str | Path | None = None,
           data_dir=None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          limit: int | None = None, checkpoint_every: int = 100, devices: int = 1,
-          sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> dict:
+          limit: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, devices: int = 1,
+          sync_bn: bool = SYNC_BN_DEFAULT) -> dict:
     """Train ``arch`` (default ResNet-18) in ``backend`` with ``config`` in the run folder ``out``;
-    returns (and writes) the metrics. ``resume`` continues the run in ``out`` (which must have a
-    checkpoint of the same run); ``overwrite`` replaces a run found there, once every check has
-    passed (``d2lres.util.guard``: a refused run leaves the folder as it was).
+    returns (and writes) the metrics: :func:`execute` of the run these values describe
+    (``RunDescription.create``, which normalises the names once)."""
+    return execute(RunDescription.create(backend, config, out, arch=arch, init=init, data_dir=data_dir,
+                                         resume=resume, overwrite=overwrite, progress=progress, limit=limit,
+                                         checkpoint_every=checkpoint_every, devices=devices, sync_bn=sync_bn))
+
+
+def execute(run: RunDescription, *, report_steps: Callable[[], None] | None = None) -> dict:
+    """Train the run ``run`` describes; returns (and writes) the metrics. ``resume`` continues the
+    run in ``out`` (which must have a checkpoint of the same run); ``overwrite`` replaces a run
+    found there, once every check has passed (``d2lres.util.guard``: a refused run leaves the folder
+    as it was). ``report_steps``: called after each step instead of drawing a bar (``d2lres compare``'s
+    bar across backends).
 
     ``devices > 1``, or a process of a multi-process launcher (``parallel.launched``), trains
     data-parallel with the backend's ``ParallelTrainer`` (``sync_bn``: synchronized BatchNorm) in a
@@ -112,39 +125,36 @@ def train(backend: str, config: TrainConfig, out: str | Path, *, arch=None, init
     the folder and writes; the others read the checkpoint to resume. Synchronized, the run is the
     one-device run with the same global batch, so it is the same run (identity) on any number of
     devices, and its checkpoint resumes on any."""
-    if resume and overwrite:
+    if run.resume and run.overwrite:
         raise RunError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    if limit is not None and limit < 1:
-        raise RunError(f"--limit must be >= 1, got {limit}")
-    if devices < 1:
-        raise RunError(f"--devices must be >= 1, got {devices}")
-    if not sync_bn and devices == 1 and not parallel.launched():
+    if run.limit is not None and run.limit < 1:
+        raise RunError(f"--limit must be >= 1, got {run.limit}")
+    if run.devices < 1:
+        raise RunError(f"--devices must be >= 1, got {run.devices}")
+    if not run.sync_bn and run.devices == 1 and not parallel.launched():
         raise RunError("--no-sync-bn is for data-parallel runs: on one device BatchNorm sees the whole batch; "
                        "pass --devices N (N > 1) with it, or leave it out")
-    arch = spec.get_arch(arch)
-    backend = backends.canonical(backend)
 
     def inputs():
-        backends.require(backend)
-        init_weights = neutral.load_npz(init) if init is not None else None
+        backends.require(run.backend)
+        init_weights = neutral.load_npz(run.init) if run.init is not None else None
         if init_weights is not None:
-            neutral.check_arch(init_weights, arch, init)
-        identity = run_identity(backend, arch, config, limit=limit, data_dir=data_dir, init_weights=init_weights)
-        check_batches(identity["train_images"], config.batch_size, config.resize, arch, identity["test_images"])
+            neutral.check_arch(init_weights, run.arch, run.init)
+        identity = run_identity(run, init_weights)
+        check_batches(identity["train_images"], run.config.batch_size, run.config.resize, run.arch,
+                      identity["test_images"])
         return init_weights, identity
 
     def state(out: Path, value) -> guard.Plan:
-        return folder_plan(out, value[1], resume=resume, overwrite=overwrite)
+        return folder_plan(out, value[1], resume=run.resume, overwrite=run.overwrite)
 
-    process.configure(backend)  # a multi-process run's strategy or coordinator, before the backend computes
+    process.configure(run.backend)  # a multi-process run's strategy or coordinator, before the backend computes
     writer = parallel.process_rank() == 0
-    with guard.validated(out, "train", inputs, state, writer=writer) as (out, (init_weights, identity), plan):
+    with guard.validated(run.out, "train", inputs, state, writer=writer) as (out, (init_weights, identity), plan):
         if plan.found is not None:
-            print(f"{backend}: the run in {out} is complete already; its metrics are unchanged")
+            print(f"{run.backend}: the run in {out} is complete already; its metrics are unchanged")
             return plan.found
-        return _train(backend, arch, config, out, init_weights, identity, data_dir=data_dir, resume=resume,
-                      progress=progress if writer else False, limit=limit, checkpoint_every=checkpoint_every, init=init,
-                      devices=devices, sync_bn=sync_bn, writer=writer)
+        return _train(run, out, init_weights, identity, report_steps=report_steps, writer=writer)
 
 
 def folder_plan(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> guard.Plan:
@@ -194,47 +204,45 @@ def settings_line(head: str, config: TrainConfig, limit: int | None) -> str:
             + (f", first {limit:,} images of each split" if limit else ""))
 
 
-def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resume, progress, limit,
-           checkpoint_every, init, devices, sync_bn, writer) -> dict:
+def _train(run: RunDescription, out: Path, init_weights, identity, *, report_steps, writer) -> dict:
+    backend, arch, config = run.backend, run.arch, run.config
     mod = backends.load(backend)
     tic = time.perf_counter()
-    net = mod.resnet(arch.depth, arch.version, flavour=arch.flavour)
+    net = mod.ResNet(arch=arch)
     if init_weights is not None:
         try:
             mod.set_weights(net, init_weights)
         except ValueError as err:
-            raise RunError(f"--init {init}: {err}; pass weights of {arch} (or the matching --arch)") from None
+            raise RunError(f"--init {run.init}: {err}; pass weights of {arch} (or the matching --arch)") from None
     else:
         mod.init_weights(net, config.seed)
     options = {"momentum": config.momentum, "weight_decay": config.weight_decay, "device": mod.try_gpu(),
                "precision": config.precision}
-    if devices > 1 or parallel.launched():
-        trainer = parallel.backend_module(backend).ParallelTrainer(net, sync_bn=sync_bn, **options)
-        if devices > 1 and trainer.replicas != devices:  # under a launcher, its processes decide
-            raise RunError(f"--devices {devices}: this process was set up for {trainer.replicas} replica(s) (by its "
-                           f"launcher, or d2lres.parallel.launch_command); under a launcher leave --devices out, "
+    if run.devices > 1 or parallel.launched():
+        trainer = parallel.backend_module(backend).ParallelTrainer(net, sync_bn=run.sync_bn, **options)
+        if run.devices > 1 and trainer.replicas != run.devices:  # under a launcher, its processes decide
+            raise RunError(f"--devices {run.devices}: this process was set up for {trainer.replicas} replica(s) (by "
+                           f"its launcher, or d2lres.parallel.launch_command); under a launcher leave --devices out, "
                            f"its processes decide")
     else:
         trainer = mod.Trainer(net, **options)
     train_iter, test_iter = data.load_batches(config.batch_size, config.resize, trainer.convert,
-                                              data_dir=data_dir, seed=config.seed, limit=limit)
+                                              data_dir=run.data_dir, seed=config.seed, limit=run.limit)
     lr = (training.one_cycle(config.lr, config.epochs * len(train_iter)) if config.schedule == "onecycle"
           else config.lr)
-    history = training.fit(trainer, train_iter, test_iter, config.epochs, lr,
-                           checkpoint_dir=out / CHECKPOINT_DIR, resume=resume, progress=progress,
-                           curves_path=out / "curves.png", checkpoint_every=checkpoint_every,
-                           identity=identity, title=curves_title(arch, backend, config, limit, trainer), write=writer)
+    history = Loop(trainer, train_iter, test_iter, config.epochs, lr).run(
+        callbacks(run, out, identity, curves_title(arch, backend, config, run.limit, trainer), report_steps, writer))
     weights = trainer.get_weights()
     last = history["epochs"][-1]
-    metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": limit,
+    metrics = {"backend": backend, "arch": str(arch), "config": config.to_dict(), "limit": run.limit,
                "device": history["device"], "devices": getattr(trainer, "replicas", 1),
                "sync_bn": getattr(trainer, "sync_bn", None), "train_loss": last["train_loss"],
                "train_acc": last["train_acc"],
                "test_acc": last["test_acc"],
                "images_per_s": sum(e["images_per_s"] for e in history["epochs"]) / len(history["epochs"]),
                "wall_seconds": time.perf_counter() - tic, "first_step_loss": history["first_step_loss"],
-               "run": identity, "init": None if init is None else str(init), "timing": TIMING,
-               "stamps": stamps.stamps([backend], data.data_stamp(data_dir)),
+               "run": identity, "init": None if run.init is None else str(run.init), "timing": TIMING,
+               "stamps": stamps.stamps([backend], data.data_stamp(run.data_dir)),
                "history": history, "curves": str(out / "curves.png"), "weights": str(out / "weights.npz")}
     if writer:
         neutral.save_npz(out / "weights.npz", weights, arch)
@@ -244,71 +252,40 @@ def _train(backend, arch, config, out, init_weights, identity, *, data_dir, resu
 
 # --- the per-backend job of ``d2lres compare`` --------------------------------------------------
 
-def job(backend: str, config: TrainConfig, out, **options) -> str:
-    """The JSON job that :func:`main` runs: ``train(backend, config, out, **options)``."""
-    return json.dumps({"backend": backend, "config": config.to_dict(), "out": str(out),
-                       "arch": parallel.arch_key(options.pop("arch", None)),
-                       **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}})
+def callbacks(run: RunDescription, out: Path, identity: dict, title: str, report_steps, writer: bool) -> list:
+    """What surrounds the loop of a run in its folder ``out``: the bar and the expected time, or
+    ``report_steps``, checkpoints (resumed with ``run.resume``), the curves, a stop on a signal, d2l's
+    closing lines. Only the process that writes (``writer``) shows or writes anything."""
+    chosen = []
+    if writer and report_steps is not None:
+        chosen.append(ReportSteps(report_steps))
+    elif writer and run.progress:
+        chosen += [ProgressBar(), ExpectedTime()]
+    chosen.append(Checkpoints(out / CHECKPOINT_DIR, every=run.checkpoint_every, resume=run.resume, identity=identity,
+                              write=writer))
+    if writer:
+        chosen.append(Curves(out / "curves.png", title))
+    chosen.append(StopOnSignal())
+    if writer:
+        chosen.append(D2lLines())
+    return chosen
 
 
-#: The options of a job and the JSON types each may have (``None``: null allowed).
-_JOB_OPTIONS = {"init": (str, None), "data_dir": (str, None), "resume": (bool,), "overwrite": (bool,),
-                "progress": (bool,), "limit": (int, None), "checkpoint_every": (int,), "devices": (int,),
-                "sync_bn": (bool,), "error_file": (str, None)}
-
-
-def parse_job(job_) -> dict:
-    """The keyword arguments of :func:`train` from a JSON job of :func:`job` (its text, or the value
-    ``jobs.main`` read from it); anything else (not JSON, missing or unknown keys, values of the wrong
-    type) raises :class:`RunError`."""
-    def bad(problem: str) -> RunError:
-        return RunError(f"the job of d2lres.run is not one d2lres.run.job wrote ({problem}); "
-                        f"start training with d2lres train or d2lres compare")
-    if isinstance(job_, str):
-        try:
-            job_ = json.loads(job_)
-        except (ValueError, RecursionError) as err:
-            raise bad(f"not JSON: {err}") from None
-    else:
-        job_ = dict(job_) if isinstance(job_, dict) else job_
-    if not isinstance(job_, dict):
-        raise bad(f"a JSON {type(job_).__name__}, not an object")
-    missing = [k for k in ("backend", "config", "out", "arch") if k not in job_]
-    unknown = [k for k in job_ if k not in ("backend", "config", "out", "arch", *_JOB_OPTIONS)]
-    if missing or unknown:
-        raise bad("; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
-                                          unknown and f"unknown {', '.join(map(repr, unknown))}"])))
-    for key, kinds in _JOB_OPTIONS.items():
-        value = job_.get(key)
-        if key in job_ and not (value is None and None in kinds or type(value) in kinds):
-            raise bad(f"{key} is {value!r}")
-    backend, config, out, arch = (job_.pop(k) for k in ("backend", "config", "out", "arch"))
-    if not (isinstance(backend, str) and isinstance(out, str) and isinstance(config, dict)
-            and isinstance(arch, list) and len(arch) == 3 and all(type(a) in (int, str) for a in arch)):
-        raise bad("backend, out, config or arch of the wrong type")
-    try:
-        config, arch = TrainConfig.from_dict(config), parallel.get_arch(arch)
-    except (TypeError, ValueError) as err:
-        raise bad(f"config or arch: {err}") from None
-    job_.pop("error_file", None)
-    return {"backend": backend, "config": config, "out": out, "arch": arch, **job_}
-
-
-def launch(backend: str, config: TrainConfig, out, *, devices: int = 1, label: str | None = None,
-           env: dict | None = None, child: dict | None = None, **options) -> dict:
-    """The run as a JSON job (:func:`job`: ``python -m d2lres.run JOB``) in the process(es) that
-    ``parallel.launch_command`` sets up for ``backend``'s engine on ``devices`` devices (``env`` on top of
-    their environment, ``child``: ``signals.run_child``'s other arguments); returns its metrics. Its
-    error is raised here as :class:`RunError` with the job's own message (``label: `` before it); a
-    signal, as ``signals.Interrupted`` where the job stopped (``label``'s step). ``d2lres train
-    --devices`` and each backend of ``d2lres compare`` start their runs with it."""
+def launch(run: RunDescription, *, label: str | None = None, env: dict | None = None,
+           child: dict | None = None) -> dict:
+    """The run ``run`` in the process(es) that ``parallel.launch_command`` sets up for its backend's
+    engine on ``run.devices`` devices (``python -m d2lres.run JOB``, the job ``run.to_job()``; ``env``
+    on top of their environment, ``child``: ``signals.run_child``'s other arguments); returns its
+    metrics. Its error is raised here as :class:`RunError` with the job's own message (``label: ``
+    before it); a signal, as ``signals.Interrupted`` where the job stopped (``label``'s step).
+    ``d2lres train --devices`` and each backend of ``d2lres compare`` start their runs with it."""
     import tempfile
 
     from .util import jobs, signals
     with tempfile.TemporaryDirectory(prefix="d2lres-job-") as tmp:
         error_file = Path(tmp) / "error"
-        argv, launch_env = parallel.launch_command(
-            backend, devices, job(backend, config, out, error_file=error_file, devices=devices, **options))
+        argv, launch_env = parallel.launch_command(run.backend, run.devices,
+                                                   {**run.to_job(), jobs.ERROR_FILE: str(error_file)})
         status = signals.run_child(argv, env={**launch_env, **(env or {})}, **(child or {}))
         if status:
             where, detail, resumable = jobs.stopped_at(error_file)
@@ -316,24 +293,21 @@ def launch(backend: str, config: TrainConfig, out, *, devices: int = 1, label: s
                 where = f"{label}'s {where}" if where else label
             signals.check(where, detail, resumable)
             error = (jobs.failure(error_file)
-                     or f"training in {backend} failed (exit status {status}; its error is above)")
+                     or f"training in {run.backend} failed (exit status {status}; its error is above)")
             raise RunError(f"{label}: {error}" if label is not None else error)
-    return json.loads((Path(out) / "metrics.json").read_text())
+    return json.loads((run.out / "metrics.json").read_text())
 
 
 def main(argv=None) -> int:
-    """``python -m d2lres.run JOB``: run one JSON job from :func:`job` (``jobs.main``: errors as
+    """``python -m d2lres.run JOB``: run one job that :func:`launch` started (``jobs.main``: errors as
     ``d2lres train``'s, on stderr or into the job's error file, for the caller to report)."""
     from .util import jobs
     parallel.die_with_launcher()
 
-    def work(job_) -> int:
+    def work(job) -> int:
         from .loop.progress import step_reporter
-        options = parse_job(job_)
-        reporter = step_reporter()  # d2lres compare's bar across backends, when it started this job
-        if reporter is not None:
-            options["progress"] = reporter
-        metrics = train(options.pop("backend"), options.pop("config"), options.pop("out"), **options)
+        # d2lres compare's bar across backends, when it started this job
+        metrics = execute(RunDescription.from_job(job), report_steps=step_reporter())
         if parallel.process_rank() == 0:
             print(f"test accuracy {metrics['test_acc']:.4f}")
         return 0

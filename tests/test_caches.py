@@ -134,9 +134,9 @@ class Trainer:
 
 folder = Path(sys.argv[1])
 progress = {"history": {}, "acc": {}, "epoch": 0, "step_in_epoch": 1, "identity": {"arch": "resnet18"}}
-training._save_checkpoint(folder, Trainer(weights.init_weights(seed=0)), progress)
+training.save_checkpoint(folder, Trainer(weights.init_weights(seed=0)), progress)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # the disk is full after 1 MiB of a file
-sys.exit(cli.report_errors(lambda: training._save_checkpoint(folder, Trainer(weights.init_weights(seed=1)),
+sys.exit(cli.report_errors(lambda: training.save_checkpoint(folder, Trainer(weights.init_weights(seed=1)),
                                                              {**progress, "step_in_epoch": 2})))
 """
 

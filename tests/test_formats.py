@@ -29,7 +29,7 @@ def rewrite(path, **changes) -> None:
 
 
 class Trainer:
-    """What ``training._save_checkpoint`` asks of a trainer."""
+    """What ``training.save_checkpoint`` asks of a trainer."""
 
     def __init__(self, w):
         self.w = w
@@ -47,7 +47,7 @@ def files(tmp_path):
     w = weights.init_weights(seed=0, arch=arch)
     path = weights.save_npz(tmp_path / "weights.npz", w, arch)
     identity = {"backend": "torch", "arch": arch.name, "version": arch.version, "flavour": arch.flavour}
-    training._save_checkpoint(tmp_path, Trainer(w), {"history": {}, "acc": {}, "epoch": 0, "step_in_epoch": 1,
+    training.save_checkpoint(tmp_path, Trainer(w), {"history": {}, "acc": {}, "epoch": 0, "step_in_epoch": 1,
                                                     "identity": identity})
     return path, tmp_path, w
 

@@ -16,12 +16,10 @@ framework that maps a batch to logits trains too (``Trainer``, ``train_ch6``,
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 
 import numpy as np
 
-from .. import inputs
 from ..errors import UserTypeError, UserValueError
 from ..spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
@@ -115,63 +113,6 @@ def checked_resnet_block(function):
     return resnet_block
 
 
-class TrainerSignature(type):
-    """The metaclass of the backends' ``Trainer``: arguments that do not fit its signature
-    (d2l 1.0's ``Trainer(max_epochs=10, num_gpus=1)``) raise a ``TypeError`` that says which
-    edition d2lres follows, instead of Python's bare one."""
-
-    def __call__(cls, *args, **kwargs):
-        signature = inspect.signature(cls.__init__)
-        try:
-            signature.bind(None, *args, **kwargs)
-        except TypeError as err:
-            shown = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty)
-                                                  for p in list(signature.parameters.values())[1:]])
-            edition = [k for k in kwargs if k in TRAINER_1_0]
-            old = (f" ({', '.join(edition)}: d2l 1.0's Trainer(max_epochs, num_gpus=0, gradient_clip_val=0))"
-                   if edition else "")
-            raise UserTypeError(f"{cls.__name__}{shown}: {err}{old}. {EDITION}") from None
-        return super().__call__(*args, **kwargs)
-
-
-class TrainerBase(metaclass=TrainerSignature):
-    """The framework-free part of every backend's ``Trainer``: a d2lres network's weights under
-    the neutral names and any other network's under the framework's own (checked before they are
-    written), the input rules of ``d2lres.inputs``, and BatchNorm running statistics kept finite.
-    A backend's ``Trainer`` supplies its framework's pieces: ``_neutral`` (its module's
-    ``(get_weights, set_weights)``), ``_native_weights()`` and ``_assign_native(weights)`` for any
-    other network, and for the statistics ``_statistics()`` (``(name, handle)`` pairs),
-    ``_snapshot(handles)``, ``_finite(handles)`` (a bool per handle) and ``_restore(handles, saved)``."""
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Canonical weights of a d2lres network; of any other, its own under the framework's names."""
-        return self._neutral[0](self.net) if is_d2lres_net(self.net) else self._native_weights()
-
-    def set_weights(self, weights) -> None:
-        if is_d2lres_net(self.net):
-            self._neutral[1](self.net, weights)
-            return
-        check_native_weights(weights, self._native_weights(), self.net)
-        self._assign_native(weights)
-
-    def _check_batch(self, shape, dtype, training: bool, finite=None, channels_last: bool = False) -> None:
-        """``d2lres.inputs``' rules before anything runs: the batch's shape and dtype, then (if
-        ``finite``, a function giving whether every pixel is finite) its values."""
-        in_channels, num_classes, arch = spec_of(self.net)
-        inputs.check_batch(tuple(shape), dtype, in_channels, channels_last=channels_last, training=training,
-                           arch=arch, num_classes=num_classes or 10)
-        if finite is not None:
-            inputs.check_finite(bool(finite()))
-
-    def _keep_statistics_finite(self, run):
-        """``run()``; non-finite BatchNorm running statistics after it are put back (``TrainingError``)."""
-        stats = self._statistics()
-        handles = [h for _, h in stats]
-        return inputs.keep_statistics_finite([n for n, _ in stats], lambda: self._snapshot(handles),
-                                             lambda: self._finite(handles),
-                                             lambda saved: self._restore(handles, saved), run)
-
-
 def module_getattr(module: str):
     """A backend package's ``__getattr__``: d2l 1.0's names (``Classifier``, ``FashionMNIST``,
     ...) raise an ``AttributeError`` saying what d2lres has instead."""
@@ -184,28 +125,6 @@ def module_getattr(module: str):
 
 
 # --- any network in the helpers ----------------------------------------------------------------
-
-def check_native_weights(weights: dict, current: dict, net) -> None:
-    """Raise ``ValueError`` naming every missing, unexpected or mis-shaped entry of ``weights``
-    against ``current`` (the network's own weights under the framework's names)."""
-    problems = [f"missing {k} {tuple(v.shape)}" for k, v in current.items() if k not in weights]
-    problems += [f"unexpected {k}" for k in weights if k not in current]
-    problems += [f"{k}: expected shape {tuple(v.shape)}, got {tuple(np.shape(weights[k]))}"
-                 for k, v in current.items() if k in weights and tuple(np.shape(weights[k])) != tuple(v.shape)]
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
-        raise UserValueError(f"weights do not fit this {type(net).__name__}: {shown}")
-
-
-def identity(net, weights: dict) -> dict:
-    """The part of a run's identity (``training.fit``'s ``identity=``) that the network gives:
-    its variant for a d2lres network; else its class and a digest of its weights' names and
-    shapes, so a checkpoint is resumed only into the same structure."""
-    if is_d2lres_net(net):
-        return {"network": str(net.arch), "in_channels": net.in_channels, "num_classes": net.num_classes}
-    layout = ";".join(f"{k}{tuple(np.shape(v))}" for k, v in weights.items())
-    return {"network": type(net).__name__, "structure": hashlib.sha256(layout.encode()).hexdigest()[:16]}
-
 
 def walk_input(input_shape) -> tuple[int, int, int]:
     """``(C, H, W)`` of a shape walk of a network without a spec (its channels unknown)."""

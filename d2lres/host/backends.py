@@ -44,7 +44,10 @@ def available() -> list[str]:
 def require(name: str) -> None:
     """Raise :class:`BackendUnavailable` naming the pip extra to install if a package the backend
     ``name`` imports is missing (each backend package calls it before importing its framework)."""
-    key = canonical(name)
+    _require(canonical(name))
+
+
+def _require(key: str) -> None:
     missing = [package for package in NEEDS[key] if importlib.util.find_spec(package) is None]
     if missing:
         raise BackendUnavailable(f"backend {key!r} needs {', '.join(missing)}, which is not installed; "
@@ -53,5 +56,6 @@ def require(name: str) -> None:
 
 def load(name: str) -> ModuleType:
     """Import ``d2lres.<backend>``, or raise :class:`BackendUnavailable` with the install hint."""
-    require(name)
-    return importlib.import_module(BACKENDS[canonical(name)][0])
+    key = canonical(name)
+    _require(key)
+    return importlib.import_module(BACKENDS[key][0])

@@ -65,14 +65,12 @@ RUN_SETUP = {
 
 
 def configure(backend: str) -> None:
-    """Set this process up for a run of ``backend`` as :data:`RUN_SETUP` says (imports the
-    framework; nothing for a backend not listed). Call it before the backend computes anything;
-    a second call does nothing more."""
-    from . import backends
-    name = backends.canonical(backend)
-    if name == "tf":
+    """Set this process up for a run of ``backend`` (its canonical name) as :data:`RUN_SETUP` says
+    (imports the framework; nothing for a backend not listed). Call it before the backend computes
+    anything; a second call does nothing more."""
+    if backend == "tf":
         importlib.import_module("d2lres.tf.parallel").prepare()
-    elif name == "jax":
+    elif backend == "jax":
         importlib.import_module("d2lres.jax.distributed").initialize()
 
 

@@ -29,6 +29,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
+from ..loop.trainer import TrainerBase
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -196,9 +197,9 @@ _jit_logits_and_stats = jax.jit(logits_and_stats, static_argnums=0)
 _jit_eval_logits = jax.jit(eval_logits, static_argnums=0)
 
 
-class Trainer(book.TrainerBase):
+class Trainer(TrainerBase):
     """On a d2lres network or any ``nnx`` module mapping an NHWC batch to logits
-    (``d2lres.core.book``): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
+    (``d2lres.loop.trainer``): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` (None: on) runs the step and the forward passes
     through ``jax.jit`` (one compilation per input shape). JAX convolutions here are NHWC only:
     ``channels_last`` may be None or True; False is refused.

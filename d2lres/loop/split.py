@@ -45,30 +45,16 @@ import socket
 
 import numpy as np
 
-from .. import spec
+from ..core.description import SYNC_BN_DEFAULT  # noqa: F401 (the split's default, re-exported)
 from ..errors import UserError
-from ..host import backends
 from ..util import jobs, signals
 
-#: Synchronized BatchNorm unless asked otherwise (see the module docstring).
-SYNC_BN_DEFAULT = True
 #: The address of every process of a run on one machine (tests stay on it).
 LOOPBACK = "127.0.0.1"
 
 
 class ParallelError(UserError, ValueError):
     """Data-parallel training cannot run as asked; the message says why and what to do."""
-
-
-def get_arch(arch=None) -> spec.Arch:
-    """``spec.get_arch`` that also takes :func:`arch_key`'s ``[depth, version, flavour]`` (JSON)."""
-    return spec.get_arch(*arch) if isinstance(arch, (list, tuple)) else spec.get_arch(arch)
-
-
-def arch_key(arch=None) -> list:
-    """``[depth, version, flavour]``: an architecture through JSON or a process boundary."""
-    a = get_arch(arch)
-    return [a.depth, a.version, a.flavour]
 
 
 def shard_sizes(n: int, replicas: int) -> list[int]:
@@ -129,12 +115,12 @@ def emulate_unsynchronized(single_step, weights: dict, X: np.ndarray, y: np.ndar
 
 
 def environment(backend: str, replicas: int, env: dict | None = None) -> dict:
-    """The environment a process needs for ``replicas`` CPU replicas of ``backend`` (set before the
+    """The environment a process needs for ``replicas`` CPU replicas of ``backend`` (canonical; set before the
     framework is imported): JAX's ``--xla_force_host_platform_device_count``; the others need none
     (TensorFlow's logical CPUs are configured by ``d2lres.tf.parallel`` on import, PyTorch starts
     its own processes, MXNet's ``cpu(i)`` contexts exist)."""
     env = dict(os.environ if env is None else env)
-    if backends.canonical(backend) == "jax":
+    if backend == "jax":
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={replicas}"])
     env["D2LRES_REPLICAS"] = str(replicas)
@@ -159,13 +145,13 @@ def free_port(host: str = LOOPBACK) -> int:
     return free_ports(1, host)[0]
 
 
-def launch_command(backend: str, devices: int, job: str) -> tuple[list[str], dict]:
-    """``(argv, env)`` of the process that runs the JSON job ``job`` (``python -m d2lres.run``) on
+def launch_command(backend: str, devices: int, job: dict) -> tuple[list[str], dict]:
+    """``(argv, env)`` of the process that runs the job ``job`` (``python -m d2lres.run``) on
     ``devices`` devices of this machine with ``backend``'s own engine: PyTorch through ``torchrun``
     (``d2lres.torch.launch``: one process per device), the others as one process set up by
     :func:`environment`."""
     launcher = (("-m", "d2lres.torch.launch", "--standalone", f"--nproc-per-node={devices}")
-                if backends.canonical(backend) == "torch" and devices > 1 else ())
+                if backend == "torch" and devices > 1 else ())
     return jobs.command("d2lres.run", job, launcher=launcher), environment(backend, devices)
 
 

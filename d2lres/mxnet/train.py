@@ -16,6 +16,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
+from ..loop.trainer import TrainerBase
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -66,8 +67,8 @@ BF16_REFUSED = ("the MXNet backend trains in float32 only: MXNet 1.9's AMP (mxne
                 "use precision='float32' here, or bf16 in the torch, tf or jax backend")
 
 
-class Trainer(book.TrainerBase):
-    """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.core.book``; its parameters
+class Trainer(TrainerBase):
+    """On a d2lres network or any Gluon block mapping an NCHW batch to logits (``d2lres.loop.trainer``; its parameters
     initialised and their shapes known): SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``,
     ``w -= lr v``) and cross-entropy. ``compile`` hybridizes the network (Gluon CachedOp with static memory;
     ``None``: on). MXNet's convolutions are NCHW only: ``channels_last=True`` is refused. The running-variance

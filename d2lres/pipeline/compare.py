@@ -13,12 +13,14 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from .. import data, parallel, run, spec
+from .. import data, run, spec
 from .. import weights as neutral
 from ..checks import BF16_ERROR_CONSTANTS, UNIT_ROUNDOFF
 from ..core import precision as precisions
+from ..core.description import SYNC_BN_DEFAULT, RunDescription
 from ..core.presets import TrainConfig
 from ..errors import UserError
 from ..host import backends, isa
@@ -54,19 +56,17 @@ class CompareError(UserError, ValueError):
     """A backend's training failed (its own error line is printed above)."""
 
 
-def _train_in_subprocess(backend: str, config: TrainConfig, init: Path, out: Path, *, arch, data_dir, limit,
-                         bar: AcrossBackends, held: str, devices: int, sync_bn: bool) -> dict:
-    """One backend's run as a JSON job (``python -m d2lres.run JOB``) in its own process(es), on
-    ``devices`` devices (``parallel.launch_command``): a run in ``out`` (checked by
-    :func:`compare_training`) is continued."""
+def _train_in_subprocess(description: RunDescription, init: Path, *, bar: AcrossBackends, held: str) -> dict:
+    """One backend's run (``description``, from the initial weights ``init``) in its own process(es)
+    (``run.launch``): a run in its folder (checked by :func:`compare_training`) is continued."""
+    backend, out = description.backend, description.out
     resume = (out / CHECKPOINT_DIR / CHECKPOINT).exists()
-    bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{spec.get_arch(arch)} in {out}")
+    bar.bar.write(f"== {backend}: {'resuming ' if resume else ''}{description.arch} in {out}")
     env, fds = bar.start(backend)
     try:
-        return run.launch(backend, config, out, devices=devices, label=backend, env={**isa.isa_env(held), **env},
-                          child={"pass_fds": fds, "started": bar.started}, arch=arch, init=init, data_dir=data_dir,
-                          limit=limit, resume=resume, sync_bn=sync_bn,
-                          progress=bar.enabled)  # the bar across backends, or none (not each job's own)
+        # progress: the bar across backends, or none (not each job's own)
+        return run.launch(replace(description, init=init, resume=resume, progress=bar.enabled), label=backend,
+                          env={**isa.isa_env(held), **env}, child={"pass_fds": fds, "started": bar.started})
     except run.RunError as err:
         raise CompareError(str(err)) from None
     finally:
@@ -99,7 +99,7 @@ def recorded_comparison(out: Path) -> dict | None:
 def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=None,
                      data_dir=None, limit: int | None = None, checks: bool = True, overwrite: bool = False,
                      progress: bool = True, held: str = "native", devices: int = 1,
-                     sync_bn: bool = parallel.SYNC_BN_DEFAULT) -> Path:
+                     sync_bn: bool = SYNC_BN_DEFAULT) -> Path:
     """Train each backend (``names``; default: every one available), then write ``out/report.md``,
     ``out/curves.png``, ``out/report.json``. A backend's finished run of the same comparison is
     reused (the report says so), an interrupted one continued; another comparison in ``out`` is
@@ -108,16 +108,20 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
     backend's steps are measured; ``held``: the instruction set every backend's process is held
     to (``d2lres.host.isa``), recorded with the CPU in the report; ``devices``/``sync_bn``: data-parallel
     training in every backend (``d2lres.run.train``)."""
-    arch = spec.get_arch(arch)
+    arch = spec.get_arch(arch)  # the edge: anything spec.get_arch takes
     names = mixed_backends(distinct(names or backends.available()), config.precision, chosen=bool(names))
     tic = time.perf_counter()
+    # each backend's run; its folder is the one inside the checked compare folder (below)
+    data_path = None if data_dir is None else Path(data_dir)
+    descriptions = {n: RunDescription(n, arch, config, Path(out, n), data_dir=data_path, limit=limit, devices=devices,
+                                      sync_bn=sync_bn) for n in names}
 
     def inputs():
         for n in names:
             backends.require(n)
         source = data.fetch_fashion_mnist(data_dir).source
         init = neutral.init_weights(seed=config.seed, arch=arch)  # the same weights for every backend
-        runs = {n: run.run_identity(n, arch, config, limit=limit, data_dir=data_dir, init_weights=init) for n in names}
+        runs = {n: run.run_identity(descriptions[n], init) for n in names}
         first = runs[names[0]]
         run.check_batches(first["train_images"], config.batch_size, config.resize, arch, first["test_images"])
         common = {k: v for k, v in first.items() if k != "backend"}
@@ -174,9 +178,8 @@ def compare_training(config: TrainConfig, out: str | Path, names=None, *, arch=N
                     results[n] = {**reused[n], "reused": True}
                     continue
                 try:
-                    results[n] = _train_in_subprocess(n, config, init, out / n, arch=arch, data_dir=data_dir,
-                                                      limit=limit, bar=bar, held=held, devices=devices,
-                                                      sync_bn=sync_bn)
+                    results[n] = _train_in_subprocess(replace(descriptions[n], out=out / n), init, bar=bar,
+                                                      held=held)
                 except signals.Interrupted as err:
                     err.detail = "; ".join(filter(None, [
                         err.detail, f"finished: {', '.join(results) or 'none'}",
@@ -274,10 +277,9 @@ def parity(results: dict[str, dict], precision: str = "float32") -> dict:
             "precision": precision, "criteria": criteria}
 
 
-def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str, *, arch=None,
+def render(config: TrainConfig, results: dict[str, dict], summary: dict, check_md: str, *, arch: spec.Arch,
            limit: int | None = None, cpu: dict | None = None, stamp: dict | None = None) -> str:
     c = config
-    arch = spec.get_arch(arch)
     criteria = summary.get("criteria", PARITY["float32"])
     relative, why = ("", "") if c.precision == "float32" else (
         " (relative to max(1, loss))", f"; in {c.precision}: twice the checks' bound on the loss, "

@@ -37,6 +37,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from .. import spec
 from ..loop import split
 from .model import BatchNorm
 from .train import Trainer, as_batch, as_float32
@@ -245,13 +246,13 @@ def _named_layers(net):
 
 
 def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
-                       sync_bn: bool = split.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
+                       sync_bn: bool = split.SYNC_BN_DEFAULT, arch: spec.Arch, momentum: float = 0.0,
                        weight_decay: float = 0.0) -> dict:
     """One data-parallel step on ``replicas`` devices from ``weights`` on the global batch
     ``(X, y)`` (NCHW numpy): ``{"step_loss", "after_step"}``."""
     strategy(replicas)  # before anything else runs TensorFlow (refuses a number the run does not have)
     from . import resnet, set_weights
-    a = split.get_arch(arch)
+    a = arch
     net = resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     set_weights(net, weights)
     trainer = ParallelTrainer(net, momentum, weight_decay, replicas=replicas, sync_bn=sync_bn)

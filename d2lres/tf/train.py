@@ -12,6 +12,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
+from ..loop.trainer import TrainerBase
 from .model import device_name, device_scope
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -99,10 +100,10 @@ def check_bf16_devices(devices_) -> None:
         precisions.warn_if_emulated("tf", None)
 
 
-class Trainer(book.TrainerBase):
+class Trainer(TrainerBase):
     """SGD with momentum and weight decay in PyTorch's form (``v = m v + g + wd w``, ``w -= lr v``)
     and cross-entropy, on a d2lres network or any Keras model mapping an NHWC batch to logits
-    (``d2lres.core.book``; a model not yet built is built by its first batch).
+    (``d2lres.loop.trainer``; a model not yet built is built by its first batch).
 
     ``compile``: the step and the prediction each run as one ``tf.function`` (None: on, faster
     than eager; XLA is not offered: slower on CPU and beyond the checks' tolerances).

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import spec
 from ..loop import split
 from .train import Trainer, try_gpu
 from .weights import get_weights, set_weights
@@ -147,7 +148,7 @@ def init_process_group(rank: int, world_size: int, port: int, backend: str | Non
     dist.init_process_group(backend, init_method=f"tcp://{LOOPBACK}:{port}", rank=rank, world_size=world_size)
 
 
-def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, sync_bn: bool, arch: list,
+def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, sync_bn: bool, arch: spec.Arch,
                  momentum: float, weight_decay: float) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     init_process_group(rank, world_size, port)
@@ -155,7 +156,7 @@ def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, 
         from . import resnet
         data = np.load(Path(folder) / "inputs.npz")
         weights = {k[2:]: data[k] for k in data.files if k.startswith("w.")}
-        a = split.get_arch(arch)
+        a = arch
         net = resnet(a.depth, a.version, num_classes=10, in_channels=data["X"].shape[1], flavour=a.flavour)
         set_weights(net, weights)
         device = try_gpu(rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -175,13 +176,13 @@ def spawn(fn, replicas: int, *args) -> None:
 
 
 def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *, replicas: int = 2,
-                       sync_bn: bool = split.SYNC_BN_DEFAULT, arch=None, momentum: float = 0.0,
+                       sync_bn: bool = split.SYNC_BN_DEFAULT, arch: spec.Arch, momentum: float = 0.0,
                        weight_decay: float = 0.0) -> dict:
     """One data-parallel step on ``replicas`` gloo processes from ``weights`` on the global batch
     ``(X, y)`` (NCHW numpy): ``{"step_loss", "after_step"}`` (canonical weights of replica 0)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "inputs.npz", X=X, y=y, **{f"w.{k}": v for k, v in weights.items()})
-        spawn(_step_worker, replicas, tmp, lr, sync_bn, split.arch_key(arch), momentum, weight_decay)
+        spawn(_step_worker, replicas, tmp, lr, sync_bn, arch, momentum, weight_decay)
         out = np.load(Path(tmp) / "result.npz")
         return {"step_loss": float(out["loss"]),
                 "after_step": {k[2:]: out[k] for k in out.files if k.startswith("w.")}}

@@ -7,10 +7,10 @@ import torch
 from torch.nn import functional as F
 
 from .. import data, training
-from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
+from ..loop.trainer import TrainerBase
 from .weights import get_weights, set_weights
 
 
@@ -52,9 +52,9 @@ def to_tensors(X: np.ndarray, y: np.ndarray, device=None):
 CHANNELS_LAST_MIN_SIDE = 96
 
 
-class Trainer(book.TrainerBase):
+class Trainer(TrainerBase):
     """SGD (momentum and weight decay as ``torch.optim.SGD``) with cross-entropy on one net:
-    a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits (``d2lres.core.book``).
+    a d2lres network or any ``nn.Module`` mapping an NCHW batch to logits (``d2lres.loop.trainer``).
 
     ``channels_last`` stores activations and weights NHWC (oneDNN's preferred layout); the
     default ``None`` chooses from the first batch (images >= ``CHANNELS_LAST_MIN_SIDE`` wide).

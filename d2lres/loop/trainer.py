@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import importlib
 import inspect
 
 import numpy as np
@@ -26,6 +27,14 @@ class TrainerBase(abc.ABC):
     statistics :meth:`_statistics`, :meth:`_snapshot`, :meth:`_finite` and :meth:`_restore`."""
 
     backend: str
+    #: The backend's module of d2l 1.0's names, whose ``Trainer(max_epochs, num_gpus=0,
+    #: gradient_clip_val=0)`` a call in that form builds (None: not there yet).
+    edition: str | None = None
+
+    def __new__(cls, *args, **kwargs):
+        if "edition" in vars(cls) and cls.edition and is_edition_call(args, kwargs):
+            return importlib.import_module(cls.edition).Trainer(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -116,6 +125,14 @@ class TrainerBase(abc.ABC):
         return inputs.keep_statistics_finite([n for n, _ in stats], lambda: self._snapshot(handles),
                                              lambda: self._finite(handles),
                                              lambda saved: self._restore(handles, saved), run)
+
+
+def is_edition_call(args: tuple, kwargs: dict) -> bool:
+    """Whether ``Trainer(*args, **kwargs)`` is d2l 1.0's form (a number of epochs first, or its
+    keywords without a network) rather than d2lres's ``Trainer(net, ...)``."""
+    if args:
+        return isinstance(args[0], (int, np.integer)) and not isinstance(args[0], bool)
+    return "net" not in kwargs and bool(set(kwargs) & set(TRAINER_1_0))
 
 
 def _checked_init(init):

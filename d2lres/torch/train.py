@@ -65,6 +65,7 @@ class Trainer(TrainerBase):
     loss in float32, the weights and momentum float32."""
 
     backend = "torch"
+    edition = "d2lres.torch.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from d2lres import checks
+from d2lres.host import backends
 
 pytestmark = pytest.mark.framework
 
@@ -41,8 +42,10 @@ def _ours(obj) -> list[tuple[str, object]]:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def test_the_torch_names_have_d2l_1_0_3s_signatures():
-    tree = _d2l_source("torch")
+@pytest.mark.parametrize("framework", ["torch", "mxnet"])
+def test_the_names_have_d2l_1_0_3s_signatures(framework):
+    mod = backends.load(framework) if framework in backends.available() else pytest.skip(f"no {framework} here")
+    tree = _d2l_source(framework)
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     compared = 0
@@ -51,16 +54,17 @@ def test_the_torch_names_have_d2l_1_0_3s_signatures():
         for node in classes[name].body:  # the last definition of a method is the one Python keeps
             if isinstance(node, ast.FunctionDef):
                 methods[node.name] = node
-        ours = type(d2l.Trainer(1)) if name == "Trainer" else getattr(d2l, name)
+        ours = type(mod.Trainer(1)) if name == "Trainer" else getattr(mod, name)
         for method, node in methods.items():
             assert _ours(getattr(ours, method)) == _signature(node), (name, method)
             compared += 1
     for name in ("add_to_class", "init_cnn", "cpu", "show_images"):
-        assert _ours(getattr(d2l, name)) == _signature(functions[name]), name
-    aliases = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
-               if isinstance(t, ast.Name) and n.lineno > max(f.lineno for f in tree.body
-                                                               if isinstance(f, ast.ClassDef))]
-    assert aliases and [a for a in aliases if not hasattr(d2l, a)] == []
+        if name in functions:
+            assert _ours(getattr(mod, name)) == _signature(functions[name]), name
+    last_class = max(n.lineno for n in tree.body if isinstance(n, ast.ClassDef))
+    aliases = [t.id for n in tree.body if isinstance(n, ast.Assign) and n.lineno > last_class for t in n.targets
+               if isinstance(t, ast.Name)]
+    assert aliases and [a for a in aliases if not hasattr(mod, a)] == []
     assert compared >= 25
 
 

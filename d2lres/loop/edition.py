@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import data as datasets
 from ..errors import UserTypeError, UserValueError
 from ..util import files
 from .callbacks import ProgressBar, StopOnSignal
@@ -60,7 +61,8 @@ class ProgressBoard(HyperParameters):
     def draw(self, x, y, label, every_n=1):
         points = self.raw_points.setdefault(label, [])
         line = self.data.setdefault(label, [])
-        points.append((float(x), float(to_numpy(y))))
+        y = y.detach() if hasattr(y, "detach") else y  # PyTorch: off the graph
+        points.append((float(x), float(y)))  # a framework's scalar tensor too
         if len(points) != every_n:
             return
         line.append((sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)))
@@ -96,6 +98,101 @@ class ProgressBoard(HyperParameters):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig = self.figure()
         return files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+
+
+class ModuleBase(HyperParameters):
+    """What d2l 1.0's ``Module`` does alike in every framework: its forward, its points on the
+    board, its steps. A backend's ``Module`` derives from its framework's module and this."""
+
+    def loss(self, y_hat, y):
+        raise NotImplementedError
+
+    def forward(self, X):
+        if not hasattr(self, "net"):
+            raise UserTypeError(f"{type(self).__name__} has no self.net: set it in __init__, or define forward")
+        return self.net(X)
+
+    def plot(self, key, value, train):
+        """A point on the board at d2l's place (the trainer's batch counters)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            raise UserValueError("Module.plot: the model has no trainer yet (Trainer.fit sets it)")
+        self.board.xlabel = "epoch"
+        if train:
+            x = trainer.train_batch_idx / trainer.num_train_batches
+            n = trainer.num_train_batches / self.plot_train_per_epoch
+        else:
+            x = trainer.epoch + 1
+            n = trainer.num_val_batches / self.plot_valid_per_epoch
+        self.board.draw(x, value, ("train_" if train else "val_") + key, every_n=max(1, int(n)))
+
+    def training_step(self, batch):
+        loss = self.loss(self(*batch[:-1]), batch[-1])
+        self.plot("loss", loss, train=True)
+        return loss
+
+    def validation_step(self, batch):
+        loss = self.loss(self(*batch[:-1]), batch[-1])
+        self.plot("loss", loss, train=False)
+
+
+class ClassifierBase:
+    """d2l 1.0's ``Classifier``'s validation points (loss and accuracy), in every framework."""
+
+    def validation_step(self, batch):
+        Y_hat = self(*batch[:-1])
+        self.plot("loss", self.loss(Y_hat, batch[-1]), train=False)
+        self.plot("acc", self.accuracy(Y_hat, batch[-1]), train=False)
+
+
+class DataModule(HyperParameters):
+    """d2l 1.0's base of data: ``get_dataloader(train)`` and its two loaders."""
+
+    def __init__(self, root="../data", num_workers=4):
+        self.save_hyperparameters()
+
+    def get_dataloader(self, train):
+        raise NotImplementedError
+
+    def train_dataloader(self):
+        return self.get_dataloader(train=True)
+
+    def val_dataloader(self):
+        return self.get_dataloader(train=False)
+
+
+class FashionMNIST(DataModule):
+    """d2l 1.0's Fashion-MNIST: batches of ``(X, y)`` tensors of the backend (``convert``), images
+    in [0, 1], from d2lres's verified data cache (``d2lres.data``, fetched if needed; ``root`` is not
+    used), the training split reshuffled each epoch in an order fixed by ``seed``. ``limit``: only
+    the first images of each split. ``resize`` is a square ``(side, side)``."""
+
+    #: The backend's ``(X, y)`` numpy batch to its tensors.
+    convert = None
+
+    def __init__(self, batch_size=64, resize=(28, 28), *, limit=None, data_dir=None, seed=0):
+        super().__init__()
+        self.save_hyperparameters()
+        pair = tuple(resize) if isinstance(resize, (tuple, list)) else (resize, resize)
+        if len(pair) != 2 or pair[0] != pair[1] or not isinstance(pair[0], int) or pair[0] < 1:
+            raise UserValueError(f"FashionMNIST: resize must be a square (side, side) of positive integers, "
+                                 f"got {resize!r}")
+        loaded = datasets.FashionMNIST.load(data_dir)
+        side = None if pair[0] == 28 else pair[0]
+        self.train, self.val = (loaded.split(train, side, limit) for train in (True, False))
+
+    def text_labels(self, indices):
+        return datasets.get_fashion_mnist_labels(indices)
+
+    def get_dataloader(self, train):
+        X, y = self.train if train else self.val
+        return datasets.ArrayBatches(X, y, self.batch_size, shuffle=train, seed=self.seed, convert=type(self).convert)
+
+    def visualize(self, batch, nrows=1, ncols=8, labels=[]):  # noqa: B006 (d2l's signature)
+        X, y = batch
+        X = to_numpy(X)
+        show_images(X[:, 0] if X.shape[1] == 1 else X[..., 0], nrows, ncols,  # NCHW or NHWC
+                    titles=labels or self.text_labels(to_numpy(y)))
 
 
 def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):

@@ -150,7 +150,9 @@ def _checked_init(init):
             edition = [k for k in kwargs if k in TRAINER_1_0]
             old = (f" ({', '.join(edition)}: d2l 1.0's Trainer(max_epochs, num_gpus=0, gradient_clip_val=0))"
                    if edition else "")
-            raise UserTypeError(f"{type(self).__name__}{shown}: {err}{old}. {EDITION}") from None
+            how = (f"d2l 1.0's form takes no network: {type(self).__name__}(max_epochs=...).fit(model, data)"
+                   if type(self).edition else EDITION)
+            raise UserTypeError(f"{type(self).__name__}{shown}: {err}{old}. {how}") from None
         init(self, *args, **kwargs)
     return __init__
 

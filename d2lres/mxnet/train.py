@@ -7,6 +7,8 @@ unbiased form (``spec.BN_MOMENTUM`` convention), so the three backends keep equa
 """
 from __future__ import annotations
 
+import warnings
+
 import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
@@ -76,6 +78,7 @@ class Trainer(TrainerBase):
     (Gluon's: the biased variance)."""
 
     backend = "mxnet"
+    edition = "d2lres.mxnet.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
@@ -95,7 +98,9 @@ class Trainer(TrainerBase):
                                  f"train_ch6 does both")
         net.collect_params().reset_ctx(self.device)
         if compile is None or compile:
-            net.hybridize(static_alloc=True, static_shape=True)
+            with warnings.catch_warnings():  # a reader's Sequential of HybridBlocks: advice, not a fault
+                warnings.filterwarnings("ignore", message="All children of this Sequential layer")
+                net.hybridize(static_alloc=True, static_shape=True)
         self.params = [(name, p) for name, p in _parameters(net) if p.grad_req != "null"]
         self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
                              if name.endswith("running_var")] if book.is_d2lres_net(net) else []

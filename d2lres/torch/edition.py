@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import data as datasets
 from ..errors import UserTypeError, UserValueError
-from ..loop.edition import EditionTrainer, HyperParameters, ProgressBoard, add_to_class, show_images  # noqa: F401 (NAMES)
+from ..loop import edition
+from ..loop.edition import EditionTrainer, HyperParameters, ProgressBoard, add_to_class, show_images  # noqa: F401
 from .train import Trainer as StepTrainer
 from .train import to_tensors, try_gpu
 
@@ -79,44 +79,13 @@ def init_cnn(module):
         nn.init.xavier_uniform_(module.weight)
 
 
-class Module(nn.Module, HyperParameters):
-    """d2l 1.0's base of models: ``self.net`` (or :meth:`forward`), its loss, its optimizer, its board."""
+class Module(edition.ModuleBase, nn.Module):
+    """d2l 1.0's base of models: ``self.net`` (or ``forward``), its loss, its SGD, its board."""
 
     def __init__(self, plot_train_per_epoch=2, plot_valid_per_epoch=1):
         super().__init__()
         self.save_hyperparameters()
         self.board = ProgressBoard()
-
-    def loss(self, y_hat, y):
-        raise NotImplementedError
-
-    def forward(self, X):
-        if not hasattr(self, "net"):
-            raise UserTypeError(f"{type(self).__name__} has no self.net: set it in __init__, or define forward")
-        return self.net(X)
-
-    def plot(self, key, value, train):
-        """A point on the board at d2l's place (the trainer's batch counters)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            raise UserValueError("Module.plot: the model has no trainer yet (Trainer.fit sets it)")
-        self.board.xlabel = "epoch"
-        if train:
-            x = trainer.train_batch_idx / trainer.num_train_batches
-            n = trainer.num_train_batches / self.plot_train_per_epoch
-        else:
-            x = trainer.epoch + 1
-            n = trainer.num_val_batches / self.plot_valid_per_epoch
-        self.board.draw(x, value.detach().cpu(), ("train_" if train else "val_") + key, every_n=max(1, int(n)))
-
-    def training_step(self, batch):
-        loss = self.loss(self(*batch[:-1]), batch[-1])
-        self.plot("loss", loss, train=True)
-        return loss
-
-    def validation_step(self, batch):
-        loss = self.loss(self(*batch[:-1]), batch[-1])
-        self.plot("loss", loss, train=False)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
@@ -128,13 +97,8 @@ class Module(nn.Module, HyperParameters):
             self.net.apply(init)
 
 
-class Classifier(Module):
+class Classifier(edition.ClassifierBase, Module):
     """d2l 1.0's classifier: cross-entropy, accuracy, the validation points, ``layer_summary``."""
-
-    def validation_step(self, batch):
-        Y_hat = self(*batch[:-1])
-        self.plot("loss", self.loss(Y_hat, batch[-1]), train=False)
-        self.plot("acc", self.accuracy(Y_hat, batch[-1]), train=False)
 
     def accuracy(self, Y_hat, Y, averaged=True):
         Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1]))
@@ -153,20 +117,8 @@ class Classifier(Module):
             print(layer.__class__.__name__, "output shape:\t", X.shape)
 
 
-class DataModule(HyperParameters):
-    """d2l 1.0's base of data: ``get_dataloader(train)`` and its two loaders."""
-
-    def __init__(self, root="../data", num_workers=4):
-        self.save_hyperparameters()
-
-    def get_dataloader(self, train):
-        raise NotImplementedError
-
-    def train_dataloader(self):
-        return self.get_dataloader(train=True)
-
-    def val_dataloader(self):
-        return self.get_dataloader(train=False)
+class DataModule(edition.DataModule):
+    """d2l 1.0's base of data."""
 
     def get_tensorloader(self, tensors, train, indices=slice(0, None)):
         """A ``DataLoader`` over ``tensors[indices]`` in batches of ``self.batch_size``, shuffled for training."""
@@ -174,36 +126,10 @@ class DataModule(HyperParameters):
         return torch.utils.data.DataLoader(dataset, self.batch_size, shuffle=train)
 
 
-class FashionMNIST(DataModule):
-    """d2l 1.0's Fashion-MNIST: batches of ``(X, y)`` tensors, X ``(batch, 1, *resize)`` in [0, 1],
-    from d2lres's verified data cache (``d2lres.data``, fetched if needed; ``root`` is not used),
-    the training split reshuffled each epoch in an order fixed by ``seed``. ``limit``: only the
-    first images of each split. ``resize`` is a square ``(side, side)``."""
+class FashionMNIST(edition.FashionMNIST, DataModule):
+    """d2l 1.0's Fashion-MNIST (``d2lres.loop.edition.FashionMNIST``): ``X`` ``(batch, 1, side, side)`` tensors."""
 
-    def __init__(self, batch_size=64, resize=(28, 28), *, limit=None, data_dir=None, seed=0):
-        super().__init__()
-        self.save_hyperparameters()
-        side = _side(resize)
-        loaded = datasets.FashionMNIST.load(data_dir)
-        self.train, self.val = (loaded.split(train, None if side == 28 else side, limit) for train in (True, False))
-
-    def text_labels(self, indices):
-        return datasets.get_fashion_mnist_labels(indices)
-
-    def get_dataloader(self, train):
-        X, y = self.train if train else self.val
-        return datasets.ArrayBatches(X, y, self.batch_size, shuffle=train, seed=self.seed, convert=to_tensors)
-
-    def visualize(self, batch, nrows=1, ncols=8, labels=[]):  # noqa: B006 (d2l's signature)
-        X, y = batch
-        show_images(X.squeeze(1).numpy(), nrows, ncols, titles=labels or self.text_labels(y))
-
-
-def _side(resize) -> int:
-    pair = tuple(resize) if isinstance(resize, (tuple, list)) else (resize, resize)
-    if len(pair) != 2 or pair[0] != pair[1] or not isinstance(pair[0], int) or pair[0] < 1:
-        raise UserValueError(f"FashionMNIST: resize must be a square (side, side) of positive integers, got {resize!r}")
-    return pair[0]
+    convert = staticmethod(to_tensors)
 
 
 class Trainer(EditionTrainer):

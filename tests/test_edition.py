@@ -231,3 +231,57 @@ def test_fit_equals_the_loop_written_as_d2ls_fit_epoch(real_data, tmp_path, monk
         (xs, ys), (ref_xs, ref_ys) = zip(*board[key]), zip(*ref_board[key])
         assert xs == ref_xs, key
         np.testing.assert_allclose(ys, ref_ys, rtol=0, atol=1e-4, err_msg=key)
+
+
+class Interrupted(d2l.FashionMNIST):
+    """The data of the test below, whose training loader raises ``KeyboardInterrupt`` (Ctrl-C in a
+    notebook) when it is asked for batch ``stop_at`` (counted over the whole run)."""
+
+    stop_at = None
+
+    def get_dataloader(self, train):
+        batches = super().get_dataloader(train)
+        if not train or self.stop_at is None:
+            return batches
+        outer = self
+
+        class Loader:
+            def __len__(self):
+                return len(batches)
+
+            def set_epoch(self, epoch):
+                batches.set_epoch(epoch)
+
+            def __iter__(self):
+                for batch in batches:
+                    outer.served = getattr(outer, "served", 0) + 1
+                    if outer.served == outer.stop_at:
+                        raise KeyboardInterrupt
+                    yield batch
+        return Loader()
+
+
+def test_an_interrupted_fit_resumes_exactly_from_its_checkpoint(real_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for name, stop_at in (("whole", None), ("resumed", 7)):
+        data = Interrupted(batch_size=16, limit=64, data_dir=real_data)  # 4 batches per epoch
+        data.stop_at = stop_at
+        torch.manual_seed(0)
+        model = SmallNet(lr=0.1)
+        options = {"checkpoint_dir": tmp_path / name, "checkpoint_every": 2}
+        with contextlib.redirect_stdout(io.StringIO()):
+            if stop_at is not None:
+                with pytest.raises(KeyboardInterrupt):  # at epoch 2, step 3: the checkpoint after step 2
+                    d2l.Trainer(max_epochs=3, **options).fit(model, data)
+                data.stop_at, model = None, SmallNet(lr=0.1)
+                d2l.Trainer(max_epochs=3, resume=True, **options).fit(model, data)
+            else:
+                d2l.Trainer(max_epochs=3, **options).fit(model, data)
+        runs[name] = ({k: v.detach().numpy().copy() for k, v in model.state_dict().items()}, model.board.data)
+    (weights, board), (ref_weights, ref_board) = runs["resumed"], runs["whole"]
+    differ = [k for k in weights if not np.array_equal(weights[k], ref_weights[k])]
+    assert differ == [k for k in weights if k.endswith("num_batches_tracked")]  # not a weight: not checkpointed
+    assert board == ref_board
+    with pytest.raises(ValueError, match="resume=True.*checkpoint_dir"):
+        d2l.Trainer(max_epochs=1, resume=True)

@@ -16,8 +16,9 @@ import numpy as np
 from .. import data as datasets
 from ..errors import UserTypeError, UserValueError
 from ..util import files
-from .callbacks import ProgressBar, StopOnSignal
+from .callbacks import Checkpoints, ProgressBar, StopOnSignal
 from .engine import Callback, Loop, num_batches, to_numpy
+from .trainer import identity
 
 #: Where a board drawn outside a notebook is saved (relative to the working folder).
 BOARD_PNG = Path("runs") / "d2l-board.png"
@@ -230,6 +231,25 @@ class _Board(Callback):
     def every(self, batches: int, per_epoch) -> int:
         return max(1, int(batches / per_epoch))
 
+    linked = False
+
+    def on_epoch_begin(self, loop: Loop) -> None:
+        """The board's points live in the loop's history, so that a checkpoint keeps them; a
+        resumed run gets them back, and the trainer's counters where it stopped. (Here, not at
+        the train's beginning: after a checkpoint callback has restored the history, while this
+        callback comes before it, to draw a step's point before the step's checkpoint.)"""
+        if self.linked:
+            return
+        self.linked = True
+        saved = loop.history.get("board")
+        if saved is not None:
+            for mine, theirs in ((self.board.data, saved["data"]), (self.board.raw_points, saved["raw"])):
+                mine.clear()
+                mine.update((k, [tuple(p) for p in v]) for k, v in theirs.items())
+            self.front.epoch = loop.epoch
+            self.front.train_batch_idx = loop.epoch * loop.steps_per_epoch + loop.step_in_epoch
+        loop.history["board"] = {"data": self.board.data, "raw": self.board.raw_points}
+
     def on_step_end(self, loop: Loop) -> None:
         front = self.front
         self.board.xlabel = "epoch"
@@ -269,17 +289,24 @@ class EditionTrainer(HyperParameters):
     d2lres's loop: BatchNorm in training mode during the steps, d2lres's progress bar, a stop on
     Ctrl-C, and the model's board with d2l's points. A backend supplies :meth:`_step_trainer`
     (d2lres's ``Trainer`` on the model, with the learning rate of its optimizer) and its device
-    rule. ``gradient_clip_val`` > 0 is refused for now (d2lres's step does not clip)."""
+    rule. ``gradient_clip_val`` > 0 is refused for now (d2lres's step does not clip). d2lres's own
+    options are keyword-only, after d2l's."""
 
-    def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0):
-        self.save_hyperparameters()
+    def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, checkpoint_dir=None, resume=False,
+                 checkpoint_every=100, precision="float32", board_path=BOARD_PNG):
+        self.save_hyperparameters(ignore=["checkpoint_dir", "resume", "checkpoint_every", "precision", "board_path"])
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
             raise UserValueError(f"Trainer: max_epochs must be a positive integer, got {max_epochs!r}")
         if gradient_clip_val:
             raise UserValueError(f"Trainer(gradient_clip_val={gradient_clip_val!r}): d2lres's training step does "
                                  f"not clip gradients yet; leave it at 0 (the ResNet chapter does)")
-        #: Where the board is saved outside a notebook (None: not saved).
-        self.board_path = BOARD_PNG
+        if resume and checkpoint_dir is None:
+            raise UserValueError("Trainer(resume=True) needs the checkpoint_dir= of the run to continue")
+        #: d2lres's options beside d2l's: the checkpoint folder (a checkpoint every ``checkpoint_every``
+        #: steps and at each epoch's end; ``resume`` continues from it exactly), the precision of the
+        #: steps (``d2lres.core.precision``), where the board is saved outside a notebook (None: not saved).
+        self.checkpoint_dir, self.resume, self.checkpoint_every = checkpoint_dir, resume, checkpoint_every
+        self.precision, self.board_path = precision, board_path
 
     def prepare_data(self, data):
         self.train_dataloader = data.train_dataloader()
@@ -319,7 +346,13 @@ class EditionTrainer(HyperParameters):
         board = _Board(self, model, self.board_path)
         loop = Loop(step_trainer, self.train_dataloader, self.val_dataloader, self.max_epochs, lr,
                     evaluate=board.evaluate)
-        self.history = loop.run([ProgressBar(), board, StopOnSignal()])
+        callbacks = []
+        if self.checkpoint_dir is not None:
+            run = {**identity(model, step_trainer.get_weights()), "max_epochs": self.max_epochs, "lr": lr,
+                   "batch_size": getattr(data, "batch_size", None), "train_batches": self.num_train_batches}
+            callbacks.append(Checkpoints(self.checkpoint_dir, every=self.checkpoint_every, resume=self.resume,
+                                         identity=run))
+        self.history = loop.run([ProgressBar(), board, *callbacks, StopOnSignal()])
         return self.history
 
     def _step_trainer(self, model, optimizer):

@@ -183,4 +183,5 @@ class Trainer(EditionTrainer):
         if any(p._deferred_init for p in model.collect_params().values()):  # Gluon's shapes from a first batch
             X, _ = next(iter(self.train_dataloader))
             model(X.as_in_ctx(mx.cpu()))
-        return StepTrainer(model, sgd.momentum, sgd.wd, device=device), optimizer.learning_rate
+        trainer = StepTrainer(model, sgd.momentum, sgd.wd, device=device, precision=self.precision)
+        return trainer, optimizer.learning_rate

@@ -161,4 +161,5 @@ class Trainer(EditionTrainer):
             raise UserValueError("Trainer.fit: d2lres's SGD has no Nesterov momentum or dampening")
         device = try_gpu() if self.num_gpus else torch.device("cpu")
         model.to(device)
-        return StepTrainer(model, group["momentum"], group["weight_decay"], device=device), group["lr"]
+        trainer = StepTrainer(model, group["momentum"], group["weight_decay"], device=device, precision=self.precision)
+        return trainer, group["lr"]

@@ -74,8 +74,8 @@ def test_trainer_is_d2lress_with_a_network_and_d2ls_with_a_number_of_epochs():
     assert type(d2l.Trainer(net)) is d2l.Trainer
     for made in (d2l.Trainer(3), d2l.Trainer(max_epochs=3, num_gpus=1)):
         assert isinstance(made, EditionTrainer) and made.max_epochs == 3 and made.hparams["max_epochs"] == 3
-    with pytest.raises(ValueError, match="does not clip gradients yet"):
-        d2l.Trainer(max_epochs=1, gradient_clip_val=1)
+    with pytest.raises(ValueError, match="gradient_clip_val must be a finite number >= 0"):
+        d2l.Trainer(max_epochs=1, gradient_clip_val=-1)
     with pytest.raises(TypeError, match="must be a d2l Module.*train_ch6"):
         d2l.Trainer(1).fit(nn.Linear(2, 2), None)
 
@@ -152,7 +152,7 @@ def test_the_chapter_in_the_1_0_form_runs_on_d2lres(real_data, tmp_path, monkeyp
     assert blk(X).shape == (4, 32, 96, 96) and blk.conv2.groups == 2
     torch.manual_seed(0)
     model = ResNet18(lr=0.01)
-    trainer = d2l.Trainer(max_epochs=1, num_gpus=1)
+    trainer = d2l.Trainer(max_epochs=1, num_gpus=1, gradient_clip_val=0.5)
     data = d2l.FashionMNIST(batch_size=32, resize=(28, 28), limit=128, data_dir=real_data)
     model.apply_init([next(iter(data.get_dataloader(True)))[0]], d2l.init_cnn)
     trainer.fit(model, data)
@@ -165,6 +165,7 @@ def test_the_chapter_in_the_1_0_form_runs_on_d2lres(real_data, tmp_path, monkeyp
     assert (tmp_path / board).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(model.board.data) == ["train_loss", "val_loss", "val_acc"]
     assert [x for x, _ in model.board.data["train_loss"]] == [0.125, 0.625]  # steps 0, 1 and 2, 3 at step / 4
+    assert trainer.step_trainer.gradient_clip_val == 0.5  # d2l's clipping, in d2lres's step (test_gradient_clipping)
     stem_bn = model.net[0][1]  # trained in training mode: the steps moved its running statistics
     assert stem_bn.num_batches_tracked.item() == 4 + 1 and float(stem_bn.running_mean.abs().max()) > 0
 

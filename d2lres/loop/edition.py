@@ -18,7 +18,7 @@ from ..errors import UserTypeError, UserValueError
 from ..util import files
 from .callbacks import Checkpoints, ProgressBar, StopOnSignal
 from .engine import Callback, Loop, num_batches, to_numpy
-from .trainer import identity
+from .trainer import clip_value, identity
 
 #: Where a board drawn outside a notebook is saved (relative to the working folder).
 BOARD_PNG = Path("runs") / "d2l-board.png"
@@ -289,17 +289,15 @@ class EditionTrainer(HyperParameters):
     d2lres's loop: BatchNorm in training mode during the steps, d2lres's progress bar, a stop on
     Ctrl-C, and the model's board with d2l's points. A backend supplies :meth:`_step_trainer`
     (d2lres's ``Trainer`` on the model, with the learning rate of its optimizer) and its device
-    rule. ``gradient_clip_val`` > 0 is refused for now (d2lres's step does not clip). d2lres's own
-    options are keyword-only, after d2l's."""
+    rule; the step clips as d2l does (``gradient_clip_val``). d2lres's own options are keyword-only,
+    after d2l's."""
 
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, checkpoint_dir=None, resume=False,
                  checkpoint_every=100, precision="float32", board_path=BOARD_PNG):
         self.save_hyperparameters(ignore=["checkpoint_dir", "resume", "checkpoint_every", "precision", "board_path"])
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
             raise UserValueError(f"Trainer: max_epochs must be a positive integer, got {max_epochs!r}")
-        if gradient_clip_val:
-            raise UserValueError(f"Trainer(gradient_clip_val={gradient_clip_val!r}): d2lres's training step does "
-                                 f"not clip gradients yet; leave it at 0 (the ResNet chapter does)")
+        clip_value(gradient_clip_val)
         if resume and checkpoint_dir is None:
             raise UserValueError("Trainer(resume=True) needs the checkpoint_dir= of the run to continue")
         #: d2lres's options beside d2l's: the checkpoint folder (a checkpoint every ``checkpoint_every``
@@ -341,7 +339,7 @@ class EditionTrainer(HyperParameters):
             raise UserValueError("Trainer.fit: the data has no validation loader; d2lres evaluates after each epoch")
         self.prepare_model(model)
         self.optim = model.configure_optimizers()
-        step_trainer, lr = self._step_trainer(model, self.optim)
+        self.step_trainer, lr = step_trainer, lr = self._step_trainer(model, self.optim)
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         board = _Board(self, model, self.board_path)
         loop = Loop(step_trainer, self.train_dataloader, self.val_dataloader, self.max_epochs, lr,

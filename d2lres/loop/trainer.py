@@ -127,6 +127,14 @@ class TrainerBase(abc.ABC):
                                              lambda saved: self._restore(handles, saved), run)
 
 
+def clip_value(value) -> float:
+    """A ``Trainer``'s ``gradient_clip_val``: a finite number >= 0 (0: no clipping)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(value) and value >= 0):
+        raise UserValueError(f"gradient_clip_val must be a finite number >= 0 (0: no clipping), got {value!r}")
+    return float(value)
+
+
 def is_edition_call(args: tuple, kwargs: dict) -> bool:
     """Whether ``Trainer(*args, **kwargs)`` is d2l 1.0's form (a number of epochs first, or its
     keywords without a network) rather than d2lres's ``Trainer(net, ...)``."""

@@ -183,5 +183,6 @@ class Trainer(EditionTrainer):
         if any(p._deferred_init for p in model.collect_params().values()):  # Gluon's shapes from a first batch
             X, _ = next(iter(self.train_dataloader))
             model(X.as_in_ctx(mx.cpu()))
-        trainer = StepTrainer(model, sgd.momentum, sgd.wd, device=device, precision=self.precision)
+        trainer = StepTrainer(model, sgd.momentum, sgd.wd, device=device, precision=self.precision,
+                              gradient_clip_val=self.gradient_clip_val)
         return trainer, optimizer.learning_rate

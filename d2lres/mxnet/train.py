@@ -18,7 +18,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
-from ..loop.trainer import TrainerBase
+from ..loop.trainer import TrainerBase, clip_value
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -81,10 +81,12 @@ class Trainer(TrainerBase):
     edition = "d2lres.mxnet.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 gradient_clip_val: float = 0.0):
         if precisions.check(precision) != "float32":
             raise UserValueError(BF16_REFUSED)
         self.precision = precision
+        self.gradient_clip_val = clip_value(gradient_clip_val)
         if channels_last:
             raise UserValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
         self.net = net
@@ -135,6 +137,12 @@ class Trainer(TrainerBase):
         # the stem BatchNorm's running variance could otherwise be read before the cached graph
         # wrote it (the result then depended on the engine's timing).
         mx.nd.waitall()
+        if self.gradient_clip_val:  # d2l's clipping: min(1, gradient_clip_val / the gradients' joint norm)
+            grads = [p.grad() for _, p in self.params]
+            norm = float(sum((g ** 2).sum() for g in grads)) ** 0.5
+            if norm > self.gradient_clip_val:
+                for g in grads:
+                    g[:] *= self.gradient_clip_val / norm
         self._update(lr)
         self._unbias_running_vars(old_vars, X.shape)
         correct = (logits.argmax(axis=1).astype("int32") == y).sum()

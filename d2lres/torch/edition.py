@@ -161,5 +161,6 @@ class Trainer(EditionTrainer):
             raise UserValueError("Trainer.fit: d2lres's SGD has no Nesterov momentum or dampening")
         device = try_gpu() if self.num_gpus else torch.device("cpu")
         model.to(device)
-        trainer = StepTrainer(model, group["momentum"], group["weight_decay"], device=device, precision=self.precision)
+        trainer = StepTrainer(model, group["momentum"], group["weight_decay"], device=device, precision=self.precision,
+                              gradient_clip_val=self.gradient_clip_val)
         return trainer, group["lr"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN
-from d2lres import cli
+from d2lres import cli, spec
 
 TIMEOUT = 600  # seconds, for any one command (two shared cores can be slow)
 #: The small run: 2 epochs of 6 batches, a checkpoint every 2 steps and at each epoch's end.
@@ -302,7 +302,7 @@ def test_last_batch_of_one_image_is_refused(real_data, tmp_path):
 
 def test_the_checks_are_one_command_and_compare_takes_only_its_own_options(capsys):
     args = cli.parser().parse_args(["check", "--arch", "resnet50"])
-    assert args.func is cli.cmd_check and args.arch == "resnet50"
+    assert args.func is cli.cmd_check and args.arch == spec.Arch(50)  # parsed once, by its argparse type
     for option in ("--check", "--json=x.json", "--input=1x64x64"):  # check's, not compare's
         with pytest.raises(SystemExit):
             cli.parser().parse_args(["compare", option])

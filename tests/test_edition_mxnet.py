@@ -1,11 +1,9 @@
-"""The 1.0 edition's MXNet tab on d2lres (tests/test_edition.py has the signatures): a chapter-style
-script in the edition's forms, and d2lres's ``Trainer(max_epochs).fit`` against d2l 1.0.3's own
-``Trainer.fit`` (``d2l.mxnet`` imports here, after d2lres's numpy shim) on the same model, weights
-and batches."""
+"""The 1.0 edition's MXNet tab on d2lres (tests/test_edition.py has the signatures and the chapter's
+script): d2lres's ``Trainer(max_epochs).fit`` against d2l 1.0.3's own ``Trainer.fit`` (``d2l.mxnet``
+imports here, after d2lres's numpy shim) on the same model, weights and batches."""
 import contextlib
 import importlib
 import io
-from pathlib import Path
 
 import numpy as onp
 import pytest
@@ -22,97 +20,6 @@ from mxnet import init, npx  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
 npx.set_np()
-
-
-class Residual(nn.Block):
-    """The reader's block, in the edition's MXNet form."""
-
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, **kwargs):
-        super().__init__(**kwargs)
-        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides)
-        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1)
-        self.conv3 = nn.Conv2D(num_channels, kernel_size=1, strides=strides) if use_1x1conv else None
-        self.bn1, self.bn2 = nn.BatchNorm(), nn.BatchNorm()
-
-    def forward(self, X):
-        Y = self.bn2(self.conv2(npx.relu(self.bn1(self.conv1(X)))))
-        return npx.relu(Y + (self.conv3(X) if self.conv3 else X))
-
-
-class ResNeXtBlock(nn.Block):
-    """The edition's last block: the 3x3 convolution in groups of ``groups`` channels."""
-
-    def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, **kwargs):
-        super().__init__(**kwargs)
-        bot = int(round(num_channels * bot_mul))
-        self.conv1 = nn.Conv2D(bot, kernel_size=1)
-        self.conv2 = nn.Conv2D(bot, kernel_size=3, padding=1, strides=strides, groups=bot // groups)
-        self.conv3 = nn.Conv2D(num_channels, kernel_size=1)
-        self.bn1, self.bn2, self.bn3 = nn.BatchNorm(), nn.BatchNorm(), nn.BatchNorm()
-        self.conv4 = nn.Conv2D(num_channels, kernel_size=1, strides=strides) if use_1x1conv else None
-        self.bn4 = nn.BatchNorm() if use_1x1conv else None
-
-    def forward(self, X):
-        Y = self.bn3(self.conv3(npx.relu(self.bn2(self.conv2(npx.relu(self.bn1(self.conv1(X))))))))
-        return npx.relu(Y + (self.bn4(self.conv4(X)) if self.conv4 else X))
-
-
-class ResNet(d2l.Classifier):
-    def b1(self):
-        net = nn.Sequential()
-        net.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3), nn.BatchNorm(), nn.Activation("relu"),
-                nn.MaxPool2D(pool_size=3, strides=2, padding=1))
-        return net
-
-
-@d2l.add_to_class(ResNet)
-def block(self, num_residuals, num_channels, first_block=False):
-    blk = nn.Sequential()
-    for i in range(num_residuals):
-        blk.add(Residual(num_channels, use_1x1conv=True, strides=2) if i == 0 and not first_block
-                else Residual(num_channels))
-    return blk
-
-
-@d2l.add_to_class(ResNet)
-def __init__(self, arch, lr=0.1, num_classes=10):
-    super(ResNet, self).__init__()
-    self.save_hyperparameters()
-    self.net = nn.Sequential()
-    self.net.add(self.b1())
-    for i, b in enumerate(arch):
-        self.net.add(self.block(*b, first_block=(i == 0)))
-    self.net.add(nn.GlobalAvgPool2D(), nn.Dense(num_classes))
-    self.net.initialize(init.Xavier())
-
-
-class ResNet18(ResNet):
-    def __init__(self, lr=0.1, num_classes=10):
-        super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
-
-
-def test_the_chapter_in_the_1_0_form_runs_on_d2lres(real_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    blk = Residual(6, use_1x1conv=True, strides=2)
-    blk.initialize()
-    assert blk(d2l.randn(4, 3, 6, 6)).shape == (4, 6, 3, 3)
-    blk = ResNeXtBlock(32, 16, 1)
-    blk.initialize()
-    assert blk(d2l.randn(4, 32, 96, 96)).shape == (4, 32, 96, 96)
-    ResNet18().layer_summary((1, 1, 96, 96))
-    model = ResNet18(lr=0.01)
-    trainer = d2l.Trainer(max_epochs=1, num_gpus=1)
-    data = d2l.FashionMNIST(batch_size=32, resize=(28, 28), limit=128, data_dir=real_data)
-    trainer.fit(model, data)
-    out = capsys.readouterr().out
-    shapes = [line.split("\t")[1].strip() for line in out.splitlines() if "output shape:" in line]
-    assert shapes == ["(1, 64, 24, 24)", "(1, 64, 24, 24)", "(1, 128, 12, 12)", "(1, 256, 6, 6)", "(1, 512, 3, 3)",
-                      "(1, 512, 1, 1)", "(1, 10)"]
-    assert "epoch 1/1: train_loss " in out and ", val_loss " in out and ", val_acc " in out
-    board = Path(out.split("the board: ")[1].split()[0])
-    assert (tmp_path / board).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list(model.board.data) == ["train_loss", "val_loss", "val_acc"]
-    assert [x for x, _ in model.board.data["train_loss"]] == [0.125, 0.625]
 
 
 def _small_net(classifier):

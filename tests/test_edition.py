@@ -242,3 +242,12 @@ def test_an_interrupted_fit_resumes_exactly_from_its_checkpoint(real_data, tmp_p
     assert board == ref_board
     with pytest.raises(ValueError, match="resume=True.*checkpoint_dir"):
         d2l.Trainer(max_epochs=1, resume=True)
+
+
+def test_a_1_0_classifier_trains_in_the_0_17_train_ch6(real_data, capsys):
+    """Mixing the editions: a 1.0 ``Classifier`` is an ``nn.Module``, so ``train_ch6`` trains it."""
+    data = d2l.FashionMNIST(batch_size=16, limit=32, data_dir=real_data)
+    torch.manual_seed(0)
+    history = d2l.train_ch6(SmallNet(), data.train_dataloader(), data.val_dataloader(), 1, 0.1, plot=False,
+                            progress=False)
+    assert np.isfinite(history["epochs"][0]["train_loss"]) and "training on cpu" in capsys.readouterr().out

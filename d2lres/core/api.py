@@ -332,10 +332,12 @@ class Trainer:
         precision: ``"float32"`` (the default) or ``"bf16"``: mixed precision, the convolutions and the dense layer
             in bfloat16, weights, optimizer state, BatchNorm statistics and loss in float32
             (``d2lres.core.precision``); a backend that cannot is refused with ``ValueError``.
+        gradient_clip_val: d2l's clipping: when the joint norm of the loss's gradients exceeds it, every gradient
+            is scaled by ``gradient_clip_val / norm`` (before weight decay and momentum); the default 0: none.
     """
 
     def __init__(self, net, momentum=0.0, weight_decay=0.0, *, device=None, compile=None, channels_last=None,
-                 precision="float32"): ...
+                 precision="float32", gradient_clip_val=0.0): ...
 
     def convert(self, X, y):
         """A numpy batch as the framework's tensors on the trainer's device.

@@ -159,7 +159,7 @@ class ParallelTrainer(Trainer):
         y = global_array(np.asarray(y, np.int32), where)
         lr = global_array(np.float32(lr), self.replicated)
         if self.sync_bn:
-            step = functools.partial(jit_train_step, self.momentum, self.weight_decay, self._graph_train)
+            step = functools.partial(jit_train_step, self.momentum, self.weight_decay, 0.0, self._graph_train)
         else:
             step = _compiled_unsync(self.mesh, self.momentum, self.weight_decay, self._graph_train)
 

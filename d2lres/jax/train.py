@@ -29,7 +29,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
-from ..loop.trainer import TrainerBase
+from ..loop.trainer import TrainerBase, clip_value
 from .model import batch_norms, to_device
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -176,7 +176,7 @@ def sgd(momentum: float, weight_decay: float) -> optax.GradientTransformation:
                        *([optax.trace(decay=momentum)] if momentum else []))
 
 
-def _train_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y, lr):
+def _train_step(momentum, weight_decay, clip, graphdef, params, stats, opt_state, X, y, lr):
     tx = sgd(momentum, weight_decay)
 
     def loss_fn(params):
@@ -184,6 +184,9 @@ def _train_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_stats)
 
     (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if clip:  # d2l's clipping: min(1, clip / the gradients' joint norm)
+        scale = jnp.minimum(1.0, clip / optax.global_norm(grads))
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(lambda w, v: w - lr * v, params, updates)
     correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
@@ -192,7 +195,7 @@ def _train_step(momentum, weight_decay, graphdef, params, stats, opt_state, X, y
 
 # Compiled once per process for each network structure, optimizer setting and input shape (the
 # graph definitions of two networks of the same variant are equal): a second Trainer reuses them.
-jit_train_step = jax.jit(_train_step, static_argnums=(0, 1, 2))
+jit_train_step = jax.jit(_train_step, static_argnums=(0, 1, 2, 3))
 _jit_logits_and_stats = jax.jit(logits_and_stats, static_argnums=0)
 _jit_eval_logits = jax.jit(eval_logits, static_argnums=0)
 
@@ -215,8 +218,10 @@ class Trainer(TrainerBase):
     backend = "jax"
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 gradient_clip_val: float = 0.0):
         self.precision = precisions.check(precision)
+        self.gradient_clip_val = clip_value(gradient_clip_val)
         if channels_last is False:
             raise UserValueError("the JAX backend is NHWC (channels last) only; channels_last=False is not available")
         self.net = net
@@ -263,7 +268,8 @@ class Trainer(TrainerBase):
         def run():
             params, stats = self._state()
             params, stats, self.opt_state, loss, correct = self._step(
-                self.momentum, self.weight_decay, self._graph_train, params, stats, self.opt_state, X, y,
+                self.momentum, self.weight_decay, self.gradient_clip_val, self._graph_train, params, stats,
+                self.opt_state, X, y,
                 jnp.asarray(lr, jnp.float32))
             nnx.update(self.net, params, stats)
             return float(loss), int(correct)

@@ -80,10 +80,14 @@ class Loop:
     learning rate ``lr`` (a constant, or a function of the global step), each evaluated on
     ``test_iter``. :meth:`run` returns the history: per-epoch rows, train loss and accuracy points
     (about every tenth of an epoch), the first step's loss, the device. ``checkpoint_dir`` is where
-    the last checkpoint a callback wrote lies (named in a failed run's error; None: none kept)."""
+    the last checkpoint a callback wrote lies (named in a failed run's error; None: none kept).
+    ``evaluate(trainer, test_iter)`` gives the test accuracy (default :func:`evaluate_accuracy`; a
+    front end may record more on the way, as d2l 1.0's board does)."""
 
-    def __init__(self, trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[int], float]):
+    def __init__(self, trainer, train_iter, test_iter, num_epochs: int, lr: float | Callable[[int], float], *,
+                 evaluate: Callable[[object, object], float] = evaluate_accuracy):
         self.trainer, self.train_iter, self.test_iter, self.num_epochs = trainer, train_iter, test_iter, num_epochs
+        self.evaluate = evaluate
         self.lr_at = lr if callable(lr) else (lambda step, _lr=lr: _lr)
         self.steps_per_epoch = num_batches(train_iter)
         self.total_steps = num_epochs * self.steps_per_epoch
@@ -91,6 +95,7 @@ class Loop:
         self.history = {"backend": trainer.backend, "device": device, "epochs": [], "points": [],
                         "first_step_loss": None}
         self.epoch = self.step_in_epoch = self.steps_this_call = 0
+        self.last_loss = None  # the last step's mean loss
         self.acc = self._fresh()
         self.checkpoint_dir = None
         self.recorded = False  # whether the last step added a point to the history
@@ -155,7 +160,7 @@ class Loop:
             self.lap()
             for c in callbacks:
                 c.on_test_begin(self)
-            test_acc = evaluate_accuracy(self.trainer, self.test_iter)
+            test_acc = self.evaluate(self.trainer, self.test_iter)
             acc = self.acc
             self.history["epochs"].append({
                 "epoch": self.epoch + 1, "train_loss": acc["loss"] / acc["n"], "train_acc": acc["correct"] / acc["n"],
@@ -182,6 +187,7 @@ class Loop:
                                 f"{kept(self.checkpoint_dir)}")
         if self.history["first_step_loss"] is None:
             self.history["first_step_loss"] = loss
+        self.last_loss = loss
         self.acc["loss"] += loss * n
         self.acc["correct"] += correct
         self.acc["n"] += n

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import importlib
 import inspect
 
 import numpy as np
@@ -26,6 +27,14 @@ class TrainerBase(abc.ABC):
     statistics :meth:`_statistics`, :meth:`_snapshot`, :meth:`_finite` and :meth:`_restore`."""
 
     backend: str
+    #: The backend's module of d2l 1.0's names, whose ``Trainer(max_epochs, num_gpus=0,
+    #: gradient_clip_val=0)`` a call in that form builds (None: not there yet).
+    edition: str | None = None
+
+    def __new__(cls, *args, **kwargs):
+        if "edition" in vars(cls) and cls.edition and is_edition_call(args, kwargs):
+            return importlib.import_module(cls.edition).Trainer(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -118,6 +127,22 @@ class TrainerBase(abc.ABC):
                                              lambda saved: self._restore(handles, saved), run)
 
 
+def clip_value(value) -> float:
+    """A ``Trainer``'s ``gradient_clip_val``: a finite number >= 0 (0: no clipping)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(value) and value >= 0):
+        raise UserValueError(f"gradient_clip_val must be a finite number >= 0 (0: no clipping), got {value!r}")
+    return float(value)
+
+
+def is_edition_call(args: tuple, kwargs: dict) -> bool:
+    """Whether ``Trainer(*args, **kwargs)`` is d2l 1.0's form (a number of epochs first, or its
+    keywords without a network) rather than d2lres's ``Trainer(net, ...)``."""
+    if args:
+        return isinstance(args[0], (int, np.integer)) and not isinstance(args[0], bool)
+    return "net" not in kwargs and bool(set(kwargs) & set(TRAINER_1_0))
+
+
 def _checked_init(init):
     """``init`` (a ``Trainer``'s ``__init__``) refusing arguments that do not fit its signature with
     a ``TypeError`` that says which edition d2lres follows, instead of Python's bare one."""
@@ -133,7 +158,9 @@ def _checked_init(init):
             edition = [k for k in kwargs if k in TRAINER_1_0]
             old = (f" ({', '.join(edition)}: d2l 1.0's Trainer(max_epochs, num_gpus=0, gradient_clip_val=0))"
                    if edition else "")
-            raise UserTypeError(f"{type(self).__name__}{shown}: {err}{old}. {EDITION}") from None
+            how = (f"d2l 1.0's form takes no network: {type(self).__name__}(max_epochs=...).fit(model, data)"
+                   if type(self).edition else EDITION)
+            raise UserTypeError(f"{type(self).__name__}{shown}: {err}{old}. {how}") from None
         init(self, *args, **kwargs)
     return __init__
 

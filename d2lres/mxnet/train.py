@@ -7,6 +7,8 @@ unbiased form (``spec.BN_MOMENTUM`` convention), so the three backends keep equa
 """
 from __future__ import annotations
 
+import warnings
+
 import mxnet as mx
 import numpy as onp
 from mxnet import autograd, np
@@ -16,7 +18,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
-from ..loop.trainer import TrainerBase
+from ..loop.trainer import TrainerBase, clip_value
 from .weights import get_weights, named_parameters, set_weights
 
 
@@ -76,12 +78,15 @@ class Trainer(TrainerBase):
     (Gluon's: the biased variance)."""
 
     backend = "mxnet"
+    edition = "d2lres.mxnet.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 gradient_clip_val: float = 0.0):
         if precisions.check(precision) != "float32":
             raise UserValueError(BF16_REFUSED)
         self.precision = precision
+        self.gradient_clip_val = clip_value(gradient_clip_val)
         if channels_last:
             raise UserValueError("the MXNet backend trains NCHW only; channels_last=True is not available")
         self.net = net
@@ -95,7 +100,9 @@ class Trainer(TrainerBase):
                                  f"train_ch6 does both")
         net.collect_params().reset_ctx(self.device)
         if compile is None or compile:
-            net.hybridize(static_alloc=True, static_shape=True)
+            with warnings.catch_warnings():  # a reader's Sequential of HybridBlocks: advice, not a fault
+                warnings.filterwarnings("ignore", message="All children of this Sequential layer")
+                net.hybridize(static_alloc=True, static_shape=True)
         self.params = [(name, p) for name, p in _parameters(net) if p.grad_req != "null"]
         self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
                              if name.endswith("running_var")] if book.is_d2lres_net(net) else []
@@ -130,6 +137,12 @@ class Trainer(TrainerBase):
         # the stem BatchNorm's running variance could otherwise be read before the cached graph
         # wrote it (the result then depended on the engine's timing).
         mx.nd.waitall()
+        if self.gradient_clip_val:  # d2l's clipping: min(1, gradient_clip_val / the gradients' joint norm)
+            grads = [p.grad() for _, p in self.params]
+            norm = float(sum((g ** 2).sum() for g in grads)) ** 0.5
+            if norm > self.gradient_clip_val:
+                for g in grads:
+                    g[:] *= self.gradient_clip_val / norm
         self._update(lr)
         self._unbias_running_vars(old_vars, X.shape)
         correct = (logits.argmax(axis=1).astype("int32") == y).sum()

@@ -12,7 +12,7 @@ from ..core import book
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
-from ..loop.trainer import TrainerBase
+from ..loop.trainer import TrainerBase, clip_value
 from .model import device_name, device_scope
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
@@ -123,8 +123,10 @@ class Trainer(TrainerBase):
     backend = "tf"
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 gradient_clip_val: float = 0.0):
         self.precision = precisions.check(precision)
+        self.gradient_clip_val = clip_value(gradient_clip_val)
         if channels_last is False:
             raise UserValueError("channels_last=False cannot be honoured: d2lres.tf runs NHWC (channels last) only; "
                                  "leave channels_last None or True")
@@ -181,7 +183,12 @@ class Trainer(TrainerBase):
         with tf.GradientTape() as tape:
             logits = as_float32(self.net(X, training=True))
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        self._update(tape.gradient(loss, self._weights))
+        grads = tape.gradient(loss, self._weights)
+        if self.gradient_clip_val:  # d2l's clipping: min(1, gradient_clip_val / the gradients' joint norm)
+            norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads]))
+            scale = tf.minimum(1.0, self.gradient_clip_val / norm)
+            grads = [g * tf.cast(scale, g.dtype) for g in grads]
+        self._update(grads)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=y.dtype), y), tf.int32))
         return loss, correct
 

@@ -10,7 +10,7 @@ from .. import data, training
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
-from ..loop.trainer import TrainerBase
+from ..loop.trainer import TrainerBase, clip_value
 from .weights import get_weights, set_weights
 
 
@@ -65,10 +65,13 @@ class Trainer(TrainerBase):
     loss in float32, the weights and momentum float32."""
 
     backend = "torch"
+    edition = "d2lres.torch.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
-                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32"):
+                 compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",
+                 gradient_clip_val: float = 0.0):
         self.precision = precisions.check(precision)
+        self.gradient_clip_val = clip_value(gradient_clip_val)
         self.device = try_gpu() if device is None else devices.resolve(
             device, "torch", torch.cuda.device_count(),
             lambda kind, i: torch.device(kind if kind in ("cpu", "mps") else f"cuda:{i}"),
@@ -111,9 +114,19 @@ class Trainer(TrainerBase):
             loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.gradient_clip_val:
+                self._clip_gradients()
             self.optimizer.step()
             return float(loss.detach()), int((logits.argmax(1) == y).sum())
         return self._keep_statistics_finite(run)
+
+    def _clip_gradients(self) -> None:
+        """d2l's clipping: the gradients scaled by ``min(1, gradient_clip_val / their joint norm)``."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        norm = torch.sqrt(sum(torch.sum(g.float() ** 2) for g in grads))
+        scale = torch.clamp(self.gradient_clip_val / norm, max=1.0)
+        for g in grads:
+            g.mul_(scale.to(g.dtype))
 
     def predict(self, X) -> np.ndarray:
         """Eval-mode logits (``X``: a tensor or a numpy array)."""

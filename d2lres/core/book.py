@@ -205,24 +205,3 @@ def identity(net, weights: dict) -> dict:
         return {"network": str(net.arch), "in_channels": net.in_channels, "num_classes": net.num_classes}
     layout = ";".join(f"{k}{tuple(np.shape(v))}" for k, v in weights.items())
     return {"network": type(net).__name__, "structure": hashlib.sha256(layout.encode()).hexdigest()[:16]}
-
-
-def walk_input(input_shape) -> tuple[int, int, int]:
-    """``(C, H, W)`` of a shape walk of a network without a spec (its channels unknown)."""
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
-        raise UserValueError(f"expected an input shape (channels, height, width) of positive integers, got {shape}")
-    return shape
-
-
-def walk_children(children, X, call, shape, mode) -> list[tuple[str, tuple[int, ...]]]:
-    """The shape walk of a network without a spec: ``X`` through each ``(name, child)`` in turn
-    (``call(child, X)``) inside ``mode()`` (eval mode, nothing learned), one row
-    ``(class name, shape(X))`` per child (a function's own name), as the chapter prints them."""
-    rows = []
-    with mode():
-        for _, layer in children:
-            X = call(layer, X)
-            rows.append((getattr(layer, "__name__", None) or type(layer).__name__, shape(X)))
-    return rows
-

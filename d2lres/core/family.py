@@ -94,6 +94,7 @@ def chapter_residual(cls, *, method: str, shape, build):
         return run(self, X, *args, **kwargs)
     __init__.__qualname__, __init__.__doc__ = f"{cls.__qualname__}.__init__", init.__doc__
     forward.__name__, forward.__qualname__ = method, f"{cls.__qualname__}.{method}"
+    forward.__signature__ = inspect.signature(run)  # what a framework reads of it (Keras: has it `training`?)
     cls.__init__ = __init__
     setattr(cls, method, forward)
     return cls

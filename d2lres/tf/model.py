@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import inputs, spec
-from ..core import book, family
+from ..core import family
 from ..errors import UserValueError
 from .kernels import Conv2D, add_bias, pad, padded
 
@@ -87,44 +87,51 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 
 class Residual(keras.layers.Layer):
-    """The Residual block of ResNet. ``in_channels`` builds it for that many input channels now;
-    left out, Keras builds it on the first call, as in the chapter."""
-
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 in_channels: int | None = None):
+    """The Residual block of ResNet models."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1):
         super().__init__()
-        inner = num_channels if in_channels else None  # conv2's and the BatchNorms' input, if built now
-        self.conv1 = Conv2D(num_channels, 3, strides, padding=1, in_channels=in_channels)
-        self.conv2 = Conv2D(num_channels, 3, padding=1, in_channels=inner)
-        self.conv3 = Conv2D(num_channels, 1, strides, in_channels=in_channels) if use_1x1conv else None
-        self.bn1, self.bn2 = BatchNorm(inner), BatchNorm(inner)
-        self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
+        # d2lres's Conv2D and BatchNorm, not Keras's: padding='same' pads a stride-2 layer 0 before and 1 after,
+        # and BatchNormalization keeps a biased running variance; these two are PyTorch's, as in every backend
+        self.conv1 = Conv2D(num_channels, kernel_size=3, padding=1, strides=strides)
+        self.conv2 = Conv2D(num_channels, kernel_size=3, padding=1)
+        self.conv3 = None
+        if use_1x1conv:
+            self.conv3 = Conv2D(num_channels, kernel_size=1, strides=strides)
+        self.bn1 = BatchNorm()
+        self.bn2 = BatchNorm()
 
-    def call(self, X, training=None):
-        if self.conv3 is None and X.shape[-1] != self.num_channels:
-            spec.residual_output_shape((X.shape[-1], *X.shape[1:3]), self.num_channels, False, self.strides)
-        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
-        Y = self.bn2(self.conv2(Y), training=training)
+    def call(self, X):
+        Y = tf.nn.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
         if self.conv3 is not None:
             X = self.conv3(X)
-        return tf.nn.relu(Y + X)
+        Y += X
+        return tf.nn.relu(Y)
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
-                 in_channels: int | None = None) -> keras.Sequential:
-    """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
-    blocks = []
+def resnet_block(num_channels, num_residuals, first_block=False):
+    """A ResNet stage: all but the first halve height and width."""
+    blk = []
     for i in range(num_residuals):
         if i == 0 and not first_block:
-            blocks.append(Residual(num_channels, use_1x1conv=True, strides=2, in_channels=in_channels))
+            blk.append(Residual(num_channels, use_1x1conv=True, strides=2))
         else:
-            blocks.append(Residual(num_channels, in_channels=in_channels if i == 0 else num_channels))
-    return keras.Sequential(blocks)
+            blk.append(Residual(num_channels))
+    return keras.Sequential(blk)
 
 
-# d2l 0.17's signatures refused (book.py); added here so that the #@save cells stay the chapter's code
-Residual = book.checked_residual(Residual)
-resnet_block = book.checked_resnet_block(resnet_block)
+# ---------------------------------------------------------------- the library around the chapter's cells
+
+def build(layer: keras.layers.Layer, in_channels: int) -> None:
+    """Build ``layer`` (its variables) for ``in_channels`` input channels now: one zero pixel
+    through it in inference mode (its BatchNorm statistics untouched)."""
+    layer(tf.zeros((1, 1, 1, in_channels)), training=False)
+
+
+# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, book.py)
+Residual = family.chapter_residual(Residual, method="call", shape=lambda X: (X.shape[-1], *X.shape[1:3]),
+                                   build=build)
+resnet_block = family.chapter_resnet_block(resnet_block, build)
 
 
 def _sequential(layers, name: str) -> keras.Sequential:

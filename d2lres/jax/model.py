@@ -1,6 +1,7 @@
-"""ResNet-18 in JAX with Flax ``nnx`` (channels last, NHWC), the same function as the PyTorch
-network; beside the chapter's blocks, the family of ``spec.ARCHS`` (``Bottleneck``,
-``PreActResidual``, ``PreActBottleneck``, ``resnet``).
+"""ResNet in JAX with Flax ``nnx`` (channels last, NHWC), the same function as the PyTorch network:
+the chapter's ``Residual`` and ``resnet_block``, and the kit from which ``d2lres.core.family``
+builds the family of ``spec.ARCHS``. The speed kernels (BatchNorm's and the max-pool's gradients,
+the patch convolution) are in ``kernels``.
 
 What makes it PyTorch's function, layer by layer:
 

@@ -44,7 +44,8 @@ def test_batchnorm_running_statistics_are_pytorchs(res):
 @pytest.mark.parametrize("size, stride, kernel, patches", [(2, 1, 3, True), (3, 2, 3, True), (1, 1, 3, True),
                                                            (3, 2, 1, True), (4, 2, 3, True), (5, 1, 3, False)])
 def test_matmul_path_for_tiny_outputs_is_xlas_convolution(res, size, stride, kernel, patches):
-    from d2lres.jax.model import PATCHES_MAX_PIXELS, conv
+    from d2lres.jax.kernels import PATCHES_MAX_PIXELS
+    from d2lres.jax.model import conv
     layer = conv(8, 16, kernel, stride, kernel // 2)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, 8)).astype(np.float32))
     out = (size + 2 * (kernel // 2) - kernel) // stride + 1
@@ -77,7 +78,7 @@ def test_max_pool_gradient_is_xlas(res, side, kernel, stride, padding):
     """The phase-wise gradient equals XLA's select_and_scatter exactly, ties included: ReLU zeros
     and small integers make many windows with several maxima, where the first one (row-major)
     must take the gradient; integer upstream gradients keep every sum exact."""
-    from d2lres.jax.model import max_pool
+    from d2lres.jax.kernels import max_pool
     rng = np.random.default_rng(side)
     x = jnp.asarray(np.maximum(rng.integers(-3, 3, (2, side, side, 3)), 0).astype(np.float32))
 

@@ -1,4 +1,4 @@
-"""TensorFlow's im2col + matmul convolution (``d2lres.tf.model.Conv2D.uses_matmul``: small images
+"""TensorFlow's im2col + matmul convolution (``d2lres.tf.kernels.Conv2D.uses_matmul``: small images
 with many channels) is the same function as TF's own convolution: single layers (output and
 gradients) and ResNet-18 at 40x40, where stage 5 (2x2) takes it, within the cross-backend checks'
 tolerances; and at 40x40 TF still agrees with PyTorch."""
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.framework
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
-model = pytest.importorskip("d2lres.tf.model")
+kernels = pytest.importorskip("d2lres.tf.kernels")
 
 
 @pytest.mark.parametrize("filters, kernel, stride, padding, side, channels", [
@@ -24,10 +24,10 @@ model = pytest.importorskip("d2lres.tf.model")
 ])
 def test_matmul_path_equals_tf_convolution(filters, kernel, stride, padding, side, channels):
     rng = np.random.default_rng(0)
-    layer = model.Conv2D(filters, kernel, stride, padding, in_channels=channels)
+    layer = kernels.Conv2D(filters, kernel, stride, padding, in_channels=channels)
     layer.bias.assign(rng.standard_normal(filters).astype(np.float32))
     X = tf.constant(rng.random((4, side, side, channels), dtype=np.float32))
-    Xp = model._pad(X, layer.explicit_padding)
+    Xp = kernels.pad(X, layer.explicit_padding)
     results = []
     for run in (lambda: keras.layers.Conv2D.call(layer, Xp), lambda: layer._matmul(Xp)):
         with tf.GradientTape() as tape:
@@ -58,7 +58,7 @@ def test_rule_takes_stage5_at_40_pixels_only():
 def test_resnet18_at_40_pixels_same_function_with_and_without_matmul(monkeypatch):
     kwargs = dict(input_shape=(1, 40, 40), step_size=40)
     fast = checks.run_all({"tf": ("tf", {})}, **kwargs)["tf"]
-    monkeypatch.setattr(model, "MATMUL_MAX_SIDE", 0)  # the rule never fires: TF's convolutions only
+    monkeypatch.setattr(kernels, "MATMUL_MAX_SIDE", 0)  # the rule never fires: TF's convolutions only
     plain = checks.run_all({"tf": ("tf", {})}, **kwargs)["tf"]
     diff = checks.differences(plain, fast)
     assert all(diff[k] <= tol for k, tol in checks.TOLERANCES.items()), diff

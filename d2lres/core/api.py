@@ -11,7 +11,8 @@ backend cannot honour is refused with ``ValueError``, never ignored.
 from __future__ import annotations
 
 import inspect
-import types
+
+from . import family
 
 # --- blocks and networks ------------------------------------------------------------------
 
@@ -453,59 +454,9 @@ NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block"
          "try_gpu", "try_all_gpus", "load_data_fashion_mnist", "train_ch6", "Trainer"]
 
 
-def factories(ResNet) -> tuple:
-    """A backend's ``resnet`` and ``resnet18`` ... ``resnet152``, with the contract's signatures,
-    built on its ``ResNet`` class (which builds and initialises the network)."""
-    from .. import spec
-
-    def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter", *, device=None):
-        """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
-        initialised with d2lres's scheme. ``resnet(18)`` is the chapter's network."""
-        return ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
-
-    def of_depth(depth: int):
-        def factory(num_classes=10, in_channels=1, *, version=1, flavour="chapter", device=None):
-            return resnet(depth, version, num_classes, in_channels, flavour, device=device)
-        factory.__name__ = factory.__qualname__ = f"resnet{depth}"
-        factory.__doc__ = f"ResNet-{depth} (version 1 or 2, flavour chapter or torchvision)" + (
-            "; ResNet-18 is the chapter's network." if depth == 18 else ".")
-        return factory
-    return (resnet, *(of_depth(d) for d in (18, 34, 50, 101, 152)))
-
-
-#: The family's other blocks: class name, ``spec.Block`` kind and version, docstring.
-BLOCK_FAMILY = (
-    ("Bottleneck", "bottleneck", 1, "conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU "
-                                    "(version 1). ``num_channels`` is the output (the inner width is "
-                                    "``num_channels // 4``)."),
-    ("PreActResidual", "basic", 2, "Pre-activation basic block (version 2): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus "
-                                   "the shortcut (projected from the pre-activated input when ``use_1x1conv``); "
-                                   "no ReLU after the sum."),
-    ("PreActBottleneck", "bottleneck", 2, "Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, "
-                                          "3x3, 1x1 kernels."),
-)
-
-
-def block_classes(Block) -> tuple:
-    """A backend's ``Bottleneck``, ``PreActResidual`` and ``PreActBottleneck``: subclasses of its
-    ``Block`` (each built from its ``spec.Block``) with one constructor, the contract's. None is a
-    subclass of another."""
-    from .. import spec
-    from . import book
-
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
-                 stride_on_3x3: bool = False):
-        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
-        Block.__init__(self, spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
-                                        use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
-
-    def make(name, kind, version, doc):
-        def body(ns):
-            ns.update(kind=kind, version=version, __init__=__init__, __doc__=doc, __module__=Block.__module__,
-                      __qualname__=name)
-        return types.new_class(name, (Block,), exec_body=body)
-    return tuple(make(*member) for member in BLOCK_FAMILY)
+#: The family's other blocks (``d2lres.core.family``): class name, ``spec.Block`` kind and version, docstring.
+BLOCK_FAMILY = tuple((cls.__name__, cls.kind, cls.version, cls.__doc__)
+                     for cls in (family.Bottleneck, family.PreActResidual, family.PreActBottleneck))
 
 
 def signature(obj) -> list[tuple[str, str, object]]:

@@ -20,7 +20,7 @@ import inspect
 
 import numpy as np
 
-from ..errors import UserTypeError, UserValueError
+from ..errors import UserTypeError
 from ..spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
 #: What a d2l 1.0 edition call is told.
@@ -122,26 +122,3 @@ def module_getattr(module: str):
                                  f"d2lres, which follows the d2l 0.17 edition's helpers; {EDITION_1_0[name]}")
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
     return __getattr__
-
-
-# --- any network in the helpers ----------------------------------------------------------------
-
-def walk_input(input_shape) -> tuple[int, int, int]:
-    """``(C, H, W)`` of a shape walk of a network without a spec (its channels unknown)."""
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
-        raise UserValueError(f"expected an input shape (channels, height, width) of positive integers, got {shape}")
-    return shape
-
-
-def walk_children(children, X, call, shape, mode) -> list[tuple[str, tuple[int, ...]]]:
-    """The shape walk of a network without a spec: ``X`` through each ``(name, child)`` in turn
-    (``call(child, X)``) inside ``mode()`` (eval mode, nothing learned), one row
-    ``(class name, shape(X))`` per child (a function's own name), as the chapter prints them."""
-    rows = []
-    with mode():
-        for _, layer in children:
-            X = call(layer, X)
-            rows.append((getattr(layer, "__name__", None) or type(layer).__name__, shape(X)))
-    return rows
-

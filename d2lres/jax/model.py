@@ -1,6 +1,7 @@
-"""ResNet-18 in JAX with Flax ``nnx`` (channels last, NHWC), the same function as the PyTorch
-network; beside the chapter's blocks, the family of ``spec.ARCHS`` (``Bottleneck``,
-``PreActResidual``, ``PreActBottleneck``, ``resnet``).
+"""ResNet in JAX with Flax ``nnx`` (channels last, NHWC), the same function as the PyTorch network:
+the chapter's ``Residual`` and ``resnet_block``, and the kit from which ``d2lres.core.family``
+builds the family of ``spec.ARCHS``. The speed kernels (BatchNorm's and the max-pool's gradients,
+the patch convolution) are in ``kernels``.
 
 What makes it PyTorch's function, layer by layer:
 
@@ -21,8 +22,6 @@ Canonical names (``d2lres.spec``) are attribute paths: ``b3.0.conv1`` is ``net.b
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +29,9 @@ from flax import nnx
 from jax import lax
 
 from .. import inputs, spec
-from ..core import api, book
+from ..core import book, family
 from ..errors import UserTypeError, UserValueError
+from .kernels import Conv, max_pool, normalize_batch
 
 #: Matmul/convolution precision: full float32 everywhere (accelerators would use TF32 by default).
 PRECISION = lax.Precision.HIGHEST
@@ -66,7 +66,7 @@ def ones(key, shape, dtype=jnp.float32) -> jax.Array:
 class BatchNorm(nnx.BatchNorm):
     """``nnx.BatchNorm`` with d2lres's one setting (``spec.BN_EPS``, ``spec.BN_MOMENTUM``) and the
     running variance updated with the unbiased batch variance ``v n / (n - 1)``, as PyTorch does.
-    Training mode runs :func:`normalize_batch`, whose gradient is written out (on a CPU, autodiff
+    Training mode runs ``kernels.normalize_batch``, whose gradient is written out (on a CPU, autodiff
     through the two-pass variance makes the training step slower; docs/performance.md has the timings)."""
 
     def __init__(self, num_features: int):
@@ -88,59 +88,6 @@ class BatchNorm(nnx.BatchNorm):
         return y
 
 
-def _batch_norm_fwd(x, scale, bias):
-    axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axes)
-    centred = x - mean
-    var = (centred * centred).mean(axes)  # two passes: E[x^2] - E[x]^2 loses digits in float32
-    inv = lax.rsqrt(var + spec.BN_EPS)
-    xhat = centred * inv
-    return (xhat * scale + bias, mean, var), (xhat, inv, scale)
-
-
-def _batch_norm_bwd(saved, cotangents):
-    """The gradient in closed form (two reductions and one elementwise pass); the statistics'
-    cotangents are dropped: they only feed the running averages, never the loss."""
-    xhat, inv, scale = saved
-    g = cotangents[0]
-    axes = tuple(range(g.ndim - 1))
-    n = g.size // g.shape[-1]
-    dbias, dscale = g.sum(axes), (g * xhat).sum(axes)
-    return (scale * inv) * (g - (dbias + xhat * dscale) / n), dscale, dbias
-
-
-@jax.custom_vjp
-def normalize_batch(x, scale, bias):
-    """Training-mode BatchNorm over every axis but the last: ``(y, batch mean, biased variance)``."""
-    return _batch_norm_fwd(x, scale, bias)[0]
-
-
-normalize_batch.defvjp(_batch_norm_fwd, _batch_norm_bwd)
-
-
-#: Outputs of at most this many pixels (H x W) are convolved as one matmul over explicit patches:
-#: XLA's CPU convolution is pathological there (ResNet-18's b5 at 40x40 input: 2x2 outputs with
-#: 512 channels, forward and gradient, run far slower than the same work as a matmul, as timed on
-#: a CPU; docs/performance.md gives the figures). Larger outputs keep XLA's convolution (faster there).
-PATCHES_MAX_PIXELS = 4
-
-
-class Conv(nnx.Conv):
-    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches."""
-
-    def __call__(self, X):
-        k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
-        ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
-        if ho * wo > PATCHES_MAX_PIXELS:
-            return super().__call__(X)
-        Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
-        patches = jnp.concatenate([Xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
-                                   for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
-        bias = self.bias[...] if self.bias is not None else None
-        patches, kernel, bias = self.promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
-        Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
-                            precision=self.precision)
-        return Y + bias if bias is not None else Y
 
 
 class Lazy(nnx.Module):
@@ -179,57 +126,11 @@ def relu(X: jax.Array) -> jax.Array:
     return jax.nn.relu(X)
 
 
-def _reduce_max(X, k: int, s: int, p: int):
-    return nnx.max_pool(X, (k, k), (s, s), ((p, p), (p, p)))  # lax.reduce_window from -inf: pads with -inf
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(X: jax.Array, k: int, s: int, p: int) -> jax.Array:
-    """``k x k`` max-pool, stride ``s``, padding ``p`` with ``-inf`` (never the max), NHWC."""
-    return _reduce_max(X, k, s, p)
-
-
-def _max_pool_fwd(X, k, s, p):
-    return _reduce_max(X, k, s, p), X
-
-
-def _max_pool_bwd(k, s, p, X, G):
-    """XLA's gradient (``select_and_scatter``: each window's first maximum in row-major order
-    takes the window's gradient), computed per stride phase: the padded input viewed as
-    ``(N, H/s, s, W/s, s, C)``; window offset ``(i, j)`` reads and writes one phase at a shift,
-    so every op is dense and contiguous. The maxima are found again here, as indices (comparing
-    with the forward's maxima would miss where XLA computed ``X`` twice, in two fusions)."""
-    n, h, w, c = X.shape
-    ho, wo, q = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, (k - 1) // s
-    lh, lw = s * (ho + q), s * (wo + q)  # the padded input as whole phases (cropped or -inf padded)
-    Xp = jnp.pad(X, ((0, 0), (p, max(lh - p - h, 0)), (p, max(lw - p - w, 0)), (0, 0)),
-                 constant_values=-jnp.inf)[:, :lh, :lw]
-    phases = Xp.reshape(n, ho + q, s, wo + q, s, c)
-    offsets = [(divmod(i, s), divmod(j, s)) for i in range(k) for j in range(k)]  # ((di, a), (dj, b))
-
-    def window(offset):
-        (di, a), (dj, b) = offset
-        return phases[:, di:di + ho, a, dj:dj + wo, b, :]
-    best, first = window(offsets[0]), jnp.zeros(G.shape, jnp.int32)
-    for o, offset in enumerate(offsets[1:], 1):
-        value = window(offset)
-        better = value > best  # strictly: the first maximum keeps the gradient
-        best, first = jnp.where(better, value, best), jnp.where(better, o, first)
-    dphases = [[jnp.zeros((n, ho + q, wo + q, c), G.dtype) for _ in range(s)] for _ in range(s)]
-    for o, ((di, a), (dj, b)) in enumerate(offsets):
-        dphases[a][b] = dphases[a][b] + jnp.pad(jnp.where(first == o, G, 0),
-                                                ((0, 0), (di, q - di), (dj, q - dj), (0, 0)))
-    dXp = jnp.stack([jnp.stack(row, axis=3) for row in dphases], axis=2).reshape(n, lh, lw, c)
-    dXp = jnp.pad(dXp, ((0, 0), (0, max(p + h - lh, 0)), (0, max(p + w - lw, 0)), (0, 0)))
-    return (dXp[:, p:p + h, p:p + w],)
-
-
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class MaxPool(nnx.Module):
     """Max-pool with symmetric padding that never wins the max (``-inf``), as PyTorch's. Its
-    gradient is :func:`_max_pool_bwd`'s: XLA's own (``select_and_scatter``) is several times slower
+    gradient is ``kernels.max_pool``'s: XLA's own (``select_and_scatter``) is several times slower
     on a CPU (docs/performance.md gives the stem's timings)."""
 
     def __init__(self, kernel: int = 3, stride: int = 2, padding: int = 1):
@@ -287,36 +188,40 @@ Residual = book.checked_residual(Residual)
 resnet_block = book.checked_resnet_block(resnet_block)
 
 
+def _sequential(layers, name: str) -> nnx.Sequential:
+    return nnx.Sequential(*[layer for _, layer in layers])
+
+
+KIT = family.Kit(
+    conv=lambda p: conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias),
+    batch_norm=batch_norm, relu=lambda: relu, max_pool=lambda p: MaxPool(p.kernel, p.stride, p.padding),
+    avg_pool=lambda: global_avg_pool, flatten=lambda: flatten,
+    dense=lambda p: nnx.Linear(p.in_features, p.out_features, kernel_init=xavier_uniform, bias_init=zeros,
+                               precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs()),
+    sequential=_sequential, children=lambda stage: stage.layers)
+
+
 class Block(nnx.Module):
-    """Any block of the family, built from its ``spec.Block``: sublayers named as the spec's
-    canonical names (``conv1``, ``bn1``, ...); input channels 0 build those layers lazily."""
+    """Any block of the family, built from its ``spec.Block`` (``family.build_block``)."""
 
     def __init__(self, block: spec.Block):
-        self.spec = block
-        for p in block.layers():
-            attr = p.local
-            setattr(self, attr, conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias)
-                    if isinstance(p, spec.Conv) else batch_norm(p.channels))
-        self.main_path = tuple(block.main_path())
-        self.shortcut_path = tuple(block.shortcut_path())
-
-    def _run(self, path, X):
-        for step in path:
-            X = relu(X) if step == "relu" else getattr(self, step)(X)
-        return X
+        family.build_block(self, block, KIT)
 
     def __call__(self, X: jax.Array) -> jax.Array:
-        b = self.spec
-        if not b.projection and X.shape[-1] != b.out_channels:
-            raise UserValueError(f"{type(self).__name__}({b.out_channels}, use_1x1conv=False) cannot add an input "
-                                 f"of {X.shape[-1]} channel(s): it needs {b.out_channels}, or use_1x1conv=True")
-        if b.version == 1:
-            return relu(self._run(self.main_path, X) + self._run(self.shortcut_path, X))
-        P = self._run(self.main_path[:2], X)  # bn1, relu: the pre-activation both paths share
-        return self._run(self.main_path[2:], P) + (self._run(self.shortcut_path, P) if b.projection else X)
+        family.check_block_input(self, X.shape[-1])
+        return family.run_block(self, X, relu)
 
 
-Bottleneck, PreActResidual, PreActBottleneck = api.block_classes(Block)
+class Bottleneck(family.Bottleneck, Block):
+    """``family.Bottleneck`` in JAX."""
+
+
+class PreActResidual(family.PreActResidual, Block):
+    """``family.PreActResidual`` in JAX."""
+
+
+class PreActBottleneck(family.PreActBottleneck, Block):
+    """``family.PreActBottleneck`` in JAX."""
 
 
 class ResNet(nnx.Module):
@@ -327,23 +232,8 @@ class ResNet(nnx.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, *, arch=None, device=None):
         arch = spec.get_arch(arch)
-        net_spec = spec.resnet_spec(arch, num_classes, in_channels)  # validates the arguments
-        self.b1 = nnx.Sequential(conv(in_channels, 64, 7, 2, 3, net_spec["b1"][0].bias), batch_norm(64), relu,
-                                 MaxPool(3, 2, 1))
-        channels = 64
-        for k, (num_residuals, num_channels) in enumerate(arch.stages):
-            name = f"b{k + 2}"
-            if arch == spec.Arch():
-                stage = resnet_block(num_channels, num_residuals, first_block=(k == 0), in_channels=channels)
-            else:
-                stage = nnx.Sequential(*[Block(b) for b in net_spec[name]])
+        for name, stage in family.stages(KIT, Block, resnet_block, arch, num_classes, in_channels).items():
             setattr(self, name, stage)
-            channels = num_channels
-        head = [batch_norm(channels), relu] if arch.version == 2 else []
-        self.head = nnx.Sequential(*head, global_avg_pool, flatten,
-                                   nnx.Linear(channels, num_classes, kernel_init=xavier_uniform, bias_init=zeros,
-                                              precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32,
-                                              rngs=_rngs()))
         self.in_channels, self.num_classes, self.arch = in_channels, num_classes, arch
         if device is not None:
             to_device(self, device)
@@ -367,7 +257,7 @@ def to_device(net: nnx.Module, device) -> None:
     nnx.update(net, jax.device_put(nnx.state(net), device))
 
 
-resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = api.factories(ResNet)
+resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = family.Factories(ResNet).all()
 
 
 def batch_norms(net: nnx.Module) -> list[BatchNorm]:
@@ -384,31 +274,13 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
     that is not d2lres's (the reader's ``nnx.Sequential``), one row per layer ``(class or
     function name, shape)``, computed in eval mode."""
     inputs.check_network(net, isinstance(net, nnx.Module), "jax", "shape_walk")
-    if not book.is_d2lres_net(net):
-        if not isinstance(net, nnx.Sequential):
-            raise UserTypeError(f"shape_walk walks a d2lres network or an nnx.Sequential, not a {type(net).__name__}")
-        c, h, w = book.walk_input(input_shape)
-        return book.walk_children(enumerate(net.layers), jnp.zeros((1, h, w, c)), lambda layer, X: layer(X),
-                                  lambda X: _nchw(X.shape), lambda: _eval_mode(net))
-    input_shape = inputs.check_shape(input_shape, net.in_channels)
-    c, h, w = input_shape
-    X, rows = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32), []
-    net_spec = spec.resnet_spec(net.arch, net.num_classes, net.in_channels)
-    modes = [(bn, bn.use_running_average) for bn in batch_norms(net)]
-    net.eval()
-    try:
-        for stage_name, stage in zip(spec.STAGE_NAMES, net):
-            if stage_name in ("b1", "head"):
-                for layer_spec, layer in zip(net_spec[stage_name], stage.layers):
-                    X = jax.eval_shape(layer, X)
-                    rows.append((spec.layer_name(stage_name, layer_spec), _nchw(X.shape)))
-            else:
-                X = jax.eval_shape(stage, X)
-                rows.append((stage_name, _nchw(X.shape)))
-    finally:
-        for bn, mode in modes:
-            bn.use_running_average = mode
-    return rows
+    ours = book.is_d2lres_net(net)
+    if not ours and not isinstance(net, nnx.Sequential):
+        raise UserTypeError(f"shape_walk walks a d2lres network or an nnx.Sequential, not a {type(net).__name__}")
+    return family.shape_walk(net, input_shape, family.Walker(
+        zeros=lambda s: (jax.ShapeDtypeStruct if ours else jnp.zeros)((1, s[1], s[2], s[0]), jnp.float32),
+        call=jax.eval_shape if ours else lambda layer, X: layer(X), shape=lambda X: _nchw(X.shape),
+        mode=lambda: _eval_mode(net), children=KIT.children))
 
 
 class _eval_mode:

@@ -1,5 +1,5 @@
 """What ``d2lres profile`` times in TensorFlow: each stage of the ``Trainer``'s own Keras network
-(``net.b1`` .. ``net.head``, with the im2col + matmul rule of ``model.Conv2D`` as in training)
+(``net.b1`` .. ``net.head``, with the im2col + matmul rule of ``kernels.Conv2D`` as in training)
 forward and backward in training mode under ``tf.function`` (as the ``Trainer``'s step), the
 ``Trainer``'s SGD update alone (``Trainer._update``, compiled), and ``Trainer.step``."""
 from __future__ import annotations

@@ -1,0 +1,117 @@
+"""JAX's speed kernels, each the same function as XLA's own within float32 rounding: the
+training-mode BatchNorm with its gradient written out (:func:`normalize_batch`), the max-pool
+with a phase-wise backward (:func:`max_pool`), and :class:`Conv`, which convolves tiny outputs
+as one matmul over explicit patches (it assumes a dense kernel: no groups)."""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from .. import spec
+
+
+def _batch_norm_fwd(x, scale, bias):
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    centred = x - mean
+    var = (centred * centred).mean(axes)  # two passes: E[x^2] - E[x]^2 loses digits in float32
+    inv = lax.rsqrt(var + spec.BN_EPS)
+    xhat = centred * inv
+    return (xhat * scale + bias, mean, var), (xhat, inv, scale)
+
+
+def _batch_norm_bwd(saved, cotangents):
+    """The gradient in closed form (two reductions and one elementwise pass); the statistics'
+    cotangents are dropped: they only feed the running averages, never the loss."""
+    xhat, inv, scale = saved
+    g = cotangents[0]
+    axes = tuple(range(g.ndim - 1))
+    n = g.size // g.shape[-1]
+    dbias, dscale = g.sum(axes), (g * xhat).sum(axes)
+    return (scale * inv) * (g - (dbias + xhat * dscale) / n), dscale, dbias
+
+
+@jax.custom_vjp
+def normalize_batch(x, scale, bias):
+    """Training-mode BatchNorm over every axis but the last: ``(y, batch mean, biased variance)``."""
+    return _batch_norm_fwd(x, scale, bias)[0]
+
+
+normalize_batch.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+#: Outputs of at most this many pixels (H x W) are convolved as one matmul over explicit patches:
+#: XLA's CPU convolution is pathological there (ResNet-18's b5 at 40x40 input: 2x2 outputs with
+#: 512 channels, forward and gradient, run far slower than the same work as a matmul, as timed on
+#: a CPU; docs/performance.md gives the figures). Larger outputs keep XLA's convolution (faster there).
+PATCHES_MAX_PIXELS = 4
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches."""
+
+    def __call__(self, X):
+        k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
+        ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
+        if ho * wo > PATCHES_MAX_PIXELS:
+            return super().__call__(X)
+        Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
+        patches = jnp.concatenate([Xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+                                   for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
+        bias = self.bias[...] if self.bias is not None else None
+        patches, kernel, bias = self.promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
+        Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
+                            precision=self.precision)
+        return Y + bias if bias is not None else Y
+
+
+def _reduce_max(X, k: int, s: int, p: int):
+    return nnx.max_pool(X, (k, k), (s, s), ((p, p), (p, p)))  # lax.reduce_window from -inf: pads with -inf
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(X: jax.Array, k: int, s: int, p: int) -> jax.Array:
+    """``k x k`` max-pool, stride ``s``, padding ``p`` with ``-inf`` (never the max), NHWC."""
+    return _reduce_max(X, k, s, p)
+
+
+def _max_pool_fwd(X, k, s, p):
+    return _reduce_max(X, k, s, p), X
+
+
+def _max_pool_bwd(k, s, p, X, G):
+    """XLA's gradient (``select_and_scatter``: each window's first maximum in row-major order
+    takes the window's gradient), computed per stride phase: the padded input viewed as
+    ``(N, H/s, s, W/s, s, C)``; window offset ``(i, j)`` reads and writes one phase at a shift,
+    so every op is dense and contiguous. The maxima are found again here, as indices (comparing
+    with the forward's maxima would miss where XLA computed ``X`` twice, in two fusions)."""
+    n, h, w, c = X.shape
+    ho, wo, q = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, (k - 1) // s
+    lh, lw = s * (ho + q), s * (wo + q)  # the padded input as whole phases (cropped or -inf padded)
+    Xp = jnp.pad(X, ((0, 0), (p, max(lh - p - h, 0)), (p, max(lw - p - w, 0)), (0, 0)),
+                 constant_values=-jnp.inf)[:, :lh, :lw]
+    phases = Xp.reshape(n, ho + q, s, wo + q, s, c)
+    offsets = [(divmod(i, s), divmod(j, s)) for i in range(k) for j in range(k)]  # ((di, a), (dj, b))
+
+    def window(offset):
+        (di, a), (dj, b) = offset
+        return phases[:, di:di + ho, a, dj:dj + wo, b, :]
+    best, first = window(offsets[0]), jnp.zeros(G.shape, jnp.int32)
+    for o, offset in enumerate(offsets[1:], 1):
+        value = window(offset)
+        better = value > best  # strictly: the first maximum keeps the gradient
+        best, first = jnp.where(better, value, best), jnp.where(better, o, first)
+    dphases = [[jnp.zeros((n, ho + q, wo + q, c), G.dtype) for _ in range(s)] for _ in range(s)]
+    for o, ((di, a), (dj, b)) in enumerate(offsets):
+        dphases[a][b] = dphases[a][b] + jnp.pad(jnp.where(first == o, G, 0),
+                                                ((0, 0), (di, q - di), (dj, q - dj), (0, 0)))
+    dXp = jnp.stack([jnp.stack(row, axis=3) for row in dphases], axis=2).reshape(n, lh, lw, c)
+    dXp = jnp.pad(dXp, ((0, 0), (0, max(p + h - lh, 0)), (0, max(p + w - lw, 0)), (0, 0)))
+    return (dXp[:, p:p + h, p:p + w],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

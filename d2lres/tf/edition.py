@@ -79,6 +79,15 @@ def num_gpus():
     return len(tf.config.list_physical_devices("GPU"))
 
 
+def unhide_loss(model) -> None:
+    """Keras 3's ``Model.__init__`` sets ``self.loss = None`` (its ``compile``'s loss), which hides
+    the class's ``loss`` method: d2l 1.0.3's ``training_step`` then fails with ``TypeError:
+    'NoneType' object is not callable``. Removed, ``model.loss(Y_hat, Y)`` is d2l's method again
+    (``model.compile(loss=...)`` sets Keras's own back)."""
+    if "loss" in vars(model) and vars(model)["loss"] is None:
+        del vars(model)["loss"]
+
+
 class Module(tf.keras.Model, HyperParameters):
     """d2l 1.0's base of models, a Keras model: ``self.net`` (or :meth:`forward`), its loss, its
     optimizer, its board. ``call`` runs :meth:`forward`; a ``training=`` given to the call reaches
@@ -86,6 +95,7 @@ class Module(tf.keras.Model, HyperParameters):
 
     def __init__(self, plot_train_per_epoch=2, plot_valid_per_epoch=1):
         super().__init__()
+        unhide_loss(self)
         self.save_hyperparameters()
         self.board = ProgressBoard()
         self.training = None

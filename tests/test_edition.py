@@ -3,15 +3,14 @@ signatures (read from the installed ``d2l`` package's source, which does not imp
 PyTorch: it needs torchvision), a chapter-style script in the edition's forms, and d2lres's
 ``Trainer(max_epochs).fit`` against the loop written as d2l 1.0.3's ``fit_epoch`` on the same
 model, weights and batches."""
-import ast
 import contextlib
-import importlib.util
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import check_d2l_names
 from d2lres import checks
 
 pytestmark = pytest.mark.framework
@@ -23,44 +22,10 @@ from torch.nn import functional as F  # noqa: E402
 from d2lres import torch as d2l  # noqa: E402
 
 
-def _d2l_source(framework: str) -> ast.Module:
-    path = Path(importlib.util.find_spec("d2l").submodule_search_locations[0]) / f"{framework}.py"
-    return ast.parse(path.read_text(), str(path))
-
-
-def _signature(fn: ast.FunctionDef) -> list[tuple[str, object]]:
-    """``(name, default)`` of each positional parameter (``...``: none)."""
-    params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
-    defaults = [eval(ast.unparse(d)) for d in fn.args.defaults]  # d2l's literals and slice(0, None)
-    return list(zip(params, [...] * (len(params) - len(defaults)) + defaults))
-
-
-def _ours(obj) -> list[tuple[str, object]]:
-    import inspect
-    return [(p.name, ... if p.default is p.empty else p.default) for p in inspect.signature(obj).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
 def test_the_torch_names_have_d2l_1_0_3s_signatures():
-    tree = _d2l_source("torch")
-    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    compared = 0
-    for name in ("Module", "Classifier", "DataModule", "FashionMNIST", "Trainer", "HyperParameters", "ProgressBoard"):
-        methods = {}
-        for node in classes[name].body:  # the last definition of a method is the one Python keeps
-            if isinstance(node, ast.FunctionDef):
-                methods[node.name] = node
-        ours = type(d2l.Trainer(1)) if name == "Trainer" else getattr(d2l, name)
-        for method, node in methods.items():
-            assert _ours(getattr(ours, method)) == _signature(node), (name, method)
-            compared += 1
-    for name in ("add_to_class", "init_cnn", "cpu", "show_images"):
-        assert _ours(getattr(d2l, name)) == _signature(functions[name]), name
-    aliases = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
-               if isinstance(t, ast.Name) and n.lineno > max(f.lineno for f in tree.body
-                                                               if isinstance(f, ast.ClassDef))]
-    assert aliases and [a for a in aliases if not hasattr(d2l, a)] == []
+    compared = check_d2l_names(d2l, "torch", ("Module", "Classifier", "DataModule", "FashionMNIST", "Trainer",
+                                              "HyperParameters", "ProgressBoard"),
+                               ("add_to_class", "init_cnn", "cpu", "show_images"))
     assert compared >= 25
 
 

@@ -1,6 +1,7 @@
 """The chapter's ResNet in TensorFlow with Keras 3: the d2lres API (channels-last tensors; shapes
 reported NCHW like the other backends). ``d2lres.tensorflow`` is this module under d2l's name
-(``from d2lres import tensorflow as d2l``)."""
+(``from d2lres import tensorflow as d2l``). It also has d2l 1.0's names for the edition d2l.ai
+prints (``d2lres.tf.edition``: ``Classifier``, ``FashionMNIST``, ``Trainer(max_epochs)``, ...)."""
 from ..host import process
 
 process.prepare("d2lres.tf")  # before TensorFlow and Keras load (d2lres.host.process says why)

@@ -7,10 +7,13 @@ what several tests need is computed by whichever worker asks first.
 
 Importing this module imports no framework or matplotlib: conftest imports it before it moves
 ``HOME`` and the framework caches, which those read at import."""
+import ast
 import contextlib
 import functools
 import http.server
 import importlib
+import importlib.util
+import inspect
 import itertools
 import json
 import os
@@ -201,3 +204,48 @@ def serve_directory(directory, handler: type = QuietHandler):
             yield f"http://127.0.0.1:{server.server_address[1]}/"
         finally:
             server.shutdown()
+
+
+# --- d2l 1.0.3's signatures, read from the installed package's source (tests/test_edition*.py) --
+
+def d2l_source(framework: str):
+    """The ``ast`` of ``d2l/<framework>.py`` of the installed ``d2l`` package (without importing it)."""
+    path = Path(importlib.util.find_spec("d2l").submodule_search_locations[0]) / f"{framework}.py"
+    return ast.parse(path.read_text(), str(path))
+
+
+def d2l_signature(fn) -> list[tuple[str, object]]:
+    """``(name, default)`` of each positional parameter of an ``ast.FunctionDef`` (``...``: none)."""
+    params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+    defaults = [eval(ast.unparse(d)) for d in fn.args.defaults]  # d2l's literals and slice(0, None)
+    return list(zip(params, [...] * (len(params) - len(defaults)) + defaults))
+
+
+def our_signature(obj) -> list[tuple[str, object]]:
+    """``(name, default)`` of each positional parameter of a function (``...``: none)."""
+    return [(p.name, ... if p.default is p.empty else p.default) for p in inspect.signature(obj).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_d2l_names(mod, framework: str, classes, functions) -> int:
+    """Assert that ``mod`` has d2l 1.0.3's ``classes`` (every method d2l defines, the last definition
+    of each: the one Python keeps; ``Trainer`` is the class ``mod.Trainer(1)`` builds) and
+    ``functions`` with d2l's positional signatures, and each tensor alias d2l assigns after its last
+    class; returns how many methods were compared."""
+    tree = d2l_source(framework)
+    defined = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    functions_ = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    compared = 0
+    for name in classes:
+        methods = {node.name: node for node in defined[name].body if isinstance(node, ast.FunctionDef)}
+        ours = type(mod.Trainer(1)) if name == "Trainer" else getattr(mod, name)
+        for method, node in methods.items():
+            assert our_signature(getattr(ours, method)) == d2l_signature(node), (name, method)
+            compared += 1
+    for name in functions:
+        assert our_signature(getattr(mod, name)) == d2l_signature(functions_[name]), name
+    last_class = max(n.lineno for n in tree.body if isinstance(n, ast.ClassDef))
+    aliases = [t.id for n in tree.body if isinstance(n, ast.Assign) and n.lineno > last_class for t in n.targets
+               if isinstance(t, ast.Name)]
+    assert aliases and [a for a in aliases if not hasattr(mod, a)] == []
+    return compared

@@ -3,9 +3,7 @@ signatures (read from the installed ``d2l`` package's source, which does not imp
 PyTorch: it needs torchvision), a chapter-style script in the edition's forms, and d2lres's
 ``Trainer(max_epochs).fit`` against the loop written as d2l 1.0.3's ``fit_epoch`` on the same
 model, weights and batches."""
-import ast
 import contextlib
-import importlib.util
 import io
 import re
 import runpy
@@ -16,6 +14,7 @@ import pytest
 
 from d2lres import checks
 from d2lres.host import backends
+from helpers import check_d2l_names
 
 pytestmark = pytest.mark.framework
 
@@ -25,47 +24,13 @@ from torch import nn  # noqa: E402
 from d2lres import torch as d2l  # noqa: E402
 
 
-def _d2l_source(framework: str) -> ast.Module:
-    path = Path(importlib.util.find_spec("d2l").submodule_search_locations[0]) / f"{framework}.py"
-    return ast.parse(path.read_text(), str(path))
-
-
-def _signature(fn: ast.FunctionDef) -> list[tuple[str, object]]:
-    """``(name, default)`` of each positional parameter (``...``: none)."""
-    params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
-    defaults = [eval(ast.unparse(d)) for d in fn.args.defaults]  # d2l's literals and slice(0, None)
-    return list(zip(params, [...] * (len(params) - len(defaults)) + defaults))
-
-
-def _ours(obj) -> list[tuple[str, object]]:
-    import inspect
-    return [(p.name, ... if p.default is p.empty else p.default) for p in inspect.signature(obj).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
 @pytest.mark.parametrize("framework", ["torch", "mxnet"])
 def test_the_names_have_d2l_1_0_3s_signatures(framework):
     mod = backends.load(framework) if framework in backends.available() else pytest.skip(f"no {framework} here")
-    tree = _d2l_source(framework)
-    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    compared = 0
-    for name in ("Module", "Classifier", "DataModule", "FashionMNIST", "Trainer", "HyperParameters", "ProgressBoard"):
-        methods = {}
-        for node in classes[name].body:  # the last definition of a method is the one Python keeps
-            if isinstance(node, ast.FunctionDef):
-                methods[node.name] = node
-        ours = type(mod.Trainer(1)) if name == "Trainer" else getattr(mod, name)
-        for method, node in methods.items():
-            assert _ours(getattr(ours, method)) == _signature(node), (name, method)
-            compared += 1
-    for name in ("add_to_class", "init_cnn", "cpu", "show_images"):
-        if name in functions:
-            assert _ours(getattr(mod, name)) == _signature(functions[name]), name
-    last_class = max(n.lineno for n in tree.body if isinstance(n, ast.ClassDef))
-    aliases = [t.id for n in tree.body if isinstance(n, ast.Assign) and n.lineno > last_class for t in n.targets
-               if isinstance(t, ast.Name)]
-    assert aliases and [a for a in aliases if not hasattr(mod, a)] == []
+    compared = check_d2l_names(mod, framework, ("Module", "Classifier", "DataModule", "FashionMNIST", "Trainer",
+                                                "HyperParameters", "ProgressBoard"),
+                               ("add_to_class", "init_cnn", "cpu", "show_images") if framework == "torch"
+                               else ("add_to_class", "cpu", "show_images"))
     assert compared >= 25
 
 

@@ -17,16 +17,31 @@ from .model import device_name, device_scope
 from .weights import from_canonical, get_weights, set_weights, to_canonical, variables
 
 
-def try_gpu(i: int = 0) -> str:
+class Device(str):
+    """A TensorFlow device string (``"/GPU:0"``, ``"/CPU:0"``: what ``device=`` takes and the
+    contract's ``try_gpu()`` returns) that is also d2l's ``tf.device`` context: ``with
+    d2l.try_gpu():`` places what is built and run inside on it, as in the book's TensorFlow cells."""
+
+    def __enter__(self):
+        scope = tf.device(str(self))
+        self.__dict__.setdefault("_scopes", []).append(scope)
+        return scope.__enter__()
+
+    def __exit__(self, *exc):
+        return self.__dict__["_scopes"].pop().__exit__(*exc)
+
+
+def try_gpu(i: int = 0) -> Device:
     """GPU ``i`` if TensorFlow sees one (CUDA; a Mac's GPU only through the tensorflow-metal
-    plug-in), else the CPU: a device string for ``tf.device``. d2l's ``try_gpu()`` gives a
-    ``tf.device`` object instead; ``device=`` takes both."""
-    return f"/GPU:{i}" if len(tf.config.list_physical_devices("GPU")) > i else "/CPU:0"
+    plug-in), else the CPU: a device string for ``tf.device`` that is also a context manager
+    (:class:`Device`: ``with d2l.try_gpu():``, as d2l's ``tf.device`` object). ``device=`` takes
+    both this and d2l's ``tf.device`` object."""
+    return Device(f"/GPU:{i}" if len(tf.config.list_physical_devices("GPU")) > i else "/CPU:0")
 
 
-def try_all_gpus() -> list[str]:
-    """Every GPU's device string, or ``["/CPU:0"]`` if there is none."""
-    return [f"/GPU:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))] or ["/CPU:0"]
+def try_all_gpus() -> list[Device]:
+    """Every GPU's device string (each a :class:`Device`), or ``["/CPU:0"]`` if there is none."""
+    return [Device(f"/GPU:{i}") for i in range(len(tf.config.list_physical_devices("GPU")))] or [Device("/CPU:0")]
 
 
 def to_tensors(X: np.ndarray, y: np.ndarray, device=None):
@@ -121,6 +136,7 @@ class Trainer(TrainerBase):
     network's: a trainer puts its own back before each call if another trainer changed it."""
 
     backend = "tf"
+    edition = "d2lres.tf.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",

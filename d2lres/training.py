@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .core import book
+from .core import compat
 from .errors import TrainingError  # noqa: F401 (the loop's error, re-exported)
 from .loop.callbacks import (
     Checkpoints,
@@ -115,7 +115,7 @@ def train_ch6(net, make_trainer, reinitialize, train_iter, test_iter, num_epochs
     ``training on <device>`` and :func:`fit` at the constant ``lr`` (which prints d2l's two
     summary lines and draws the curves). A ``checkpoint_dir`` without an ``identity`` gets the
     network's (``d2lres.loop.trainer.identity``). Returns the history."""
-    if not book.is_d2lres_net(net):
+    if not compat.is_d2lres_net(net):
         reinitialize()
     trainer = make_trainer()
     if fit_options.get("verbose", True):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lres.core import book
+from d2lres.core import compat
 from d2lres.host import backends
 
 pytestmark = pytest.mark.framework
@@ -149,7 +149,7 @@ def test_the_neutral_weights_need_a_d2lres_network():
     from d2lres import torch as d2l
     with pytest.raises(TypeError, match="needs a network d2lres built.*this Sequential has no spec.*torch.save"):
         d2l.get_weights(nn.Sequential(nn.Linear(2, 3)))
-    assert not book.is_d2lres_net(nn.Linear(2, 3)) and book.is_d2lres_net(d2l.resnet18())
+    assert not compat.is_d2lres_net(nn.Linear(2, 3)) and compat.is_d2lres_net(d2l.resnet18())
 
 
 def _tiny_batches(convert):

@@ -301,7 +301,7 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, *, precis
 
     SGD at a constant learning rate with cross-entropy; prints d2l's lines (``training on``, loss and accuracies,
     examples/sec) and draws the curves. A network that is not d2lres's is re-initialised as d2l does
-    (``d2lres.core.book``); a d2lres network keeps its weights.
+    (``d2lres.core.compat``); a d2lres network keeps its weights.
 
     Args:
         net: a d2lres network or any network of the framework mapping a batch to logits.

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import inputs, spec
 from ..errors import UserValueError
-from . import book
+from . import compat
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def stages(kit: Kit, Block, resnet_block, arch: spec.Arch, num_classes: int, in_
 
 def chapter_residual(cls, *, method: str, shape, build):
     """``cls`` (a backend's ``Residual``, the chapter's ``#@save`` cell as the book writes it) with
-    the library's duties around it: d2l 0.17's signature refused (``book.check_residual``),
+    the library's duties around it: d2l 0.17's signature refused (``compat.check_residual``),
     ``in_channels`` (``build(block, in_channels)`` builds the layers now), and an input the block
     cannot add to its output refused before it runs (``method`` is its forward method,
     ``shape(X)`` an input's ``(C, H, W)``, or None where it is unknown). Changed in place: the
@@ -81,7 +81,7 @@ def chapter_residual(cls, *, method: str, shape, build):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None):
-        book.check_residual(cls.__name__, num_channels, use_1x1conv, strides)
+        compat.check_residual(cls.__name__, num_channels, use_1x1conv, strides)
         init(self, num_channels, use_1x1conv, strides)
         self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
         if in_channels:
@@ -102,7 +102,7 @@ def chapter_residual(cls, *, method: str, shape, build):
 
 def chapter_resnet_block(function, build):
     """``function`` (a backend's ``resnet_block``, the chapter's cell) with d2l 0.17's form
-    refused (``book.checked_resnet_block``) and ``in_channels``: ``build(stage, in_channels)``
+    refused (``compat.checked_resnet_block``) and ``in_channels``: ``build(stage, in_channels)``
     builds the stage's layers now. ``inspect.getsource`` of the result is the cell's."""
     def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
                      in_channels: int | None = None):
@@ -111,7 +111,7 @@ def chapter_resnet_block(function, build):
             build(stage, in_channels)
         return stage
     resnet_block.__module__, resnet_block.__doc__ = function.__module__, function.__doc__
-    checked = book.checked_resnet_block(resnet_block)
+    checked = compat.checked_resnet_block(resnet_block)
     checked.__signature__, checked.__wrapped__ = inspect.signature(resnet_block), function
     return checked
 
@@ -162,7 +162,7 @@ class SpecBlock:
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int | None = None, bias: bool = True, shortcut_bn: bool = False,
                  stride_on_3x3: bool = False):
-        book.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
+        compat.check_residual(type(self).__name__, num_channels, use_1x1conv, strides)
         super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
                                     use_1x1conv, bias, shortcut_bn and self.version == 1, stride_on_3x3))
 

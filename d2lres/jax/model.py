@@ -29,7 +29,7 @@ from flax import nnx
 from jax import lax
 
 from .. import inputs, spec
-from ..core import book, family
+from ..core import compat, family
 from ..errors import UserTypeError, UserValueError
 from .kernels import Conv, max_pool, normalize_batch
 
@@ -183,9 +183,9 @@ def resnet_block(num_channels: int, num_residuals: int, first_block: bool = Fals
     return nnx.Sequential(*blocks)
 
 
-# d2l 0.17's signatures refused (book.py); added here so that the #@save cells stay the chapter's code
-Residual = book.checked_residual(Residual)
-resnet_block = book.checked_resnet_block(resnet_block)
+# d2l 0.17's signatures refused (core/compat.py); added here so that the #@save cells stay the chapter's code
+Residual = compat.checked_residual(Residual)
+resnet_block = compat.checked_resnet_block(resnet_block)
 
 
 def _sequential(layers, name: str) -> nnx.Sequential:
@@ -274,7 +274,7 @@ def shape_walk(net: ResNet, input_shape=(1, 224, 224)) -> list[tuple[str, tuple[
     that is not d2lres's (the reader's ``nnx.Sequential``), one row per layer ``(class or
     function name, shape)``, computed in eval mode."""
     inputs.check_network(net, isinstance(net, nnx.Module), "jax", "shape_walk")
-    ours = book.is_d2lres_net(net)
+    ours = compat.is_d2lres_net(net)
     if not ours and not isinstance(net, nnx.Sequential):
         raise UserTypeError(f"shape_walk walks a d2lres network or an nnx.Sequential, not a {type(net).__name__}")
     return family.shape_walk(net, input_shape, family.Walker(

@@ -25,7 +25,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from .. import data, training
-from ..core import book
+from ..core import compat
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
@@ -56,7 +56,7 @@ def try_all_gpus() -> list:
 def _variables(net):
     """``(name, variable, kind)``: canonical for a d2lres network; for any other each
     ``nnx.Param`` and ``nnx.BatchStat`` by its path (``kind`` "native": no layout change)."""
-    if book.is_d2lres_net(net):
+    if compat.is_d2lres_net(net):
         return list(variables(net))
     return [(".".join(map(str, path)), v, "native") for path, v in nnx.iter_graph(net)
             if isinstance(v, (nnx.Param, nnx.BatchStat))]

@@ -14,7 +14,7 @@ import inspect
 import numpy as np
 
 from .. import inputs
-from ..core.book import EDITION, TRAINER_1_0
+from ..core.compat import EDITION, TRAINER_1_0
 from ..errors import UserTypeError, UserValueError
 from ..spec import is_d2lres_net, spec_of
 

@@ -15,7 +15,6 @@ with warnings.catch_warnings():
     import mxnet
 
 from ..core.api import NAMES
-from ..core.book import module_getattr
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
@@ -27,4 +26,3 @@ globals().update({name: getattr(edition, name) for name in edition.NAMES})
 restore_torch_threads()
 
 __all__ = list(NAMES)
-__getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

@@ -59,7 +59,7 @@ def _shape(X):
     return tuple(X.shape[1:]) if isinstance(X, mx.np.ndarray) else None
 
 
-# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, book.py)
+# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, compat.py)
 Residual = family.chapter_residual(Residual, method="forward", shape=_shape, build=build)
 resnet_block = family.chapter_resnet_block(resnet_block, build)
 

@@ -14,7 +14,7 @@ import numpy as onp
 from mxnet import autograd, np
 
 from .. import data, inputs, spec, training
-from ..core import book
+from ..core import compat
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
@@ -35,7 +35,7 @@ def try_all_gpus() -> list:
 def _parameters(net):
     """``(name, Parameter)``: canonical for a d2lres network; for any other Gluon's structural
     names (``0.weight``, ``4.0.conv1.weight``, as ``save_parameters`` writes them)."""
-    if book.is_d2lres_net(net):
+    if compat.is_d2lres_net(net):
         return list(named_parameters(net))
     return list(net._collect_params_with_prefix().items())
 
@@ -105,7 +105,7 @@ class Trainer(TrainerBase):
                 net.hybridize(static_alloc=True, static_shape=True)
         self.params = [(name, p) for name, p in _parameters(net) if p.grad_req != "null"]
         self.running_vars = [(name[:-len(".running_var")], p) for name, p in named_parameters(net)
-                             if name.endswith("running_var")] if book.is_d2lres_net(net) else []
+                             if name.endswith("running_var")] if compat.is_d2lres_net(net) else []
         # MXNet's fused update keeps mom = -lr * v; rescaling it by lr_new / lr_old before each
         # step makes it exactly PyTorch's form even when the learning rate changes.
         self.buffers = [mx.nd.zeros(p.shape, ctx=self.device) for _, p in self.params]

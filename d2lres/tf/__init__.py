@@ -13,7 +13,6 @@ require("tf")  # a missing framework: an error that names the extra
 import tensorflow as tf
 
 from ..core.api import NAMES
-from ..core.book import module_getattr
 
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
@@ -25,4 +24,3 @@ from . import edition
 globals().update({name: getattr(edition, name) for name in edition.NAMES})
 
 __all__ = list(NAMES)
-__getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

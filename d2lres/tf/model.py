@@ -128,7 +128,7 @@ def build(layer: keras.layers.Layer, in_channels: int) -> None:
     layer(tf.zeros((1, 1, 1, in_channels)), training=False)
 
 
-# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, book.py)
+# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, compat.py)
 Residual = family.chapter_residual(Residual, method="call", shape=lambda X: (X.shape[-1], *X.shape[1:3]),
                                    build=build)
 resnet_block = family.chapter_resnet_block(resnet_block, build)

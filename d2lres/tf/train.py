@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import data, inputs, training
-from ..core import book
+from ..core import compat
 from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
@@ -243,7 +243,7 @@ class Trainer(TrainerBase):
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a NCHW numpy batch (train mode uses and updates batch statistics)."""
         X = np.asarray(X)
-        in_channels, num_classes, arch = book.spec_of(self.net)
+        in_channels, num_classes, arch = compat.spec_of(self.net)
         inputs.check_batch(X.shape, X.dtype, in_channels, training=training, arch=arch, num_classes=num_classes or 10)
         self._own_policy()
 
@@ -303,7 +303,7 @@ class Trainer(TrainerBase):
 def _variables(net):
     """``(name, Keras variable, kind)``: canonical for a d2lres network; for any other every
     variable as ``<position>.<name>`` (``kind`` "native": no layout change)."""
-    if book.is_d2lres_net(net):
+    if compat.is_d2lres_net(net):
         return list(variables(net))
     return [(f"{i}.{v.name}", v, "native") for i, v in enumerate(net.weights)]
 

@@ -7,7 +7,6 @@ require("torch")  # a missing framework: an error that names the extra
 import torch
 
 from ..core.api import NAMES
-from ..core.book import module_getattr
 from ..host.threads import restore_torch_threads
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
@@ -21,4 +20,3 @@ globals().update({name: getattr(edition, name) for name in edition.NAMES})
 restore_torch_threads()
 
 __all__ = list(NAMES)
-__getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

@@ -70,7 +70,7 @@ def build(module: nn.Module, in_channels: int) -> None:
         module(torch.zeros(1, in_channels, 1, 1))
 
 
-# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, book.py)
+# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, compat.py)
 Residual = family.chapter_residual(Residual, method="forward", shape=lambda X: tuple(X.shape[1:]), build=build)
 resnet_block = family.chapter_resnet_block(resnet_block, build)
 

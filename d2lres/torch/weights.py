@@ -5,21 +5,21 @@ import numpy as np
 import torch
 
 from .. import weights as neutral
-from ..core import book
+from ..core import compat
 
 INSTEAD = "the framework's own: torch.save(net.state_dict(), path) / net.load_state_dict(torch.load(path))"
 
 
 def get_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
     """The network's parameters and BatchNorm statistics under canonical names."""
-    book.require_d2lres_net(net, "d2lres.torch.get_weights", INSTEAD)
+    compat.require_d2lres_net(net, "d2lres.torch.get_weights", INSTEAD)
     return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()
             if not k.endswith("num_batches_tracked")}
 
 
 def set_weights(net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     """Copy canonical weights into ``net`` (checked against the spec first)."""
-    book.require_d2lres_net(net, "d2lres.torch.set_weights", INSTEAD)
+    compat.require_d2lres_net(net, "d2lres.torch.set_weights", INSTEAD)
     neutral.check_weights(weights, net.num_classes, net.in_channels, net.arch)
     state = net.state_dict()
     with torch.no_grad():

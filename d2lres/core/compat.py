@@ -1,18 +1,20 @@
-"""The book's own code on d2lres, framework-free: what the backends' helpers do with a network
-the reader wrote (``from d2lres import torch as d2l``), and the old signatures refused with the
-form that works. Each backend supplies only its framework's piece (how to re-initialise, read
-and write its weights).
+"""d2l's compatibility layer, framework-free: what the backends add so that the book's own code runs
+on them (``from d2lres import torch as d2l``) in both editions, and what they refuse with the form
+that works.
 
-d2lres follows the d2l 0.17 edition's helpers (``load_data_fashion_mnist``, ``try_gpu``,
-``try_all_gpus``, ``train_ch6``) and d2l 1.0's ``Residual(num_channels, use_1x1conv=False,
-strides=1)`` / ``resnet_block(num_channels, num_residuals, first_block=False)``.
+- The chapter's blocks keep d2l 1.0's signatures ``Residual(num_channels, use_1x1conv=False,
+  strides=1)`` and ``resnet_block(num_channels, num_residuals, first_block=False)``; the 0.17
+  edition's PyTorch forms (input channels first) are refused saying how to write them.
+- The 0.17 edition's helpers (``load_data_fashion_mnist``, ``try_gpu``, ``train_ch6``) are in every
+  backend; the 1.0 edition's (``Classifier``, ``Trainer(max_epochs)``, ``FashionMNIST``, ...) are in
+  those with an ``edition`` module (``d2lres.loop.edition``), and the others answer those names
+  with what to write instead (:func:`module_getattr`).
 
-A *d2lres network* is one d2lres built (``ResNet``, ``resnet18()``, ...): it carries its
-``spec`` (``arch``, ``in_channels``, ``num_classes``), which the neutral weights file, the
-input rules of ``d2lres.inputs`` and the same-function checks need. Any other network of the
-framework that maps a batch to logits trains too (``Trainer``, ``train_ch6``,
-``training.fit``); what it cannot have without a spec is said where it is asked for.
-"""
+A *d2lres network* is one d2lres built (``ResNet``, ``resnet18()``, ...): it carries its ``spec``
+(``arch``, ``in_channels``, ``num_classes``), which the neutral weights file, the input rules of
+``d2lres.inputs`` and the same-function checks need. Any other network of the framework that maps
+a batch to logits trains too (``Trainer``, ``train_ch6``, ``training.fit``); what it cannot have
+without a spec is said where it is asked for."""
 from __future__ import annotations
 
 import functools
@@ -23,12 +25,12 @@ import numpy as np
 from ..errors import UserTypeError
 from ..spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the backends' names for them)
 
-#: What a d2l 1.0 edition call is told.
-EDITION = ("d2lres follows the d2l 0.17 edition's helpers: train with "
+#: What a d2l 1.0 edition call is told by a backend without the 1.0 edition's names.
+EDITION = ("d2lres follows the d2l 0.17 edition's helpers here: train with "
            "d2l.train_ch6(net, train_iter, test_iter, num_epochs, lr, d2l.try_gpu()) on the batches of "
            "d2l.load_data_fashion_mnist(batch_size, resize=96)")
 
-#: d2l 1.0's names that d2lres does not have, and what to use instead.
+#: d2l 1.0's names that a backend without them answers, and what to use instead.
 EDITION_1_0 = {
     "Classifier": "write the network as an nn.Module / Keras model / Gluon block and pass it to train_ch6",
     "FashionMNIST": "d2l.load_data_fashion_mnist(batch_size, resize=96) gives (train_iter, test_iter)",

@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import pickle
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -84,86 +85,9 @@ def test_trainer_is_d2lress_with_a_network_and_d2ls_with_a_number_of_epochs():
 
 # --- a chapter in the 1.0 edition's TensorFlow forms, written by the team (Keras 3) -------------
 
-class Residual(tf.keras.Model):
-    """The reader's block, as the edition's TensorFlow cell writes it."""
-
-    def __init__(self, num_channels, use_1x1conv=False, strides=1):
-        super().__init__()
-        self.conv1 = tf.keras.layers.Conv2D(num_channels, padding="same", kernel_size=3, strides=strides)
-        self.conv2 = tf.keras.layers.Conv2D(num_channels, kernel_size=3, padding="same")
-        self.conv3 = None
-        if use_1x1conv:
-            self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides)
-        self.bn1 = tf.keras.layers.BatchNormalization()
-        self.bn2 = tf.keras.layers.BatchNormalization()
-
-    def call(self, X):
-        Y = tf.keras.activations.relu(self.bn1(self.conv1(X)))
-        Y = self.bn2(self.conv2(Y))
-        if self.conv3 is not None:
-            X = self.conv3(X)
-        Y += X
-        return tf.keras.activations.relu(Y)
-
-
-class ResNeXtBlock(tf.keras.Model):
-    """The edition's last block: the 3x3 convolution in groups (Keras ``groups=``)."""
-
-    def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1):
-        super().__init__()
-        bot_channels = int(round(num_channels * bot_mul))
-        self.conv1 = tf.keras.layers.Conv2D(bot_channels, 1, strides=1)
-        self.conv2 = tf.keras.layers.Conv2D(bot_channels, 3, strides=strides, padding="same",
-                                            groups=bot_channels // groups)
-        self.conv3 = tf.keras.layers.Conv2D(num_channels, 1, strides=1)
-        self.bn1, self.bn2, self.bn3 = (tf.keras.layers.BatchNormalization() for _ in range(3))
-        self.conv4 = tf.keras.layers.Conv2D(num_channels, 1, strides=strides) if use_1x1conv else None
-        self.bn4 = tf.keras.layers.BatchNormalization() if use_1x1conv else None
-
-    def call(self, X):
-        Y = tf.keras.activations.relu(self.bn1(self.conv1(X)))
-        Y = tf.keras.activations.relu(self.bn2(self.conv2(Y)))
-        Y = self.bn3(self.conv3(Y))
-        if self.conv4:
-            X = self.bn4(self.conv4(X))
-        return tf.keras.activations.relu(Y + X)
-
-
-class ResNet(d2l.Classifier):
-    def b1(self):
-        return tf.keras.models.Sequential([
-            tf.keras.layers.Conv2D(64, kernel_size=7, strides=2, padding="same"),
-            tf.keras.layers.BatchNormalization(),
-            tf.keras.layers.Activation("relu"),
-            tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding="same")])
-
-
-@d2l.add_to_class(ResNet)
-def block(self, num_residuals, num_channels, first_block=False):
-    blk = tf.keras.models.Sequential()
-    for i in range(num_residuals):
-        if i == 0 and not first_block:
-            blk.add(Residual(num_channels, use_1x1conv=True, strides=2))
-        else:
-            blk.add(Residual(num_channels))
-    return blk
-
-
-@d2l.add_to_class(ResNet)
-def __init__(self, arch, lr=0.1, num_classes=10):
-    super(ResNet, self).__init__()
-    self.save_hyperparameters()
-    self.net = tf.keras.models.Sequential([self.b1()])  # the book: Sequential(self.b1()), Keras 2 only
-    for i, b in enumerate(arch):
-        self.net.add(self.block(*b, first_block=(i == 0)))
-    self.net.add(tf.keras.models.Sequential([
-        tf.keras.layers.GlobalAvgPool2D(),
-        tf.keras.layers.Dense(units=num_classes)]))
-
-
-class ResNet18(ResNet):
-    def __init__(self, lr=0.1, num_classes=10):
-        super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
+#: The chapter's classes, from its cells in the 1.0 TensorFlow forms (tests/book/edition_tensorflow.py).
+CHAPTER = runpy.run_path(str(Path(__file__).parent / "book" / "edition_tensorflow.py"), run_name="chapter")
+ResNet, ResNet18, ResNeXtBlock = CHAPTER["ResNet"], CHAPTER["ResNet18"], CHAPTER["ResNeXtBlock"]
 
 
 def test_the_keras_2_line_of_the_book_fails_on_keras_3_whatever_d2lres_does():

@@ -321,6 +321,10 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None, *, precis
 class Trainer:
     """PyTorch-form SGD (momentum, weight decay) with cross-entropy on one network.
 
+    Called as d2l 1.0's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)`` (a number of epochs
+    first, no network), it builds that edition's trainer instead, ``fit(model, data)`` on d2lres's
+    loop, where the backend has the 1.0 edition's names (``d2lres.loop.edition``).
+
     Args:
         net: a d2lres network or any network of the framework mapping a batch to logits.
         momentum: SGD momentum in PyTorch's form (``v = m v + g + wd w``, ``w -= lr v``); the default 0: none.

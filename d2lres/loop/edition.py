@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import inspect
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +41,6 @@ class HyperParameters:
                         if k not in set(list(ignore) + ["self"]) and not k.startswith("_")}
         for k, v in self.hparams.items():
             setattr(self, k, v)
-
-
-def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
 
 
 class ProgressBoard(HyperParameters):
@@ -102,8 +97,14 @@ class ProgressBoard(HyperParameters):
 
 
 class ModuleBase(HyperParameters):
-    """What d2l 1.0's ``Module`` does alike in every framework: its forward, its points on the
-    board, its steps. A backend's ``Module`` derives from its framework's module and this."""
+    """What d2l 1.0's ``Module`` does alike in every framework: its board, its forward, its points
+    on the board, its steps. A backend's ``Module`` derives from this and its framework's module
+    (in that order: this class's methods first)."""
+
+    def __init__(self, plot_train_per_epoch=2, plot_valid_per_epoch=1):
+        super().__init__()  # the framework's module
+        self.save_hyperparameters()
+        self.board = ProgressBoard()
 
     def loss(self, y_hat, y):
         raise NotImplementedError
@@ -194,6 +195,11 @@ class FashionMNIST(DataModule):
         X = to_numpy(X)
         show_images(X[:, 0] if X.shape[1] == 1 else X[..., 0], nrows, ncols,  # NCHW or NHWC
                     titles=labels or self.text_labels(to_numpy(y)))
+
+
+def _in_notebook() -> bool:
+    from .plots import in_notebook  # matplotlib: imported when a board is drawn, not with the backend
+    return in_notebook()
 
 
 def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):

@@ -12,6 +12,16 @@ if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+
+def in_notebook() -> bool:
+    """Whether this process is a notebook's kernel (IPython's shell with a kernel; importing
+    ipykernel, as a notebook runner does, is not enough)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    from IPython import get_ipython
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
 COLORS = {"torch": "tab:red", "tf": "tab:orange", "mxnet": "tab:blue", "jax": "tab:green"}
 
 
@@ -49,7 +59,7 @@ def show_or_save_curves(histories: dict[str, dict], path: str | Path | None = No
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
-    if "ipykernel" in sys.modules:
+    if in_notebook():
         from IPython import display
         display.clear_output(wait=True)
         display.display(fig)

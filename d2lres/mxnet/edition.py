@@ -77,11 +77,6 @@ def cpu():
 class Module(edition.ModuleBase, nn.Block):
     """d2l 1.0's base of models: ``self.net`` (or :meth:`forward`), its loss, its optimizer, its board."""
 
-    def __init__(self, plot_train_per_epoch=2, plot_valid_per_epoch=1):
-        super().__init__()
-        self.save_hyperparameters()
-        self.board = ProgressBoard()
-
     def configure_optimizers(self):
         params = self.parameters()
         if isinstance(params, list):

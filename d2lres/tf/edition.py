@@ -94,10 +94,8 @@ class Module(edition.ModuleBase, tf.keras.Model):
     inside through Keras's call context (d2lres's step passes ``training=True``)."""
 
     def __init__(self, plot_train_per_epoch=2, plot_valid_per_epoch=1):
-        super().__init__()
+        super().__init__(plot_train_per_epoch, plot_valid_per_epoch)
         unhide_loss(self)
-        self.save_hyperparameters()
-        self.board = ProgressBoard()
         self.training = None
 
     def call(self, X, *args, **kwargs):

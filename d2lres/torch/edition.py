@@ -82,11 +82,6 @@ def init_cnn(module):
 class Module(edition.ModuleBase, nn.Module):
     """d2l 1.0's base of models: ``self.net`` (or ``forward``), its loss, its SGD, its board."""
 
-    def __init__(self, plot_train_per_epoch=2, plot_valid_per_epoch=1):
-        super().__init__()
-        self.save_hyperparameters()
-        self.board = ProgressBoard()
-
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 

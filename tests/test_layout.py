@@ -371,3 +371,16 @@ def test_test_files_take_their_helpers_from_helpers_and_never_import_conftest():
             if "conftest" in names:
                 importers.append(path.name)
     assert importers == []
+
+
+def test_no_tracked_file_is_a_link():
+    """A worktree's link to the environment (``.venv``) was once committed; checked out, it
+    replaced the environment folder with a link to itself."""
+    import shutil
+    import subprocess
+    root = PACKAGE.parent
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    staged = subprocess.run(["git", "ls-files", "--stage"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    assert [line.split("\t", 1)[1] for line in staged if line.startswith("120000")] == []

@@ -131,7 +131,7 @@ class Trainer(TrainerBase):
     variables, BatchNorm runs TensorFlow's fused kernel, which computes in float32 on its bfloat16
     input and keeps its statistics float32, and the logits are cast to float32 for the loss,
     ``predict`` and ``forward``; d2lres's ``Conv2D`` and ``Dense`` add their bias so that its
-    gradient is summed in float32 (``model._add_bias``; a Keras layer of another network sums it in
+    gradient is summed in float32 (``kernels.add_bias``; a Keras layer of another network sums it in
     bfloat16 on CPU). The weights and the momentum buffers stay float32. The policy is the
     network's: a trainer puts its own back before each call if another trainer changed it."""
 

@@ -44,6 +44,12 @@ def test_trainer_is_d2lress_with_a_network_and_d2ls_with_a_number_of_epochs():
         d2l.Trainer(max_epochs=1, gradient_clip_val=-1)
     with pytest.raises(TypeError, match="must be a d2l Module.*train_ch6"):
         d2l.Trainer(1).fit(nn.Linear(2, 2), None)
+
+    class OwnLoss(d2l.Classifier):
+        def loss(self, Y_hat, Y):
+            return (Y_hat ** 2).mean()
+    with pytest.raises(TypeError, match="OwnLoss defines its own loss: derive it from d2l.Classifier"):
+        d2l.Trainer(1).fit(OwnLoss(), None)
     assert d2l.Trainer(1, gradient_clip_val=0.5).gradient_clip_val == 0.5  # its step clips (test_gradient_clipping)
 
 

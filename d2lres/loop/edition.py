@@ -298,6 +298,10 @@ class EditionTrainer(HyperParameters):
     rule; the step clips as d2l does (``gradient_clip_val``). d2lres's own options are keyword-only,
     after d2l's."""
 
+    #: The backend's ``Classifier``: d2lres's step computes its loss (cross-entropy), so a model
+    #: with another is refused.
+    classifier: type
+
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, checkpoint_dir=None, resume=False,
                  checkpoint_every=100, precision="float32", board_path=BOARD_PNG):
         self.save_hyperparameters(ignore=["checkpoint_dir", "resume", "checkpoint_every", "precision", "board_path"])
@@ -340,12 +344,17 @@ class EditionTrainer(HyperParameters):
                 raise UserTypeError(f"Trainer.fit: the model must be a d2l Module (class Net(d2l.Classifier)), got a "
                                     f"{type(model).__name__} without {method}; a plain network trains with "
                                     f"d2l.train_ch6(net, train_iter, test_iter, num_epochs, lr)")
+        if getattr(type(model), "loss", None) is not self.classifier.loss:
+            raise UserTypeError(f"Trainer.fit: d2lres trains with the classifier's cross-entropy, and "
+                                f"{type(model).__name__} defines its own loss: derive it from d2l.Classifier "
+                                f"without overriding loss")
         self.prepare_data(data)
         if self.val_dataloader is None:
             raise UserValueError("Trainer.fit: the data has no validation loader; d2lres evaluates after each epoch")
         self.prepare_model(model)
         self.optim = model.configure_optimizers()
-        self.step_trainer, lr = step_trainer, lr = self._step_trainer(model, self.optim)
+        step_trainer, lr = self._step_trainer(model, self.optim)
+        self.step_trainer = step_trainer
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         board = _Board(self, model, self.board_path)
         loop = Loop(step_trainer, self.train_dataloader, self.val_dataloader, self.max_epochs, lr,

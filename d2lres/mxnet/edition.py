@@ -154,6 +154,8 @@ class Trainer(EditionTrainer):
     """d2l 1.0's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)`` on d2lres's loop:
     ``num_gpus`` > 0 trains on the first GPU there is (the CPU where there is none, as d2l)."""
 
+    classifier = Classifier
+
     def clip_gradients(self, grad_clip_val, model):
         """d2l's clipping: every gradient of ``model`` scaled so that their joint norm is at most ``grad_clip_val``."""
         params = model.parameters()
@@ -165,10 +167,6 @@ class Trainer(EditionTrainer):
                 param.grad[:] *= grad_clip_val / norm
 
     def _step_trainer(self, model, optimizer):
-        if type(model).loss is not Classifier.loss:
-            raise UserTypeError(f"Trainer.fit: d2lres trains with the classifier's cross-entropy, and "
-                                f"{type(model).__name__} defines its own loss: derive it from d2l.Classifier "
-                                f"without overriding loss")
         sgd = getattr(optimizer, "_optimizer", None)
         if not isinstance(optimizer, gluon.Trainer) or type(sgd) is not mx.optimizer.SGD:
             raise UserTypeError(f"Trainer.fit: d2lres trains with SGD (gluon.Trainer(params, 'sgd', ...)), and "

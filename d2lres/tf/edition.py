@@ -163,6 +163,8 @@ class Trainer(EditionTrainer):
     chapter's form), else TensorFlow's default (the first GPU if there is one); ``num_gpus`` > 0
     (which d2l's TensorFlow trainer refuses) trains on ``try_gpu()``."""
 
+    classifier = Classifier
+
     def clip_gradients(self, grad_clip_val, grads):
         """d2l's clipping: ``grads`` scaled so that their joint norm is at most ``grad_clip_val``."""
         grad_clip_val = tf.constant(grad_clip_val, dtype=tf.float32)
@@ -176,10 +178,6 @@ class Trainer(EditionTrainer):
         if not isinstance(model, keras.Model):
             raise UserTypeError(f"Trainer.fit: the model must be a d2l Module (a Keras model), got a "
                                 f"{type(model).__name__}")
-        if type(model).loss is not Classifier.loss:
-            raise UserTypeError(f"Trainer.fit: d2lres trains with the classifier's cross-entropy, and "
-                                f"{type(model).__name__} defines its own loss: derive it from d2l.Classifier "
-                                f"without overriding loss")
         if not isinstance(optimizer, keras.optimizers.SGD):
             raise UserTypeError(f"Trainer.fit: d2lres trains with SGD (tf.keras.optimizers.SGD), and "
                                 f"configure_optimizers gave a {type(optimizer).__name__}")

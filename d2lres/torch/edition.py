@@ -131,6 +131,8 @@ class Trainer(EditionTrainer):
     """d2l 1.0's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)`` on d2lres's loop:
     ``num_gpus`` > 0 trains on the first GPU there is (the CPU where there is none, as d2l)."""
 
+    classifier = Classifier
+
     def clip_gradients(self, grad_clip_val, model):
         """d2l's clipping: every gradient of ``model`` scaled so that their joint norm is at most ``grad_clip_val``."""
         params = [p for p in model.parameters() if p.requires_grad]
@@ -140,10 +142,6 @@ class Trainer(EditionTrainer):
                 param.grad[:] *= grad_clip_val / norm
 
     def _step_trainer(self, model, optimizer):
-        if type(model).loss is not Classifier.loss:
-            raise UserTypeError(f"Trainer.fit: d2lres trains with the classifier's cross-entropy, and "
-                                f"{type(model).__name__} defines its own loss: derive it from d2l.Classifier "
-                                f"without overriding loss")
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
             raise UserValueError("Trainer.fit: the model's lazy layers have no weights yet: build them first, as the "
                                  "chapter does, with model.apply_init([next(iter(data.get_dataloader(True)))[0]], "
@@ -155,7 +153,6 @@ class Trainer(EditionTrainer):
         if group.get("nesterov") or group.get("dampening"):
             raise UserValueError("Trainer.fit: d2lres's SGD has no Nesterov momentum or dampening")
         device = try_gpu() if self.num_gpus else torch.device("cpu")
-        model.to(device)
         trainer = StepTrainer(model, group["momentum"], group["weight_decay"], device=device, precision=self.precision,
                               gradient_clip_val=self.gradient_clip_val)
         return trainer, group["lr"]

@@ -72,14 +72,15 @@ def test_the_chapter_in_the_1_0_form_runs_on_d2lres(framework, real_data, tmp_pa
     """The chapter's cells, lowered to one epoch on 256 images (2 batches) at 28x28 (the data set's own)."""
     mod = backends.load(FRAMEWORKS[framework])
     edition, data = type(mod.Trainer(1)), mod.FashionMNIST
-    trainers = []
+    trainers, datas = [], []
 
     def one_epoch(max_epochs, **options):
         trainers.append(edition(1, **options))
         return trainers[-1]
 
     def small(batch_size=64, resize=(28, 28)):
-        return data(batch_size, (28, 28), limit=256, data_dir=real_data)
+        datas.append(data(batch_size, (28, 28), limit=256, data_dir=real_data))
+        return datas[-1]
     monkeypatch.setattr(mod, "Trainer", one_epoch)
     monkeypatch.setattr(mod, "FashionMNIST", small)
     monkeypatch.chdir(tmp_path)
@@ -97,6 +98,11 @@ def test_the_chapter_in_the_1_0_form_runs_on_d2lres(framework, real_data, tmp_pa
     assert list(trainer.model.board.data) == ["train_loss", "val_loss", "val_acc"]
     assert [x for x, _ in trainer.model.board.data["train_loss"]] == [0.0, 0.5]  # a point per half epoch
     assert trainer.history["epochs"][0]["epoch"] == 1
+    if framework == "tensorflow":  # BatchNorm trained in training mode; d2l's loss usable (Keras 3 hid it)
+        model, (X, y) = trainer.model, next(iter(datas[0].val_dataloader()))
+        stem_bn = model.net.layers[0].layers[1]
+        assert float(np.abs(stem_bn.moving_mean.numpy()).max()) > 0
+        assert 0 < float(model.loss(model(X), y)) < 10 and 0 <= float(model.accuracy(model(X), y)) <= 1
 
 
 # --- d2lres's fit against the loop written as d2l 1.0.3's fit_epoch ---------------------------

@@ -230,3 +230,14 @@ def test_a_1_0_classifier_trains_in_the_0_17_train_ch6(real_data, capsys):
     history = d2l.train_ch6(SmallNet(), data.train_dataloader(), data.val_dataloader(), 1, 0.1, plot=False,
                             progress=False)
     assert np.isfinite(history["epochs"][0]["train_loss"]) and "training on cpu" in capsys.readouterr().out
+
+
+def test_d2lres_options_of_the_1_0_trainer_take_effect(real_data, tmp_path, monkeypatch):
+    """``precision`` reaches d2lres's step; ``board_path=None`` saves no board."""
+    monkeypatch.chdir(tmp_path)
+    data = d2l.FashionMNIST(batch_size=16, limit=32, data_dir=real_data)
+    trainer = d2l.Trainer(max_epochs=1, precision="bf16", board_path=None)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        trainer.fit(SmallNet(), data)
+    assert trainer.step_trainer.precision == "bf16" and np.isfinite(trainer.history["epochs"][0]["train_loss"])
+    assert "the board:" not in out.getvalue() and not (tmp_path / "runs").exists()

@@ -7,6 +7,11 @@ code cells whose first line names their tab (``#@tab pytorch``, ``#@tab tensorfl
 ``all`` cells, without outputs) through jupytext's markdown reader; the
 source's MyST section labels (``(sec-resnet)=`` lines, for the book site) are left out of them.
 
+**Two editions.** ``notebooks/resnet.md`` is the chapter's 0.17 edition (ja.d2l.ai's, d2lres's
+own API as ``res``); ``notebooks/resnet-1.0.md`` is its 1.0 edition (d2l.ai's: the book's cells with
+``from d2lres import <framework> as d2l``). Each source gives its own notebooks, named after it
+(``<framework>/resnet-1.0.ipynb``); everything below holds for both.
+
 **Two languages.** ``notebooks/ja/resnet.md`` is the chapter in Japanese: the same structure, its
 prose in Japanese, its code cells those of the English source, byte for byte and in the same
 order. ``build`` writes its notebooks to ``notebooks/ja/<framework>/resnet.ipynb``; ``check``
@@ -44,8 +49,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebooks" / "resnet.md"
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOK_NAME = "resnet.ipynb"
-#: language -> (its chapter source, the folder of its ``<framework>/resnet.ipynb``)
+#: language -> (its chapter source of the 0.17 edition, the folder of its ``<framework>/resnet.ipynb``)
 LANGUAGES = {"en": (SOURCE, NOTEBOOK_DIR), "ja": (NOTEBOOK_DIR / "ja" / "resnet.md", NOTEBOOK_DIR / "ja")}
+#: edition -> the name of its source (``<name>.md``) and notebooks (``<framework>/<name>.ipynb``)
+EDITIONS = {"0.17": "resnet", "1.0": "resnet-1.0"}
+
+
+def edition_source(lang: str, edition: str) -> Path:
+    """The chapter source of ``edition`` in ``lang``."""
+    return LANGUAGES[lang][1] / f"{EDITIONS[edition]}.md"
 
 #: tab name -> the backend package whose objects the tab's ``#@save`` cells define
 FRAMEWORKS = {"pytorch": "d2lres.torch", "tensorflow": "d2lres.tf", "mxnet": "d2lres.mxnet",
@@ -237,22 +249,27 @@ def build_notebook(text: str, framework: str, generated_from: str = "notebooks/r
     return nbformat.writes(nb) + "\n"
 
 
-def notebook_path(out: Path, framework: str) -> Path:
-    return Path(out) / framework / NOTEBOOK_NAME
+def notebook_path(out: Path, framework: str, name: str = NOTEBOOK_NAME) -> Path:
+    return Path(out) / framework / name
+
+
+def notebook_name(source: Path) -> str:
+    """The notebooks' file name of a source: its own name (``resnet-1.0.md`` -> ``resnet-1.0.ipynb``)."""
+    return Path(source).stem + ".ipynb"
 
 
 def source_name(source: Path) -> str:
     """The source's name in the checkout, as the notebooks record it: the Japanese one when it
     lies in a folder ``ja`` (as ``notebooks/ja/resnet.md`` does, or a copy of it), else the English."""
     lang = "ja" if Path(source).resolve().parent.name == "ja" else "en"
-    return LANGUAGES[lang][0].relative_to(ROOT).as_posix()
+    return (LANGUAGES[lang][1] / Path(source).name).relative_to(ROOT).as_posix()
 
 
 def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
     """Write the notebooks (one per framework); returns those whose text changed."""
-    text, written = Path(source).read_text(), []
+    text, written, name = Path(source).read_text(), [], notebook_name(source)
     for framework in FRAMEWORKS:
-        path, nb = notebook_path(out, framework), build_notebook(text, framework, source_name(source))
+        path, nb = notebook_path(out, framework, name), build_notebook(text, framework, source_name(source))
         if not path.exists() or path.read_text() != nb:
             path.parent.mkdir(parents=True, exist_ok=True)
             files.atomic_write_text(path, nb)
@@ -263,7 +280,7 @@ def build(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> list[Path]:
 def notebook_problems(text: str, out: Path, generated_from: str = "notebooks/resnet.md") -> list[str]:
     problems = []
     for framework in FRAMEWORKS:
-        path = notebook_path(out, framework)
+        path = notebook_path(out, framework, notebook_name(generated_from))
         if not path.exists():
             problems.append(f"{path}: missing (run `python -m book.chapter build`)")
         elif path.read_text() != build_notebook(text, framework, generated_from):
@@ -303,19 +320,21 @@ def sync(source: Path = SOURCE, out: Path = NOTEBOOK_DIR) -> tuple[list[str], li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m book.chapter", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "check", "sync"])
-    parser.add_argument("--source", type=Path, help="one chapter source (default: every language's, "
-                        + ", ".join(f"{lang} {src.relative_to(ROOT)}" for lang, (src, _) in LANGUAGES.items()) + ")")
-    parser.add_argument("--out", type=Path, help="where its <framework>/resnet.ipynb live")
+    parser.add_argument("--source", type=Path, help="one chapter source (default: every edition's in every "
+                        "language: " + ", ".join(str(edition_source(lang, ed).relative_to(ROOT))
+                                                 for lang in LANGUAGES for ed in EDITIONS) + ")")
+    parser.add_argument("--out", type=Path, help="where its <framework>/<name>.ipynb live")
     args = parser.parse_args(argv)
     if args.source is None and args.out is None:
         status = 0
-        for lang, (source, out) in LANGUAGES.items():
-            if not source.exists():
-                print(f"{lang}: no {source.relative_to(ROOT)}; skipped")
-                continue
-            print(f"[{lang}]")
-            reference = SOURCE if source != SOURCE else None
-            status = max(status, _one(args.command, source, out, reference))
+        for edition in EDITIONS:
+            for lang, (_, out) in LANGUAGES.items():
+                source, english = edition_source(lang, edition), edition_source("en", edition)
+                if not source.exists():
+                    print(f"{lang} {edition}: no {source.relative_to(ROOT)}; skipped")
+                    continue
+                print(f"[{lang}, {edition} edition]")
+                status = max(status, _one(args.command, source, out, english if source != english else None))
         return status
     if args.source is None or args.out is None:
         parser.error("--source and --out go together")

@@ -94,8 +94,9 @@ def headings(text: str) -> list[str]:
     return [m.group(2) for m in _HEADING.finditer(_FENCE.sub("", text))]
 
 
-def slug(title: str) -> str:
-    return "resnet-" + (re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section")
+def slug(title: str, prefix: str = "resnet") -> str:
+    """A heading's label: ``prefix`` (one per page, so that two pages' labels differ) and its words."""
+    return f"{prefix}-" + (re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section")
 
 
 def _fence(code: str, info: str) -> str:
@@ -126,12 +127,14 @@ def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[s
 
 
 def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], image_dir: Path,
-           image_rel: str, notebook_rel: str, other_language: bool = True) -> str:
+           image_rel: str, notebook_rel: str, other_language: bool = True,
+           notebook: str = "resnet.ipynb") -> str:
     """The MyST page of one language.
 
-    ``outputs[fw]`` is ``{"cells": [...per code cell outputs...], "mode": "fast"|"full"}`` or
-    missing (not executed); images go to ``image_dir``, linked as ``image_rel/<name>``;
-    ``notebook_rel`` is the path from the page to the site's ``notebooks/`` folder;
+    ``outputs[fw]`` is ``{"cells": [...per code cell outputs...], "mode": "fast"|"full"}``,
+    ``{"reason": why it was not executed}``, or missing (not installed); images go to
+    ``image_dir``, linked as ``image_rel/<name>``; ``notebook_rel`` is the path from the page to the
+    site's ``notebooks/`` folder and ``notebook`` the notebooks' file name;
     ``other_language``: whether the other language's notebooks are in the site."""
     note = _NOTE[lang]
     body: list[str] = []
@@ -158,9 +161,10 @@ def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], im
             else:
                 inner = _fence(content, "python")
                 got = outputs.get(fw)
-                if got is None:
+                if got is None or "reason" in got:
+                    why = got["reason"] if got else note["none"].format(fw=LABELS[fw])
                     inner += ("\n\n```{raw} html\n<p class=\"d2lres-out-label\">"
-                              + html.escape(note["none"].format(fw=LABELS[fw])) + "</p>\n```")
+                              + html.escape(why) + "</p>\n```")
                 else:
                     out_text, images = _outputs(got["cells"][piece.cells[fw]], image_dir,
                                                 f"{fw}-{piece.cells[fw]:02d}")
@@ -171,12 +175,13 @@ def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], im
                     for name in images:
                         inner += f"\n\n```{{image}} {image_rel}/{name}\n:alt: {LABELS[fw]}\n:class: d2lres-plot\n```"
                 other = "ja" if lang == "en" else "en"
-                mine = f"{notebook_rel}{'ja/' if lang == 'ja' else ''}{fw}/resnet.ipynb"
-                theirs = f"{notebook_rel}{'ja/' if other == 'ja' else ''}{fw}/resnet.ipynb"
+                mine = f"{notebook_rel}{'ja/' if lang == 'ja' else ''}{fw}/{notebook}"
+                theirs = f"{notebook_rel}{'ja/' if other == 'ja' else ''}{fw}/{notebook}"
+                stem = notebook.removesuffix(".ipynb")
                 inner += ("\n\n```{raw} html\n<p class=\"d2lres-nb\">"
-                          f"{note['notebook']}: <a href=\"{mine}\" download=\"resnet-{fw}-{lang}.ipynb\">"
-                          f"resnet.ipynb ({LABELS[fw]}, {note['lang']})</a>"
-                          + (f" · <a href=\"{theirs}\" download=\"resnet-{fw}-{other}.ipynb\">{note['other']}</a>"
+                          f"{note['notebook']}: <a href=\"{mine}\" download=\"{stem}-{fw}-{lang}.ipynb\">"
+                          f"{notebook} ({LABELS[fw]}, {note['lang']})</a>"
+                          + (f" · <a href=\"{theirs}\" download=\"{stem}-{fw}-{other}.ipynb\">{note['other']}</a>"
                              if other_language else "") + "</p>\n```")
             items.append(f":::{{tab-item}} {LABELS[fw]}\n:sync: {fw}\n\n{inner}\n:::")
         kind = "d2lres-code" if piece.kind == "code" else "d2lres-text"

@@ -1,7 +1,8 @@
 """The built book site in a real browser: Debian's Chromium driven by Playwright, on the site
 served from 127.0.0.1 and opened from ``file://``, in English and Japanese.
 
-Run ``make book`` first; without the site, Playwright or Chromium every test here is skipped
+Both editions of the chapter (``resnet.html``: 0.17, ``resnet-1.0.html``: 1.0) are held to the same
+checks. Run ``make book`` first; without the site, Playwright or Chromium every test here is skipped
 with the reason. Screenshots of the chapter go to ``build/book-screenshots/``, with the requests
 each page made (``requests.json``)."""
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from book import chapter
+from book.chapter_page import LABELS
 from d2lres import spec
 from d2lres.host import backends
 
@@ -27,7 +29,9 @@ SHOTS = ROOT / "build" / "book-screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"]
-HAS_JA = chapter.LANGUAGES["ja"][0].exists()
+HAS_JA = all(chapter.edition_source("ja", edition).exists() for edition in chapter.EDITIONS)
+#: edition -> its chapter page
+PAGES = {edition: f"{name}.html" for edition, name in chapter.EDITIONS.items()}
 
 try:
     import playwright.sync_api as pw
@@ -40,7 +44,7 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"),
 ]
 
-CHAPTERS = ["resnet.html"] + (["ja/resnet.html"] if HAS_JA else [])
+CHAPTERS = [*PAGES.values()] + ([f"ja/{page}" for page in PAGES.values()] if HAS_JA else [])
 needs_ja = pytest.mark.skipif(not HAS_JA, reason="no notebooks/ja/resnet.md: the Japanese chapter is not built")
 # Text outside code that betrays unrendered markup: raw math, d2l's roles and tab markers.
 RAW = re.compile(r"\$[^$\s][^$\n]*\$|\\mathcal|\\mathbf|:numref:|:begin_tab:|:end_tab:|#@tab")
@@ -252,8 +256,9 @@ def test_a_tab_switches_every_group_and_is_remembered(watched):
 
 
 @needs_ja
-def test_language_switch_leads_to_the_same_section(watched):
-    page = watched.goto("resnet.html")
+@pytest.mark.parametrize("chapter_page", PAGES.values())
+def test_language_switch_leads_to_the_same_section(watched, chapter_page):
+    page = watched.goto(chapter_page)
     en_ids = page.evaluate(SECTION_LABELS)
     assert len(en_ids) >= 8
     target = en_ids[3]
@@ -262,7 +267,7 @@ def test_language_switch_leads_to_the_same_section(watched):
         window.scrollTo(0, document.getElementById(id).getBoundingClientRect().top + window.scrollY + 5); }""", target)
     page.locator("a.d2lres-lang-switch").click()
     page.wait_for_load_state("load")
-    assert page.url.endswith(f"ja/resnet.html#{target}"), page.url
+    assert page.url.endswith(f"ja/{chapter_page}#{target}"), page.url
     assert page.evaluate("() => document.documentElement.lang") == "ja"
     ja_ids = page.evaluate(SECTION_LABELS)
     assert ja_ids == en_ids
@@ -271,7 +276,7 @@ def test_language_switch_leads_to_the_same_section(watched):
     page.wait_for_function(f"() => Math.abs(({top})('{target}')) < 80")  # landed on the section
     page.locator("a.d2lres-lang-switch").click()
     page.wait_for_load_state("load")
-    assert page.url.endswith(f"/resnet.html#{target}") and "/ja/" not in page.url
+    assert page.url.endswith(f"/{chapter_page}#{target}") and "/ja/" not in page.url
     page.wait_for_function(f"() => Math.abs(({top})('{target}')) < 80")
     assert not watched.errors and not watched.foreign()
 
@@ -286,20 +291,26 @@ def _code_tabs(page) -> list[tuple[str, str]]:
             [l.dataset.syncId, l.nextElementSibling.querySelector('div.highlight pre').textContent]))""")]
 
 
-def test_save_cells_under_their_tabs_and_both_languages_carry_the_same_code(browser, server):
+#: edition -> the #@save cells of its source: (framework, names)
+SAVED = {"0.17": sorted((fw, name) for fw in chapter.FRAMEWORKS for name in ("Residual", "resnet_block")),
+         "1.0": [("pytorch", "Residual")]}
+
+
+@pytest.mark.parametrize("edition", PAGES)
+def test_save_cells_under_their_tabs_and_both_languages_carry_the_same_code(browser, server, edition):
     w = Watched(browser, server)
     try:
-        en = _code_tabs(w.goto("resnet.html"))
-        cells = chapter.parse_code_cells(chapter.SOURCE.read_text())
+        en = _code_tabs(w.goto(PAGES[edition]))
+        cells = chapter.parse_code_cells(chapter.edition_source("en", edition).read_text())
         for cell in cells:
             want = ("#@save\n" if cell.save else "") + cell.code + "\n"
             tabs = list(chapter.FRAMEWORKS) if "all" in cell.tabs else cell.tabs
             for fw in tabs:
                 assert (fw, want) in en, f"cell at line {cell.line} not under the {fw} tab"
-        saved = [(c.tabs[0], c.code) for c in cells if c.save]
-        assert len(saved) == 2 * len(chapter.FRAMEWORKS)
+        saved = sorted((c.tabs[0], name) for c in cells if c.save for name in chapter.defined_names(c.code))
+        assert saved == SAVED[edition]
         if HAS_JA:
-            assert _code_tabs(w.goto("ja/resnet.html")) == en
+            assert _code_tabs(w.goto(f"ja/{PAGES[edition]}")) == en
     finally:
         w.context.close()
 
@@ -333,15 +344,82 @@ def test_outputs_are_under_each_tab(browser, server):
         w.context.close()
 
 
-@needs_ja
-def test_no_english_prose_on_the_japanese_page(browser, server):
+#: What the 1.0 edition's cells print before and after training, per framework: the two Residual
+#: blocks, the layer summary's last stage, the two ResNeXt blocks.
+SHAPES_1_0 = {
+    "pytorch": ["torch.Size([4, 3, 6, 6])", "torch.Size([4, 6, 3, 3])", "torch.Size([1, 512, 3, 3])",
+                "torch.Size([4, 32, 96, 96])", "torch.Size([4, 64, 48, 48])"],
+    "mxnet": ["(4, 3, 6, 6)", "(4, 6, 3, 3)", "(1, 512, 3, 3)", "(4, 32, 96, 96)", "(4, 64, 48, 48)"],
+    "tensorflow": ["(4, 6, 6, 3)", "(4, 3, 3, 6)", "(1, 3, 3, 512)", "(4, 96, 96, 32)", "(4, 48, 48, 64)"],
+    "jax": ["(4, 6, 6, 3)", "(4, 3, 3, 6)", "(1, 3, 3, 512)", "(4, 96, 96, 32)", "(4, 48, 48, 64)"],
+}
+
+
+def test_outputs_of_the_1_0_edition_are_under_each_tab(browser, server):
+    """The 1.0 page: each installed framework's block shapes, layer summary, ResNeXt shapes and
+    training board, labelled with their mode; a framework whose backend lacks d2l 1.0's names
+    (JAX until d2lres.jax has them) says which, instead of outputs."""
     w = Watched(browser, server)
     try:
-        page = w.goto("ja/resnet.html")
+        page = w.goto(PAGES["1.0"])
+        for fw, module in chapter.FRAMEWORKS.items():
+            tabs = page.evaluate("""(fw) => [...document.querySelectorAll(
+                    `.sd-tab-set.d2lres-code > label[data-sync-id=${fw}]`)].map(l => l.nextElementSibling)
+                .map(c => [c.querySelector('.d2lres-output')?.innerText || '',
+                           [...c.querySelectorAll('.d2lres-out-label')].map(p => p.innerText).join(' '),
+                           c.querySelectorAll('img').length])""", fw)
+            text, labels = "\n".join(t for t, _, _ in tabs), " ".join(lb for _, lb, _ in tabs)
+            if module.rsplit(".", 1)[1] not in backends.available():
+                continue
+            if f"{module} lacks d2l." in labels:
+                assert fw == "jax" and not text, (fw, labels[:300])  # the three others run today
+                continue
+            found = [shape for shape in SHAPES_1_0[fw] if shape in text]
+            assert found == SHAPES_1_0[fw], (fw, text[:1000])
+            assert f"({LABELS[fw]}, fast mode, D2LRES_FAST=1)" in labels or \
+                f"({LABELS[fw]}, the chapter's settings)" in labels, labels[:300]
+            assert sum(n for _, _, n in tabs) >= 1, f"{fw}: no training board"
+    finally:
+        w.context.close()
+
+
+@pytest.mark.parametrize("path", CHAPTERS)
+def test_each_page_says_its_edition_and_links_the_others(path):
+    """Which edition, for whom, and links to the other edition, the other language and the index."""
+    lang, page = ("ja", path[3:]) if path.startswith("ja/") else ("en", path)
+    edition = next(e for e, p in PAGES.items() if p == page)
+    other = next(p for p in PAGES.values() if p != page)
+    banner = re.search(r'<p class="d2lres-edition">(.*?)</p>', (SITE / path).read_text(), re.S).group(1)
+    text = re.sub(r"<[^>]+>", "", banner)
+    assert (f"{edition} edition" if lang == "en" else f"{edition} 版") in text
+    assert ("d2l.ai" if edition == "1.0" else "ja.d2l.ai") in text
+    links = re.findall(r'href="([^"]+)"', banner)
+    if HAS_JA:
+        assert links == [other, f"ja/{page}" if lang == "en" else f"../{page}", "index.html"], links
+    for link in links:
+        assert (SITE / path).parent.joinpath(link).resolve().exists(), link
+
+
+def test_the_index_pages_say_which_edition_is_which():
+    index = (SITE / "index.html").read_text()
+    for page in PAGES.values():
+        assert f'href="{page}"' in index and (not HAS_JA or f'href="ja/{page}"' in index)
+    assert "the one d2l.ai prints" in index and "the one ja.d2l.ai prints" in index
+    if HAS_JA:
+        ja = (SITE / "ja" / "index.html").read_text()
+        assert all(f'href="{page}"' in ja for page in PAGES.values()) and "0.17 版" in ja and "1.0 版" in ja
+
+
+@needs_ja
+@pytest.mark.parametrize("path", [f"ja/{page}" for page in PAGES.values()] + ["ja/index.html"])
+def test_no_english_prose_on_the_japanese_page(browser, server, path):
+    w = Watched(browser, server)
+    try:
+        page = w.goto(path)
         text = page.evaluate(PROSE_JS, "article")
     finally:
         w.context.close()
-    assert len(re.findall(r"[\u3040-\u30ff\u4e00-\u9fff]", text)) > 2000
+    assert len(re.findall(r"[\u3040-\u30ff\u4e00-\u9fff]", text)) > (2000 if "resnet" in path else 200)
     allowed = _loanwords()
     runs = [m.group(0) for m in re.finditer(r"[A-Za-z][A-Za-z'-]*(?:[ ,]+[A-Za-z][A-Za-z'-]*){3,}", text)]
     english = [r for r in runs if not any(a.lower() in r.lower() for a in allowed)]
@@ -351,7 +429,7 @@ def test_no_english_prose_on_the_japanese_page(browser, server):
 def _loanwords() -> set[str]:
     """Names and titles, and the glossary's English column (docs/glossary-ja.md), kept as written."""
     names = {"Dive into Deep Learning", "Aston Zhang", "Zachary C. Lipton", "Alexander J. Smola",
-             "Residual Networks (ResNet)", "CC BY-SA", "Mu Li"}
+             "Residual Networks (ResNet)", "CC BY-SA", "Mu Li", "English (0.17)", "English (1.0)"}
     glossary = ROOT / "docs" / "glossary-ja.md"
     if glossary.exists():
         for line in glossary.read_text().split("\n"):
@@ -363,19 +441,23 @@ def _loanwords() -> set[str]:
 @pytest.mark.parametrize("path", CHAPTERS)
 def test_chapter_screenshot(browser, server, path):
     """The chapter with JAX chosen, at the residual block and at the training section, as test
-    artifacts (``build/book-screenshots/resnet-{en,ja}-{block,training}.png``)."""
+    artifacts (``build/book-screenshots/<page>-{en,ja}-{block,training}.png``; the 1.0 page with
+    PyTorch chosen, and at its ResNeXt section too)."""
     w = Watched(browser, server)
     try:
         page = w.goto(path)
-        choose(page, "jax")
+        one = "1.0" in path
+        choose(page, "pytorch" if one else "jax")
         SHOTS.mkdir(parents=True, exist_ok=True)
         lang = "ja" if path.startswith("ja/") else "en"
-        for name, section in (("block", 2), ("training", 4)):
+        stem = path.removeprefix("ja/").removesuffix(".html")
+        for name, section in (("top", 0), ("block", 2), ("training", 4), ("resnext", 5)) if one else \
+                (("block", 2), ("training", 4)):
             page.evaluate("""(i) => { document.documentElement.style.scrollBehavior = 'auto';
                 const s = document.querySelectorAll('article section[id]')[i];
                 window.scrollTo(0, s.getBoundingClientRect().top + window.scrollY - 10); }""", section)
             page.wait_for_timeout(300)
-            out = SHOTS / f"resnet-{lang}-{name}.png"
+            out = SHOTS / f"{stem}-{lang}-{name}.png"
             page.screenshot(path=str(out))
             assert out.stat().st_size > 50_000
     finally:
@@ -391,10 +473,12 @@ def test_search_works_offline(watched, path):
 
 
 def test_the_notebooks_are_in_the_site():
-    """The tabs' download links serve the committed notebooks of every language built."""
+    """The tabs' download links serve the committed notebooks of every language and edition built."""
     for lang, (_, folder) in chapter.LANGUAGES.items():
         if lang == "en" or HAS_JA:
             for fw in chapter.FRAMEWORKS:
-                rel = ("ja/" if lang == "ja" else "") + f"{fw}/resnet.ipynb"
-                assert (SITE / "notebooks" / rel).read_bytes() == chapter.notebook_path(folder, fw).read_bytes()
+                for name in chapter.EDITIONS.values():
+                    rel = ("ja/" if lang == "ja" else "") + f"{fw}/{name}.ipynb"
+                    assert (SITE / "notebooks" / rel).read_bytes() == \
+                        chapter.notebook_path(folder, fw, f"{name}.ipynb").read_bytes()
     assert not (SITE / "_sources").exists()

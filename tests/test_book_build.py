@@ -159,3 +159,29 @@ def test_full_mode_keeps_the_fast_outputs_of_a_missing_framework(tmp_path, monke
     assert executed == 1 and sorted(outputs) == ["pytorch", "tensorflow"]
     assert outputs["pytorch"]["mode"] == "full" and outputs["pytorch"]["cells"][0][0]["text"] == "None\n"
     assert outputs["tensorflow"]["mode"] == "fast" and outputs["tensorflow"]["cells"][0][0]["text"] == "1\n"
+
+
+# --------------------------------------------------------------------------- the two editions
+
+
+def test_a_framework_lacking_the_cells_d2l_names_is_not_executed_and_says_so(tmp_path, monkeypatch):
+    """The names are looked up in the backend itself (a fresh process); a framework lacking one
+    is not run, and its tabs and the page's note name what is missing, in both languages."""
+    from book import build
+
+    assert build.missing_names("d2lres.torch", ["x = d2l.Trainer(1)  # d2l.no_such_name", "d2l.randn(1)"]) \
+        == ["no_such_name"]
+    text = '(sec-x)=\n# Title\n\n```{.python .input}\n#@tab all\nd2l.get_key()\n```\n'
+    monkeypatch.setattr(build, "missing_names", lambda module, cells: ["get_key"] if module == "d2lres.jax" else [])
+    monkeypatch.setattr(build.backends, "available", lambda: ["jax"])
+    outputs, executed = build.run_outputs(text, "fast", tmp_path, "all")
+    assert executed == 0 and outputs == {"jax": {"missing": ["get_key"], "module": "d2lres.jax"}}
+    labels = [chapter_page.slug(h, "resnet-1-0") for h in chapter_page.headings(text)]
+    for lang, said in (("en", "not executed: d2lres.jax lacks d2l.get_key, which its cells call"),
+                       ("ja", "未実行：コードセルが呼ぶ d2l.get_key が d2lres.jax にまだありません")):
+        page = build.chapter_md(text, lang, labels, outputs, tmp_path, "notebooks/", True, "1.0")
+        assert page.count(said) == 2  # the page's note and the tab
+        assert 'href="notebooks/' + ("ja/" if lang == "ja" else "") + 'jax/resnet-1.0.ipynb"' in page
+        banner = page.split('<p class="d2lres-edition">')[1].split("</p>")[0]
+        assert "1.0" in banner and 'href="resnet.html"' in banner and 'href="index.html"' in banner
+        assert ('href="ja/resnet-1.0.html"' if lang == "en" else 'href="../resnet-1.0.html"') in banner

@@ -41,13 +41,14 @@ CREDIT = {
                      "retelling; the code is d2lres's."),
     ("ja", "0.17"): ("本章は『Dive into Deep Learning』（Aston Zhang、Zachary C. Lipton、Mu Li、Alexander J. Smola 著、"
                      "https://d2l.ai、本文は CC BY-SA 4.0）の「Residual Networks (ResNet)」の章に沿っています。"
-                     "章の構成と演習は原著のもの、本文は d2lres が日本語で書き起こしたもの、コードは d2lres のものです。"),
+                     "章の構成と演習は原著のもの、本文は d2lres が日本語で書き起こしたもの、"
+                     "コードは d2lres のものです。"),
     ("en", "1.0"): ("This chapter follows “Residual Networks (ResNet) and ResNeXt” of *Dive into Deep Learning*, "
                     "1.0 edition (Aston Zhang, Zachary C. Lipton, Mu Li, Alexander J. Smola; https://d2l.ai), "
                     "whose text is licensed under CC BY-SA 4.0 and its code under a modified MIT license; its "
                     "structure, code cells and exercises are the book's. The prose here is d2lres's own retelling."),
-    ("ja", "1.0"): ("本章は『Dive into Deep Learning』1.0 版（Aston Zhang、Zachary C. Lipton、Mu Li、Alexander J. Smola 著、"
-                    "https://d2l.ai、本文は CC BY-SA 4.0、コードは修正 MIT ライセンス）の"
+    ("ja", "1.0"): ("本章は『Dive into Deep Learning』1.0 版（Aston Zhang、Zachary C. Lipton、Mu Li、"
+                    "Alexander J. Smola 著、https://d2l.ai、本文は CC BY-SA 4.0、コードは修正 MIT ライセンス）の"
                     "「Residual Networks (ResNet) and ResNeXt」の章に沿っています。章の構成、コードセルと演習は"
                     "原著のもの、本文は d2lres が日本語で書き起こしたものです。"),
 }
@@ -106,7 +107,11 @@ JA_INDEX = """# d2lres：残差ネットワークの章（日本語）
   `from d2lres import torch as d2l` のように d2lres を読み込むだけで動きます。
 
 どちらのページも、フレームワークごとのタブ、実行した出力、ノートブックのダウンロードを備えています。
-プロジェクトの文書は英語です（[文書の目次](../index.html)）。
+プロジェクトの文書は英語です。
+
+```{raw} html
+<p><a href="../index.html" hreflang="en">プロジェクトの文書（英語）</a></p>
+```
 
 ```{toctree}
 :maxdepth: 2
@@ -162,7 +167,8 @@ def _mode_text(lang: str, edition: str, got: dict | None) -> str:
     if got is None:
         return MODE_TEXT[lang]["none"]
     if "missing" in got:
-        return MODE_TEXT[lang]["missing"].format(module=got["module"], names=", ".join(f"d2l.{n}" for n in got["missing"]))
+        names = ", ".join(f"d2l.{n}" for n in got["missing"])
+        return MODE_TEXT[lang]["missing"].format(module=got["module"], names=names)
     text = MODE_TEXT[lang][got["mode"]]
     return text[edition] if isinstance(text, dict) else text
 
@@ -189,11 +195,10 @@ def chapter_md(text: str, lang: str, labels: list[str], outputs: dict, src: Path
              for fw, got in outputs.items()}
     body = chapter_page.render(text, lang, labels, shown, src / "_outputs" / page, f"_outputs/{page}", notebook_rel,
                                both, chapter.notebook_name(Path(page + ".md")))
-    first, _, rest = body.lstrip().partition("\n")  # the title line
-    label_line = ""
-    if first.startswith("(") and first.endswith(")="):  # the title's label
-        label_line, (first, _, rest) = first + "\n", rest.partition("\n")
-    return (f"{label_line}{first}\n\n```{{raw}} html\n{switch}\n<p class=\"d2lres-edition\">{banner}</p>\n```\n\n"
+    lines = body.lstrip().split("\n")
+    title = next(n for n, line in enumerate(lines) if line.startswith("# "))  # after its labels
+    head, rest = "\n".join(lines[:title + 1]), "\n".join(lines[title + 1:])
+    return (f"{head}\n\n```{{raw}} html\n{switch}\n<p class=\"d2lres-edition\">{banner}</p>\n```\n\n"
             f"```{{admonition}} {'Outputs' if lang == 'en' else '出力について'}\n:class: note\n"
             f"{HEADER[lang].format(modes=modes)}\n```\n{rest}\n\n"
             f"```{{raw}} html\n<p class=\"d2lres-credit\">{CREDIT[lang, edition]}</p>\n```\n")

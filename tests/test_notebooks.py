@@ -48,6 +48,7 @@ def test_check_passes_on_the_real_source():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{2 * len(chapter.FRAMEWORKS)} #@save cells match the library" in proc.stdout
     assert f"{len(chapter.FRAMEWORKS)} notebooks up to date" in proc.stdout
+    assert proc.stdout.count("ok: 1 #@save cells match the library") == 2  # the 1.0 edition, both languages
 
 
 def test_source_has_the_save_cells_of_each_framework():
@@ -126,6 +127,26 @@ def test_generated_notebook_is_up_to_date_and_keeps_its_framework(framework):
     assert all(s not in text for s in ("sys.path", "../", "./", str(ROOT), "notebooks/", "PYTHONPATH"))
 
 
+
+@pytest.mark.parametrize("framework", list(chapter.FRAMEWORKS))
+def test_the_1_0_notebooks_are_up_to_date_and_import_d2lres_as_d2l(framework):
+    """The 1.0 edition's notebooks (both languages): what their source generates, the book's cells
+    with d2lres imported as ``d2l``, ResNeXt's block, PyTorch's Residual the library's own."""
+    codes = []
+    for lang, (_, folder) in chapter.LANGUAGES.items():
+        source = chapter.edition_source(lang, "1.0")
+        path = chapter.notebook_path(folder, framework, "resnet-1.0.ipynb")
+        assert path.read_text() == chapter.build_notebook(source.read_text(), framework, chapter.source_name(source))
+        import nbformat
+        codes.append([c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"])
+    assert codes[0] == codes[1]
+    code = "\n".join(codes[0])
+    name = "tensorflow" if framework == "tensorflow" else chapter.FRAMEWORKS[framework].split(".")[1]
+    assert f"from d2lres import {name} as d2l" in code
+    assert not [line for line in code.split("\n") if line.startswith(("from d2l import", "import d2l"))]
+    assert "#@tab" not in code and code.split("\n").count("#@save") == (framework == "pytorch")
+    assert "class ResNet(d2l.Classifier)" in code and "blk = ResNeXtBlock(32, 16, 1)" in code
+    assert codes[0][0] == chapter.install_cell(framework)
 
 
 # --------------------------------------------------------------------------- execution outside

@@ -366,7 +366,6 @@ class EditionTrainer(HyperParameters):
             callbacks.append(Checkpoints(self.checkpoint_dir, every=self.checkpoint_every, resume=self.resume,
                                          identity=run))
         self.history = loop.run([ProgressBar(), board, *callbacks, StopOnSignal()])
-        return self.history
 
     def _step_trainer(self, model, optimizer):
         """``(d2lres's Trainer on model, learning rate)`` from the model's optimizer."""

@@ -116,8 +116,8 @@ JA_INDEX = """# d2lres：残差ネットワークの章（日本語）
 ```{toctree}
 :maxdepth: 2
 
-resnet
-resnet-1.0
+1.0 版（d2l.ai）<resnet-1.0>
+0.17 版（ja.d2l.ai）<resnet>
 ```
 """
 

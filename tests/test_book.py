@@ -373,7 +373,7 @@ def test_outputs_of_the_1_0_edition_are_under_each_tab(browser, server):
             if module.rsplit(".", 1)[1] not in backends.available():
                 continue
             if f"{module} lacks d2l." in labels:
-                assert fw == "jax" and not text, (fw, labels[:300])  # the three others run today
+                assert fw == "jax" and not text.strip(), (fw, labels[:300])  # the three others run today
                 continue
             found = [shape for shape in SHAPES_1_0[fw] if shape in text]
             assert found == SHAPES_1_0[fw], (fw, text[:1000])

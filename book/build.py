@@ -100,11 +100,11 @@ JA_INDEX = """# d2lres：残差ネットワークの章（日本語）
 『Dive into Deep Learning』の残差ネットワーク（ResNet）の章を、d2lres の上で動くコードとともに
 日本語で読めるページです。章には二つの版があります。
 
-- **0.17 版**（[ResNet の章](resnet.md)）：`ja.d2l.ai` が載せている版です。`train_ch6` で学習し、
-  コードは d2lres 自身の API を呼びます。
 - **1.0 版**（[ResNet と ResNeXt の章](resnet-1.0.md)）：`d2l.ai`（英語）が載せている版です。
   `d2l.Classifier` と `d2l.Trainer` を使い、最後に ResNeXt の節があります。コードは原著のもので、
   `from d2lres import torch as d2l` のように d2lres を読み込むだけで動きます。
+- **0.17 版**（[ResNet の章](resnet.md)）：`ja.d2l.ai` が載せている版です。`train_ch6` で学習し、
+  コードは d2lres 自身の関数を呼びます。
 
 どちらのページも、フレームワークごとのタブ、実行した出力、ノートブックのダウンロードを備えています。
 プロジェクトの文書は英語です。

@@ -93,14 +93,14 @@ clean:
 lib-check: $(STAMP)
 	$(PY) -m book.chapter check
 
-## The book site in build/book: the chapter in English and Japanese with each framework's outputs
+## The book site in build/book: the chapter's two editions in English and Japanese with each framework's outputs
 ## (fast mode; FULL=1: the chapter's settings), and the docs. Installs the `book` extra if missing.
 book: $(STAMP)
 	@$(PY) -c 'import sphinx, myst_parser, sphinx_design, furo, latex2mathml, playwright' 2>/dev/null || \
 	  $(PY) -m pip install --quiet -c constraints/$(SET).txt -e '.[book]'
 	$(PY) -m book.build --set $(SET) $(if $(FULL),--full)
 
-## Regenerate notebooks/[ja/]<framework>/resnet.ipynb from notebooks/[ja/]resnet.md
+## Regenerate notebooks/[ja/]<framework>/resnet{,-1.0}.ipynb from notebooks/[ja/]resnet{,-1.0}.md (both editions)
 notebooks: $(STAMP)
 	$(PY) -m book.chapter build
 

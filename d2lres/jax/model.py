@@ -98,20 +98,20 @@ _TRACED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("d2lres_ja
 class Lazy(nnx.Module):
     """A layer whose input channels (the last axis) are its first input's, as PyTorch's lazy
     modules: that call, which must be eager (outside ``jax.jit``), builds the full layer
-    (``self.build(channels)``) and this object becomes it, class and attributes, as a
+    (``self.layer_for(channels)``) and this object becomes it, class and attributes, as a
     ``LazyConv2d`` becomes a ``Conv2d``; a built network's graph is then the one its layers would
     have had if built with their channels (no wrapper is left to trace). :func:`build` builds
     them from shapes alone."""
 
-    def build(self, channels: int) -> nnx.Module:
+    def layer_for(self, channels: int) -> nnx.Module:
         raise NotImplementedError
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
 
     def become(self, channels: int) -> None:
-        """Turn into ``self.build(channels)``."""
-        layer = self.build(channels)
+        """Turn into ``self.layer_for(channels)``."""
+        layer = self.layer_for(channels)
         vars(self).clear()
         vars(self).update(vars(layer))
         object.__setattr__(self, "__class__", type(layer))  # past nnx's __setattr__: not an attribute of the layer
@@ -146,7 +146,7 @@ class LazyConv(Lazy, Conv):
         self.num_channels, self.kernel_size, self.strides, self.padding = num_channels, kernel_size, strides, padding
         self.use_bias = bool(use_bias)
 
-    def build(self, channels: int) -> Conv:
+    def layer_for(self, channels: int) -> Conv:
         return conv(channels, self.num_channels, self.kernel_size, self.strides, self.padding, self.use_bias)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -162,7 +162,7 @@ class LazyBatchNorm(Lazy, BatchNorm):
     def __init__(self):
         self.use_running_average = False
 
-    def build(self, channels: int) -> BatchNorm:
+    def layer_for(self, channels: int) -> BatchNorm:
         bn = BatchNorm(channels)
         bn.use_running_average = self.use_running_average
         return bn

@@ -129,9 +129,27 @@ def test_layout_options(res):
 
 
 def test_chapter_block_is_built_on_its_first_call(res):
+    """The #@save cell's lazy layers become nnx layers on the first call, mode kept, no wrapper left:
+    the graph and the function of a block built with in_channels (from shapes: its statistics
+    untouched); a first call inside jax.jit is refused, and so are the 1.0 tab's tuple arguments."""
+    from d2lres.jax.model import BatchNorm, Conv, Lazy, LazyConv
     blk = res.Residual(6, use_1x1conv=True, strides=2)
-    assert blk.conv1.layer is None
-    assert blk(jnp.zeros((2, 6, 6, 3))).shape == (2, 3, 3, 6)
-    assert blk.conv1.layer.kernel[...].shape == (3, 3, 3, 6)
+    assert isinstance(blk.conv1, Lazy) and isinstance(blk.bn1, Lazy)
+    blk.eval()
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32))
+    Y = blk(X)
+    assert Y.shape == (2, 3, 3, 6) and blk.bn1.use_running_average
+    assert type(blk.conv1) is Conv and type(blk.bn1) is BatchNorm and blk.conv1.kernel[...].shape == (3, 3, 3, 6)
+    stage = res.resnet_block(6, 2, in_channels=3)
+    eager = stage.layers[0]
+    assert not any(isinstance(m, Lazy) for _, m in nnx.iter_graph(stage))
+    for bn in (eager.bn1, eager.bn2, stage.layers[1].bn1):
+        assert np.array_equal(bn.mean[...], np.zeros(6)) and np.array_equal(bn.var[...], np.ones(6))
+    eager.eval()
+    assert nnx.graphdef(eager) == nnx.graphdef(blk)
+    nnx.update(eager, nnx.state(blk))
+    np.testing.assert_array_equal(eager(X), Y)
     with pytest.raises(ValueError, match="first call, which must be eager"):
         jax.jit(lambda x: res.Residual(4)(x))(jnp.zeros((1, 4, 4, 4)))
+    with pytest.raises(TypeError, match="kernel_size must be an integer >= 1, got \\(3, 3\\)"):
+        LazyConv(6, kernel_size=(3, 3))

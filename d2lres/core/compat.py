@@ -68,19 +68,6 @@ def check_residual(name: str, num_channels, use_1x1conv, strides) -> None:
         raise UserTypeError(f"{name}: strides must be a positive integer, got {strides!r}")
 
 
-def checked_residual(cls):
-    """``cls`` (a backend's ``Residual``) with :func:`check_residual` run before its ``__init__``.
-    Applied after the class, not written in it: the class body is the chapter's ``#@save`` cell."""
-    init = cls.__init__
-
-    @functools.wraps(init)
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, **kwargs):
-        check_residual(cls.__name__, num_channels, use_1x1conv, strides)
-        init(self, num_channels, use_1x1conv, strides, **kwargs)
-    cls.__init__ = __init__
-    return cls
-
-
 _RESNET_BLOCK_FIX = ("d2lres follows d2l 1.0's signature resnet_block(num_channels, num_residuals, "
                      "first_block=False); d2l 0.17's PyTorch resnet_block(input_channels, num_channels, "
                      "num_residuals, first_block=False) is written here resnet_block(num_channels, num_residuals, "

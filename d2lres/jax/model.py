@@ -1,5 +1,6 @@
 """ResNet in JAX with Flax ``nnx`` (channels last, NHWC), the same function as the PyTorch network:
-the chapter's ``Residual`` and ``resnet_block``, and the kit from which ``d2lres.core.family``
+the chapter's ``Residual`` and ``resnet_block`` as the book's other tabs write them, with d2lres's
+lazy layers (:class:`LazyConv`, :class:`LazyBatchNorm`), and the kit from which ``d2lres.core.family``
 builds the family of ``spec.ARCHS``. The speed kernels (BatchNorm's and the max-pool's gradients,
 the patch convolution) are in ``kernels``.
 
@@ -21,6 +22,8 @@ What makes it PyTorch's function, layer by layer:
 Canonical names (``d2lres.spec``) are attribute paths: ``b3.0.conv1`` is ``net.b3.layers[0].conv1``.
 """
 from __future__ import annotations
+
+import contextvars
 
 import jax
 import jax.numpy as jnp
@@ -88,38 +91,99 @@ class BatchNorm(nnx.BatchNorm):
         return y
 
 
+#: While :func:`build` traces a module: lazy layer id -> (layer, the input channels it was traced with).
+_TRACED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("d2lres_jax_lazy_traced", default=None)
 
 
 class Lazy(nnx.Module):
-    """A layer built on its first call, when the input's channels (last axis) are known; as
-    PyTorch's ``LazyConv2d``. Build it eagerly (a call outside ``jax.jit``) before training."""
+    """A layer whose input channels (the last axis) are its first input's, as PyTorch's lazy
+    modules: that call, which must be eager (outside ``jax.jit``), builds the full layer
+    (``self.layer_for(channels)``) and this object becomes it, class and attributes, as a
+    ``LazyConv2d`` becomes a ``Conv2d``; a built network's graph is then the one its layers would
+    have had if built with their channels (no wrapper is left to trace). :func:`build` builds
+    them from shapes alone."""
 
-    def __init__(self, make):
-        self.make = make
-        self.layer = nnx.data(None)
+    def layer_for(self, channels: int) -> nnx.Module:
+        raise NotImplementedError
 
-    def __call__(self, X):
-        if self.layer is None:
-            if isinstance(X, jax.core.Tracer):
-                raise UserValueError("a layer without in_channels is built on its first call, which must be eager "
-                                     "(outside jax.jit); call the block once on an example batch, or pass in_channels")
-            self.layer = self.make(X.shape[-1])
-        return self.layer(X)
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def become(self, channels: int) -> None:
+        """Turn into ``self.layer_for(channels)``."""
+        layer = self.layer_for(channels)
+        vars(self).clear()
+        vars(self).update(vars(layer))
+        object.__setattr__(self, "__class__", type(layer))  # past nnx's __setattr__: not an attribute of the layer
+
+    def __call__(self, X, *args, **kwargs):
+        traced = _TRACED.get()
+        if traced is not None and isinstance(X, jax.core.Tracer):  # build's shape trace: note the channels
+            traced[id(self)] = self, X.shape[-1]
+            return jnp.zeros(self.output_shape(X.shape), X.dtype)
+        if isinstance(X, jax.core.Tracer):
+            raise UserValueError(f"{type(self).__name__} is built on its first call, which must be eager (outside "
+                                 "jax.jit); call the block once on an example batch, or pass in_channels")
+        self.become(X.shape[-1])
+        return self(X, *args, **kwargs)
+
+
+def _check_ints(name: str, **values) -> None:
+    for key, (value, least) in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise UserTypeError(f"{name}: {key} must be an integer >= {least}, got {value!r}")
+
+
+class LazyConv(Lazy, Conv):
+    """A square convolution with ``num_channels`` outputs and symmetric zero padding whose input
+    channels are read on the first call (nnx's ``Conv`` takes them first), as PyTorch's
+    ``nn.LazyConv2d``; it then becomes the :func:`conv` of those channels."""
+
+    def __init__(self, num_channels: int, kernel_size: int, strides: int = 1, padding: int = 0,
+                 use_bias: bool = True):
+        _check_ints(type(self).__name__, num_channels=(num_channels, 1), kernel_size=(kernel_size, 1),
+                    strides=(strides, 1), padding=(padding, 0))
+        self.num_channels, self.kernel_size, self.strides, self.padding = num_channels, kernel_size, strides, padding
+        self.use_bias = bool(use_bias)
+
+    def layer_for(self, channels: int) -> Conv:
+        return conv(channels, self.num_channels, self.kernel_size, self.strides, self.padding, self.use_bias)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        n, h, w, _ = input_shape
+        k, s, p = self.kernel_size, self.strides, self.padding
+        return n, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, self.num_channels
+
+
+class LazyBatchNorm(Lazy, BatchNorm):
+    """:class:`BatchNorm` over the channels of its first input, as PyTorch's ``nn.LazyBatchNorm2d``;
+    the mode set before that call (``eval()``, ``train()``) is kept."""
+
+    def __init__(self):
+        self.use_running_average = False
+
+    def layer_for(self, channels: int) -> BatchNorm:
+        bn = BatchNorm(channels)
+        bn.use_running_average = self.use_running_average
+        return bn
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
 
 
 def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1, padding: int = 0,
          bias: bool = True) -> nnx.Module:
-    """A convolution with symmetric zero padding; lazy when ``in_channels`` is None."""
+    """A convolution with symmetric zero padding; a :class:`LazyConv` when ``in_channels`` is None."""
     if not in_channels:
-        return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias))
+        return LazyConv(out_channels, kernel, stride, padding, bias)
     return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
                 padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform,
                 bias_init=zeros, precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
 
 
 def batch_norm(channels: int | None) -> nnx.Module:
-    """:class:`BatchNorm`; lazy when ``channels`` is None."""
-    return BatchNorm(channels) if channels else Lazy(BatchNorm)
+    """:class:`BatchNorm`; a :class:`LazyBatchNorm` when ``channels`` is None."""
+    return BatchNorm(channels) if channels else LazyBatchNorm()
 
 
 def relu(X: jax.Array) -> jax.Array:
@@ -150,42 +214,61 @@ def flatten(X: jax.Array) -> jax.Array:
 
 
 class Residual(nnx.Module):
-    """The Residual block of ResNet (NHWC). Without ``in_channels`` the layers that see the
-    input are built on the first call."""
+    """The Residual block of ResNet models."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1):
+        # d2lres's LazyConv and LazyBatchNorm, not nnx's Conv and BatchNorm: nnx's need the input channels,
+        # padding='SAME' pads a stride-2 layer 0 before and 1 after, and nnx's BatchNorm keeps a biased
+        # running variance; these two are PyTorch's, as in every backend
+        self.conv1 = LazyConv(num_channels, kernel_size=3, padding=1, strides=strides)
+        self.conv2 = LazyConv(num_channels, kernel_size=3, padding=1)
+        if use_1x1conv:
+            self.conv3 = LazyConv(num_channels, kernel_size=1, strides=strides)
+        else:
+            self.conv3 = None
+        self.bn1 = LazyBatchNorm()
+        self.bn2 = LazyBatchNorm()
 
-    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 in_channels: int | None = None):
-        self.conv1 = conv(in_channels, num_channels, 3, strides, 1)
-        self.conv2 = conv(num_channels, num_channels, 3, 1, 1)
-        self.conv3 = conv(in_channels, num_channels, 1, strides) if use_1x1conv else nnx.data(None)
-        self.bn1, self.bn2 = batch_norm(num_channels), batch_norm(num_channels)
-        self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
-
-    def __call__(self, X: jax.Array) -> jax.Array:
-        if self.conv3 is None and X.shape[-1] != self.num_channels:
-            spec.residual_output_shape((X.shape[-1], *X.shape[1:3]), self.num_channels, False, self.strides)
+    def __call__(self, X):
         Y = nnx.relu(self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
-        if self.conv3 is not None:
+        if self.conv3:
             X = self.conv3(X)
-        return nnx.relu(Y + X)
+        Y += X
+        return nnx.relu(Y)
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
-                 in_channels: int | None = None) -> nnx.Sequential:
-    """A stage of ``num_residuals`` blocks; all but the first stage halve height and width."""
-    blocks = []
+def resnet_block(num_channels, num_residuals, first_block=False):
+    """A ResNet stage: all but the first halve height and width."""
+    blk = []
     for i in range(num_residuals):
         if i == 0 and not first_block:
-            blocks.append(Residual(num_channels, use_1x1conv=True, strides=2, in_channels=in_channels))
+            blk.append(Residual(num_channels, use_1x1conv=True, strides=2))
         else:
-            blocks.append(Residual(num_channels, in_channels=in_channels if i == 0 else num_channels))
-    return nnx.Sequential(*blocks)
+            blk.append(Residual(num_channels))
+    return nnx.Sequential(*blk)
 
 
-# d2l 0.17's signatures refused (core/compat.py); added here so that the #@save cells stay the chapter's code
-Residual = compat.checked_residual(Residual)
-resnet_block = compat.checked_resnet_block(resnet_block)
+# ---------------------------------------------------------------- the library around the chapter's cells
+
+def build(module: nnx.Module, in_channels: int) -> None:
+    """Build ``module``'s lazy layers for ``in_channels`` input channels now, from shapes alone:
+    one pixel traced through it in eval mode (``jax.eval_shape``: nothing computed, its BatchNorm
+    statistics untouched), each lazy layer noting the channels it sees, then each built."""
+    traced = {}
+    token = _TRACED.set(traced)
+    try:
+        with _eval_mode(module):
+            jax.eval_shape(lambda X: module(X), jax.ShapeDtypeStruct((1, 1, 1, in_channels), jnp.float32))
+    finally:
+        _TRACED.reset(token)
+    for layer, channels in traced.values():
+        layer.become(channels)
+
+
+# the book's signatures, with d2lres's in_channels; d2l 0.17's refused (family.py, compat.py)
+Residual = family.chapter_residual(Residual, method="__call__", shape=lambda X: (X.shape[-1], *X.shape[1:3]),
+                                   build=build)
+resnet_block = family.chapter_resnet_block(resnet_block, build)
 
 
 def _sequential(layers, name: str) -> nnx.Sequential:

@@ -19,9 +19,7 @@ _BN = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("runnin
 
 def _built(layer, name: str):
     if isinstance(layer, Lazy):
-        if layer.layer is None:
-            raise UserValueError(f"{name} has no weights yet: it is built on its first call (or pass in_channels)")
-        return layer.layer
+        raise UserValueError(f"{name} has no weights yet: it is built on its first call (or pass in_channels)")
     return layer
 
 

@@ -28,11 +28,14 @@ require("jax")  # a missing framework: an error that names the extra
 import jax  # noqa: F401  (after the settings above)
 
 from ..core.api import NAMES
-from ..core.compat import module_getattr
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
 from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 
+from . import edition
+
+# d2l 1.0's names (the book's compatibility surface, beside the contract): d2lres.jax.edition's
+globals().update({name: getattr(edition, name) for name in edition.NAMES})
+
 __all__ = list(NAMES)
-__getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

@@ -9,8 +9,9 @@ module *is* such an object (its parameters and BatchNorm statistics live in it, 
 ``net(X)``, iterated stage by stage like the chapter's ``nn.Sequential``, switched with
 ``net.train()`` / ``net.eval()``), and ``nnx.split`` / ``nnx.merge`` turn it into the pure
 functions that ``jax.jit`` compiles for training. A linen module is a stateless description; the
-API would have to carry a separate ``variables`` dict beside every net. ``d2lres.jax.bench`` keeps
-the book's linen code as the baseline.
+API would have to carry a separate ``variables`` dict beside every net. The book's own linen code
+trains through d2l 1.0's names (``d2lres.jax.edition``), and ``d2lres.jax.bench`` keeps it as the
+speed baseline.
 
 ``XLA_PYTHON_CLIENT_PREALLOCATE`` is set to ``false`` (unless already set) before JAX is
 imported, so that a GPU is not 75% reserved by JAX while another framework shares it. A run

@@ -124,13 +124,12 @@ class Module(nn.Module, HyperParameters):
     plot = edition.ModuleBase.plot
 
     def training_step(self, params, batch, state):
-        l, grads = jax.value_and_grad(self.loss)(params, batch[:-1], batch[-1], state)
-        self.plot("loss", l, train=True)
-        return l, grads
+        loss, grads = jax.value_and_grad(self.loss)(params, batch[:-1], batch[-1], state)
+        self.plot("loss", loss, train=True)
+        return loss, grads
 
     def validation_step(self, params, batch, state):
-        l = self.loss(params, batch[:-1], batch[-1], state)
-        self.plot("loss", l, train=False)
+        self.plot("loss", self.loss(params, batch[:-1], batch[-1], state), train=False)
 
     def apply_init(self, dummy_input, key):
         """The model's variables (``self.init``) for the batch ``dummy_input`` (a tuple of inputs)."""
@@ -151,8 +150,7 @@ class Classifier(Module):
         return value, grads
 
     def validation_step(self, params, batch, state):
-        l, _ = self.loss(params, batch[:-1], batch[-1], state)
-        self.plot("loss", l, train=False)
+        self.plot("loss", self.loss(params, batch[:-1], batch[-1], state)[0], train=False)
         self.plot("acc", self.accuracy(params, batch[:-1], batch[-1], state), train=False)
 
     @partial(jax.jit, static_argnums=(0, 5))

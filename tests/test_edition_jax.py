@@ -189,6 +189,7 @@ def to_linen(weights: dict) -> dict:
     return out
 
 
+@pytest.mark.slow  # six ResNet-18 functions compiled (three linen, three nnx)
 def test_the_chapters_linen_resnet18_is_d2lress_nnx_resnet18(tmp_path, capsys):
     """At 33x33, where Flax's ``padding='same'`` pads every stride-2 layer evenly (33, 17, 9, 5, 3:
     all odd), the book's network is d2lres's function; at 96x96 it is not (docs/book-code.md)."""
@@ -199,7 +200,7 @@ def test_the_chapters_linen_resnet18_is_d2lress_nnx_resnet18(tmp_path, capsys):
 
     net = d2l.resnet18(num_classes=10, in_channels=1)
     d2l.load_weights(net, files["weights"])
-    nnx_trainer = d2l.Trainer(net, compile=False)  # its compiled step: tests/test_parity.py
+    nnx_trainer = d2l.Trainer(net)
     nnx_out = {"eval_logits": nnx_trainer.forward(X, training=False)}
     d2l.load_weights(net, files["weights"])
     nnx_out["train_logits"] = nnx_trainer.forward(X, training=True)
@@ -208,7 +209,8 @@ def test_the_chapters_linen_resnet18_is_d2lress_nnx_resnet18(tmp_path, capsys):
     nnx_out["step_weights"] = nnx_trainer.get_weights()
 
     model = CHAPTER["ResNet18"](lr=lr)
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 33, 33, 1), np.float32))
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 33, 33, 1), np.float32))
+    variables = jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), shapes)  # set from the file below
     linen = d2l.edition.LinenTrainer(model, variables, model.configure_optimizers(), jax.random.PRNGKey(1))
     linen.set_weights(to_linen(neutral.load_npz(files["weights"])))
     linen_out = {"eval_logits": linen.forward(X, training=False), "train_logits": linen.forward(X, training=True)}

@@ -28,7 +28,7 @@ from ..errors import UserTypeError, UserValueError
 from ..loop import edition
 from ..loop.edition import EditionTrainer, HyperParameters, ProgressBoard, add_to_class, show_images  # noqa: F401
 from ..loop.trainer import TrainerBase, clip_value
-from .train import _gpus, host_arrays, to_arrays, try_gpu
+from .train import host_arrays, to_arrays, try_all_gpus, try_gpu
 
 #: What ``d2lres.jax`` exports from here (its ``Trainer`` is reached through the contract's
 #: ``Trainer``, which builds this one when called as d2l 1.0's ``Trainer(max_epochs, ...)``).
@@ -90,6 +90,10 @@ def get_key():
 def cpu():
     """JAX's CPU device."""
     return jax.devices("cpu")[0]
+
+
+def _gpus() -> list:
+    return [d for d in try_all_gpus() if d.platform != "cpu"]
 
 
 def gpu(i=0):

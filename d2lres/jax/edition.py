@@ -172,15 +172,21 @@ class Classifier(Module):
         return (ce.mean(), updates) if averaged else (ce, updates)
 
     def layer_summary(self, X_shape, key=None):
-        """Each layer of ``self.net`` and its output's shape, for zeros of ``X_shape`` (NHWC);
-        ``key`` (None: :func:`get_key`) initialises the variables."""
-        X = jnp.zeros(X_shape)
-        variables = self.init(get_key() if key is None else key, X)
-        bound = self.clone().bind(variables, mutable=["batch_stats"])
-        bound(X)
-        for layer in bound.net.layers:
-            X = layer(X)
-            print(layer.__class__.__name__, "output shape:\t", X.shape)
+        """Each layer of ``self.net`` and its output's shape, for zeros of ``X_shape`` (NHWC), the
+        variables initialised from ``key`` (None: :func:`get_key`). Traced by ``jax.eval_shape``:
+        the shapes without computing the layers."""
+        rows = []
+
+        def walk(X):
+            bound = self.clone().bind(self.init(get_key() if key is None else key, X), mutable=["batch_stats"])
+            bound(X)
+            for layer in bound.net.layers:
+                X = layer(X)
+                rows.append((layer.__class__.__name__, X.shape))
+            return X
+        jax.eval_shape(walk, jax.ShapeDtypeStruct(tuple(X_shape), jnp.float32))
+        for name, shape in rows:
+            print(name, "output shape:\t", shape)
 
 
 class DataModule(edition.DataModule):
@@ -394,7 +400,7 @@ class Trainer(EditionTrainer):
                                 f"{type(optimizer).__name__}")
         params_key, dropout_key = jax.random.split(get_key() if self.key is None else self.key)
         dummy_input = tuple(next(iter(self.train_dataloader))[:-1])
-        variables = model.apply_init(dummy_input, key={"params": params_key, "dropout": dropout_key})
+        variables = jax.jit(model.apply_init)(dummy_input, key={"params": params_key, "dropout": dropout_key})
         device = try_gpu() if self.num_gpus else cpu()
         trainer = LinenTrainer(model, variables, optimizer, dropout_key, device=device, precision=self.precision,
                                gradient_clip_val=self.gradient_clip_val)

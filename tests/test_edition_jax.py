@@ -93,6 +93,36 @@ def test_one_step_of_fit_is_a_hand_written_optax_step(real_data, tmp_path, monke
     assert (moved > 1e-3) == bool(clip)  # the clip took effect (and 0 left the step alone)
 
 
+def test_d2ls_own_steps_run_on_the_fitted_state(real_data, tmp_path, monkeypatch):
+    """The reader's calls after ``fit``, as in d2l: ``trainer.state``, ``model.loss`` / ``accuracy``
+    (eval mode, where d2l's last validation leaves ``model.training``), ``training_step``,
+    ``validation_step``; and ``get_tensorloader``'s batches."""
+    monkeypatch.chdir(tmp_path)
+    data = d2l.FashionMNIST(batch_size=16, limit=16, data_dir=real_data)
+    trainer, model = d2l.Trainer(max_epochs=1, board_path=None), SmallNet()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.fit(model, data, key=jax.random.PRNGKey(0))
+    X, y = next(iter(data.val_dataloader()))
+    state, logits = trainer.state, trainer.step_trainer.predict(X)
+    assert isinstance(state, d2l.edition.TrainState) and model.training is False
+    loss, updates = model.loss(state.params, (X,), y, state)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    assert abs(float(loss) - float(expected)) <= 1e-5 and "batch_stats" in updates
+    assert float(model.accuracy(state.params, (X,), y, state)) == float((logits.argmax(1) == y).mean())
+    (step_loss, _), grads = model.training_step(state.params, (X, y), state)
+    assert jax.tree.structure(grads) == jax.tree.structure(state.params) and float(step_loss) == float(loss)
+    model.validation_step(state.params, (X, y), state)  # with training_step: a second point of each
+    assert [len(model.board.data[k]) for k in ("train_loss", "val_loss", "val_acc")] == [2, 2, 2]
+
+    class Pairs(d2l.DataModule):
+        batch_size = 3
+    loader = Pairs().get_tensorloader((np.arange(8), -np.arange(8)), train=True, indices=slice(1, None))
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3 and [len(b[0]) for b in batches] == [3, 3, 1]
+    assert sorted(np.concatenate([b[0] for b in batches])) == list(range(1, 8))
+    assert all(np.array_equal(a, -b) for a, b in batches)
+
+
 class Interrupted(d2l.FashionMNIST):
     """Training batches that raise ``KeyboardInterrupt`` (Ctrl-C) at the ``stop_at``-th one served."""
 

@@ -172,7 +172,7 @@ class Classifier(Module):
         return (ce.mean(), updates) if averaged else (ce, updates)
 
     def layer_summary(self, X_shape, key=None):
-        """Each layer of ``self.net`` and its output's shape, for zeros of ``X_shape`` (NHWC), the
+        """Each layer of ``self.net`` and its output's shape for a batch of ``X_shape`` (NHWC), the
         variables initialised from ``key`` (None: :func:`get_key`). Traced by ``jax.eval_shape``:
         the shapes without computing the layers."""
         rows = []
@@ -385,7 +385,15 @@ class Trainer(EditionTrainer):
 
     def fit(self, model, data, key=None):
         self.key = key
-        return super().fit(model, data)
+        history = super().fit(model, data)
+        if "training" in {f.name for f in dataclasses.fields(model)}:
+            model.training = False  # where d2l's last validation leaves it: model.loss(..., trainer.state) in eval mode
+        return history
+
+    @property
+    def state(self):
+        """d2l's ``TrainState`` of the last ``fit``: parameters, optimizer state, ``batch_stats``, dropout key."""
+        return self.step_trainer.state
 
     def clip_gradients(self, grad_clip_val, grads):
         """d2l's clipping: ``grads`` scaled so that their joint norm is at most ``grad_clip_val``."""

@@ -217,8 +217,17 @@ def d2l_source(framework: str):
 def d2l_signature(fn) -> list[tuple[str, object]]:
     """``(name, default)`` of each positional parameter of an ``ast.FunctionDef`` (``...``: none)."""
     params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
-    defaults = [eval(ast.unparse(d)) for d in fn.args.defaults]  # d2l's literals and slice(0, None)
+    defaults = [_default(ast.unparse(d)) for d in fn.args.defaults]
     return list(zip(params, [...] * (len(params) - len(defaults)) + defaults))
+
+
+def _default(source: str):
+    """A default's value: d2l's literals and ``slice(0, None)`` evaluated; any other expression
+    (JAX's ``key=d2l.get_key()``, evaluated once at d2l's import) kept as its source text."""
+    try:
+        return eval(source)
+    except NameError:
+        return source
 
 
 def our_signature(obj) -> list[tuple[str, object]]:
@@ -227,11 +236,12 @@ def our_signature(obj) -> list[tuple[str, object]]:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def check_d2l_names(mod, framework: str, classes, functions) -> int:
+def check_d2l_names(mod, framework: str, classes, functions, defaults: dict | None = None) -> int:
     """Assert that ``mod`` has d2l 1.0.3's ``classes`` (every method d2l defines, the last definition
     of each: the one Python keeps; ``Trainer`` is the class ``mod.Trainer(1)`` builds) and
     ``functions`` with d2l's positional signatures, and each tensor alias d2l assigns after its last
-    class; returns how many methods were compared."""
+    class; ``defaults`` maps a d2l default's source text to d2lres's documented replacement;
+    returns how many methods were compared."""
     tree = d2l_source(framework)
     defined = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     functions_ = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -240,7 +250,8 @@ def check_d2l_names(mod, framework: str, classes, functions) -> int:
         methods = {node.name: node for node in defined[name].body if isinstance(node, ast.FunctionDef)}
         ours = type(mod.Trainer(1)) if name == "Trainer" else getattr(mod, name)
         for method, node in methods.items():
-            assert our_signature(getattr(ours, method)) == d2l_signature(node), (name, method)
+            expected = [(p, (defaults or {}).get(d, d) if isinstance(d, str) else d) for p, d in d2l_signature(node)]
+            assert our_signature(getattr(ours, method)) == expected, (name, method)
             compared += 1
     for name in functions:
         assert our_signature(getattr(mod, name)) == d2l_signature(functions_[name]), name

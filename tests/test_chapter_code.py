@@ -107,17 +107,11 @@ def test_old_signatures_are_refused_with_the_form_that_works(backend):
         mod.resnet_block(64, 128, 2)
     with pytest.raises(TypeError, match="multiple values for argument 'first_block'.*in_channels="):
         mod.resnet_block(64, 64, 2, first_block=True)
-    if mod.Trainer.edition:  # the 1.0 edition's names are there (tests/test_edition*.py)
-        assert type(mod.Trainer(max_epochs=10, num_gpus=1)).__module__ == mod.Trainer.edition
-        assert mod.Classifier and mod.FashionMNIST
-        with pytest.raises(TypeError, match="max_epochs: d2l 1.0's Trainer.*takes no network.*fit.model, data"):
-            mod.Trainer(mod.resnet18(), max_epochs=10)
-    else:
-        with pytest.raises(TypeError, match="max_epochs, num_gpus: d2l 1.0's Trainer.*0.17 edition's helpers"):
-            mod.Trainer(max_epochs=10, num_gpus=1)
-        for name in ("Classifier", "FashionMNIST"):
-            with pytest.raises(AttributeError, match=f"d2l 1.0's {name} is not part of d2lres.*0.17 edition"):
-                getattr(mod, name)
+    # the 1.0 edition's names are there (tests/test_edition*.py)
+    assert type(mod.Trainer(max_epochs=10, num_gpus=1)).__module__ == mod.Trainer.edition
+    assert mod.Classifier and mod.FashionMNIST
+    with pytest.raises(TypeError, match="max_epochs: d2l 1.0's Trainer.*takes no network.*fit.model, data"):
+        mod.Trainer(mod.resnet18(), max_epochs=10)
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'$"):
         assert mod.no_such_name is None
 

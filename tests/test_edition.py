@@ -56,7 +56,7 @@ def test_trainer_is_d2lress_with_a_network_and_d2ls_with_a_number_of_epochs():
 # --- the chapter in the 1.0 edition's forms (tests/book/edition_<framework>.py) ---------------------
 
 BOOK = Path(__file__).parent / "book"
-FRAMEWORKS = {"pytorch": "torch", "mxnet": "mxnet", "tensorflow": "tf"}
+FRAMEWORKS = {"pytorch": "torch", "mxnet": "mxnet", "tensorflow": "tf", "jax": "jax"}
 #: What the scripts print before training: the two Residual blocks, then the layer summary.
 SHAPES = {"pytorch": ["torch.Size([4, 3, 6, 6])", "torch.Size([4, 6, 3, 3])", "torch.Size([1, 64, 24, 24])",
                       "torch.Size([1, 64, 24, 24])", "torch.Size([1, 128, 12, 12])", "torch.Size([1, 256, 6, 6])",
@@ -64,7 +64,9 @@ SHAPES = {"pytorch": ["torch.Size([4, 3, 6, 6])", "torch.Size([4, 6, 3, 3])", "t
           "mxnet": ["(4, 3, 6, 6)", "(4, 6, 3, 3)", "(1, 64, 24, 24)", "(1, 64, 24, 24)", "(1, 128, 12, 12)",
                     "(1, 256, 6, 6)", "(1, 512, 3, 3)", "(1, 512, 1, 1)", "(1, 10)", "(4, 32, 96, 96)"],
           "tensorflow": ["(4, 6, 6, 3)", "(4, 3, 3, 6)", "(1, 24, 24, 64)", "(1, 24, 24, 64)", "(1, 12, 12, 128)",
-                         "(1, 6, 6, 256)", "(1, 3, 3, 512)", "(1, 10)", "(4, 96, 96, 32)"]}
+                         "(1, 6, 6, 256)", "(1, 3, 3, 512)", "(1, 10)", "(4, 96, 96, 32)"],
+          "jax": ["(4, 6, 6, 3)", "(4, 3, 3, 6)", "(1, 24, 24, 64)", "(1, 24, 24, 64)", "(1, 12, 12, 128)",
+                  "(1, 6, 6, 256)", "(1, 3, 3, 512)", "(1, 10)", "(4, 96, 96, 32)"]}
 
 
 @pytest.mark.parametrize("framework", [f for f, b in FRAMEWORKS.items() if b in backends.available()])

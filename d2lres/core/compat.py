@@ -7,8 +7,7 @@ that works.
   edition's PyTorch forms (input channels first) are refused saying how to write them.
 - The 0.17 edition's helpers (``load_data_fashion_mnist``, ``try_gpu``, ``train_ch6``) are in every
   backend; the 1.0 edition's (``Classifier``, ``Trainer(max_epochs)``, ``FashionMNIST``, ...) are in
-  those with an ``edition`` module (``d2lres.loop.edition``), and the others answer those names
-  with what to write instead (:func:`module_getattr`).
+  every backend's ``edition`` module, on the shared front end ``d2lres.loop.edition``.
 
 A *d2lres network* is one d2lres built (``ResNet``, ``resnet18()``, ...): it carries its ``spec``
 (``arch``, ``in_channels``, ``num_classes``), which the neutral weights file, the input rules of
@@ -29,17 +28,6 @@ from ..spec import is_d2lres_net, require_d2lres_net, spec_of  # noqa: F401 (the
 EDITION = ("d2lres follows the d2l 0.17 edition's helpers here: train with "
            "d2l.train_ch6(net, train_iter, test_iter, num_epochs, lr, d2l.try_gpu()) on the batches of "
            "d2l.load_data_fashion_mnist(batch_size, resize=96)")
-
-#: d2l 1.0's names that a backend without them answers, and what to use instead.
-EDITION_1_0 = {
-    "Classifier": "write the network as an nn.Module / Keras model / Gluon block and pass it to train_ch6",
-    "FashionMNIST": "d2l.load_data_fashion_mnist(batch_size, resize=96) gives (train_iter, test_iter)",
-    "Module": "write the network as the framework's own module and pass it to train_ch6",
-    "DataModule": "d2l.load_data_fashion_mnist(batch_size, resize=96) gives (train_iter, test_iter)",
-    "HyperParameters": "pass the settings to train_ch6",
-    "ProgressBoard": "train_ch6 draws its curves itself",
-    "ResNet18": "d2l.resnet18(num_classes=10, in_channels=1) builds the chapter's network",
-}
 
 #: Keywords of d2l 1.0's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)``.
 TRAINER_1_0 = ("max_epochs", "num_gpus", "gradient_clip_val")
@@ -100,14 +88,3 @@ def checked_resnet_block(function):
             raise UserTypeError(f"resnet_block: num_residuals must be a positive integer, got {n!r}")
         return function(*args, **kwargs)
     return resnet_block
-
-
-def module_getattr(module: str):
-    """A backend package's ``__getattr__``: d2l 1.0's names (``Classifier``, ``FashionMNIST``,
-    ...) raise an ``AttributeError`` saying what d2lres has instead."""
-    def __getattr__(name: str):
-        if name in EDITION_1_0:
-            raise AttributeError(f"module {module!r} has no attribute {name!r}: d2l 1.0's {name} is not part of "
-                                 f"d2lres, which follows the d2l 0.17 edition's helpers; {EDITION_1_0[name]}")
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    return __getattr__

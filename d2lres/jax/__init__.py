@@ -9,8 +9,9 @@ module *is* such an object (its parameters and BatchNorm statistics live in it, 
 ``net(X)``, iterated stage by stage like the chapter's ``nn.Sequential``, switched with
 ``net.train()`` / ``net.eval()``), and ``nnx.split`` / ``nnx.merge`` turn it into the pure
 functions that ``jax.jit`` compiles for training. A linen module is a stateless description; the
-API would have to carry a separate ``variables`` dict beside every net. ``d2lres.jax.bench`` keeps
-the book's linen code as the baseline.
+API would have to carry a separate ``variables`` dict beside every net. The book's own linen code
+trains through d2l 1.0's names (``d2lres.jax.edition``), and ``d2lres.jax.bench`` keeps it as the
+speed baseline.
 
 ``XLA_PYTHON_CLIENT_PREALLOCATE`` is set to ``false`` (unless already set) before JAX is
 imported, so that a GPU is not 75% reserved by JAX while another framework shares it. A run
@@ -28,11 +29,14 @@ require("jax")  # a missing framework: an error that names the extra
 import jax  # noqa: F401  (after the settings above)
 
 from ..core.api import NAMES
-from ..core.compat import module_getattr
 from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
 from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights
 
+from . import edition
+
+# d2l 1.0's names (the book's compatibility surface, beside the contract): d2lres.jax.edition's
+globals().update({name: getattr(edition, name) for name in edition.NAMES})
+
 __all__ = list(NAMES)
-__getattr__ = module_getattr(__name__)  # d2l 1.0's names: what d2lres has instead

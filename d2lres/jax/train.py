@@ -216,6 +216,7 @@ class Trainer(TrainerBase):
     and the network object itself is left as it was."""
 
     backend = "jax"
+    edition = "d2lres.jax.edition"  # Trainer(max_epochs, ...): d2l 1.0's, d2lres.loop.edition
 
     def __init__(self, net, momentum: float = 0.0, weight_decay: float = 0.0, *, device=None,
                  compile: bool | None = None, channels_last: bool | None = None, precision: str = "float32",

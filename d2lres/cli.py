@@ -121,7 +121,7 @@ def cmd_summary(args) -> int:
     expected = spec.walk(args.input, args.classes, arch)
     large = memory.activations_bytes(1, expected) > SUMMARY_WALK_LIMIT
     mod = backends.load(args.backend)
-    net = mod.resnet(arch.depth, arch.version, num_classes=args.classes, in_channels=args.input[0],
+    net = mod.resnet(arch.name, arch.version, num_classes=args.classes, in_channels=args.input[0],
                      flavour=arch.flavour)
     rows = mod.shape_walk(net, (args.input[0], 64, 64) if large else args.input)  # builds a lazy network
     if large:

@@ -52,7 +52,8 @@ PATCHES_MAX_PIXELS = 4
 
 
 class Conv(nnx.Conv):
-    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches."""
+    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches (a
+    grouped one, ``feature_group_count`` > 1, as one matmul per group)."""
 
     def __call__(self, X):
         k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
@@ -64,8 +65,14 @@ class Conv(nnx.Conv):
                                    for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
         bias = self.bias[...] if self.bias is not None else None
         patches, kernel, bias = self.promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
-        Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
-                            precision=self.precision)
+        g = self.feature_group_count
+        if g == 1:
+            Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
+                                precision=self.precision)
+        else:  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g): group by group
+            n, c, o = X.shape[0], X.shape[-1] // g, kernel.shape[-1]
+            Y = jnp.einsum("nhwkgc,kcgo->nhwgo", patches.reshape(n, ho, wo, k * k, g, c),
+                           kernel.reshape(k * k, c, g, o // g), precision=self.precision).reshape(n, ho, wo, o)
         return Y + bias if bias is not None else Y
 
 

@@ -108,13 +108,14 @@ class Lazy(nnx.Module):
 
 
 def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1, padding: int = 0,
-         bias: bool = True) -> nnx.Module:
-    """A convolution with symmetric zero padding; lazy when ``in_channels`` is None."""
+         bias: bool = True, groups: int = 1) -> nnx.Module:
+    """A convolution with symmetric zero padding (``groups``: Flax's ``feature_group_count``); lazy when
+    ``in_channels`` is None."""
     if not in_channels:
-        return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias))
+        return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias, groups))
     return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
-                padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform,
-                bias_init=zeros, precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
+                padding=((padding, padding), (padding, padding)), feature_group_count=groups, use_bias=bias,
+                kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
 
 
 def batch_norm(channels: int | None) -> nnx.Module:
@@ -193,7 +194,7 @@ def _sequential(layers, name: str) -> nnx.Sequential:
 
 
 KIT = family.Kit(
-    conv=lambda p: conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias),
+    conv=lambda p: conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias, p.groups),
     batch_norm=batch_norm, relu=lambda: relu, max_pool=lambda p: MaxPool(p.kernel, p.stride, p.padding),
     avg_pool=lambda: global_avg_pool, flatten=lambda: flatten,
     dense=lambda p: nnx.Linear(p.in_features, p.out_features, kernel_init=xavier_uniform, bias_init=zeros,
@@ -222,6 +223,10 @@ class PreActResidual(family.PreActResidual, Block):
 
 class PreActBottleneck(family.PreActBottleneck, Block):
     """``family.PreActBottleneck`` in JAX."""
+
+
+class ResNeXtBlock(family.ResNeXtBlock, Block):
+    """``family.ResNeXtBlock`` (d2l 1.0's; ``groups`` is the width of a group) in JAX."""
 
 
 class ResNet(nnx.Module):

@@ -4,8 +4,8 @@ sequential), as torchvision passes its norm layer and Flax's examples their ``co
 this module decides what is built from them: the stem and the head layer by layer, the stages of
 blocks (the chapter's own ``resnet_block`` for its ResNet-18), each block's paths and shortcut
 (:func:`build_block`, :func:`run_block`), the family's blocks (:class:`Bottleneck`,
-:class:`PreActResidual`, :class:`PreActBottleneck`, d2l 1.0's :class:`ResNeXtBlock`), the depth factories (:class:`Factories`) and
-the shape walk (:func:`shape_walk`). A new block type is a new ``spec.Block`` kind and, where it
+:class:`PreActResidual`, :class:`PreActBottleneck`, d2l 1.0's :class:`ResNeXtBlock`), the depth
+factories (:class:`Factories`) and the shape walk (:func:`shape_walk`). A new block type is a new ``spec.Block`` kind and, where it
 needs a layer no kit has, one kit entry per backend.
 """
 from __future__ import annotations

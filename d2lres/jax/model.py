@@ -115,7 +115,8 @@ def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 
         return Lazy(lambda c: conv(c, out_channels, kernel, stride, padding, bias, groups))
     return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
                 padding=((padding, padding), (padding, padding)), feature_group_count=groups, use_bias=bias,
-                kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
+                kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION, dtype=jnp.float32,
+                param_dtype=jnp.float32, rngs=_rngs())
 
 
 def batch_norm(channels: int | None) -> nnx.Module:

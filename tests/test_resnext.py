@@ -192,3 +192,61 @@ def test_torchvision_state_dict_loads(tmp_path):
     assert back.keys() == {k for k in sd if not k.endswith("num_batches_tracked")}
     for k in back:
         np.testing.assert_array_equal(back[k], sd[k].numpy(), err_msg=k)
+
+
+# --- the speed paths against each framework's plain grouped layer -------------------------------
+
+#: (side, channels, groups, stride): outputs above the patch limits (block-diagonal dense kernel), at it (patches).
+GROUPED = [(10, 16, 4, 1), (9, 32, 8, 2), (2, 256, 32, 1)]
+
+
+def _relative(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.skipif("tf" not in BACKENDS, reason="TensorFlow not installed")
+@pytest.mark.parametrize("side,channels,groups,stride", GROUPED)
+def test_tf_grouped_paths_are_keras_grouped_convolution(side, channels, groups, stride):
+    """``kernels.Conv2D`` with groups (the block-diagonal dense kernel, or the matmul per group at
+    2x2 outputs) against Keras's own grouped ``Conv2D``: outputs and both gradients."""
+    import keras
+    import tensorflow as tf
+    from d2lres.tf.kernels import Conv2D
+    mine = Conv2D(channels, 3, stride, 1, groups=groups, in_channels=channels)
+    mine.bias.assign(np.random.default_rng(1).random(channels, np.float32))
+    plain = keras.layers.Conv2D(channels, 3, stride, padding="valid", groups=groups)
+    plain.build((None, side + 2, side + 2, channels))
+    plain.set_weights(mine.get_weights())
+    X = tf.constant(np.random.default_rng(0).random((2, side, side, channels), np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(X)
+        y, y0 = mine(X), plain(tf.pad(X, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+        loss, loss0 = tf.reduce_sum(y ** 2), tf.reduce_sum(y0 ** 2)
+    assert mine.conv_path == ("matmul" if side == 2 else "conv")
+    assert _relative(y, y0) < 1e-6
+    assert _relative(tape.gradient(loss, mine.kernel), tape.gradient(loss0, plain.kernel)) < 1e-5
+    assert _relative(tape.gradient(loss, X), tape.gradient(loss0, X)) < 1e-5
+
+
+@pytest.mark.parametrize("side,channels,groups,stride", GROUPED)
+def test_jax_grouped_paths_are_xlas_grouped_convolution(side, channels, groups, stride):
+    """``kernels.Conv`` with ``feature_group_count`` (the block-diagonal dense kernel, or patches
+    per group at outputs of at most 4 pixels) against XLA's grouped convolution: outputs and the
+    kernel's gradient."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax import lax
+    from d2lres.jax.model import conv
+    layer = conv(channels, channels, 3, stride, 1, True, groups)
+    layer.bias[...] = jnp.asarray(np.random.default_rng(1).random(channels, np.float32))
+    X = jnp.asarray(np.random.default_rng(0).random((2, side, side, channels), np.float32))
+
+    def plain(W):
+        return lax.conv_general_dilated(X, W, (stride, stride), ((1, 1), (1, 1)), feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=lax.Precision.HIGHEST) + layer.bias[...]
+    assert _relative(layer(X), plain(layer.kernel[...])) < 1e-6
+    grad = nnx.grad(lambda m: (m(X) ** 2).sum())(layer).kernel[...]
+    assert _relative(grad, jax.grad(lambda W: (plain(W) ** 2).sum())(layer.kernel[...])) < 1e-5

@@ -46,7 +46,10 @@ class Conv2D(keras.layers.Conv2D):
     Small images with many channels run as im2col (``tf.image.extract_patches``) and one matmul
     instead of TF's convolution, whose backward pass is very slow there on CPU (the same function
     within float32 rounding; a grouped one, ``groups`` > 1, as one matmul per group); ``uses_matmul`` is
-    the rule, ``conv_path`` says what the last call ran."""
+    the rule, ``conv_path`` says what the last call ran. A grouped convolution otherwise runs as TF's
+    dense convolution with the block-diagonal kernel: Keras compiles a grouped one with XLA on a CPU,
+    far slower there than the dense one with the groups' zeros (docs/performance.md); the zeros add
+    exact zero products, the same function within float32 rounding."""
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: int = 0, *,
                  use_bias: bool = True, groups: int = 1, in_channels: int | None = None):
@@ -79,9 +82,20 @@ class Conv2D(keras.layers.Conv2D):
         X = pad(X, self.explicit_padding)
         if self.conv_path == "matmul":
             return self._matmul(X)
+        if self.groups > 1:
+            Y = self.convolution_op(X, self._block_diagonal(tf.convert_to_tensor(self.kernel)))
+            if not self.use_bias:
+                return Y
+            return Y + self.bias if self.compute_dtype == "float32" else add_bias(Y, self.bias)
         if self.use_bias and self.compute_dtype != "float32":  # bf16: the bias's gradient summed in float32
             return add_bias(self.convolution_op(X, self.kernel), self.bias)
         return super().call(X)
+
+    def _block_diagonal(self, kernel):
+        """The grouped kernel (k, k, C/g, O) as the dense (k, k, C, O) with zeros outside its groups."""
+        g, (kh, kw, c, o) = self.groups, kernel.shape
+        eye = tf.reshape(tf.eye(g, dtype=kernel.dtype), [1, 1, g, 1, g, 1])  # input group, output group
+        return tf.reshape(tf.reshape(kernel, [kh, kw, 1, c, g, o // g]) * eye, [kh, kw, g * c, o])
 
     def _matmul(self, X):
         (k, _), (s, _) = self.kernel_size, self.strides

@@ -250,3 +250,12 @@ def test_jax_grouped_paths_are_xlas_grouped_convolution(side, channels, groups, 
     assert _relative(layer(X), plain(layer.kernel[...])) < 1e-6
     grad = nnx.grad(lambda m: (m(X) ** 2).sum())(layer).kernel[...]
     assert _relative(grad, jax.grad(lambda W: (plain(W) ** 2).sum())(layer.kernel[...])) < 1e-5
+
+
+def test_cli_summary_takes_a_resnext_in_its_flavour():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "d2lres", "summary", "--backend", "torch", "--arch", "resnext50_32x4d",
+                          "--input", "3x64x64", "--classes", "1000"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "ResNeXt-50 32x4d (torchvision) in torch" in out.stdout and "25,028,904" in out.stdout

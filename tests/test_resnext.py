@@ -212,6 +212,7 @@ def test_tf_grouped_paths_are_keras_grouped_convolution(side, channels, groups, 
     2x2 outputs) against Keras's own grouped ``Conv2D``: outputs and both gradients."""
     import keras
     import tensorflow as tf
+
     from d2lres.tf.kernels import Conv2D
     mine = Conv2D(channels, 3, stride, 1, groups=groups, in_channels=channels)
     mine.bias.assign(np.random.default_rng(1).random(channels, np.float32))
@@ -238,6 +239,7 @@ def test_jax_grouped_paths_are_xlas_grouped_convolution(side, channels, groups, 
     import jax.numpy as jnp
     from flax import nnx
     from jax import lax
+
     from d2lres.jax.model import conv
     layer = conv(channels, channels, 3, stride, 1, True, groups)
     layer.bias[...] = jnp.asarray(np.random.default_rng(1).random(channels, np.float32))

@@ -5,8 +5,8 @@ this module decides what is built from them: the stem and the head layer by laye
 blocks (the chapter's own ``resnet_block`` for its ResNet-18), each block's paths and shortcut
 (:func:`build_block`, :func:`run_block`), the family's blocks (:class:`Bottleneck`,
 :class:`PreActResidual`, :class:`PreActBottleneck`, d2l 1.0's :class:`ResNeXtBlock`), the depth
-factories (:class:`Factories`) and the shape walk (:func:`shape_walk`). A new block type is a new ``spec.Block`` kind and, where it
-needs a layer no kit has, one kit entry per backend.
+factories (:class:`Factories`) and the shape walk (:func:`shape_walk`). A new block type is a new
+``spec.Block`` kind and, where it needs a layer no kit has, one kit entry per backend.
 """
 from __future__ import annotations
 

@@ -218,7 +218,8 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     runs = [run for name in names
             for run in _backend_runs(name, config, data_dir, with_variants, out, held, precisions_)]
     report = {"cpu": isa.cpu_info(held), "config": asdict(config), "runs": runs,
-              "forward_macs": spec.forward_macs(shape, arch=arch), "training_flops": spec.training_flops(shape, arch=arch)}
+              "forward_macs": spec.forward_macs(shape, arch=arch),
+              "training_flops": spec.training_flops(shape, arch=arch)}
     plain = [r for r in runs if r["precision"] == DEFAULT]
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{
         name: statistics.median(r["matmul_gflops"] for r in plain if r["backend"] == name) for name in names}}

@@ -220,7 +220,7 @@ def _reference_run(weights_file: Path, step_file: Path, X: np.ndarray, Xs: np.nd
     unround = []
 
     def net_from(path):
-        net = mod.resnet(a.depth, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
+        net = mod.resnet(a.name, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
         mod.load_weights(net, path)
         net = net.double()
         if rounded:
@@ -254,7 +254,7 @@ def run_backend(name: str, weights_file: Path, step_file: Path, X: np.ndarray, X
         return _reference_run(weights_file, step_file, X, Xs, y, lr, input_shape, num_classes, arch, rounded)
     mod = backends.load(name)
     a = spec.get_arch(arch)
-    net = mod.resnet(a.depth, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
+    net = mod.resnet(a.name, a.version, num_classes=num_classes, in_channels=input_shape[0], flavour=a.flavour)
     mod.load_weights(net, weights_file)
     with warnings.catch_warnings():  # bf16 where it is emulated: slower, the same function
         warnings.simplefilter("ignore", precisions.SlowPrecisionWarning)

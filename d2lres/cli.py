@@ -95,7 +95,7 @@ def _resize(text: str) -> int:
 
 
 def _arch(args) -> spec.Arch:
-    return replace(args.arch, version=args.version, flavour=args.flavour)
+    return spec.get_arch(args.arch, args.version, args.flavour)
 
 
 def _arch_options(p: argparse.ArgumentParser) -> None:
@@ -103,8 +103,9 @@ def _arch_options(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(spec.ARCH_NAMES)} (default resnet18, the chapter's)")
     p.add_argument("--version", type=int, choices=spec.VERSIONS, default=1,
                    help="1: post-activation blocks (the chapter's), 2: pre-activation")
-    p.add_argument("--flavour", choices=spec.FLAVOURS, default="chapter",
-                   help="chapter: biased convolutions, bare 1x1 shortcut; torchvision: torchvision's layout")
+    p.add_argument("--flavour", choices=spec.FLAVOURS,
+                   help="chapter: biased convolutions, bare 1x1 shortcut; torchvision: torchvision's layout "
+                        "(default: chapter; a ResNeXt name's own, torchvision for resnext50_32x4d and the 101s)")
 
 
 #: Above this many bytes of activations for one image, ``summary`` takes the shapes from the spec
@@ -121,7 +122,7 @@ def cmd_summary(args) -> int:
     expected = spec.walk(args.input, args.classes, arch)
     large = memory.activations_bytes(1, expected) > SUMMARY_WALK_LIMIT
     mod = backends.load(args.backend)
-    net = mod.resnet(arch.depth, arch.version, num_classes=args.classes, in_channels=args.input[0],
+    net = mod.resnet(arch.name, arch.version, num_classes=args.classes, in_channels=args.input[0],
                      flavour=arch.flavour)
     rows = mod.shape_walk(net, (args.input[0], 64, 64) if large else args.input)  # builds a lazy network
     if large:
@@ -229,8 +230,8 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from .perf.bench import BenchConfig, bench
     config = BenchConfig.quick() if args.quick else BenchConfig()
-    overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats), ("rounds", args.rounds))
-                 if v is not None}
+    overrides = {k: v for k, v in (("size", args.size), ("repeats", args.repeats), ("rounds", args.rounds),
+                                   ("arch", args.arch and args.arch.name)) if v is not None}
     if args.batches:
         overrides["batches"] = tuple(args.batches)
     config = replace(config, **overrides)
@@ -418,6 +419,8 @@ def parser() -> argparse.ArgumentParser:
                    f"{bench_defaults.repeats})")
     b.add_argument("--rounds", type=int, help=f"end-to-end rounds per way, alternating (median reported; default "
                    f"{bench_defaults.rounds})")
+    b.add_argument("--arch", type=_arch_name, help=f"the network, in its name's default flavour: one of "
+                   f"{', '.join(spec.ARCH_NAMES)} (default {bench_defaults.arch}, the chapter's)")
     _option(b, "--out", help="output directory (default runs/bench)")
     _option(b, "--isa")
     _option(b, "--data-dir")

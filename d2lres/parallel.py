@@ -79,7 +79,7 @@ def single_device_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray
     """One step of the backend's ordinary ``Trainer`` on one device from ``weights``."""
     mod = backends.load(backend)
     a = arch
-    net = mod.resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
+    net = mod.resnet(a.name, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     mod.set_weights(net, weights)
     trainer = mod.Trainer(net, momentum=momentum, weight_decay=weight_decay, device=mod.try_gpu())
     loss, _ = trainer.step(*trainer.convert(X, y), lr)
@@ -95,7 +95,7 @@ def data_parallel_step(backend: str, weights: dict, X: np.ndarray, y: np.ndarray
     TensorFlow (the net built in the strategy's scope) have their own ``data_parallel_step``."""
     mod = backends.load(backend)
     a = arch
-    net = mod.resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
+    net = mod.resnet(a.name, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     mod.set_weights(net, weights)
     trainer = backend_module(backend).ParallelTrainer(net, momentum, weight_decay, replicas=replicas,
                                                       sync_bn=sync_bn)

@@ -22,6 +22,11 @@ block: version 1 ``conv1, bn1, conv2, bn2[, conv3, bn3]`` on the main path, then
 (``conv3[, bn3]`` in a basic block, ``conv4[, bn4]`` in a bottleneck); version 2 ``bn1, conv1,
 bn2, conv2[, bn3, conv3]`` then the shortcut convolution; version 2 adds ``head.bn`` (the final
 BN-ReLU) before the pooling.
+
+ResNeXt (Xie et al. 2017; the 1.0 edition's last section), version 1 only: :data:`RESNEXT`. Its
+block (kind ``"resnext"``) is d2l 1.0's ``ResNeXtBlock``: 1x1, a grouped 3x3 (the stride on it), 1x1,
+BatchNorm after each, the projection shortcut a 1x1 convolution with BatchNorm; names as the
+bottleneck's. The flavours differ only in the biases (``chapter``: every convolution biased, as d2l's).
 """
 from __future__ import annotations
 
@@ -45,41 +50,70 @@ WIDTHS = (64, 128, 256, 512)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 VERSIONS = (1, 2)
 FLAVOURS = ("chapter", "torchvision")
-ARCH_NAMES = tuple(f"resnet{d}" for d in ARCHS)
+#: ResNeXt: name -> (depth, cardinality, group width, default flavour); the depth's stage plan of
+#: :data:`ARCHS` (ResNet-18's stages of 64..512 channels, ResNet-50's and -101's of 256..2048).
+#: Cardinality > 0: torchvision's ``resnext<depth>_<C>x<d>d`` (C groups in every 3x3, each ``d``
+#: channels wide in b2 and twice as wide per stage). Cardinality 0: d2lres's ``resnext18``, not a
+#: published network: the chapter's ResNet-18 stem and stages with d2l 1.0's ``ResNeXtBlock(c,
+#: groups=16, bot_mul=1)``, groups 16 channels wide (4, 8, 16, 32 of them in b2..b5).
+RESNEXT = {"resnext18": (18, 0, 16, "chapter"), "resnext50_32x4d": (50, 32, 4, "torchvision"),
+           "resnext101_32x8d": (101, 32, 8, "torchvision"), "resnext101_64x4d": (101, 64, 4, "torchvision")}
+ARCH_NAMES = tuple(f"resnet{d}" for d in ARCHS) + tuple(RESNEXT)
 
 
 @dataclass(frozen=True)
 class Arch:
-    """One entry of the family: depth (a key of :data:`ARCHS`), version 1 or 2, flavour."""
+    """One entry of the family: depth (a key of :data:`ARCHS`), version 1 or 2, flavour; a ResNeXt
+    (``group_width`` > 0) has ``cardinality`` and ``group_width`` as :data:`RESNEXT` gives them."""
     depth: int = 18
     version: int = 1
     flavour: str = "chapter"
+    cardinality: int = 0
+    group_width: int = 0
+
+    @property
+    def resnext(self) -> bool:
+        return self.group_width > 0
 
     @property
     def block(self) -> str:
-        return ARCHS[self.depth][0]
+        return "resnext" if self.resnext else ARCHS[self.depth][0]
 
     @property
     def stages(self) -> tuple[tuple[int, int], ...]:
         """``(number of blocks, output channels)`` of b2..b5."""
-        e = EXPANSION[self.block]
+        e = EXPANSION[ARCHS[self.depth][0]]
         return tuple((n, w * e) for n, w in zip(ARCHS[self.depth][1], WIDTHS))
+
+    def groups(self, stage: int, out_channels: int) -> tuple[int, int]:
+        """A ResNeXt block's ``(bottleneck channels, groups of its 3x3)`` in stage ``stage`` (0: b2)."""
+        if self.cardinality:
+            return self.cardinality * self.group_width * 2 ** stage, self.cardinality
+        return out_channels, out_channels // self.group_width
 
     @property
     def name(self) -> str:
-        return f"resnet{self.depth}"
+        if not self.resnext:
+            return f"resnet{self.depth}"
+        return f"resnext{self.depth}" + (f"_{self.cardinality}x{self.group_width}d" if self.cardinality else "")
 
     def __str__(self) -> str:
+        if self.resnext:
+            return (f"ResNeXt-{self.depth}" + (f" {self.cardinality}x{self.group_width}d" if self.cardinality else "")
+                    + ("" if self.flavour == "chapter" else f" ({self.flavour})"))
         return (f"ResNet-{self.depth}" + (" v2" if self.version == 2 else "")
                 + ("" if self.flavour == "chapter" else f" ({self.flavour})"))
 
 
 def get_arch(arch=None, version: int | None = None, flavour: str | None = None) -> Arch:
-    """An :class:`Arch` from an ``Arch``, a name (``"resnet50"``, ``"ResNet-50"``, ``"50"``) or a
-    depth; ``version`` / ``flavour`` override. Unknown names raise ``ValueError`` listing the
-    known ones."""
+    """An :class:`Arch` from an ``Arch``, a name (``"resnet50"``, ``"ResNet-50"``, ``"50"``,
+    ``"resnext50_32x4d"``) or a depth; ``version`` / ``flavour`` override (a ResNeXt name's default
+    flavour is :data:`RESNEXT`'s). Unknown names raise ``ValueError`` listing the known ones."""
     if isinstance(arch, Arch):
         base = arch
+    elif isinstance(arch, str) and arch.lower().replace("-", "_") in RESNEXT:
+        depth, cardinality, width, default = RESNEXT[arch.lower().replace("-", "_")]
+        base = Arch(depth, 1, default, cardinality, width)
     else:
         depth = 18 if arch is None else arch
         if isinstance(depth, str):
@@ -96,12 +130,19 @@ def get_arch(arch=None, version: int | None = None, flavour: str | None = None) 
                              f"2 (pre-activation)")
     if flavour not in FLAVOURS:
         raise UserValueError(f"unknown flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
-    return Arch(base.depth, version, flavour)
+    if base.resnext and version != 1:
+        raise UserValueError(f"{base.name} has version 1 only (post-activation blocks, as d2l's ResNeXtBlock)")
+    return Arch(base.depth, version, flavour, base.cardinality, base.group_width)
 
 
 def all_archs(flavours=FLAVOURS) -> list[Arch]:
     """Every entry of the table: each depth, version, flavour."""
     return [Arch(d, v, f) for f in flavours for v in VERSIONS for d in ARCHS]
+
+
+def resnext_archs() -> list[Arch]:
+    """The ResNeXt entries of :data:`RESNEXT`, each in its default flavour."""
+    return [get_arch(name) for name in RESNEXT]
 
 
 class _Named:
@@ -122,6 +163,7 @@ class Conv(_Named):
     stride: int = 1
     padding: int = 0
     bias: bool = True
+    groups: int = 1  # the weights are (out, in // groups, kernel, kernel)
 
 
 @dataclass(frozen=True)
@@ -148,10 +190,11 @@ class MaxPool(_Named):
 @dataclass(frozen=True)
 class Block:
     """Any block of the family. ``out_channels`` is what the block outputs (a bottleneck's
-    inner width is ``out_channels // 4``); ``projection``: a strided 1x1 convolution on the
-    shortcut (needed when the stride or the channel count changes)."""
+    inner width is ``out_channels // 4``, a ResNeXt block's ``bottleneck``); ``projection``: a
+    strided 1x1 convolution on the shortcut (needed when the stride or the channel count changes);
+    ``groups``: a ResNeXt block's groups in its 3x3 convolution."""
     name: str
-    kind: str  # "basic" | "bottleneck"
+    kind: str  # "basic" | "bottleneck" | "resnext"
     version: int
     in_channels: int
     out_channels: int
@@ -160,10 +203,12 @@ class Block:
     bias: bool = True
     shortcut_bn: bool = False
     stride_on_3x3: bool = False
+    bottleneck: int = 0
+    groups: int = 1
 
     @property
     def width(self) -> int:
-        return self.out_channels // EXPANSION[self.kind]
+        return self.bottleneck if self.kind == "resnext" else self.out_channels // EXPANSION[self.kind]
 
     @property
     def shortcut_name(self) -> str:
@@ -175,8 +220,9 @@ class Block:
         if self.kind == "basic":
             convs = [Conv(f"{n}.conv1", self.in_channels, w, 3, s, 1, b), Conv(f"{n}.conv2", w, w, 3, 1, 1, b)]
         else:
-            s1, s3 = (1, s) if self.stride_on_3x3 else (s, 1)
-            convs = [Conv(f"{n}.conv1", self.in_channels, w, 1, s1, 0, b), Conv(f"{n}.conv2", w, w, 3, s3, 1, b),
+            s1, s3 = (1, s) if self.stride_on_3x3 or self.kind == "resnext" else (s, 1)
+            convs = [Conv(f"{n}.conv1", self.in_channels, w, 1, s1, 0, b),
+                     Conv(f"{n}.conv2", w, w, 3, s3, 1, b, self.groups),
                      Conv(f"{n}.conv3", w, self.out_channels, 1, 1, 0, b)]
         out = []
         for i, conv in enumerate(convs, 1):
@@ -190,7 +236,7 @@ class Block:
             return []
         n, k = self.name, self.shortcut_name
         out = [Conv(f"{n}.{k}", self.in_channels, self.out_channels, 1, self.strides, 0, self.bias)]
-        if self.shortcut_bn:
+        if self.shortcut_bn or self.kind == "resnext":
             out.append(BatchNorm(f"{n}.bn{k[-1]}", self.out_channels))
         return out
 
@@ -228,9 +274,10 @@ def resnet_spec(arch=None, num_classes: int = 10, in_channels: int = 1) -> dict[
         for i in range(num_blocks):
             strides = 2 if i == 0 and k > 0 else 1
             projection = i == 0 and (strides != 1 or channels != out_channels)
+            bottleneck, groups = arch.groups(k, out_channels) if arch.resnext else (0, 1)
             blocks.append(Block(f"{name}.{i}", arch.block, arch.version, channels, out_channels, strides,
                                 projection, bias=not tv, shortcut_bn=tv and arch.version == 1,
-                                stride_on_3x3=tv))
+                                stride_on_3x3=tv, bottleneck=bottleneck, groups=groups))
             channels = out_channels
         net[name] = blocks
     head = [BatchNorm("head.bn", channels), "relu"] if arch.version == 2 else []
@@ -266,7 +313,7 @@ def parameters(num_classes: int = 10, in_channels: int = 1, arch=None) -> dict[s
             for p in primitives(layer):
                 if isinstance(p, Conv):
                     params[f"{p.name}.weight"] = ParamSpec(
-                        (p.out_channels, p.in_channels, p.kernel, p.kernel), True)
+                        (p.out_channels, p.in_channels // p.groups, p.kernel, p.kernel), True)
                     if p.bias:
                         params[f"{p.name}.bias"] = ParamSpec((p.out_channels,), True)
                 elif isinstance(p, BatchNorm):
@@ -324,7 +371,8 @@ def _apply(layer, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
         h, w = (_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
         if h <= 0 or w <= 0:
             raise UserValueError(f"input too small: {layer.name} would output {h}x{w}")
-        return (layer.out_channels, h, w), layer.out_channels * h * w * layer.in_channels * layer.kernel ** 2
+        macs = layer.out_channels * h * w * layer.in_channels // layer.groups * layer.kernel ** 2
+        return (layer.out_channels, h, w), macs
     if isinstance(layer, MaxPool):
         c, h, w = shape
         h, w = (_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
@@ -432,14 +480,15 @@ def variants_markdown(sizes=(224, 96)) -> str:
     lines = ["# The ResNet variants", "",
              "Generated by `python -m d2lres.spec > docs/variants.md` from `d2lres/spec.py` (a test keeps it "
              "current). Every entry builds in `d2lres.torch`, `d2lres.tf`, `d2lres.mxnet` and `d2lres.jax` with "
-             "`resnet(depth, version, num_classes, in_channels, flavour)`.", ""]
+             "`resnet(depth, version, num_classes, in_channels, flavour)` (a ResNeXt: `depth` is its name, "
+             "`resnet(\"resnext50_32x4d\", flavour=\"torchvision\")`).", ""]
     for num_classes, in_channels, note in ((1000, 3, "3 input channels, 1000 classes (ImageNet)"),
                                            (10, 1, "1 input channel, 10 classes (Fashion-MNIST, the chapter)")):
         lines += [f"## {note}", "",
                   "| variant | version | flavour | trainable | BN statistics | "
                   + " | ".join(f"GMAC at {n}x{n}" for n in sizes) + " |",
                   "|---|---|---|--:|--:|" + "--:|" * len(sizes)]
-        for r in table_rows(sizes=sizes, num_classes=num_classes, in_channels=in_channels):
+        for r in table_rows(all_archs() + resnext_archs(), sizes, num_classes, in_channels):
             a = r["arch"]
             lines.append(f"| {a.name} | {a.version} | {a.flavour} | {r['trainable']:,} | {r['bn_stats']:,} | "
                          + " | ".join(f"{r['macs'][n] / 1e9:.3f}" for n in sizes) + " |")
@@ -449,7 +498,13 @@ def variants_markdown(sizes=(224, 96)) -> str:
               "Flavours: `chapter` = convolutions with biases, bare 1x1 projection shortcut, bottleneck "
               "stride on its first 1x1; `torchvision` = bias-free convolutions, BatchNorm on the projection "
               "shortcut (version 1), bottleneck stride on its 3x3. Version 2 = pre-activation blocks and a "
-              "final BN-ReLU before the pooling (`head.bn`)."]
+              "final BN-ReLU before the pooling (`head.bn`).", "",
+              "ResNeXt (version 1 only): d2l 1.0's `ResNeXtBlock` (1x1, grouped 3x3 with the stride, 1x1, BatchNorm "
+              "after each; the 1x1 shortcut with BatchNorm); its flavours differ only in the biases. "
+              "`resnext50_32x4d`, `resnext101_32x8d`, `resnext101_64x4d`: torchvision's (C groups of d channels in "
+              "b2, twice as wide per stage). `resnext18` is d2lres's own, not a published network: the chapter's "
+              "ResNet-18 stem and stages with `ResNeXtBlock(c, groups=16, bot_mul=1)` (groups of 16 channels). "
+              "Grouped convolutions count `in // groups` input channels per output in their weights and MACs."]
     return "\n".join(lines) + "\n"
 
 

@@ -365,14 +365,21 @@ def torchvision_keys(arch="resnet18", num_classes: int = 1000, in_channels: int 
 
 def torchvision_arch(state_dict) -> spec.Arch:
     """The variant a torchvision ``state_dict`` holds, read off its keys (blocks per stage, and
-    whether the blocks have a third convolution)."""
+    whether the blocks have a third convolution) and, for a ResNeXt, the shape of its first grouped
+    kernel (``layer1.0.conv2.weight``: (C * d, d, 3, 3) for cardinality C and d channels per group)."""
     blocks = [len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{s}.")}) for s in (1, 2, 3, 4)]
     kind = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    grouped = tuple(getattr(state_dict.get("layer1.0.conv2.weight"), "shape", ()))[:2] if kind == "bottleneck" else ()
+    cardinality, width = (grouped[0] // grouped[1], grouped[1]) if len(grouped) == 2 and grouped[0] != grouped[1] \
+        and grouped[1] else (0, 0)
     for depth, (k, layers) in spec.ARCHS.items():
         if (k, tuple(layers)) == (kind, tuple(blocks)):
-            return spec.Arch(depth, 1, "torchvision")
-    raise UserValueError(f"not a torchvision ResNet state_dict: {kind} blocks per stage {blocks} match none of "
-                         f"{', '.join(spec.ARCH_NAMES)}")
+            arch = spec.Arch(depth, 1, "torchvision", cardinality, width)
+            if not cardinality or arch.name in spec.RESNEXT:
+                return arch
+    raise UserValueError(f"not a torchvision ResNet or ResNeXt state_dict: {kind} blocks per stage {blocks}"
+                         + (f", {cardinality} groups of {width} channels" if cardinality else "")
+                         + f" match none of {', '.join(spec.ARCH_NAMES)}")
 
 
 def _numpy(key: str, value) -> np.ndarray:

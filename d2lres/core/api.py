@@ -83,6 +83,24 @@ class PreActBottleneck:
                  shortcut_bn=False, stride_on_3x3=False): ...
 
 
+class ResNeXtBlock:
+    """d2l 1.0's ResNeXt block: 1x1, grouped 3x3, 1x1 convolutions, each followed by BatchNorm, plus the shortcut.
+
+    Args:
+        num_channels: output channels of the block.
+        groups: d2l's meaning: the width (channels) of each group, not their number; the 3x3 convolution has
+            ``round(num_channels * bot_mul) // groups`` groups, which ``groups`` must divide.
+        bot_mul: bottleneck channels per output channel (``bot_channels = round(num_channels * bot_mul)``).
+        use_1x1conv: a 1x1 convolution with BatchNorm on the shortcut, needed when channels or stride change.
+        strides: stride of the 3x3 convolution and of the shortcut; the default 1 keeps the size.
+        in_channels: input channels, which build the layers now; None: inferred on the first call.
+        bias: convolutions with biases, as d2l's; False: bias-free, as torchvision's ResNeXt.
+    """
+
+    def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, *, in_channels=None,
+                 bias=True): ...
+
+
 class Block:
     """Any block of the family, built from its framework-free ``spec.Block``.
 
@@ -130,7 +148,8 @@ def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter"
     """Any variant of ``spec.ARCHS``, initialised with d2lres's scheme.
 
     Args:
-        depth: 18, 34, 50, 101 or 152, or a name such as ``"resnet50"``; the default 18 is the chapter's network.
+        depth: 18, 34, 50, 101 or 152, or a name such as ``"resnet50"`` or ``"resnext50_32x4d"`` (ResNeXt: version 1;
+            ``flavour="torchvision"`` for torchvision's); the default 18 is the chapter's network.
         version: 1 (the default): post-activation blocks, as the chapter's; 2: pre-activation blocks.
         num_classes: outputs of the dense head; the default 10 is Fashion-MNIST's.
         in_channels: channels of the input images; the default 1 is Fashion-MNIST's grey images.
@@ -450,7 +469,7 @@ class ParallelTrainer(Trainer):
 PARALLEL_NAMES = ["ParallelTrainer"]
 
 #: Every public name of a backend package, in the order of its ``__all__``.
-NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block", "ResNet",
+NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "ResNeXtBlock", "Block", "ResNet",
          "resnet_block", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "shape_walk", "count_parameters",
          "get_weights", "set_weights", "save_weights", "load_weights", "init_weights",
@@ -460,7 +479,8 @@ NAMES = ["Residual", "Bottleneck", "PreActResidual", "PreActBottleneck", "Block"
 
 #: The family's other blocks (``d2lres.core.family``): class name, ``spec.Block`` kind and version, docstring.
 BLOCK_FAMILY = tuple((cls.__name__, cls.kind, cls.version, cls.__doc__)
-                     for cls in (family.Bottleneck, family.PreActResidual, family.PreActBottleneck))
+                     for cls in (family.Bottleneck, family.PreActResidual, family.PreActBottleneck,
+                                 family.ResNeXtBlock))
 
 
 def signature(obj) -> list[tuple[str, str, object]]:

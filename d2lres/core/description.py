@@ -97,18 +97,19 @@ _OPTIONS = {"init": (str, None), "data_dir": (str, None), "limit": (int, None), 
 
 
 def arch_job(arch: spec.Arch) -> list:
-    """``[depth, version, flavour]``: an architecture in a job (:func:`arch_from_job` reads it back)."""
-    return [arch.depth, arch.version, arch.flavour]
+    """``[name, version, flavour]``: an architecture in a job (:func:`arch_from_job` reads it back)."""
+    return [arch.name, arch.version, arch.flavour]
 
 
 def arch_from_job(value) -> spec.Arch:
     """The architecture :func:`arch_job` wrote; ``ValueError`` for any other value."""
-    if not (isinstance(value, list) and len(value) == 3 and all(type(v) in (int, str) for v in value)):
-        raise UserValueError(f"architecture {value!r} is not [depth, version, flavour]")
-    arch = spec.Arch(*value)
-    if arch.depth not in spec.ARCHS or arch.version not in spec.VERSIONS or arch.flavour not in spec.FLAVOURS:
-        raise UserValueError(f"architecture {value!r} is not one of the family's")
-    return arch
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and type(value[1]) is int
+            and isinstance(value[2], str)):
+        raise UserValueError(f"architecture {value!r} is not [name, version, flavour]")
+    try:
+        return spec.get_arch(*value)
+    except ValueError:
+        raise UserValueError(f"architecture {value!r} is not one of the family's") from None
 
 
 def _bad(problem: str):

@@ -4,9 +4,9 @@ sequential), as torchvision passes its norm layer and Flax's examples their ``co
 this module decides what is built from them: the stem and the head layer by layer, the stages of
 blocks (the chapter's own ``resnet_block`` for its ResNet-18), each block's paths and shortcut
 (:func:`build_block`, :func:`run_block`), the family's blocks (:class:`Bottleneck`,
-:class:`PreActResidual`, :class:`PreActBottleneck`), the depth factories (:class:`Factories`) and
-the shape walk (:func:`shape_walk`). A new block type is a new ``spec.Block`` kind and, where it
-needs a layer no kit has, one kit entry per backend.
+:class:`PreActResidual`, :class:`PreActBottleneck`, d2l 1.0's :class:`ResNeXtBlock`), the depth
+factories (:class:`Factories`) and the shape walk (:func:`shape_walk`). A new block type is a new
+``spec.Block`` kind and, where it needs a layer no kit has, one kit entry per backend.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .. import inputs, spec
-from ..errors import UserValueError
+from ..errors import UserTypeError, UserValueError
 from . import compat
 
 
@@ -25,7 +25,7 @@ from . import compat
 class Kit:
     """A backend's layers, each built from the spec entry it implements. A layer whose input
     channels are 0 in the spec (a block built without ``in_channels``) infers them on its first call."""
-    conv: Callable        # spec.Conv -> convolution (symmetric zero padding, PyTorch's)
+    conv: Callable        # spec.Conv -> convolution (symmetric zero padding, PyTorch's; spec.Conv.groups)
     batch_norm: Callable  # channels (0: inferred) -> BatchNorm with spec.BN_EPS and spec.BN_MOMENTUM
     relu: Callable        # () -> a ReLU the framework's sequential container holds
     max_pool: Callable    # spec.MaxPool -> max-pool padded with -inf
@@ -182,6 +182,40 @@ class PreActResidual(SpecBlock):
 class PreActBottleneck(SpecBlock):
     """Pre-activation bottleneck (version 2): (BN-ReLU-conv) x 3 with 1x1, 3x3, 1x1 kernels."""
     kind, version = "bottleneck", 2
+
+
+class ResNeXtBlock:
+    """d2l 1.0's ResNeXt block: conv1x1-BN-ReLU, a grouped conv3x3 (the stride on it)-BN-ReLU,
+    conv1x1-BN, plus the shortcut (a 1x1 convolution with BatchNorm when ``use_1x1conv``), then ReLU.
+
+    ``groups`` is d2l's: the *width of each group* (channels per group), not their number. The
+    3x3 convolution has ``bot_channels // groups`` groups, where ``bot_channels =
+    round(num_channels * bot_mul)``: ``ResNeXtBlock(32, 16, 1)`` has 2 groups of 16 channels. The
+    paper's and torchvision's cardinality C with d channels per group (``32x4d``) is
+    ``ResNeXtBlock(num_channels, groups=d, bot_mul=C * d / num_channels)``. A ``bot_channels``
+    that ``groups`` does not divide is refused."""
+    kind, version = "resnext", 1
+
+    def __init__(self, num_channels: int, groups: int, bot_mul: float, use_1x1conv: bool = False,
+                 strides: int = 1, *, in_channels: int | None = None, bias: bool = True):
+        name = type(self).__name__
+        for key, value in (("num_channels", num_channels), ("groups", groups), ("strides", strides)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise UserTypeError(f"{name}: {key} must be a positive integer, got {value!r}")
+        if isinstance(bot_mul, bool) or not isinstance(bot_mul, (int, float, np.integer, np.floating)) \
+                or not bot_mul > 0:
+            raise UserTypeError(f"{name}: bot_mul must be a positive number, got {bot_mul!r}")
+        if not isinstance(use_1x1conv, (bool, np.bool_)):
+            raise UserTypeError(f"{name}: use_1x1conv must be True or False, got {use_1x1conv!r}")
+        bot = int(round(num_channels * bot_mul))
+        if bot < groups or bot % groups:
+            raise UserValueError(f"{name}({num_channels}, groups={groups}, bot_mul={bot_mul}): its {bot} bottleneck "
+                                 f"channels (round(num_channels * bot_mul)) are not a positive multiple of "
+                                 f"groups={groups}, the "
+                                 f"width of each group (d2l's groups: the 3x3 convolution has bot_channels // groups "
+                                 f"groups); choose groups that divide {bot}")
+        super().__init__(spec.Block("", self.kind, self.version, in_channels or 0, num_channels, strides,
+                                    bool(use_1x1conv), bias, True, True, bot, bot // groups))
 
 
 # --------------------------------------------------------------------------- factories

@@ -52,20 +52,41 @@ PATCHES_MAX_PIXELS = 4
 
 
 class Conv(nnx.Conv):
-    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches."""
+    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches (a
+    grouped one, ``feature_group_count`` > 1, as one matmul per group), and a grouped convolution
+    with larger outputs as XLA's dense convolution with the block-diagonal kernel: XLA's CPU
+    grouped convolution, its gradient above all, is far slower than the dense one with the
+    groups' zeros (docs/performance.md). The zeros add exact zero products: the same function
+    within float32 rounding (and an infinite input reaches the other groups as NaN)."""
 
     def __call__(self, X):
         k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
         ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
         if ho * wo > PATCHES_MAX_PIXELS:
-            return super().__call__(X)
+            return super().__call__(X) if self.feature_group_count == 1 else self._block_diagonal(X, s, p)
         Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
         patches = jnp.concatenate([Xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
                                    for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
         bias = self.bias[...] if self.bias is not None else None
         patches, kernel, bias = self.promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
-        Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
-                            precision=self.precision)
+        g = self.feature_group_count
+        if g == 1:
+            Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
+                                precision=self.precision)
+        else:  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g): group by group
+            n, c, o = X.shape[0], X.shape[-1] // g, kernel.shape[-1]
+            Y = jnp.einsum("nhwkgc,kcgo->nhwgo", patches.reshape(n, ho, wo, k * k, g, c),
+                           kernel.reshape(k * k, c, g, o // g), precision=self.precision).reshape(n, ho, wo, o)
+        return Y + bias if bias is not None else Y
+
+    def _block_diagonal(self, X, s: int, p: int):
+        bias = self.bias[...] if self.bias is not None else None
+        X, kernel, bias = self.promote_dtype((X, self.kernel[...], bias), dtype=self.dtype)
+        g, (kh, kw, c, o) = self.feature_group_count, kernel.shape
+        eye = jnp.eye(g, dtype=kernel.dtype).reshape(1, 1, g, 1, g, 1)  # (.., input group, .., output group, ..)
+        full = (kernel.reshape(kh, kw, 1, c, g, o // g) * eye).reshape(kh, kw, g * c, o)  # an exact product
+        Y = lax.conv_general_dilated(X, full, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=self.precision)
         return Y + bias if bias is not None else Y
 
 

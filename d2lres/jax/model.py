@@ -140,14 +140,15 @@ class LazyConv(Lazy, Conv):
     ``nn.LazyConv2d``; it then becomes the :func:`conv` of those channels."""
 
     def __init__(self, num_channels: int, kernel_size: int, strides: int = 1, padding: int = 0,
-                 use_bias: bool = True):
+                 use_bias: bool = True, groups: int = 1):
         _check_ints(type(self).__name__, num_channels=(num_channels, 1), kernel_size=(kernel_size, 1),
-                    strides=(strides, 1), padding=(padding, 0))
+                    strides=(strides, 1), padding=(padding, 0), groups=(groups, 1))
         self.num_channels, self.kernel_size, self.strides, self.padding = num_channels, kernel_size, strides, padding
-        self.use_bias = bool(use_bias)
+        self.use_bias, self.groups = bool(use_bias), groups
 
     def layer_for(self, channels: int) -> Conv:
-        return conv(channels, self.num_channels, self.kernel_size, self.strides, self.padding, self.use_bias)
+        return conv(channels, self.num_channels, self.kernel_size, self.strides, self.padding, self.use_bias,
+                    self.groups)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         n, h, w, _ = input_shape
@@ -172,13 +173,15 @@ class LazyBatchNorm(Lazy, BatchNorm):
 
 
 def conv(in_channels: int | None, out_channels: int, kernel: int, stride: int = 1, padding: int = 0,
-         bias: bool = True) -> nnx.Module:
-    """A convolution with symmetric zero padding; a :class:`LazyConv` when ``in_channels`` is None."""
+         bias: bool = True, groups: int = 1) -> nnx.Module:
+    """A convolution with symmetric zero padding (``groups``: Flax's ``feature_group_count``); a
+    :class:`LazyConv` when ``in_channels`` is None."""
     if not in_channels:
-        return LazyConv(out_channels, kernel, stride, padding, bias)
+        return LazyConv(out_channels, kernel, stride, padding, bias, groups)
     return Conv(in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
-                padding=((padding, padding), (padding, padding)), use_bias=bias, kernel_init=xavier_uniform,
-                bias_init=zeros, precision=PRECISION, dtype=jnp.float32, param_dtype=jnp.float32, rngs=_rngs())
+                padding=((padding, padding), (padding, padding)), feature_group_count=groups, use_bias=bias,
+                kernel_init=xavier_uniform, bias_init=zeros, precision=PRECISION, dtype=jnp.float32,
+                param_dtype=jnp.float32, rngs=_rngs())
 
 
 def batch_norm(channels: int | None) -> nnx.Module:
@@ -276,7 +279,7 @@ def _sequential(layers, name: str) -> nnx.Sequential:
 
 
 KIT = family.Kit(
-    conv=lambda p: conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias),
+    conv=lambda p: conv(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, p.bias, p.groups),
     batch_norm=batch_norm, relu=lambda: relu, max_pool=lambda p: MaxPool(p.kernel, p.stride, p.padding),
     avg_pool=lambda: global_avg_pool, flatten=lambda: flatten,
     dense=lambda p: nnx.Linear(p.in_features, p.out_features, kernel_init=xavier_uniform, bias_init=zeros,
@@ -305,6 +308,10 @@ class PreActResidual(family.PreActResidual, Block):
 
 class PreActBottleneck(family.PreActBottleneck, Block):
     """``family.PreActBottleneck`` in JAX."""
+
+
+class ResNeXtBlock(family.ResNeXtBlock, Block):
+    """``family.ResNeXtBlock`` (d2l 1.0's; ``groups`` is the width of a group) in JAX."""
 
 
 class ResNet(nnx.Module):

@@ -68,7 +68,7 @@ def show_or_save_curves(histories: dict[str, dict], path: str | Path | None = No
 
 def bench_figure(report: dict):
     """Left: end-to-end training images/s, d2lres vs the chapter's way, per backend; right:
-    the training step's share of the matmul limit, per batch size."""
+    the training step's share of the matmul limit, per batch size (a way not run: no bar)."""
     runs = [r for r in report["runs"] if not r["options"]]
     names = list(dict.fromkeys(r["backend"] for r in runs))
     batches = list(runs[0]["train"])
@@ -77,7 +77,7 @@ def bench_figure(report: dict):
     for i, way in enumerate(("d2lres", "chapter")):
         rows = {r["backend"]: r for r in runs if r["way"] == way}
         xs = [k + (i - 0.5) * width for k in range(len(names))]
-        ax_e2e.bar(xs, [rows[n]["end_to_end"]["images_per_s"] for n in names], width, label=way,
+        ax_e2e.bar(xs, [rows[n]["end_to_end"]["images_per_s"] if n in rows else 0 for n in names], width, label=way,
                    color=[COLORS.get(n) for n in names], alpha=1.0 if way == "d2lres" else 0.45,
                    edgecolor="black", hatch="" if way == "d2lres" else "//")
     for k, name in enumerate(names):
@@ -92,7 +92,8 @@ def bench_figure(report: dict):
     for j, (way, batch) in enumerate((w, b) for w in ("d2lres", "chapter") for b in batches):
         rows = {r["backend"]: r for r in runs if r["way"] == way}
         xs = [k + (j - len(batches) + 0.5) * width for k in range(len(names))]
-        ax_share.bar(xs, [100 * rows[n]["train_share"][batch] for n in names], width, label=f"{way} b{batch}",
+        ax_share.bar(xs, [100 * rows[n]["train_share"][batch] if n in rows else 0 for n in names], width,
+                     label=f"{way} b{batch}",
                      alpha=1.0 if way == "d2lres" else 0.45, hatch="" if way == "d2lres" else "//",
                      color=f"C{batches.index(batch)}", edgecolor="black")
     ax_share.axhline(70, color="gray", linestyle="--", linewidth=1)

@@ -15,7 +15,8 @@ with warnings.catch_warnings():
     import mxnet
 
 from ..core.api import NAMES
-from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, count_parameters, resnet,
+from .model import (Block, Bottleneck, PreActBottleneck, PreActResidual, Residual, ResNet, ResNeXtBlock,
+                    count_parameters, resnet,
                     resnet18, resnet34, resnet50, resnet101, resnet152, resnet_block, shape_walk)
 from .train import Trainer, load_data_fashion_mnist, train_ch6, try_all_gpus, try_gpu
 from .weights import get_weights, init_weights, load_torchvision_state_dict, load_weights, save_weights, set_weights

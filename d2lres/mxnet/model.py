@@ -76,7 +76,7 @@ def _sequential(layers, name: str) -> nn.HybridSequential:
 
 
 KIT = family.Kit(
-    conv=lambda p: nn.Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
+    conv=lambda p: nn.Conv2D(p.out_channels, p.kernel, p.stride, p.padding, groups=p.groups, use_bias=p.bias,
                              in_channels=p.in_channels),
     batch_norm=batch_norm, relu=lambda: nn.Activation("relu"),
     max_pool=lambda p: nn.MaxPool2D(pool_size=p.kernel, strides=p.stride, padding=p.padding),
@@ -111,6 +111,10 @@ class PreActResidual(family.PreActResidual, Block):
 
 class PreActBottleneck(family.PreActBottleneck, Block):
     """``family.PreActBottleneck`` in MXNet."""
+
+
+class ResNeXtBlock(family.ResNeXtBlock, Block):
+    """``family.ResNeXtBlock`` (d2l 1.0's; ``groups`` is the width of a group) in MXNet."""
 
 
 class ResNet(nn.HybridSequential):

@@ -60,6 +60,7 @@ class BenchConfig:
     rounds: int = 3
     matmul_n: int = 2048
     lr: float = preset("chapter").lr
+    arch: str = "resnet18"  # a name of spec.ARCH_NAMES, in its default flavour
 
     @classmethod
     def quick(cls) -> "BenchConfig":
@@ -140,7 +141,8 @@ def worker(backend: str, way: str, config: BenchConfig, options: dict, data_dir=
         importlib.import_module(framework)  # before d2lres sets any thread counts
     mod = backends.load(backend)
     fw_bench = importlib.import_module(f"d2lres.{backend}.bench")
-    net = mod.resnet18()
+    arch = spec.get_arch(config.arch)
+    net = mod.resnet(arch.name, arch.version, flavour=arch.flavour)
     mod.init_weights(net, 0)
     runner = fw_bench.ChapterWay(net, config.lr) if way == "chapter" else D2lresWay(mod, net, config.lr, options)
     result = {"backend": backend, "way": way, "options": options, "device": str(mod.try_gpu()),
@@ -171,11 +173,17 @@ def _run_worker(backend, way, config, options, data_dir, parts, out: Path, held:
                            launcher=("-W", "ignore:This DataLoader will create"))
 
 
+def chapter_way_fits(backend: str, arch: str) -> bool:
+    """Whether the chapter's way of ``backend`` trains ``arch``: JAX's is the book's own linen
+    ResNet-18 (``jax/bench.py``); the others train d2lres's network of any variant."""
+    return backend != "jax" or spec.get_arch(arch) == spec.get_arch("resnet18")
+
+
 def _backend_runs(name, config: BenchConfig, data_dir, with_variants: bool, out: Path, held: str,
                   precisions_: tuple[str, ...] = (DEFAULT,)) -> list[dict]:
     """Both ways and d2lres's way in each other precision (steps, then ``config.rounds``
     end-to-end rounds alternating them so that all see the same machine), then the variants' steps."""
-    plans = {way: (way, {}) for way in WAYS}
+    plans = {way: (way, {}) for way in WAYS if way == "d2lres" or chapter_way_fits(name, config.arch)}
     plans.update({f"d2lres-{p}": ("d2lres", {"precision": p}) for p in precisions_
                   if p != DEFAULT and name in MIXED_BACKENDS})
     runs = {key: _run_worker(name, way, config, options, data_dir, ["steps", "end_to_end"], out / f"{name}-{key}.json",
@@ -205,12 +213,13 @@ def bench(names, out, config: BenchConfig = BenchConfig(), *, data_dir=None, wit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data.fetch_fashion_mnist(data_dir)
-    shape = (1, config.size, config.size)
+    shape, arch = (1, config.size, config.size), spec.get_arch(config.arch)
     numpy_gflops = numpy_matmul_gflops(config.matmul_n, held)
     runs = [run for name in names
             for run in _backend_runs(name, config, data_dir, with_variants, out, held, precisions_)]
-    report = {"cpu": isa.cpu_info(held), "config": asdict(config), "forward_macs": spec.forward_macs(shape),
-              "training_flops": spec.training_flops(shape), "runs": runs}
+    report = {"cpu": isa.cpu_info(held), "config": asdict(config), "runs": runs,
+              "forward_macs": spec.forward_macs(shape, arch=arch),
+              "training_flops": spec.training_flops(shape, arch=arch)}
     plain = [r for r in runs if r["precision"] == DEFAULT]
     report["matmul_gflops"] = {"numpy": numpy_gflops, **{
         name: statistics.median(r["matmul_gflops"] for r in plain if r["backend"] == name) for name in names}}
@@ -280,7 +289,8 @@ def format_table(report: dict) -> str:
             + ["end to end img/s", "ratio to chapter (end to end)", f"train b{batches[0]} GFLOP/s",
                "share of matmul limit"])
     lines = [f"CPU: {isa.describe(report['cpu'])}. "
-             f"ResNet-18, 1x{report['config']['size']}x{report['config']['size']}: "
+             f"{spec.get_arch(report['config'].get('arch'))}, 1x{report['config']['size']}x{report['config']['size']} "
+             "(grouped convolutions counted by their own MACs): "
              f"{report['forward_macs'] / 1e9:.3f} GMAC forward, {report['training_flops'] / 1e9:.2f} GFLOP per "
              f"training image. Matmul limit {report['matmul_limit_gflops']:.0f} GFLOP/s, the best of float32 "
              f"{report['config']['matmul_n']}x{report['config']['matmul_n']} matmuls measured in this run ("

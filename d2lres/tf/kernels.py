@@ -45,12 +45,17 @@ class Conv2D(keras.layers.Conv2D):
 
     Small images with many channels run as im2col (``tf.image.extract_patches``) and one matmul
     instead of TF's convolution, whose backward pass is very slow there on CPU (the same function
-    within float32 rounding); ``uses_matmul`` is the rule, ``conv_path`` says what the last call ran."""
+    within float32 rounding; a grouped one, ``groups`` > 1, as one matmul per group); ``uses_matmul`` is
+    the rule, ``conv_path`` says what the last call ran. A grouped convolution otherwise runs as TF's
+    dense convolution with the block-diagonal kernel: Keras compiles a grouped one with XLA on a CPU,
+    far slower there than the dense one with the groups' zeros (docs/performance.md); the zeros add
+    exact zero products, the same function within float32 rounding."""
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: int = 0, *,
-                 use_bias: bool = True, in_channels: int | None = None):
+                 use_bias: bool = True, groups: int = 1, in_channels: int | None = None):
         same = strides == 1 and kernel_size % 2 == 1 and padding == kernel_size // 2
-        super().__init__(filters, kernel_size, strides, padding="same" if same else "valid", use_bias=use_bias)
+        super().__init__(filters, kernel_size, strides, padding="same" if same else "valid", groups=groups,
+                         use_bias=use_bias)
         self.explicit_padding = 0 if same else padding
         self.conv_path = None  # "conv" or "matmul": what the last call ran
         if in_channels:
@@ -77,9 +82,20 @@ class Conv2D(keras.layers.Conv2D):
         X = pad(X, self.explicit_padding)
         if self.conv_path == "matmul":
             return self._matmul(X)
+        if self.groups > 1:
+            Y = self.convolution_op(X, self._block_diagonal(tf.convert_to_tensor(self.kernel)))
+            if not self.use_bias:
+                return Y
+            return Y + self.bias if self.compute_dtype == "float32" else add_bias(Y, self.bias)
         if self.use_bias and self.compute_dtype != "float32":  # bf16: the bias's gradient summed in float32
             return add_bias(self.convolution_op(X, self.kernel), self.bias)
         return super().call(X)
+
+    def _block_diagonal(self, kernel):
+        """The grouped kernel (k, k, C/g, O) as the dense (k, k, C, O) with zeros outside its groups."""
+        g, (kh, kw, c, o) = self.groups, kernel.shape
+        eye = tf.reshape(tf.eye(g, dtype=kernel.dtype), [1, 1, g, 1, g, 1])  # input group, output group
+        return tf.reshape(tf.reshape(kernel, [kh, kw, 1, c, g, o // g]) * eye, [kh, kw, g * c, o])
 
     def _matmul(self, X):
         (k, _), (s, _) = self.kernel_size, self.strides
@@ -87,8 +103,15 @@ class Conv2D(keras.layers.Conv2D):
             X = pad(X, k // 2)
         P = X[:, ::s, ::s, :] if k == 1 else \
             tf.image.extract_patches(X, [1, k, k, 1], [1, s, s, 1], [1, 1, 1, 1], "VALID")  # (kh, kw, c) order
-        depth = P.shape[-1]
-        Y = tf.reshape(P, [-1, depth]) @ tf.reshape(tf.convert_to_tensor(self.kernel), [depth, self.filters])
+        depth, g = P.shape[-1], self.groups
+        kernel = tf.convert_to_tensor(self.kernel)
+        if g == 1:
+            Y = tf.reshape(P, [-1, depth]) @ tf.reshape(kernel, [depth, self.filters])
+        else:  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g): group by group
+            c = depth // (k * k * g)
+            Y = tf.einsum("nkgc,kcgo->ngo", tf.reshape(P, [-1, k * k, g, c]),
+                          tf.reshape(kernel, [k * k, c, g, self.filters // g]))
+            Y = tf.reshape(Y, [-1, self.filters])
         Y = tf.reshape(Y, tf.concat([tf.shape(P)[:3], [self.filters]], 0))
         if not self.use_bias:
             return Y

@@ -140,7 +140,7 @@ def _sequential(layers, name: str) -> keras.Sequential:
 
 
 KIT = family.Kit(
-    conv=lambda p: Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias,
+    conv=lambda p: Conv2D(p.out_channels, p.kernel, p.stride, p.padding, use_bias=p.bias, groups=p.groups,
                           in_channels=p.in_channels or None),
     batch_norm=lambda channels: BatchNorm(channels or None), relu=keras.layers.ReLU,
     max_pool=lambda p: MaxPool2D(p.kernel, p.stride, padding=p.padding),
@@ -171,6 +171,10 @@ class PreActResidual(family.PreActResidual, Block):
 
 class PreActBottleneck(family.PreActBottleneck, Block):
     """``family.PreActBottleneck`` in TensorFlow."""
+
+
+class ResNeXtBlock(family.ResNeXtBlock, Block):
+    """``family.ResNeXtBlock`` (d2l 1.0's; ``groups`` is the width of a group) in TensorFlow."""
 
 
 class ResNet(keras.Model):

@@ -187,7 +187,7 @@ class ParallelTrainer(Trainer):
         self.rank = 0 if config is None else int(config["task"]["index"])
         weights, arch = get_weights(net), net.arch
         with self.strategy.scope(), tf.variable_creator_scope(_mean_statistics):
-            mirrored = resnet(arch.depth, arch.version, num_classes=net.num_classes, in_channels=net.in_channels,
+            mirrored = resnet(arch.name, arch.version, num_classes=net.num_classes, in_channels=net.in_channels,
                               flavour=arch.flavour)
             set_weights(mirrored, weights)
             if sync_bn:
@@ -253,7 +253,7 @@ def data_parallel_step(weights: dict, X: np.ndarray, y: np.ndarray, lr: float, *
     strategy(replicas)  # before anything else runs TensorFlow (refuses a number the run does not have)
     from . import resnet, set_weights
     a = arch
-    net = resnet(a.depth, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
+    net = resnet(a.name, a.version, num_classes=10, in_channels=X.shape[1], flavour=a.flavour)
     set_weights(net, weights)
     trainer = ParallelTrainer(net, momentum, weight_decay, replicas=replicas, sync_bn=sync_bn)
     loss, _ = trainer.step(*trainer.convert(X, y), lr)

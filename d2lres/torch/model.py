@@ -78,8 +78,8 @@ resnet_block = family.chapter_resnet_block(resnet_block, build)
 def conv(p: spec.Conv) -> nn.Module:
     """A convolution; lazy when its input channels are 0."""
     if not p.in_channels:
-        return nn.LazyConv2d(p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias)
-    return nn.Conv2d(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, bias=p.bias)
+        return nn.LazyConv2d(p.out_channels, p.kernel, p.stride, p.padding, groups=p.groups, bias=p.bias)
+    return nn.Conv2d(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, groups=p.groups, bias=p.bias)
 
 
 def batch_norm(channels: int) -> nn.Module:
@@ -120,6 +120,10 @@ class PreActResidual(family.PreActResidual, Block):
 
 class PreActBottleneck(family.PreActBottleneck, Block):
     """``family.PreActBottleneck`` in PyTorch."""
+
+
+class ResNeXtBlock(family.ResNeXtBlock, Block):
+    """``family.ResNeXtBlock`` (d2l 1.0's; ``groups`` is the width of a group) in PyTorch."""
 
 
 class ResNet(nn.Sequential):

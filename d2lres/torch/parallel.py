@@ -157,7 +157,7 @@ def _step_worker(rank: int, world_size: int, port: int, folder: str, lr: float, 
         data = np.load(Path(folder) / "inputs.npz")
         weights = {k[2:]: data[k] for k in data.files if k.startswith("w.")}
         a = arch
-        net = resnet(a.depth, a.version, num_classes=10, in_channels=data["X"].shape[1], flavour=a.flavour)
+        net = resnet(a.name, a.version, num_classes=10, in_channels=data["X"].shape[1], flavour=a.flavour)
         set_weights(net, weights)
         device = try_gpu(rank) if torch.cuda.is_available() else torch.device("cpu")
         trainer = ParallelTrainer(net, momentum, weight_decay, device=device, sync_bn=sync_bn)

@@ -103,9 +103,9 @@ def _fence(code: str, info: str) -> str:
     return f"{ticks}{info}\n{code}\n{ticks}"
 
 
-def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[str, list[str]]:
-    """A cell's stdout and results as text, and its images (files written to ``image_dir``)."""
-    text, images = [], []
+def output_parts(outputs: list[dict]) -> tuple[str, list[bytes]]:
+    """A cell's stdout and results as text (progress redraws and colours resolved), and its PNGs."""
+    text, pngs = [], []
     for out in outputs:
         kind = out.get("output_type")
         if kind == "stream" and out.get("name") == "stdout":
@@ -113,16 +113,24 @@ def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[s
         elif kind in ("execute_result", "display_data"):
             data = out.get("data", {})
             if "image/png" in data:
-                png = base64.b64decode(data["image/png"])
-                name = f"{image_prefix}-{hashlib.sha256(png).hexdigest()[:12]}.png"
-                image_dir.mkdir(parents=True, exist_ok=True)
-                (image_dir / name).write_bytes(png)
-                images.append(name)
+                pngs.append(base64.b64decode(data["image/png"]))
             elif "text/plain" in data and kind == "execute_result":
                 text.append(data["text/plain"] + "\n")
     joined = _ANSI.sub("", "".join(text))
     lines = [line.rsplit("\r", 1)[-1] for line in joined.split("\n")]  # progress redraws: the last
-    return "\n".join(lines).strip("\n"), images
+    return "\n".join(lines).strip("\n"), pngs
+
+
+def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[str, list[str]]:
+    """A cell's stdout and results as text, and its images (files written to ``image_dir``)."""
+    text, pngs = output_parts(outputs)
+    images = []
+    for png in pngs:
+        name = f"{image_prefix}-{hashlib.sha256(png).hexdigest()[:12]}.png"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        (image_dir / name).write_bytes(png)
+        images.append(name)
+    return text, images
 
 
 def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], image_dir: Path,

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from book import chapter, chapter_page, execute
+from book import chapter, chapter_page, execute, record
 from d2lres.core import api
 from d2lres.host import backends
 
@@ -42,6 +42,12 @@ CREDIT = {
 HEADER = {
     "en": "Outputs: {modes}. `make book FULL=1` executes the chapter's settings instead.",
     "ja": "出力：{modes}。`make book FULL=1` で本章の設定どおりに実行します。",
+}
+RECORDED = {
+    "en": " The training cell's output under {tabs} is a run of that cell recorded at lighter settings, "
+          "which its label states with the accuracy reached.",
+    "ja": " {tabs} のタブの学習のセルの出力は、そのセルを軽い設定で実行して記録したものです"
+          "（設定と到達した精度はその出力に記載）。",
 }
 MODE_TEXT = {
     "en": {"fast": "fast mode (`D2LRES_FAST=1`: 512 images at 32x32, one epoch)",
@@ -83,6 +89,8 @@ def chapter_md(text: str, lang: str, labels: list[str], outputs: dict, src: Path
         links = ('<a class="d2lres-lang-switch" href="../resnet.html" hreflang="en" lang="en">English</a> '
                  '<a href="../index.html">プロジェクトの文書（英語）</a>')
     switch = f'<div class="d2lres-lang">{links if both else ""}</div>'
+    tabs = [chapter_page.LABELS[fw] for fw in chapter.FRAMEWORKS if outputs.get(fw, {}).get("records")]
+    recorded = RECORDED[lang].format(tabs=", ".join(tabs) if lang == "en" else "、".join(tabs)) if tabs else ""
     body = chapter_page.render(text, lang, labels, outputs, src / "_outputs", "_outputs", notebook_rel, both)
     first, _, rest = body.lstrip().partition("\n")  # the title line
     label_line = ""
@@ -90,7 +98,7 @@ def chapter_md(text: str, lang: str, labels: list[str], outputs: dict, src: Path
         label_line, (first, _, rest) = first + "\n", rest.partition("\n")
     return (f"{label_line}{first}\n\n```{{raw}} html\n{switch}\n```\n\n"
             f"```{{admonition}} {'Outputs' if lang == 'en' else '出力について'}\n:class: note\n"
-            f"{HEADER[lang].format(modes=modes)}\n```\n{rest}\n\n"
+            f"{HEADER[lang].format(modes=modes)}{recorded}\n```\n{rest}\n\n"
             f"```{{raw}} html\n<p class=\"d2lres-credit\">{CREDIT[lang]}</p>\n```\n")
 
 
@@ -188,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise SystemExit("book: the Japanese code cells differ from the English source's:\n" + "\n".join(problems))
     outputs, executed = run_outputs(en, "full" if args.full else "fast", args.cache, args.set)
+    if not args.full:  # the training cells' recorded runs, where current
+        print("\n".join(record.apply(outputs, chapter.SOURCE, chapter_page.framework_cells(en))), flush=True)
     work = args.out.parent / (args.out.name + "-src")
     write_sources(work / "en", work / "ja" if ja is not None else None, en, ja, outputs)
     shutil.rmtree(args.out, ignore_errors=True)

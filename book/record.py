@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import hashlib
 import io
 import json
@@ -175,6 +176,11 @@ def read(recipe: Recipe, framework: str, root: Path = RECORDS) -> tuple[dict, by
             raise RecordError(f"field {name!r} missing")
         if not isinstance(data[name], kind) or isinstance(data[name], bool):
             raise RecordError(f"field {name!r} has the wrong type ({type(data[name]).__name__})")
+    for name in ("date", "commit", "cpu", "python", "command", "image_sha256", "recipe", "framework"):
+        if data[name] is not None and len(data[name]) > 400:
+            raise RecordError(f"field {name!r} is longer than 400 characters")
+    if max(len(data["text"]), len(data["executed_cell"])) > 20_000:
+        raise RecordError("its text is longer than 20,000 characters")
     if data["format"] != FORMAT:
         raise RecordError(f"format {data['format']}, this build reads format {FORMAT}")
     if (data["recipe"], data["framework"]) != (recipe.name, framework):
@@ -183,6 +189,12 @@ def read(recipe: Recipe, framework: str, root: Path = RECORDS) -> tuple[dict, by
     for name in ("key", "versions", "settings"):
         if not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 400 for k, v in data[name].items()):
             raise RecordError(f"field {name!r} must map names to short strings")
+    try:
+        aware = datetime.datetime.fromisoformat(data["date"]).tzinfo is not None
+    except ValueError:
+        aware = False
+    if not aware:
+        raise RecordError(f"field 'date' is not an ISO date with its time zone ({data['date'][:40]!r})")
     if set(data["settings"]) != {"en", "ja"}:
         raise RecordError("field 'settings' must hold 'en' and 'ja'")
     if not data["metrics"] or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -237,7 +249,41 @@ def lookup(recipe: Recipe, framework: str, cells: list[str],
     return (None, None, "stale: " + "; ".join(reasons)) if reasons else (data, png, "current")
 
 
-def outputs(data: dict, png: bytes) -> list[dict]:
+def apply(outputs: dict[str, dict], source: Path, cells: dict[str, list[str]], root: Path = RECORDS) -> list[str]:
+    """Put the current records of ``source``'s recipes in place of their cells' executed outputs
+    (``outputs[fw]``, as ``book.build`` holds them: ``records`` maps a cell's index to its record,
+    ``stale`` to why it has none); returns the build's lines about them."""
+    lines = []
+    for recipe in RECIPES.values():
+        if (ROOT / recipe.source).resolve() != Path(source).resolve():
+            continue
+        for fw in recipe.frameworks:
+            if fw not in outputs or fw not in cells:
+                continue
+            where = paths(recipe, fw, root)[0]
+            where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+            try:
+                i = cell_index(recipe, cells[fw])
+            except RecordError as e:
+                lines.append(f"book: {fw}: {e}")
+                continue
+            data, png, why = lookup(recipe, fw, cells[fw], root)
+            if data is None:
+                outputs[fw].setdefault("stale", {})[i] = command(recipe, fw)
+                lines.append(f"book: {fw}: {where}: {why}; the page shows the executed output "
+                             f"({command(recipe, fw)} records it)")
+            else:
+                outputs[fw]["cells"][i] = record_outputs(data, png)
+                outputs[fw].setdefault("records", {})[i] = data
+                lines.append(f"book: {fw}: {where}: current, shown ({metrics_text(data)})")
+    return lines
+
+
+def metrics_text(data: dict) -> str:
+    return ", ".join(f"{name} {value:.3f}" for name, value in data["metrics"].items())
+
+
+def record_outputs(data: dict, png: bytes) -> list[dict]:
     """The record as the cell's nbformat outputs (the plot, then the text)."""
     return [{"output_type": "display_data", "metadata": {},
              "data": {"image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"}},

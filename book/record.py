@@ -72,14 +72,14 @@ class Recipe:
 RECIPES = {r.name: r for r in (
     Recipe("resnet-0.17/train", "notebooks/resnet.md", "res.train_ch6(",
            (("lr, num_epochs, batch_size, resize, limit = 0.05, 10, 256, 96, None",
-             "lr, num_epochs, batch_size, resize, limit = 0.05, 2, 128, 40, None"),),
-           {"en": "2 epochs at 40x40, batch 128, plain SGD at lr 0.05 (the chapter: 10 epochs at 96x96, batch 256)",
-            "ja": "2 エポック、40x40、バッチ 128、学習率 0.05 の SGD（本章の設定は 10 エポック、96x96、バッチ 256）"},
+             "lr, num_epochs, batch_size, resize, limit = 0.05, 1, 128, 40, None"),),
+           {"en": "1 epoch at 40x40, batch 128, plain SGD at lr 0.05 (the chapter: 10 epochs at 96x96, batch 256)",
+            "ja": "1 エポック、40x40、バッチ 128、学習率 0.05 の SGD（本章の設定は 10 エポック、96x96、バッチ 256）"},
            "{'train acc': history['epochs'][-1]['train_acc'], 'test acc': history['epochs'][-1]['test_acc']}"),
     Recipe("resnet-1.0/train-script", "tests/book/edition_pytorch.py", "trainer.fit(model, data)",
-           (("max_epochs=10", "max_epochs=2"), ("resize=(96, 96)", "resize=(40, 40)")),
-           {"en": "2 epochs at 40x40, batch 128, SGD at lr 0.01 (the chapter: 10 epochs at 96x96)",
-            "ja": "2 エポック、40x40、バッチ 128、学習率 0.01 の SGD（本章の設定は 10 エポック、96x96）"},
+           (("max_epochs=10", "max_epochs=1"), ("resize=(96, 96)", "resize=(40, 40)")),
+           {"en": "1 epoch at 40x40, batch 128, SGD at lr 0.01 (the chapter: 10 epochs at 96x96)",
+            "ja": "1 エポック、40x40、バッチ 128、学習率 0.01 の SGD（本章の設定は 10 エポック、96x96）"},
            "{'val_acc': float(model.board.data['val_acc'][-1][1])}", ("pytorch",)),
 )}
 

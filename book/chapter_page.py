@@ -29,14 +29,14 @@ _NOTE = {
            "recorded": "a recorded run of this cell at lighter settings: {settings}; {metrics}",
            "recorded_on": "Recorded {date} at commit {commit} on {cpu}; {versions}, Python {python}; "
                           "{minutes} min. To reproduce: {command}",
-           "stale": "no current recorded run of this cell: {command} records one"},
+           "stale": "; no current recorded run of this cell: {command} records one"},
     "ja": {"output": "出力", "fast": "高速モード、D2LRES_FAST=1", "full": "本章の設定",
            "none": "この環境には {fw} が入っていないため未実行",
            "notebook": "ノートブック", "other": "English", "lang": "日本語",
            "recorded": "このセルを軽い設定で実行し記録した出力：{settings}；{metrics}",
            "recorded_on": "記録：{date}、コミット {commit}、{cpu}；{versions}、Python {python}；{minutes} 分。"
                           "再現するには {command}",
-           "stale": "このセルの最新の記録はありません。{command} で記録します"},
+           "stale": "；このセルの最新の記録はありません。{command} で記録します"},
 }
 
 
@@ -148,7 +148,7 @@ def _label(lang: str, fw: str, got: dict, index: int) -> str:
     note, record = _NOTE[lang], got.get("records", {}).get(index)
     if record is None:
         stale = got.get("stale", {}).get(index)
-        what = note[got["mode"]] + ("; " + note["stale"].format(command=stale) if stale else "")
+        what = note[got["mode"]] + (note["stale"].format(command=stale) if stale else "")
         return f'<p class="d2lres-out-label">{note["output"]} ({LABELS[fw]}, {html.escape(what)})</p>'
     metrics = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
     what = note["recorded"].format(settings=record["settings"][lang], metrics=metrics)

@@ -2,8 +2,9 @@
 
 A training cell at the chapter's settings takes about an hour per framework on a CPU, and the
 fast mode's smoke run (``D2LRES_FAST=1``) shows a network that has not learnt. So each training
-cell is run once per framework at stated lighter settings -- the cell as printed with a few exact
-replacements (:class:`Recipe`), its own optimizer and learning rate -- and its output is committed
+cell is run once per framework at stated lighter settings -- the cells as printed with a few exact
+replacements in the cell or a settings cell before it (:class:`Recipe`), its own optimizer and
+learning rate -- and its output is committed
 under ``book/records/<recipe>/<framework>.json`` (the text, the settings, the metrics reached, the
 date, commit, CPU, versions and the command that reproduces it) with ``<framework>.png`` (the plot).
 
@@ -58,8 +59,9 @@ class Recipe:
     ``name``: the record's folder under ``book/records``; ``source``: the chapter source (relative
     to the checkout: a tab-style ``.md`` or a chapter script, :func:`source_cells`); ``locate``:
     text that only the recorded cell holds, in every framework; ``lighter``: exact replacements
-    (each found once in the cell) that make the run affordable; ``settings``: what ran, per
-    language; ``probe``: an expression evaluated after the cell, a dict of metric name -> number."""
+    (each found once in the recorded cell and the cells before it) that make the run affordable;
+    ``settings``: what ran, per language; ``probe``: an expression evaluated after the cell, a
+    dict of metric name -> number."""
     name: str
     source: str
     locate: str
@@ -109,14 +111,18 @@ def cell_index(recipe: Recipe, cells: list[str]) -> int:
     return found[0]
 
 
-def lighter_cell(recipe: Recipe, code: str) -> str:
-    """The cell as it is recorded: each of the recipe's replacements, found exactly once."""
+def lighter_cells(recipe: Recipe, cells: list[str]) -> list[str]:
+    """The cells as they are recorded (the recorded cell last): each of the recipe's replacements
+    found exactly once among them -- in the recorded cell or in a settings cell before it."""
+    cells = list(cells)
     for old, new in recipe.lighter:
-        if code.count(old) != 1:
-            raise RecordError(f"{recipe.name}: the cell holds {old!r} {code.count(old)} times, not once; "
-                              "the recipe's replacements no longer fit the cell")
-        code = code.replace(old, new)
-    return code
+        where = [j for j, code in enumerate(cells) if old in code]
+        count = sum(code.count(old) for code in cells)
+        if count != 1:
+            raise RecordError(f"{recipe.name}: the cells hold {old!r} {count} times, not once; "
+                              "the recipe's replacements no longer fit the cells")
+        cells[where[0]] = cells[where[0]].replace(old, new)
+    return cells
 
 
 def versions(framework: str) -> dict[str, str]:
@@ -320,11 +326,11 @@ def record(recipe: Recipe, framework: str, root: Path = RECORDS, timeout: int = 
         raise RecordError(f"{recipe.name} is recorded in {', '.join(recipe.frameworks)}, not {framework}")
     cells = source_cells(recipe.source, framework)
     i = cell_index(recipe, cells)
-    ran = lighter_cell(recipe, cells[i])
+    ran = lighter_cells(recipe, cells[:i + 1])
     found = versions(framework)
     tic = time.perf_counter()
     probe = f"import json as _json\nprint(_json.dumps({{k: float(v) for k, v in ({recipe.probe}).items()}}))"
-    nb = execute.run_cells([*cells[:i], ran, probe], execute.kernel_env("full"), timeout)
+    nb = execute.run_cells([*ran, probe], execute.kernel_env("full"), timeout)
     seconds = time.perf_counter() - tic
     text, pngs = chapter_page.output_parts(nb.cells[i].outputs)
     if not pngs:
@@ -334,7 +340,7 @@ def record(recipe: Recipe, framework: str, root: Path = RECORDS, timeout: int = 
     data = {"format": FORMAT, "recipe": recipe.name, "framework": framework,
             "key": key_parts(recipe, framework, cells, found), "versions": found, "settings": recipe.settings,
             "metrics": metrics, "text": text, "image_sha256": hashlib.sha256(pngs[-1]).hexdigest(),
-            "executed_cell": ran, "date": s["date"], "commit": commit(), "cpu": isa.describe(s["cpu"]),
+            "executed_cell": ran[-1], "date": s["date"], "commit": commit(), "cpu": isa.describe(s["cpu"]),
             "gpus": s["gpus"], "python": s["python"], "seconds": round(seconds, 1),
             "command": command(recipe, framework)}
     json_path, png_path = paths(recipe, framework, root)

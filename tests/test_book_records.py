@@ -69,6 +69,15 @@ def test_a_record_holds_the_run_at_its_settings_and_where_it_was_made(made):
     assert record.lookup(recipe, "pytorch", cells(), made[1] / "records")[2] == "current"
 
 
+def test_replacements_fit_the_cell_or_a_settings_cell_before_it_exactly_once(made):
+    recipe = dataclasses.replace(made[0], lighter=(("steps = 3", "steps = 1"), ("epochs = 10", "epochs = 2")))
+    assert record.lighter_cells(recipe, cells())[0] == "steps = 1"  # the 1.0 edition's settings cell
+    assert record.lighter_cells(recipe, cells())[1].startswith("epochs = 2\n")
+    for old, times in (("epochs", 4), (" = ", 3), ("epochs = 9", 0)):  # more than once, or nowhere: refused
+        with pytest.raises(record.RecordError, match=f"the cells hold '{old}' {times} times, not once"):
+            record.lighter_cells(dataclasses.replace(recipe, lighter=((old, "x"),)), cells())
+
+
 def test_a_changed_cell_earlier_cell_settings_or_version_makes_it_stale(setup, monkeypatch):
     recipe, _, root = setup
     assert record.lookup(recipe, "pytorch", cells(), root)[2] == "current"

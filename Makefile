@@ -19,7 +19,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(SET)
 EXTRAS := $(if $(filter all,$(SET)),all,current)
 
-.PHONY: run test test-fast test-frameworks test-times check bench env clean lib-check notebooks lib-sync lint lab book
+.PHONY: run test test-fast test-frameworks test-times check bench env clean lib-check notebooks lib-sync lint lab book record
 
 $(STAMP): pyproject.toml constraints/$(SET).txt
 	@test -n "$(PYTHON)" || { echo "make: no Python for SET=$(SET) on the PATH (tried: $(PYTHONS)); install one" \
@@ -99,6 +99,11 @@ book: $(STAMP)
 	@$(PY) -c 'import sphinx, myst_parser, sphinx_design, furo, latex2mathml, playwright' 2>/dev/null || \
 	  $(PY) -m pip install --quiet -c constraints/$(SET).txt -e '.[book]'
 	$(PY) -m book.build --set $(SET) $(if $(FULL),--full)
+
+## Record a training cell's run for the pages (book/record.py): RECIPE=resnet-0.17/train FW=pytorch;
+## without them every recipe in every framework, one run at a time
+record: $(STAMP)
+	$(PY) -m book.record $(RECIPE) $(if $(FW),--framework $(FW))
 
 ## Regenerate notebooks/[ja/]<framework>/resnet{,-1.0}.ipynb from notebooks/[ja/]resnet{,-1.0}.md (both editions)
 notebooks: $(STAMP)

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from book import chapter, chapter_page, execute
+from book import chapter, chapter_page, execute, record
 from d2lres.core import api
 from d2lres.host import backends
 
@@ -55,6 +55,12 @@ CREDIT = {
 HEADER = {
     "en": "Outputs: {modes}. `make book FULL=1` executes the chapter's settings instead.",
     "ja": "出力：{modes}。`make book FULL=1` で本章の設定どおりに実行します。",
+}
+RECORDED = {
+    "en": " The training cell's output under {tabs} is a run of that cell recorded at lighter settings, "
+          "which its label states with the accuracy reached.",
+    "ja": " {tabs} のタブの学習のセルの出力は、そのセルを軽い設定で実行して記録したものです"
+          "（設定と到達した精度はその出力に記載）。",
 }
 MODE_TEXT = {
     "en": {"fast": "fast mode (`D2LRES_FAST=1`: 512 images at 32x32, one epoch)", "none": "not executed",
@@ -188,6 +194,8 @@ def chapter_md(text: str, lang: str, labels: list[str], outputs: dict, src: Path
                  '<a href="../index.html">プロジェクトの文書（英語）</a>')
         where = {"other": f"{other}.html", "lang": f"../{page}.html", "index": "index.html"}
     switch = f'<div class="d2lres-lang">{links if both else ""}</div>'
+    tabs = [chapter_page.LABELS[fw] for fw in chapter.FRAMEWORKS if outputs.get(fw, {}).get("records")]
+    recorded = RECORDED[lang].format(tabs=", ".join(tabs) if lang == "en" else "、".join(tabs)) if tabs else ""
     banner = EDITION[lang, edition].format(**where)
     if not both:  # no other language: drop its link
         banner = re.sub(r' ?(In Japanese: )?<a href="[^"]*" hreflang=[^>]*>[^<]*</a>[.。]', "", banner)
@@ -200,7 +208,7 @@ def chapter_md(text: str, lang: str, labels: list[str], outputs: dict, src: Path
     head, rest = "\n".join(lines[:title + 1]), "\n".join(lines[title + 1:])
     return (f"{head}\n\n```{{raw}} html\n{switch}\n<p class=\"d2lres-edition\">{banner}</p>\n```\n\n"
             f"```{{admonition}} {'Outputs' if lang == 'en' else '出力について'}\n:class: note\n"
-            f"{HEADER[lang].format(modes=modes)}\n```\n{rest}\n\n"
+            f"{HEADER[lang].format(modes=modes)}{recorded}\n```\n{rest}\n\n"
             f"```{{raw}} html\n<p class=\"d2lres-credit\">{CREDIT[lang, edition]}</p>\n```\n")
 
 
@@ -312,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                                  + "\n".join(problems))
         print(f"book: the {edition} edition", flush=True)
         outputs, ran = run_outputs(en, "full" if args.full else "fast", args.cache, args.set)
+        if not args.full:  # the training cells' recorded runs, where current
+            print("\n".join(record.apply(outputs, en_source, chapter_page.framework_cells(en))), flush=True)
         editions[edition], executed = (en, ja, outputs), executed + ran
     work = args.out.parent / (args.out.name + "-src")
     write_sources(work / "en", work / "ja" if has_ja else None, editions)

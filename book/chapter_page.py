@@ -10,6 +10,7 @@ English source's headings, by position, so both languages carry the same anchors
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import html
 import re
@@ -24,10 +25,18 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NOTE = {
     "en": {"output": "Output", "fast": "fast mode, D2LRES_FAST=1", "full": "the chapter's settings",
            "none": "not executed here: {fw} is not installed in this set",
-           "notebook": "Notebook", "other": "日本語", "lang": "English"},
+           "notebook": "Notebook", "other": "日本語", "lang": "English",
+           "recorded": "a recorded run of this cell at lighter settings: {settings}; {metrics}",
+           "recorded_on": "Recorded {date} at commit {commit} on {cpu}; {versions}, Python {python}; "
+                          "{minutes} min. To reproduce: {command}",
+           "stale": "; no current recorded run of this cell: {command} records one"},
     "ja": {"output": "出力", "fast": "高速モード、D2LRES_FAST=1", "full": "本章の設定",
            "none": "この環境には {fw} が入っていないため未実行",
-           "notebook": "ノートブック", "other": "English", "lang": "日本語"},
+           "notebook": "ノートブック", "other": "English", "lang": "日本語",
+           "recorded": "このセルを軽い設定で実行し記録した出力：{settings}；{metrics}",
+           "recorded_on": "記録：{date}、コミット {commit}、{cpu}；{versions}、Python {python}；{minutes} 分。"
+                          "再現するには {command}",
+           "stale": "；このセルの最新の記録はありません。{command} で記録します"},
 }
 
 
@@ -104,9 +113,9 @@ def _fence(code: str, info: str) -> str:
     return f"{ticks}{info}\n{code}\n{ticks}"
 
 
-def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[str, list[str]]:
-    """A cell's stdout and results as text, and its images (files written to ``image_dir``)."""
-    text, images = [], []
+def output_parts(outputs: list[dict]) -> tuple[str, list[bytes]]:
+    """A cell's stdout and results as text (progress redraws and colours resolved), and its PNGs."""
+    text, pngs = [], []
     for out in outputs:
         kind = out.get("output_type")
         if kind == "stream" and out.get("name") == "stdout":
@@ -114,16 +123,43 @@ def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[s
         elif kind in ("execute_result", "display_data"):
             data = out.get("data", {})
             if "image/png" in data:
-                png = base64.b64decode(data["image/png"])
-                name = f"{image_prefix}-{hashlib.sha256(png).hexdigest()[:12]}.png"
-                image_dir.mkdir(parents=True, exist_ok=True)
-                (image_dir / name).write_bytes(png)
-                images.append(name)
+                pngs.append(base64.b64decode(data["image/png"]))
             elif "text/plain" in data and kind == "execute_result":
                 text.append(data["text/plain"] + "\n")
     joined = _ANSI.sub("", "".join(text))
     lines = [line.rsplit("\r", 1)[-1] for line in joined.split("\n")]  # progress redraws: the last
-    return "\n".join(lines).strip("\n"), images
+    return "\n".join(lines).strip("\n"), pngs
+
+
+def _outputs(outputs: list[dict], image_dir: Path, image_prefix: str) -> tuple[str, list[str]]:
+    """A cell's stdout and results as text, and its images (files written to ``image_dir``)."""
+    text, pngs = output_parts(outputs)
+    images = []
+    for png in pngs:
+        name = f"{image_prefix}-{hashlib.sha256(png).hexdigest()[:12]}.png"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        (image_dir / name).write_bytes(png)
+        images.append(name)
+    return text, images
+
+
+def _label(lang: str, fw: str, got: dict, index: int) -> str:
+    """The line above a cell's output: its framework and mode; or the recorded run it shows
+    (``got["records"]``) and where that was made; or that the cell's record is missing or stale."""
+    note, record = _NOTE[lang], got.get("records", {}).get(index)
+    if record is None:
+        stale = got.get("stale", {}).get(index)
+        what = note[got["mode"]] + (note["stale"].format(command=stale) if stale else "")
+        return f'<p class="d2lres-out-label">{note["output"]} ({LABELS[fw]}, {html.escape(what)})</p>'
+    metrics = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
+    what = note["recorded"].format(settings=record["settings"][lang], metrics=metrics)
+    date = datetime.datetime.fromisoformat(record["date"]).astimezone(datetime.timezone.utc)
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    where = note["recorded_on"].format(
+        date=f"{date:%Y-%m-%d %H:%M} UTC", commit=record["commit"] or "?", cpu=record["cpu"], versions=versions,
+        python=record["python"], minutes=max(1, round(record["seconds"] / 60)), command=record["command"])
+    return (f'<p class="d2lres-out-label">{note["output"]} ({LABELS[fw]}, {html.escape(what)})</p>'
+            f'<p class="d2lres-out-label d2lres-recorded">{html.escape(where)}</p>')
 
 
 def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], image_dir: Path,
@@ -131,10 +167,11 @@ def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], im
            notebook: str = "resnet.ipynb") -> str:
     """The MyST page of one language.
 
-    ``outputs[fw]`` is ``{"cells": [...per code cell outputs...], "mode": "fast"|"full"}``,
-    ``{"reason": why it was not executed}``, or missing (not installed); images go to
-    ``image_dir``, linked as ``image_rel/<name>``; ``notebook_rel`` is the path from the page to the
-    site's ``notebooks/`` folder and ``notebook`` the notebooks' file name;
+    ``outputs[fw]`` is ``{"cells": [...per code cell outputs...], "mode": "fast"|"full"}``
+    (with ``records``/``stale`` for recorded cells, ``book.record.apply``), ``{"reason": why it was
+    not executed}``, or missing (not installed); images go to ``image_dir``, linked as
+    ``image_rel/<name>``; ``notebook_rel`` is the path from the page to the site's ``notebooks/``
+    folder and ``notebook`` the notebooks' file name;
     ``other_language``: whether the other language's notebooks are in the site."""
     note = _NOTE[lang]
     body: list[str] = []
@@ -169,8 +206,8 @@ def render(text: str, lang: str, labels: list[str], outputs: dict[str, dict], im
                     out_text, images = _outputs(got["cells"][piece.cells[fw]], image_dir,
                                                 f"{fw}-{piece.cells[fw]:02d}")
                     if out_text or images:
-                        inner += ("\n\n```{raw} html\n<div class=\"d2lres-output\"><p class=\"d2lres-out-label\">"
-                                  f"{note['output']} ({LABELS[fw]}, {html.escape(note[got['mode']])})</p>"
+                        inner += ("\n\n```{raw} html\n<div class=\"d2lres-output\">"
+                                  + _label(lang, fw, got, piece.cells[fw])
                                   + (f"<pre>{html.escape(out_text)}</pre>" if out_text else "") + "</div>\n```")
                     for name in images:
                         inner += f"\n\n```{{image}} {image_rel}/{name}\n:alt: {LABELS[fw]}\n:class: d2lres-plot\n```"

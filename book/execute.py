@@ -39,11 +39,24 @@ def kernel_env(mode: str) -> dict[str, str]:
     return env
 
 
+def run_cells(cells: list[str], env: dict[str, str], timeout: int):
+    """A notebook of ``cells`` executed in a fresh Python kernel with ``env``, in an empty folder."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    with tempfile.TemporaryDirectory() as cwd:
+        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                                         resources={"metadata": {"path": cwd}})
+        client.execute(env=env)
+    return nb
+
+
 def execute(framework: str, cells: list[str], mode: str, cache_dir: Path, set_name: str = "all",
             timeout: int = 1800) -> tuple[list[list[dict]], bool]:
     """The outputs of ``cells`` (one list of nbformat outputs per cell) and whether they were
     executed now (False: read from the cache). An error in a cell stops the build."""
-    import nbclient
     import nbformat
 
     if mode not in MODES:
@@ -53,13 +66,8 @@ def execute(framework: str, cells: list[str], mode: str, cache_dir: Path, set_na
     if path.exists():
         nb = nbformat.read(path, as_version=4)
         return [c.outputs for c in nb.cells], False
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in cells])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     tic = time.perf_counter()
-    with tempfile.TemporaryDirectory() as cwd:
-        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
-                                         resources={"metadata": {"path": cwd}})
-        client.execute(env=kernel_env(mode))
+    nb = run_cells(cells, kernel_env(mode), timeout)
     nb.metadata["d2lres"] = {"framework": framework, "mode": mode, "set": set_name,
                              "seconds": round(time.perf_counter() - tic, 1),
                              "executed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from book import chapter
+from book import chapter, record
 from book.chapter_page import LABELS
 from d2lres import spec
 from d2lres.host import backends
@@ -318,7 +318,9 @@ def test_save_cells_under_their_tabs_and_both_languages_carry_the_same_code(brow
 def test_outputs_are_under_each_tab(browser, server):
     """The executed outputs (the blocks' shapes, the shape walk, parameter counts, training lines
     and curve) under each installed framework's tab, labelled with their mode: what a real kernel
-    printed when ``make book`` executed the framework's chapter."""
+    printed when ``make book`` executed the framework's chapter; the training cell's recorded run
+    where its record is current."""
+    recorded = {fw: state for name, fw, state in record.status() if name == "resnet-0.17/train"}
     w = Watched(browser, server)
     try:
         page = w.goto("resnet.html")
@@ -340,6 +342,9 @@ def test_outputs_are_under_each_tab(browser, server):
             assert re.search(r"\((PyTorch|TensorFlow|MXNet|JAX), (fast mode, D2LRES_FAST=1|the chapter's settings)\)",
                              text), text[:300]
             assert sum(n for _, n in outs) >= 1, f"{fw}: no training curve"
+            if recorded.get(fw) == "current":  # the training cell shows its recorded run, labelled
+                assert (f"({LABELS[fw]}, a recorded run of this cell at lighter settings: " in text
+                        and "To reproduce: make record RECIPE=resnet-0.17/train" in text), text[-600:]
     finally:
         w.context.close()
 

@@ -385,10 +385,9 @@ class Trainer(EditionTrainer):
 
     def fit(self, model, data, key=None):
         self.key = key
-        history = super().fit(model, data)
+        super().fit(model, data)
         if "training" in {f.name for f in dataclasses.fields(model)}:
             model.training = False  # where d2l's last validation leaves it: model.loss(..., trainer.state) in eval mode
-        return history
 
     @property
     def state(self):

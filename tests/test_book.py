@@ -363,8 +363,7 @@ SHAPES_1_0 = {
 
 def test_outputs_of_the_1_0_edition_are_under_each_tab(browser, server):
     """The 1.0 page: each installed framework's block shapes, layer summary, ResNeXt shapes and
-    training board, labelled with their mode; a framework whose backend lacks d2l 1.0's names
-    (JAX until d2lres.jax has them) says which, instead of outputs."""
+    training board, labelled with their mode (the training cell's: its record, where current)."""
     w = Watched(browser, server)
     try:
         page = w.goto(PAGES["1.0"])
@@ -377,9 +376,7 @@ def test_outputs_of_the_1_0_edition_are_under_each_tab(browser, server):
             text, labels = "\n".join(t for t, _, _ in tabs), " ".join(lb for _, lb, _ in tabs)
             if module.rsplit(".", 1)[1] not in backends.available():
                 continue
-            if f"{module} lacks d2l." in labels:
-                assert fw == "jax" and not text.strip(), (fw, labels[:300])  # the three others run today
-                continue
+            assert f"{module} lacks d2l." not in labels, (fw, labels[:300])  # every backend has d2l 1.0's names
             found = [shape for shape in SHAPES_1_0[fw] if shape in text]
             assert found == SHAPES_1_0[fw], (fw, text[:1000])
             assert f"({LABELS[fw]}, fast mode, D2LRES_FAST=1)" in labels or \

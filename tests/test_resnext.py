@@ -100,6 +100,7 @@ def test_full_check(name):
     assert str(arch) in checks.format_checks(result)
 
 
+@pytest.mark.slow  # two 85M-parameter networks in every backend: the default set only (the 50's full check runs in both)
 @pytest.mark.parametrize("name", ["resnext101_32x8d", "resnext101_64x4d"])
 def test_resnext101_counts_and_one_forward_pass(name):
     """torchvision's published count and the spec's names in every backend; the same random weights

@@ -260,3 +260,77 @@ def check_d2l_names(mod, framework: str, classes, functions, defaults: dict | No
                if isinstance(t, ast.Name)]
     assert aliases and [a for a in aliases if not hasattr(mod, a)] == []
     return compared
+
+
+def torchvision_state_dict_shapes(depth: int, groups: int = 1, width_per_group: int = 64, num_classes: int = 1000,
+                                  in_channels: int = 3) -> dict:
+    """Key -> shape of torchvision's ``resnet<depth>()`` (or, with ``groups`` and
+    ``width_per_group``, ``resnext<depth>_<groups>x<width_per_group>d()``) ``state_dict()``, written
+    down independently of d2lres (torchvision's ``models/resnet.py``: ``_make_layer``, ``BasicBlock``,
+    ``Bottleneck`` with ``width = int(planes * (base_width / 64.)) * groups`` and
+    ``conv3x3(width, width, stride, groups)``)."""
+    layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
+    bottleneck, expansion = depth >= 50, 4 if depth >= 50 else 1
+    keys = {}
+
+    def bn(prefix, c):
+        keys.update({f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")})
+        keys[f"{prefix}.num_batches_tracked"] = ()
+
+    keys["conv1.weight"] = (64, in_channels, 7, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for s, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), 1):
+        stride = 1 if s == 1 else 2
+        width = int(planes * (width_per_group / 64.0)) * groups
+        for i in range(blocks):
+            p = f"layer{s}.{i}"
+            if bottleneck:
+                keys[f"{p}.conv1.weight"] = (width, inplanes, 1, 1)
+                bn(f"{p}.bn1", width)
+                keys[f"{p}.conv2.weight"] = (width, width // groups, 3, 3)
+                bn(f"{p}.bn2", width)
+                keys[f"{p}.conv3.weight"] = (planes * 4, width, 1, 1)
+                bn(f"{p}.bn3", planes * 4)
+            else:
+                keys[f"{p}.conv1.weight"] = (planes, inplanes, 3, 3)
+                bn(f"{p}.bn1", planes)
+                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+            if i == 0 and (stride != 1 or inplanes != planes * expansion):
+                keys[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    keys["fc.weight"] = (num_classes, 512 * expansion)
+    keys["fc.bias"] = (num_classes,)
+    return keys
+
+
+def interrupting(data_class: type) -> type:
+    """A subclass of a d2l 1.0 ``FashionMNIST`` whose training loader raises ``KeyboardInterrupt``
+    (Ctrl-C in a notebook) when it is asked for batch ``stop_at`` (counted over the whole run)."""
+
+    class Interrupted(data_class):
+        stop_at = None
+
+        def get_dataloader(self, train):
+            batches = super().get_dataloader(train)
+            if not train or self.stop_at is None:
+                return batches
+            outer = self
+
+            class Loader:
+                def __len__(self):
+                    return len(batches)
+
+                def set_epoch(self, epoch):
+                    batches.set_epoch(epoch)
+
+                def __iter__(self):
+                    for batch in batches:
+                        outer.served = getattr(outer, "served", 0) + 1
+                        if outer.served == outer.stop_at:
+                            raise KeyboardInterrupt
+                        yield batch
+            return Loader()
+    return Interrupted

@@ -14,7 +14,7 @@ import pytest
 
 from d2lres import checks
 from d2lres.host import backends
-from helpers import check_d2l_names
+from helpers import check_d2l_names, interrupting
 
 pytestmark = pytest.mark.framework
 
@@ -171,32 +171,7 @@ def test_fit_equals_the_loop_written_as_d2ls_fit_epoch(real_data, tmp_path, monk
         np.testing.assert_allclose(ys, ref_ys, rtol=0, atol=1e-4, err_msg=key)
 
 
-class Interrupted(d2l.FashionMNIST):
-    """The data of the test below, whose training loader raises ``KeyboardInterrupt`` (Ctrl-C in a
-    notebook) when it is asked for batch ``stop_at`` (counted over the whole run)."""
-
-    stop_at = None
-
-    def get_dataloader(self, train):
-        batches = super().get_dataloader(train)
-        if not train or self.stop_at is None:
-            return batches
-        outer = self
-
-        class Loader:
-            def __len__(self):
-                return len(batches)
-
-            def set_epoch(self, epoch):
-                batches.set_epoch(epoch)
-
-            def __iter__(self):
-                for batch in batches:
-                    outer.served = getattr(outer, "served", 0) + 1
-                    if outer.served == outer.stop_at:
-                        raise KeyboardInterrupt
-                    yield batch
-        return Loader()
+Interrupted = interrupting(d2l.FashionMNIST)
 
 
 def test_an_interrupted_fit_resumes_exactly_from_its_checkpoint(real_data, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 
 from d2lres import checks
 from d2lres import weights as neutral
-from helpers import check_d2l_names
+from helpers import check_d2l_names, interrupting
 
 pytestmark = pytest.mark.framework
 
@@ -123,31 +123,7 @@ def test_d2ls_own_steps_run_on_the_fitted_state(real_data, tmp_path, monkeypatch
     assert all(np.array_equal(a, -b) for a, b in batches)
 
 
-class Interrupted(d2l.FashionMNIST):
-    """Training batches that raise ``KeyboardInterrupt`` (Ctrl-C) at the ``stop_at``-th one served."""
-
-    stop_at = None
-
-    def get_dataloader(self, train):
-        batches = super().get_dataloader(train)
-        if not train or self.stop_at is None:
-            return batches
-        outer = self
-
-        class Loader:
-            def __len__(self):
-                return len(batches)
-
-            def set_epoch(self, epoch):
-                batches.set_epoch(epoch)
-
-            def __iter__(self):
-                for batch in batches:
-                    outer.served = getattr(outer, "served", 0) + 1
-                    if outer.served == outer.stop_at:
-                        raise KeyboardInterrupt
-                    yield batch
-        return Loader()
+Interrupted = interrupting(d2l.FashionMNIST)
 
 
 def test_an_interrupted_fit_resumes_exactly_with_its_board_and_dropout_key(real_data, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from d2lres import checks, spec
 from d2lres import weights as neutral
 from d2lres.host import backends
-from helpers import forward, full_check
+from helpers import forward, full_check, torchvision_state_dict_shapes
 
 pytestmark = pytest.mark.framework
 
@@ -100,7 +100,7 @@ def test_full_check(name):
     assert str(arch) in checks.format_checks(result)
 
 
-@pytest.mark.slow  # two 85M-parameter networks in every backend: the default set only (the 50's full check runs in both)
+@pytest.mark.slow  # two 85M-parameter networks in every backend: the default set only (the 50 is checked in both)
 @pytest.mark.parametrize("name", ["resnext101_32x8d", "resnext101_64x4d"])
 def test_resnext101_counts_and_one_forward_pass(name):
     """torchvision's published count and the spec's names in every backend; the same random weights
@@ -125,44 +125,13 @@ def test_resnext101_counts_and_one_forward_pass(name):
 
 # --- torchvision's state_dict -----------------------------------------------------------------
 
-def torchvision_resnext_shapes(depth: int, groups: int, width_per_group: int, num_classes: int = 1000,
-                               in_channels: int = 3) -> dict:
-    """Key -> shape of torchvision's ``resnext*().state_dict()``, written down independently of
-    d2lres (torchvision's ``models/resnet.py``: ``Bottleneck`` with ``width = int(planes *
-    (base_width / 64.)) * groups`` and ``conv3x3(width, width, stride, groups)``)."""
-    layers = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
-    keys = {}
 
-    def bn(prefix, c):
-        keys.update({f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")})
-        keys[f"{prefix}.num_batches_tracked"] = ()
-
-    keys["conv1.weight"] = (64, in_channels, 7, 7)
-    bn("bn1", 64)
-    inplanes = 64
-    for s, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), 1):
-        width = int(planes * (width_per_group / 64.0)) * groups
-        for i in range(blocks):
-            p = f"layer{s}.{i}"
-            keys[f"{p}.conv1.weight"] = (width, inplanes, 1, 1)
-            bn(f"{p}.bn1", width)
-            keys[f"{p}.conv2.weight"] = (width, width // groups, 3, 3)
-            bn(f"{p}.bn2", width)
-            keys[f"{p}.conv3.weight"] = (planes * 4, width, 1, 1)
-            bn(f"{p}.bn3", planes * 4)
-            if i == 0:
-                keys[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
-                bn(f"{p}.downsample.1", planes * 4)
-            inplanes = planes * 4
-    keys["fc.weight"] = (num_classes, 2048)
-    keys["fc.bias"] = (num_classes,)
-    return keys
 
 
 @pytest.mark.parametrize("name,depth,groups,width", [("resnext50_32x4d", 50, 32, 4), ("resnext101_32x8d", 101, 32, 8),
                                                      ("resnext101_64x4d", 101, 64, 4)])
 def test_torchvision_keys_map_onto_the_spec(name, depth, groups, width):
-    shapes = torchvision_resnext_shapes(depth, groups, width)
+    shapes = torchvision_state_dict_shapes(depth, groups, width)
     trainable = sum(int(np.prod(s)) for k, s in shapes.items()
                     if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert trainable == PUBLISHED[name]  # the independent key list is torchvision's
@@ -181,7 +150,7 @@ def test_torchvision_state_dict_loads(tmp_path):
     rng = np.random.default_rng(0)
     sd = {k: torch.tensor(100) if k.endswith("num_batches_tracked") else
           torch.from_numpy(rng.uniform(0.5, 1.5, s).astype(np.float32))
-          for k, s in torchvision_resnext_shapes(50, 32, 4).items()}
+          for k, s in torchvision_state_dict_shapes(50, 32, 4).items()}
     torch_mod = backends.load("torch")
     net = torch_mod.resnet("resnext50_32x4d", flavour="torchvision", num_classes=1000, in_channels=3)
     torch_mod.load_torchvision_state_dict(net, sd)

@@ -20,7 +20,7 @@ import pytest
 from d2lres import checks, spec
 from d2lres import weights as neutral
 from d2lres.host import backends
-from helpers import PAIRS, forward, full_check
+from helpers import PAIRS, forward, full_check, torchvision_state_dict_shapes
 
 pytestmark = pytest.mark.framework
 
@@ -171,44 +171,6 @@ def test_seeded_init_and_round_trip(mod, tmp_path):
 
 
 # --- torchvision's state_dict --------------------------------------------------------------
-
-def torchvision_state_dict_shapes(depth: int, num_classes: int = 1000, in_channels: int = 3) -> dict:
-    """Key -> shape of torchvision's ``resnet<depth>().state_dict()``, written down independently
-    of d2lres (torchvision's ``models/resnet.py``: ``_make_layer``, ``BasicBlock``, ``Bottleneck``)."""
-    layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
-    bottleneck, expansion = depth >= 50, 4 if depth >= 50 else 1
-    keys = {}
-
-    def bn(prefix, c):
-        keys.update({f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")})
-        keys[f"{prefix}.num_batches_tracked"] = ()
-
-    keys["conv1.weight"] = (64, in_channels, 7, 7)
-    bn("bn1", 64)
-    inplanes = 64
-    for s, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), 1):
-        stride = 1 if s == 1 else 2
-        for i in range(blocks):
-            p = f"layer{s}.{i}"
-            if bottleneck:
-                keys[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
-                bn(f"{p}.bn1", planes)
-                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-                bn(f"{p}.bn2", planes)
-                keys[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-                bn(f"{p}.bn3", planes * 4)
-            else:
-                keys[f"{p}.conv1.weight"] = (planes, inplanes, 3, 3)
-                bn(f"{p}.bn1", planes)
-                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-                bn(f"{p}.bn2", planes)
-            if i == 0 and (stride != 1 or inplanes != planes * expansion):
-                keys[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
-                bn(f"{p}.downsample.1", planes * expansion)
-            inplanes = planes * expansion
-    keys["fc.weight"] = (num_classes, 512 * expansion)
-    keys["fc.bias"] = (num_classes,)
-    return keys
 
 
 def random_state_dict(depth: int, seed: int = 0) -> dict:

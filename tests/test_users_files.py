@@ -128,7 +128,7 @@ def test_the_command_line_explains_itself(capsys):
         for action in command._actions:
             assert action.help and "``" not in action.help, (name, action.option_strings)
     summary = " ".join(commands["summary"].format_help().split())
-    assert "--backend BACKEND one of torch, tf, mxnet, jax" in summary and "(default: chapter)" in summary
+    assert "--backend BACKEND one of torch, tf, mxnet, jax" in summary and "(default: chapter;" in summary
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["train", "--backend", "torch", "--epochs", "1000000000"])
     assert "must be an integer from 1 to 10,000 (more could not finish" in capsys.readouterr().err

@@ -297,20 +297,6 @@ def record_outputs(data: dict, png: bytes) -> list[dict]:
             {"output_type": "stream", "name": "stdout", "text": data["text"] + "\n"}]
 
 
-def commit() -> str | None:
-    """The checkout's commit (``+changes`` when tracked files differ from it), if it is a git checkout."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=30)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return head.stdout.strip() + ("+changes" if dirty else "") if head.returncode == 0 else None
-
-
 def command(recipe: Recipe, framework: str) -> str:
     return f"make record RECIPE={recipe.name} FW={framework}"
 
@@ -341,7 +327,7 @@ def record(recipe: Recipe, framework: str, root: Path = RECORDS, timeout: int = 
     data = {"format": FORMAT, "recipe": recipe.name, "framework": framework,
             "key": key_parts(recipe, framework, cells, found), "versions": found, "settings": recipe.settings,
             "metrics": metrics, "text": text, "image_sha256": hashlib.sha256(pngs[-1]).hexdigest(),
-            "executed_cell": ran[-1], "date": s["date"], "commit": commit(), "cpu": isa.describe(s["cpu"]),
+            "executed_cell": ran[-1], "date": s["date"], "commit": s["commit"], "cpu": isa.describe(s["cpu"]),
             "gpus": s["gpus"], "python": s["python"], "seconds": round(seconds, 1),
             "command": command(recipe, framework)}
     json_path, png_path = paths(recipe, framework, root)

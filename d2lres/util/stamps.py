@@ -18,9 +18,10 @@ FRAMEWORKS = {"torch": ("torch",), "tf": ("tensorflow", "tensorflow-cpu", "keras
               "jax": ("jax", "jaxlib", "flax", "optax")}
 
 
-def _commit() -> str | None:
-    """The git commit of d2lres's checkout (with ``+changes`` when it has uncommitted ones), if any."""
-    root = Path(__file__).resolve().parent.parent
+def commit() -> str | None:
+    """The git commit of d2lres's checkout (with ``+changes`` when it has uncommitted ones), if any:
+    none for an installed wheel, whose folder above ``d2lres/`` is not a checkout."""
+    root = Path(__file__).resolve().parents[2]
     if shutil.which("git") is None or not (root / ".git").exists():
         return None
     try:
@@ -60,7 +61,7 @@ def stamps(names, data: dict, held: str | None = None) -> dict:
     ``d2lres.data.data_stamp(data_dir)``)."""
     names = [backends.canonical(n) for n in names]
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "d2lres": __version__, "commit": _commit(), "python": platform.python_version(),
+            "d2lres": __version__, "commit": commit(), "python": platform.python_version(),
             "frameworks": _versions(names), "cpu": isa.cpu_info(held), "gpus": _gpus(),
             "data": data}
 

@@ -145,14 +145,16 @@ def test_torchvision_keys_map_onto_the_spec(name, depth, groups, width):
 
 def test_torchvision_state_dict_loads(tmp_path):
     """A torchvision-format resnext50_32x4d state_dict (torch tensors) loads in PyTorch, through
-    the neutral weights file gives the same weights, and goes back to the same dict."""
+    the neutral weights file gives the same weights, and goes back to the same dict. The name alone
+    gives torchvision's flavour, as ``--arch`` does."""
     import torch
     rng = np.random.default_rng(0)
     sd = {k: torch.tensor(100) if k.endswith("num_batches_tracked") else
           torch.from_numpy(rng.uniform(0.5, 1.5, s).astype(np.float32))
           for k, s in torchvision_state_dict_shapes(50, 32, 4).items()}
     torch_mod = backends.load("torch")
-    net = torch_mod.resnet("resnext50_32x4d", flavour="torchvision", num_classes=1000, in_channels=3)
+    net = torch_mod.resnet("resnext50_32x4d", num_classes=1000, in_channels=3)
+    assert net.arch == spec.get_arch("resnext50_32x4d", flavour="torchvision")
     torch_mod.load_torchvision_state_dict(net, sd)
     assert np.array_equal(net.state_dict()["b2.0.conv2.weight"].numpy(), sd["layer1.0.conv2.weight"].numpy())
     path = neutral.torchvision_to_npz(sd, tmp_path / "tv.npz")

@@ -144,16 +144,18 @@ def resnet_block(num_channels, num_residuals, first_block=False, *, in_channels=
     """
 
 
-def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter", *, device=None):
+def resnet(depth=18, version=1, num_classes=10, in_channels=1, flavour=None, *, device=None):
     """Any variant of ``spec.ARCHS``, initialised with d2lres's scheme.
 
     Args:
-        depth: 18, 34, 50, 101 or 152, or a name such as ``"resnet50"`` or ``"resnext50_32x4d"`` (ResNeXt: version 1;
-            ``flavour="torchvision"`` for torchvision's); the default 18 is the chapter's network.
+        depth: 18, 34, 50, 101 or 152, or a name such as ``"resnet50"`` or ``"resnext50_32x4d"`` (ResNeXt: version
+            1); the default 18 is the chapter's network.
         version: 1 (the default): post-activation blocks, as the chapter's; 2: pre-activation blocks.
         num_classes: outputs of the dense head; the default 10 is Fashion-MNIST's.
         in_channels: channels of the input images; the default 1 is Fashion-MNIST's grey images.
-        flavour: ``"chapter"`` (convolutions with biases, the paper's blocks) or ``"torchvision"`` (its ``resnet*``).
+        flavour: ``"chapter"`` (convolutions with biases, the paper's blocks) or ``"torchvision"`` (its ``resnet*``);
+            None: the name's own, as ``--arch`` gives it (torchvision for ``resnext50_32x4d`` and the 101s, else
+            chapter).
         device: where the weights are created (a value ``try_gpu()`` returns); None: the framework's default.
 
     Returns:

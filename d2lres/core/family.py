@@ -227,9 +227,10 @@ class Factories:
     def __init__(self, ResNet):
         self.ResNet = ResNet
 
-    def resnet(self, depth=18, version=1, num_classes=10, in_channels=1, flavour="chapter", *, device=None):
+    def resnet(self, depth=18, version=1, num_classes=10, in_channels=1, flavour=None, *, device=None):
         """Any variant of ``spec.ARCHS`` (``depth`` may also be a name such as ``"resnet50"``),
-        initialised with d2lres's scheme. ``resnet(18)`` is the chapter's network."""
+        initialised with d2lres's scheme; ``flavour=None``: the name's own (``spec.get_arch``).
+        ``resnet(18)`` is the chapter's network."""
         return self.ResNet(num_classes, in_channels, arch=spec.get_arch(depth, version, flavour), device=device)
 
     def resnet18(self, num_classes=10, in_channels=1, *, version=1, flavour="chapter", device=None):

@@ -342,6 +342,19 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def conv_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Along one axis of a zero-padded convolution, the kernel taps that meet the input: for each,
+    ``(tap, first output, number of outputs, first input)``; output ``first output + i`` reads input
+    ``first input + i * stride``. Taps that meet only padding are left out, so a backend can compute
+    the convolution as one matmul per pair of taps without multiplying the padding's zeros."""
+    out, taps = _out_size(size, kernel, stride, padding), []
+    for tap in range(kernel):
+        inside = [i for i in range(out) if 0 <= i * stride - padding + tap < size]
+        if inside:
+            taps.append((tap, inside[0], len(inside), inside[0] * stride - padding + tap))
+    return tuple(taps)
+
+
 def check_input(input_shape: tuple[int, int, int], in_channels: int) -> None:
     """Raise ``ValueError`` naming what was expected if ``(C, H, W)`` cannot enter the net."""
     if len(input_shape) != 3:

@@ -114,7 +114,7 @@ class ParallelTrainer(Trainer):
         self.net.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self._cast():
+        with self._forward_mode():
             logits = self._train_forward(X)
         loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)

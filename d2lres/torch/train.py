@@ -2,6 +2,8 @@
 d2l's ``try_gpu`` / ``load_data_fashion_mnist`` / ``train_ch6``."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -11,6 +13,7 @@ from ..core import precision as precisions
 from ..errors import UserValueError
 from ..host import devices
 from ..loop.trainer import TrainerBase, clip_value
+from . import kernels
 from .weights import get_weights, set_weights
 
 
@@ -81,6 +84,7 @@ class Trainer(TrainerBase):
                                  "(net(X)); train_ch6 does that")
         self.memory_format = {True: torch.channels_last, False: torch.contiguous_format}.get(channels_last)
         self.net = net.to(self.device, memory_format=self.memory_format or torch.preserve_format)
+        self._compiled = bool(compile)
         self._train_forward = torch.compile(self.net) if compile else self.net
         self.optimizer = torch.optim.SGD(net.parameters(), lr=0.0, momentum=momentum,
                                          weight_decay=weight_decay)
@@ -91,9 +95,15 @@ class Trainer(TrainerBase):
             elif self.device.type == "cpu":
                 precisions.warn_if_emulated("torch", torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    def _cast(self):
-        """The autocast context of this trainer's precision (a no-op in float32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+    def _forward_mode(self):
+        """The context of this trainer's forward passes: autocast in bfloat16 (``precision="bf16"``);
+        in float32 on the CPU, convolutions with small outputs as ``kernels.TapConv`` (not under
+        ``torch.compile``)."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.device.type == "cpu" and not self._compiled:
+            return kernels.SmallConvolutions()
+        return contextlib.nullcontext()
 
     def convert(self, X: np.ndarray, y: np.ndarray):
         return to_tensors(X, y, self.device)
@@ -109,7 +119,7 @@ class Trainer(TrainerBase):
             group["lr"] = lr
 
         def run():
-            with self._cast():
+            with self._forward_mode():
                 logits = self._train_forward(X)
             loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -133,7 +143,7 @@ class Trainer(TrainerBase):
         X = torch.as_tensor(X)
         self._check(X, training=False)
         self.net.eval()
-        with torch.no_grad(), self._cast():
+        with torch.no_grad(), self._forward_mode():
             return self.net(self._input(X)).float().cpu().numpy()
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
@@ -141,7 +151,7 @@ class Trainer(TrainerBase):
         X = torch.from_numpy(np.asarray(X))
         self._check(X, training)
         self.net.train(training)
-        with torch.no_grad(), self._cast():
+        with torch.no_grad(), self._forward_mode():
             run = lambda: self.net(self._input(X)).float().cpu().numpy()  # noqa: E731
             return self._keep_statistics_finite(run) if training else run()
 

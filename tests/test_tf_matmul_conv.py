@@ -1,7 +1,8 @@
-"""TensorFlow's im2col + matmul convolution (``d2lres.tf.kernels.Conv2D.uses_matmul``: small images
-with many channels) is the same function as TF's own convolution: single layers (output and
-gradients) and ResNet-18 at 40x40, where stage 5 (2x2) takes it, within the cross-backend checks'
-tolerances; and at 40x40 TF still agrees with PyTorch."""
+"""TensorFlow's matmul convolutions (``d2lres.tf.kernels.Conv2D.uses_matmul``: small images with
+many channels; tap by tap for a dense kernel, im2col for a grouped one) are the same function as
+TF's own convolution: single layers (output and gradients) and ResNet-18 at 40x40, where stage 5
+(2x2) takes them, within the cross-backend checks' tolerances; and at 40x40 TF still agrees with
+PyTorch."""
 import numpy as np
 import pytest
 
@@ -21,20 +22,22 @@ kernels = pytest.importorskip("d2lres.tf.kernels")
     (512, 1, 2, 0, 3, 256),   # the 1x1 shortcut
     (64, 7, 2, 3, 9, 3),      # the stem's shape (odd size, explicit padding)
     (16, 3, 2, 1, 6, 8),      # an even size at stride 2
+    (8, 3, 1, 1, 1, 4),       # a 1x1 output: only the centre tap meets the input
+    (8, 1, 2, 1, 1, 4),       # every output on padding: the bias alone
 ])
 def test_matmul_path_equals_tf_convolution(filters, kernel, stride, padding, side, channels):
     rng = np.random.default_rng(0)
     layer = kernels.Conv2D(filters, kernel, stride, padding, in_channels=channels)
     layer.bias.assign(rng.standard_normal(filters).astype(np.float32))
     X = tf.constant(rng.random((4, side, side, channels), dtype=np.float32))
-    Xp = kernels.pad(X, layer.explicit_padding)
     results = []
-    for run in (lambda: keras.layers.Conv2D.call(layer, Xp), lambda: layer._matmul(Xp)):
+    for run in (lambda: keras.layers.Conv2D.call(layer, kernels.pad(X, layer.explicit_padding)),
+                lambda: layer._taps(X)):
         with tf.GradientTape() as tape:
-            tape.watch(Xp)
+            tape.watch(X)
             Y = run()
             loss = tf.reduce_sum(Y * Y)
-        results.append([Y.numpy(), *[g.numpy() for g in tape.gradient(loss, [Xp, layer.kernel, layer.bias])]])
+        results.append([Y.numpy(), *[g.numpy() for g in tape.gradient(loss, [X, layer.kernel, layer.bias])]])
     (plain, *plain_grads), (matmul, *matmul_grads) = results
     assert plain.shape == matmul.shape
     tol = checks.TOLERANCES["eval_logits"]

@@ -1,11 +1,14 @@
-"""TensorFlow's speed kernel: ``Conv2D`` runs small images with many channels as im2col and one
-matmul (TF's CPU convolution backward is very slow there), besides PyTorch's symmetric padding.
-It assumes a dense kernel (no groups). Also the padding helpers and the bfloat16 bias add that
-``model``'s layers share."""
+"""TensorFlow's speed kernel: ``Conv2D`` runs small images with many channels as matmuls (TF's CPU
+convolution backward is very slow there): one per pair of kernel taps that meets the input
+(``spec.conv_taps``: the padding's zeros are not multiplied), or im2col and one matmul per group
+for a grouped kernel; besides PyTorch's symmetric padding. Also the padding helpers and the
+bfloat16 bias add that ``model``'s layers share."""
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from .. import spec
 
 
 def pad(X: tf.Tensor, padding: int, value: float = 0.0) -> tf.Tensor:
@@ -43,10 +46,11 @@ class Conv2D(keras.layers.Conv2D):
     At stride 1 an odd kernel's ``'same'`` padding is already symmetric and is used as is.
     ``in_channels`` builds it (its variables) now; left out, on the first call.
 
-    Small images with many channels run as im2col (``tf.image.extract_patches``) and one matmul
-    instead of TF's convolution, whose backward pass is very slow there on CPU (the same function
-    within float32 rounding; a grouped one, ``groups`` > 1, as one matmul per group); ``uses_matmul`` is
-    the rule, ``conv_path`` says what the last call ran. A grouped convolution otherwise runs as TF's
+    Small images with many channels run as matmuls instead of TF's convolution, whose backward
+    pass is very slow there on CPU (the same function within float32 rounding): one per pair of
+    kernel taps that meets the input, skipping the taps that read only padding (``_taps``), or, for a
+    grouped kernel (``groups`` > 1), im2col (``tf.image.extract_patches``) and one matmul per group;
+    ``uses_matmul`` is the rule, ``conv_path`` says what the last call ran. A grouped convolution otherwise runs as TF's
     dense convolution with the block-diagonal kernel: Keras compiles a grouped one with XLA on a CPU,
     far slower there than the dense one with the groups' zeros (docs/performance.md); the zeros add
     exact zero products, the same function within float32 rounding."""
@@ -79,6 +83,8 @@ class Conv2D(keras.layers.Conv2D):
 
     def call(self, X):
         self.conv_path = "matmul" if self.uses_matmul(X.shape) else "conv"
+        if self.conv_path == "matmul" and self.groups == 1:
+            return self._taps(X)
         X = pad(X, self.explicit_padding)
         if self.conv_path == "matmul":
             return self._matmul(X)
@@ -97,21 +103,42 @@ class Conv2D(keras.layers.Conv2D):
         eye = tf.reshape(tf.eye(g, dtype=kernel.dtype), [1, 1, g, 1, g, 1])  # input group, output group
         return tf.reshape(tf.reshape(kernel, [kh, kw, 1, c, g, o // g]) * eye, [kh, kw, g * c, o])
 
+    def _taps(self, X):
+        """The convolution of the unpadded NHWC ``X`` as a sum over the kernel taps that meet it of
+        ``input slice @ tap``, each tap's outputs padded to the whole output."""
+        (k, _), (s, _) = self.kernel_size, self.strides
+        p = k // 2 if self.padding == "same" else self.explicit_padding
+        h, w, c = X.shape[1], X.shape[2], X.shape[3]
+        rows, cols = spec.conv_taps(h, k, s, p), spec.conv_taps(w, k, s, p)
+        if not (rows and cols):  # every output on padding: TF's convolution keeps the gradients' zeros
+            return super().call(pad(X, self.explicit_padding))
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        taps = tf.unstack(tf.reshape(tf.convert_to_tensor(self.kernel), [k * k, c, self.filters]))
+        parts = []
+        for a, i0, ni, r0 in rows:
+            for b, j0, nj, c0 in cols:
+                Xs = X[:, r0:r0 + (ni - 1) * s + 1:s, c0:c0 + (nj - 1) * s + 1:s, :]
+                Z = tf.reshape(tf.reshape(Xs, [-1, c]) @ taps[a * k + b], [-1, ni, nj, self.filters])
+                if (ni, nj) != (ho, wo):
+                    Z = tf.pad(Z, [[0, 0], [i0, ho - i0 - ni], [j0, wo - j0 - nj], [0, 0]])
+                parts.append(Z)
+        Y = tf.add_n(parts)
+        if not self.use_bias:
+            return Y
+        return Y + self.bias if self.compute_dtype == "float32" else add_bias(Y, self.bias)
+
     def _matmul(self, X):
+        """The grouped convolution of the padded ``X`` as im2col and one matmul per group."""
         (k, _), (s, _) = self.kernel_size, self.strides
         if self.padding == "same":
             X = pad(X, k // 2)
         P = X[:, ::s, ::s, :] if k == 1 else \
             tf.image.extract_patches(X, [1, k, k, 1], [1, s, s, 1], [1, 1, 1, 1], "VALID")  # (kh, kw, c) order
-        depth, g = P.shape[-1], self.groups
-        kernel = tf.convert_to_tensor(self.kernel)
-        if g == 1:
-            Y = tf.reshape(P, [-1, depth]) @ tf.reshape(kernel, [depth, self.filters])
-        else:  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g): group by group
-            c = depth // (k * k * g)
-            Y = tf.einsum("nkgc,kcgo->ngo", tf.reshape(P, [-1, k * k, g, c]),
-                          tf.reshape(kernel, [k * k, c, g, self.filters // g]))
-            Y = tf.reshape(Y, [-1, self.filters])
+        g = self.groups
+        c = P.shape[-1] // (k * k * g)  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g)
+        Y = tf.einsum("nkgc,kcgo->ngo", tf.reshape(P, [-1, k * k, g, c]),
+                      tf.reshape(tf.convert_to_tensor(self.kernel), [k * k, c, g, self.filters // g]))
+        Y = tf.reshape(Y, [-1, self.filters])
         Y = tf.reshape(Y, tf.concat([tf.shape(P)[:3], [self.filters]], 0))
         if not self.use_bias:
             return Y

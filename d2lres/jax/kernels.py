@@ -52,8 +52,9 @@ PATCHES_MAX_PIXELS = 4
 
 
 class Conv(nnx.Conv):
-    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as a matmul over patches (a
-    grouped one, ``feature_group_count`` > 1, as one matmul per group), and a grouped convolution
+    """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as matmuls: one per kernel tap
+    that meets the input (``_taps``), or, grouped (``feature_group_count`` > 1), one matmul over
+    patches per group; and a grouped convolution
     with larger outputs as XLA's dense convolution with the block-diagonal kernel: XLA's CPU
     grouped convolution, its gradient above all, is far slower than the dense one with the
     groups' zeros (docs/performance.md). The zeros add exact zero products: the same function
@@ -64,19 +65,32 @@ class Conv(nnx.Conv):
         ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
         if ho * wo > PATCHES_MAX_PIXELS:
             return super().__call__(X) if self.feature_group_count == 1 else self._block_diagonal(X, s, p)
+        if self.feature_group_count == 1:
+            return self._taps(X, k, s, p, ho, wo)
         Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
         patches = jnp.concatenate([Xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
                                    for i in range(k) for j in range(k)], axis=-1)  # (N, ho, wo, k*k*C)
         bias = self.bias[...] if self.bias is not None else None
         patches, kernel, bias = self.promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
-        g = self.feature_group_count
-        if g == 1:
-            Y = lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
-                                precision=self.precision)
-        else:  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g): group by group
-            n, c, o = X.shape[0], X.shape[-1] // g, kernel.shape[-1]
-            Y = jnp.einsum("nhwkgc,kcgo->nhwgo", patches.reshape(n, ho, wo, k * k, g, c),
-                           kernel.reshape(k * k, c, g, o // g), precision=self.precision).reshape(n, ho, wo, o)
+        g = self.feature_group_count  # patches (.., k*k, g, C/g) with the kernel (k*k, C/g, g, O/g): group by group
+        n, c, o = X.shape[0], X.shape[-1] // g, kernel.shape[-1]
+        Y = jnp.einsum("nhwkgc,kcgo->nhwgo", patches.reshape(n, ho, wo, k * k, g, c),
+                       kernel.reshape(k * k, c, g, o // g), precision=self.precision).reshape(n, ho, wo, o)
+        return Y + bias if bias is not None else Y
+
+    def _taps(self, X, k: int, s: int, p: int, ho: int, wo: int):
+        """A dense convolution as a sum over the kernel taps that meet the input (``spec.conv_taps``)
+        of ``input slice @ tap``: the padding's zeros are not multiplied."""
+        bias = self.bias[...] if self.bias is not None else None
+        X, kernel, bias = self.promote_dtype((X, self.kernel[...], bias), dtype=self.dtype)  # as nnx.Conv
+        Y = jnp.zeros((X.shape[0], ho, wo, kernel.shape[-1]), jnp.float32)  # the taps summed in float32 (bf16)
+        for a, i0, ni, r0 in spec.conv_taps(X.shape[1], k, s, p):
+            for b, j0, nj, c0 in spec.conv_taps(X.shape[2], k, s, p):
+                Xs = X[:, r0:r0 + s * (ni - 1) + 1:s, c0:c0 + s * (nj - 1) + 1:s, :]
+                Y = Y.at[:, i0:i0 + ni, j0:j0 + nj].add(lax.dot_general(
+                    Xs, kernel[a, b], (((3,), (0,)), ((), ())), precision=self.precision,
+                    preferred_element_type=jnp.float32))
+        Y = Y.astype(X.dtype)
         return Y + bias if bias is not None else Y
 
     def _block_diagonal(self, X, s: int, p: int):

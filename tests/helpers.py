@@ -1,9 +1,10 @@
 """What the tests share besides fixtures (those are in conftest.py): every pair of backends, one way
 to call any backend's models on a numpy batch (:func:`forward`), the command line's runs
 (:func:`d2lres_cli`, :func:`run_metrics`, :func:`run_weights`, :func:`wait_all`), a local HTTP
-mirror (:func:`serve_directory`), and what several test files compute alike, once per test run
-(:func:`shared`, :func:`full_check`). Under pytest-xdist each worker is a process of its own, so
-what several tests need is computed by whichever worker asks first.
+mirror (:func:`serve_directory`), a speed kernel held to the plain path
+(:func:`assert_kernel_is_the_plain_function`), and what several test files compute alike, once per
+test run (:func:`shared`, :func:`full_check`). Under pytest-xdist each worker is a process of its
+own, so what several tests need is computed by whichever worker asks first.
 
 Importing this module imports no framework or matplotlib: conftest imports it before it moves
 ``HOME`` and the framework caches, which those read at import."""
@@ -120,6 +121,19 @@ def full_check(arch=None, input_shape=(1, 96, 96), step_size: int = 96, batch_si
            f"{batch_size}"
     return shared(name, lambda _: checks.cross_backend_checks(input_shape=tuple(input_shape), step_size=step_size,
                                                               batch_size=batch_size, arch=arch))
+
+
+def assert_kernel_is_the_plain_function(backend: str, monkeypatch, kernels, rule: str) -> None:
+    """``backend``'s ResNet-18 at 40x40 (stage 5 at 2x2 outputs) through ``checks.run_all`` with its
+    speed kernel, then with ``kernels.<rule>`` set to 0 (the kernel never taken): the two within
+    the cross-backend checks' tolerances."""
+    from d2lres import checks
+    kwargs = dict(input_shape=(1, 40, 40), step_size=40)
+    fast = checks.run_all({backend: (backend, {})}, **kwargs)[backend]
+    monkeypatch.setattr(kernels, rule, 0)
+    plain = checks.run_all({backend: (backend, {})}, **kwargs)[backend]
+    diff = checks.differences(plain, fast)
+    assert all(diff[k] <= tol for k, tol in checks.TOLERANCES.items()), diff
 
 
 #: Every pair of backends, named as ``checks.cross_backend_checks`` names them ("torch-tf", ...).

@@ -8,6 +8,7 @@ import pytest
 
 from d2lres import checks
 from d2lres.host import backends
+from helpers import assert_kernel_is_the_plain_function
 
 pytestmark = pytest.mark.framework
 
@@ -59,12 +60,7 @@ def test_rule_takes_stage5_at_40_pixels_only():
 
 
 def test_resnet18_at_40_pixels_same_function_with_and_without_matmul(monkeypatch):
-    kwargs = dict(input_shape=(1, 40, 40), step_size=40)
-    fast = checks.run_all({"tf": ("tf", {})}, **kwargs)["tf"]
-    monkeypatch.setattr(kernels, "MATMUL_MAX_SIDE", 0)  # the rule never fires: TF's convolutions only
-    plain = checks.run_all({"tf": ("tf", {})}, **kwargs)["tf"]
-    diff = checks.differences(plain, fast)
-    assert all(diff[k] <= tol for k, tol in checks.TOLERANCES.items()), diff
+    assert_kernel_is_the_plain_function("tf", monkeypatch, kernels, "MATMUL_MAX_SIDE")
 
 
 @pytest.mark.skipif("torch" not in backends.available(), reason="needs PyTorch")

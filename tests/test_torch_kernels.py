@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from d2lres import checks
+from helpers import assert_kernel_is_the_plain_function
 
 pytestmark = pytest.mark.framework
 
@@ -78,9 +79,4 @@ def test_rule_takes_stage5_at_40_pixels_only():
 
 
 def test_resnet18_at_40_pixels_same_function_with_and_without_taps(monkeypatch):
-    kwargs = dict(input_shape=(1, 40, 40), step_size=40)
-    fast = checks.run_all({"torch": ("torch", {})}, **kwargs)["torch"]
-    monkeypatch.setattr(kernels, "TAPS_MAX_SIDE", 0)  # the rule never fires: oneDNN's convolutions only
-    plain = checks.run_all({"torch": ("torch", {})}, **kwargs)["torch"]
-    diff = checks.differences(plain, fast)
-    assert all(diff[k] <= tol for k, tol in checks.TOLERANCES.items()), diff
+    assert_kernel_is_the_plain_function("torch", monkeypatch, kernels, "TAPS_MAX_SIDE")

@@ -1,8 +1,8 @@
 """What only the JAX backend needs: its BatchNorm keeps PyTorch's running statistics (Flax's
-momentum is the other way round and its running variance biased), its convolution's matmul path
-for tiny outputs is XLA's convolution, its max-pool gradient is XLA's, optax SGD with momentum and
-weight decay is PyTorch's SGD over several steps with a changing learning rate, and the layout
-options."""
+momentum is the other way round and its running variance biased) and sums over the right axes,
+its convolution's matmul path for tiny outputs is XLA's convolution, its max-pool gradient is
+XLA's, optax SGD with momentum and weight decay is PyTorch's SGD over several steps with a
+changing learning rate, and the layout options."""
 import numpy as np
 import pytest
 
@@ -39,6 +39,20 @@ def test_batchnorm_running_statistics_are_pytorchs(res):
     before = np.asarray(bn.var[...]).copy()
     bn(jnp.asarray(x))
     assert np.array_equal(np.asarray(bn.var[...]), before)  # eval mode leaves them alone
+
+
+@pytest.mark.parametrize("shape, dtype", [((8, 4, 4, 3), "float32"),   # 128 rows: dots of one block
+                                          ((2, 40, 40, 5), "float32"),  # 3,200 rows: 25 blocks of 128
+                                          ((3, 5, 5, 2), "float32"),    # 75 rows: XLA's reduction
+                                          ((8, 4, 4, 3), "bfloat16")])  # not float32: XLA's reduction
+def test_channel_sum_is_the_sum_over_every_axis_but_the_last(shape, dtype):
+    from d2lres.jax.kernels import channel_sum
+    x = np.random.default_rng(2).normal(1.0, 3.0, shape)
+    got = np.asarray(channel_sum(jnp.asarray(x, dtype=dtype)), dtype=np.float64)
+    want = np.asarray(jnp.asarray(x, dtype=dtype), dtype=np.float64).sum(axis=(0, 1, 2))
+    eps = 2.0 ** -24 if dtype == "float32" else 2.0 ** -8
+    assert got.shape == (shape[-1],)
+    np.testing.assert_allclose(got, want, rtol=0, atol=64 * eps * np.abs(x).sum(axis=(0, 1, 2)).max())
 
 
 @pytest.mark.parametrize("size, stride, kernel, patches", [(2, 1, 3, True), (3, 2, 3, True), (1, 1, 3, True),

@@ -1,9 +1,10 @@
 """JAX's speed kernels, each the same function as XLA's own within float32 rounding: the
-training-mode BatchNorm with its gradient written out (:func:`normalize_batch`), the max-pool
-with a phase-wise backward (:func:`max_pool`), and :class:`Conv`, which convolves tiny outputs
-as one matmul over explicit patches (it assumes a dense kernel: no groups)."""
+training-mode BatchNorm with its gradient written out (:func:`normalize_batch`) and its per-channel
+sums as dots (:func:`channel_sum`), the max-pool with a phase-wise backward (:func:`max_pool`), and
+:class:`Conv`, which convolves tiny outputs as matmuls (tap by tap, or over patches per group)."""
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -13,12 +14,27 @@ from jax import lax
 
 from .. import spec
 
+#: Rows per block of :func:`channel_sum`'s dots (at most: the largest divisor of the rows up to it).
+SUM_BLOCK = 256
+
+
+def channel_sum(x):
+    """``x`` summed over every axis but the last. In float32, as dots of blocks of rows with a vector
+    of ones, then the blocks' sums: XLA's CPU reduction over the leading axes is slow (the stem's
+    BatchNorm at 40 px took a third of JAX's stem; docs/performance.md), and the blocks' partial sums
+    round less than one long sum. Other dtypes, or fewer than 16 rows to a block: XLA's reduction."""
+    x2 = x.reshape(-1, x.shape[-1])
+    block = math.gcd(x2.shape[0], SUM_BLOCK)
+    if x.dtype != jnp.float32 or block < 16:
+        return x2.sum(0)
+    return (jnp.ones((block,), x.dtype) @ x2.reshape(-1, block, x2.shape[-1])).sum(0)
+
 
 def _batch_norm_fwd(x, scale, bias):
-    axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axes)
+    n = x.size // x.shape[-1]
+    mean = channel_sum(x) / n
     centred = x - mean
-    var = (centred * centred).mean(axes)  # two passes: E[x^2] - E[x]^2 loses digits in float32
+    var = channel_sum(centred * centred) / n  # two passes: E[x^2] - E[x]^2 loses digits in float32
     inv = lax.rsqrt(var + spec.BN_EPS)
     xhat = centred * inv
     return (xhat * scale + bias, mean, var), (xhat, inv, scale)
@@ -29,9 +45,8 @@ def _batch_norm_bwd(saved, cotangents):
     cotangents are dropped: they only feed the running averages, never the loss."""
     xhat, inv, scale = saved
     g = cotangents[0]
-    axes = tuple(range(g.ndim - 1))
     n = g.size // g.shape[-1]
-    dbias, dscale = g.sum(axes), (g * xhat).sum(axes)
+    dbias, dscale = channel_sum(g), channel_sum(g * xhat)
     return (scale * inv) * (g - (dbias + xhat * dscale) / n), dscale, dbias
 
 

@@ -59,42 +59,45 @@ class TapConv(torch.autograd.Function):
         Xh = X.permute(0, 2, 3, 1).contiguous()
         Kt = K[:, :, a0:a1, b0:b1].permute(2, 3, 0, 1).contiguous()  # taps, taps, O, C (cheap to copy)
         Y = X.new_zeros(n, ho, wo, o) if bias is None else bias.expand(n, ho, wo, o).contiguous()
-        plan = [(a - a0, b - b0, i0, ni, r0, j0, nj, c0) for a, i0, ni, r0 in rows for b, j0, nj, c0 in cols]
-        for a, b, i0, ni, r0, j0, nj, c0 in plan:
-            Xs = Xh[:, r0:r0 + (ni - 1) * stride[0] + 1:stride[0], c0:c0 + (nj - 1) * stride[1] + 1:stride[1]]
-            if ni == ho and nj == wo:
-                Y.view(-1, o).addmm_(Xs.reshape(-1, c), Kt[a, b].t())
+        # per pair of taps: its index in Kt, the input it reads and the outputs it reaches (None: all)
+        plan = [(a - a0, b - b0,
+                 None if (ni, nj, *stride) == (h, w, 1, 1) else
+                 (slice(None), slice(r0, r0 + (ni - 1) * stride[0] + 1, stride[0]),
+                  slice(c0, c0 + (nj - 1) * stride[1] + 1, stride[1])),
+                 None if (ni, nj) == (ho, wo) else (slice(None), slice(i0, i0 + ni), slice(j0, j0 + nj)))
+                for a, i0, ni, r0 in rows for b, j0, nj, c0 in cols]
+        for a, b, window, reach in plan:
+            Z = (Xh if window is None else Xh[window]).reshape(-1, c)
+            if reach is None:
+                Y.view(-1, o).addmm_(Z, Kt[a, b].t())
             else:
-                Y[:, i0:i0 + ni, j0:j0 + nj] += (Xs.reshape(-1, c) @ Kt[a, b].t()).view(n, ni, nj, o)
+                Y[reach] += (Z @ Kt[a, b].t()).view(Y[reach].shape)
         ctx.save_for_backward(Xh, Kt)
-        ctx.plan, ctx.stride, ctx.taps0, ctx.k, ctx.has_bias = plan, stride, (a0, b0), (kh, kw), bias is not None
+        ctx.plan, ctx.taps0, ctx.k = plan, (a0, b0), (kh, kw)
         return Y.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, dY):
         Xh, Kt = ctx.saved_tensors
-        (sh, sw), (a0, b0) = ctx.stride, ctx.taps0
-        n, h, w, c = Xh.shape
-        o, ho, wo = dY.shape[1], dY.shape[2], dY.shape[3]
+        a0, b0 = ctx.taps0
+        c, o = Xh.shape[3], dY.shape[1]
         dYh = dY.permute(0, 2, 3, 1).contiguous()
         dXh = torch.zeros_like(Xh) if ctx.needs_input_grad[0] else None
         dKt = torch.empty_like(Kt)
-        for a, b, i0, ni, r0, j0, nj, c0 in ctx.plan:
-            window = (slice(None), slice(r0, r0 + (ni - 1) * sh + 1, sh), slice(c0, c0 + (nj - 1) * sw + 1, sw))
-            full = ni == ho and nj == wo
-            dYs = dYh.view(-1, o) if full else dYh[:, i0:i0 + ni, j0:j0 + nj].reshape(-1, o)
-            torch.mm(dYs.t(), Xh[window].reshape(-1, c), out=dKt[a, b])
+        for a, b, window, reach in ctx.plan:
+            dYs = dYh.view(-1, o) if reach is None else dYh[reach].reshape(-1, o)
+            torch.mm(dYs.t(), (Xh if window is None else Xh[window]).reshape(-1, c), out=dKt[a, b])
             if dXh is not None:
-                if (ni, nj, sh, sw) == (h, w, 1, 1):
+                if window is None:
                     dXh.view(-1, c).addmm_(dYs, Kt[a, b])
                 else:
-                    dXh[window] += (dYs @ Kt[a, b]).view(n, ni, nj, c)
+                    dXh[window] += (dYs @ Kt[a, b]).view(dXh[window].shape)
         if dKt.shape[:2] == ctx.k:
             dK = dKt.permute(2, 3, 0, 1).contiguous()
         else:
             dK = dKt.new_zeros(o, c, *ctx.k)
             dK[:, :, a0:a0 + dKt.shape[0], b0:b0 + dKt.shape[1]] = dKt.permute(2, 3, 0, 1)
-        dbias = dYh.view(-1, o).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dbias = dYh.view(-1, o).sum(0) if ctx.needs_input_grad[2] else None  # False without a bias
         return (None if dXh is None else dXh.permute(0, 3, 1, 2)), dK, dbias, None, None
 
 

@@ -31,6 +31,26 @@ def add_bias(Y: tf.Tensor, bias) -> tf.Tensor:
     return tf.math.add(Y, tf.cast(tf.convert_to_tensor(bias), Y.dtype))
 
 
+def taps_conv2d(X: tf.Tensor, kernel: tf.Tensor, stride: int, padding: int) -> tf.Tensor:
+    """The zero-padded convolution of the unpadded NHWC ``X`` with the dense HWIO ``kernel`` (square,
+    as the stride and padding), as a sum over the kernel taps that meet the input
+    (``spec.conv_taps``) of ``input slice @ tap``, each tap's outputs padded to the whole output:
+    the padding's zeros are not multiplied. The kernel is unstacked once, so its gradient is one stack."""
+    k, _, c, o = kernel.shape
+    h, w = X.shape[1], X.shape[2]
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    taps = tf.unstack(tf.reshape(kernel, [k * k, c, o]))
+    parts = []
+    for a, i0, ni, r0 in spec.conv_taps(h, k, stride, padding):
+        for b, j0, nj, c0 in spec.conv_taps(w, k, stride, padding):
+            Xs = X[:, r0:r0 + (ni - 1) * stride + 1:stride, c0:c0 + (nj - 1) * stride + 1:stride, :]
+            Z = tf.reshape(tf.reshape(Xs, [-1, c]) @ taps[a * k + b], [-1, ni, nj, o])
+            if (ni, nj) != (ho, wo):
+                Z = tf.pad(Z, [[0, 0], [i0, ho - i0 - ni], [j0, wo - j0 - nj], [0, 0]])
+            parts.append(Z)
+    return tf.add_n(parts)
+
+
 #: The matmul path's rule (``Conv2D.uses_matmul``): outputs at most this many pixels on a side...
 MATMUL_MAX_SIDE = 2
 #: ... from at least this many input channels. Derived from single-convolution forward+backward
@@ -104,25 +124,13 @@ class Conv2D(keras.layers.Conv2D):
         return tf.reshape(tf.reshape(kernel, [kh, kw, 1, c, g, o // g]) * eye, [kh, kw, g * c, o])
 
     def _taps(self, X):
-        """The convolution of the unpadded NHWC ``X`` as a sum over the kernel taps that meet it of
-        ``input slice @ tap``, each tap's outputs padded to the whole output."""
+        """``taps_conv2d`` of the unpadded ``X``, with the bias; TF's convolution where every
+        output lies on padding (it keeps the gradients' zeros)."""
         (k, _), (s, _) = self.kernel_size, self.strides
         p = k // 2 if self.padding == "same" else self.explicit_padding
-        h, w, c = X.shape[1], X.shape[2], X.shape[3]
-        rows, cols = spec.conv_taps(h, k, s, p), spec.conv_taps(w, k, s, p)
-        if not (rows and cols):  # every output on padding: TF's convolution keeps the gradients' zeros
+        if not (spec.conv_taps(X.shape[1], k, s, p) and spec.conv_taps(X.shape[2], k, s, p)):
             return super().call(pad(X, self.explicit_padding))
-        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        taps = tf.unstack(tf.reshape(tf.convert_to_tensor(self.kernel), [k * k, c, self.filters]))
-        parts = []
-        for a, i0, ni, r0 in rows:
-            for b, j0, nj, c0 in cols:
-                Xs = X[:, r0:r0 + (ni - 1) * s + 1:s, c0:c0 + (nj - 1) * s + 1:s, :]
-                Z = tf.reshape(tf.reshape(Xs, [-1, c]) @ taps[a * k + b], [-1, ni, nj, self.filters])
-                if (ni, nj) != (ho, wo):
-                    Z = tf.pad(Z, [[0, 0], [i0, ho - i0 - ni], [j0, wo - j0 - nj], [0, 0]])
-                parts.append(Z)
-        Y = tf.add_n(parts)
+        Y = taps_conv2d(X, tf.convert_to_tensor(self.kernel), s, p)
         if not self.use_bias:
             return Y
         return Y + self.bias if self.compute_dtype == "float32" else add_bias(Y, self.bias)

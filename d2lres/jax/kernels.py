@@ -69,11 +69,11 @@ PATCHES_MAX_PIXELS = 4
 class Conv(nnx.Conv):
     """``nnx.Conv`` (NHWC, HWIO kernel) that computes tiny outputs as matmuls: one per kernel tap
     that meets the input (``_taps``), or, grouped (``feature_group_count`` > 1), one matmul over
-    patches per group; and a grouped convolution
-    with larger outputs as XLA's dense convolution with the block-diagonal kernel: XLA's CPU
-    grouped convolution, its gradient above all, is far slower than the dense one with the
-    groups' zeros (docs/performance.md). The zeros add exact zero products: the same function
-    within float32 rounding (and an infinite input reaches the other groups as NaN)."""
+    patches per group; and a grouped convolution with larger outputs as XLA's dense convolution
+    with the block-diagonal kernel: XLA's CPU grouped convolution, its gradient above all, is far
+    slower than the dense one with the groups' zeros (docs/performance.md). The zeros add exact
+    zero products: the same function within float32 rounding (and an infinite input reaches the
+    other groups as NaN)."""
 
     def __call__(self, X):
         k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]

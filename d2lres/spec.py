@@ -355,6 +355,15 @@ def conv_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[tuple[
     return tuple(taps)
 
 
+def conv_is_dense(size: int, kernel: int, stride: int, padding: int) -> bool:
+    """Whether, along one axis, every output of a zero-padded convolution reads every input
+    position through some kernel tap: the convolution unrolled into a matrix (input positions by
+    output positions) then has no entry that is always zero, so one matmul with that matrix
+    multiplies no padding."""
+    out = _out_size(size, kernel, stride, padding)
+    return out > 0 and sum(n for _, _, n, _ in conv_taps(size, kernel, stride, padding)) == size * out
+
+
 def check_input(input_shape: tuple[int, int, int], in_channels: int) -> None:
     """Raise ``ValueError`` naming what was expected if ``(C, H, W)`` cannot enter the net."""
     if len(input_shape) != 3:

@@ -10,6 +10,7 @@ from mxnet.gluon import nn
 
 from .. import inputs, spec
 from ..core import family
+from . import kernels
 
 npx.set_np()
 
@@ -128,6 +129,7 @@ class ResNet(nn.HybridSequential):
         self.arch = arch = spec.get_arch(arch)
         self.add(*family.stages(KIT, Block, resnet_block, arch, num_classes, in_channels).values())
         self.in_channels, self.num_classes = in_channels, num_classes
+        kernels.adopt(self)  # small convolutions as one matmul where that is the same function
         self.initialize(init.Xavier(), ctx=device)
 
     def __iter__(self):
@@ -136,7 +138,8 @@ class ResNet(nn.HybridSequential):
     def forward(self, X):
         inputs.check_batch(tuple(X.shape), X.dtype, self.in_channels, training=mx.autograd.is_training(),
                            arch=self.arch, num_classes=self.num_classes)
-        return super().forward(X if X.dtype == "float32" else X.astype("float32"))  # floating inputs: cast
+        X = X if X.dtype == "float32" else X.astype("float32")  # floating inputs: cast
+        return kernels.call(self, super().forward, X)
 
 
 resnet, resnet18, resnet34, resnet50, resnet101, resnet152 = family.Factories(ResNet).all()

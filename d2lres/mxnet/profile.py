@@ -1,11 +1,14 @@
 """What ``d2lres profile`` times in MXNet: each stage of the ``Trainer``'s own Gluon network (its
-children ``b1`` .. ``head``, hybridized as the ``Trainer`` hybridized them) forward and backward
+children ``b1`` .. ``head``, hybridized as the ``Trainer`` hybridized them, each traced as the
+network traces it: ``kernels.call``) forward and backward
 in training mode (``autograd.record``), the ``Trainer``'s SGD update alone (``Trainer._update``),
 and ``Trainer.step``; each call waits for MXNet's engine (``waitall``)."""
 from __future__ import annotations
 
 import mxnet as mx
 from mxnet import autograd, np
+
+from . import kernels
 
 
 def calls(trainer, feeds: dict, lr: float) -> dict:
@@ -27,7 +30,7 @@ def calls(trainer, feeds: dict, lr: float) -> dict:
 def _stage_call(trainer, stage, X, target, loss: bool):
     def run():
         with autograd.record():
-            Y = stage(X)
+            Y = kernels.call(stage, stage, X)  # as inside the network: its small convolutions as matmuls
             if loss:
                 Y = trainer.loss(Y, target).mean()
         Y.backward() if loss else Y.backward(target)

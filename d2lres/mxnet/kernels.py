@@ -1,0 +1,103 @@
+"""MXNet's speed kernel on the CPU: a convolution whose every output reads every input pixel
+(``spec.conv_is_dense``; at 40x40, stage 5's 3x3 convolutions on 2x2 maps) runs as one matmul
+with the convolution unrolled into a dense matrix, built from slices of the kernel, instead of
+oneDNN's convolution, which is slow at these shapes, above all held to AVX2
+(docs/performance.md). The same function within float32 rounding (tests/test_mxnet_kernels.py).
+
+The unrolled matrix depends on the input's size, and Gluon traces a hybridized block into a graph
+of symbols without shapes, then reuses that graph for any input shape. So :class:`Conv2D` takes
+the dense path in a traced graph only when the shape of the traced block's input is known: inside
+:func:`call`, which keys the block's cached graph by that shape. Anywhere else a traced graph gets
+MXNet's own convolution. An eager call (not hybridized) knows its input and takes the rule as it is."""
+from __future__ import annotations
+
+import contextvars
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from .. import spec
+
+#: The rule (``uses_dense``): both output sides at most this many pixels.
+DENSE_MAX_SIDE = 2
+
+#: The input shapes of the graph being traced inside :func:`call`, by Gluon's name for the input.
+_TRACED_INPUTS: contextvars.ContextVar = contextvars.ContextVar("d2lres_mxnet_traced_inputs", default=None)
+
+
+def uses_dense(size, kernel, stride, padding, dilation=(1, 1), groups=1) -> bool:
+    """Whether a 2-D convolution of a ``size`` (height, width) input runs as :func:`dense_conv2d`: a
+    dense kernel (no groups, no dilation), outputs at most ``DENSE_MAX_SIDE`` pixels on a side, and
+    every output reading every input pixel along both axes."""
+    if groups != 1 or tuple(dilation) != (1, 1):
+        return False
+    outs = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding)]
+    return 0 < min(outs) and max(outs) <= DENSE_MAX_SIDE and all(
+        spec.conv_is_dense(*axis) for axis in zip(size, kernel, stride, padding))
+
+
+def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
+    """The NCHW convolution of ``X`` (spatial ``size``) by ``weight`` (``kernel_shape``: O, C, kh, kw)
+    as one matmul: the input flattened to C x h x w times the kernel unrolled to (O x outputs,
+    C x h x w), whose block for output pixel (i, j) is the window of the kernel that meets the input
+    from there (oneDNN's inner product does the matmul)."""
+    (h, w), (o, c, _, _) = size, kernel_shape
+    ho, wo = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel_shape[2:], stride, padding)]
+    # output (i, j) reads input (y, x) through tap (y - i * stride + padding, x - j * stride + padding)
+    tops = [padding[0] - i * stride[0] for i in range(ho)]
+    lefts = [padding[1] - j * stride[1] for j in range(wo)]
+    unrolled = F.np.stack([weight[:, :, t:t + h, u:u + w] for t in tops for u in lefts], axis=1)
+    Y = F.npx.fully_connected(X.reshape(-1, c * h * w), unrolled.reshape(o * ho * wo, c * h * w),
+                              num_hidden=o * ho * wo, no_bias=True).reshape(-1, o, ho, wo)
+    return Y if bias is None else Y + bias.reshape(1, o, 1, 1)
+
+
+class Conv2D(nn.Conv2D):
+    """Gluon's ``Conv2D``, taking :func:`dense_conv2d` where :func:`uses_dense` accepts its input."""
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        args = self._kwargs
+        size = _spatial_size(x)
+        if size is not None and self.act is None and args["layout"] == "NCHW" and uses_dense(
+                size, args["kernel"], args["stride"], args["pad"], args["dilate"], args["num_group"]):
+            return dense_conv2d(F, x, weight, bias, size, self.weight.shape, args["stride"], args["pad"])
+        return super().hybrid_forward(F, x, weight, bias)
+
+
+def _spatial_size(x) -> tuple[int, int] | None:
+    """``(height, width)`` of a float32 CPU array, or of a symbol traced inside :func:`call`; else None."""
+    if isinstance(x, mx.nd.NDArray):
+        return tuple(x.shape[2:]) if x.ctx.device_type == "cpu" and x.dtype == "float32" else None
+    shapes = _TRACED_INPUTS.get()
+    if shapes is None:
+        return None
+    try:
+        shape = x.infer_shape_partial(**shapes)[1][0]
+    except mx.base.MXNetError:  # not the graph whose inputs are known
+        return None
+    return tuple(shape[2:]) if shape and len(shape) == 4 and min(shape) > 0 else None
+
+
+def call(block: nn.HybridBlock, forward, X):
+    """``forward(X)``, ``block``'s own forward, with ``X``'s shape known to the graph that Gluon traces
+    from ``block`` if it is hybridized, so that its :class:`Conv2D` layers can take the dense path;
+    the cached graph is traced again when the image size changes. ``X``: one float32 array."""
+    if not block._active:
+        return forward(X)
+    key = (tuple(X.shape[2:]), X.ctx.device_type)
+    if getattr(block, "_d2lres_traced_for", key) != key:
+        block._clear_cached_op()
+    block._d2lres_traced_for = key
+    token = _TRACED_INPUTS.set({"data": tuple(X.shape)} if X.ctx.device_type == "cpu" else None)
+    try:
+        return forward(X)
+    finally:
+        _TRACED_INPUTS.reset(token)
+
+
+def adopt(block: nn.Block) -> None:
+    """Make every Gluon ``Conv2D`` in ``block`` (the chapter's ``Residual`` builds them) a :class:`Conv2D`."""
+    for child in block._children.values():
+        if type(child) is nn.Conv2D:
+            child.__class__ = Conv2D
+        adopt(child)

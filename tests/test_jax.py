@@ -55,6 +55,23 @@ def test_channel_sum_is_the_sum_over_every_axis_but_the_last(shape, dtype):
     np.testing.assert_allclose(got, want, rtol=0, atol=64 * eps * np.abs(x).sum(axis=(0, 1, 2)).max())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_add_bias_is_plus_with_its_gradients(dtype):
+    """A float32 bias on a ``dtype`` output (bf16: the policy's bias stays float32), 512 rows: the
+    bias's gradient takes channel_sum's blocked dots; the output's gradient comes back in ``dtype``."""
+    from d2lres.jax.kernels import add_bias
+    rng = np.random.default_rng(3)
+    Y, bias = jnp.asarray(rng.normal(size=(2, 16, 16, 8)), dtype), jnp.asarray(rng.normal(size=8), "float32")
+    G = jnp.asarray(rng.normal(size=(2, 16, 16, 8)), "float32")
+    ours, vjp_ours = jax.vjp(add_bias, Y, bias)
+    plain, vjp_plain = jax.vjp(lambda Y, b: Y + b, Y, bias)
+    assert ours.dtype == plain.dtype == jnp.float32
+    np.testing.assert_array_equal(ours, plain)
+    for a, b in zip(vjp_ours(G), vjp_plain(G)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("size, stride, kernel, patches", [(2, 1, 3, True), (3, 2, 3, True), (1, 1, 3, True),
                                                            (3, 2, 1, True), (4, 2, 3, True), (5, 1, 3, False)])
 def test_matmul_path_for_tiny_outputs_is_xlas_convolution(res, size, stride, kernel, patches):

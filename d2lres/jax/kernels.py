@@ -30,6 +30,30 @@ def channel_sum(x):
     return (jnp.ones((block,), x.dtype) @ x2.reshape(-1, block, x2.shape[-1])).sum(0)
 
 
+def add_bias(Y, bias):
+    """``Y + bias`` over the last axis (in their promoted dtype, as ``+``), the bias's gradient summed
+    by :func:`channel_sum`: XLA's CPU reduction over the leading axes is slow for the stem's many rows
+    (docs/performance.md)."""
+    dtype = jnp.promote_types(Y.dtype, bias.dtype)
+    return _add_bias(Y.astype(dtype), bias.astype(dtype))
+
+
+@jax.custom_vjp
+def _add_bias(Y, bias):
+    return Y + bias
+
+
+def _add_bias_fwd(Y, bias):
+    return Y + bias, None
+
+
+def _add_bias_bwd(_, g):
+    return g, channel_sum(g)
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def _batch_norm_fwd(x, scale, bias):
     n = x.size // x.shape[-1]
     mean = channel_sum(x) / n
@@ -79,7 +103,7 @@ class Conv(nnx.Conv):
         k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
         ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
         if ho * wo > PATCHES_MAX_PIXELS:
-            return super().__call__(X) if self.feature_group_count == 1 else self._block_diagonal(X, s, p)
+            return self._xla(X, s, p) if self.feature_group_count == 1 else self._block_diagonal(X, s, p)
         if self.feature_group_count == 1:
             return self._taps(X, k, s, p, ho, wo)
         Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
@@ -91,7 +115,7 @@ class Conv(nnx.Conv):
         n, c, o = X.shape[0], X.shape[-1] // g, kernel.shape[-1]
         Y = jnp.einsum("nhwkgc,kcgo->nhwgo", patches.reshape(n, ho, wo, k * k, g, c),
                        kernel.reshape(k * k, c, g, o // g), precision=self.precision).reshape(n, ho, wo, o)
-        return Y + bias if bias is not None else Y
+        return add_bias(Y, bias) if bias is not None else Y
 
     def _taps(self, X, k: int, s: int, p: int, ho: int, wo: int):
         """A dense convolution as a sum over the kernel taps that meet the input (``spec.conv_taps``)
@@ -106,7 +130,15 @@ class Conv(nnx.Conv):
                     Xs, kernel[a, b], (((3,), (0,)), ((), ())), precision=self.precision,
                     preferred_element_type=jnp.float32))
         Y = Y.astype(X.dtype)
-        return Y + bias if bias is not None else Y
+        return add_bias(Y, bias) if bias is not None else Y
+
+    def _xla(self, X, s: int, p: int):
+        """XLA's convolution, as ``nnx.Conv`` calls it, with :func:`add_bias`."""
+        bias = self.bias[...] if self.bias is not None else None
+        X, kernel, bias = self.promote_dtype((X, self.kernel[...], bias), dtype=self.dtype)
+        Y = lax.conv_general_dilated(X, kernel, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=self.precision, preferred_element_type=self.preferred_element_type)
+        return add_bias(Y, bias) if bias is not None else Y
 
     def _block_diagonal(self, X, s: int, p: int):
         bias = self.bias[...] if self.bias is not None else None
@@ -116,7 +148,7 @@ class Conv(nnx.Conv):
         full = (kernel.reshape(kh, kw, 1, c, g, o // g) * eye).reshape(kh, kw, g * c, o)  # an exact product
         Y = lax.conv_general_dilated(X, full, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      precision=self.precision)
-        return Y + bias if bias is not None else Y
+        return add_bias(Y, bias) if bias is not None else Y
 
 
 def _reduce_max(X, k: int, s: int, p: int):

@@ -1,12 +1,13 @@
-"""MXNet's speed kernel on the CPU: a convolution whose every output reads every input pixel
-(``spec.conv_is_dense``; at 40x40, stage 5's 3x3 convolutions on 2x2 maps) runs as one matmul
-with the convolution unrolled into a dense matrix, built from slices of the kernel, instead of
-oneDNN's convolution, which is slow at these shapes, above all held to AVX2
-(docs/performance.md). The same function within float32 rounding (tests/test_mxnet_kernels.py).
+"""MXNet's speed kernels on the CPU: convolutions with outputs of at most 2x2 run as one matmul
+instead of oneDNN's convolution, which is slow at these shapes, above all held to AVX2
+(docs/performance.md): one whose every output reads every input pixel (``spec.conv_is_dense``; at
+40x40, stage 5's 3x3 convolutions on 2x2 maps) with the convolution unrolled into a dense matrix
+built from slices of the kernel, and a 1x1 one (the strided shortcut) on the pixels it reads. The
+same function within float32 rounding (tests/test_mxnet_kernels.py).
 
 The unrolled matrix depends on the input's size, and Gluon traces a hybridized block into a graph
 of symbols without shapes, then reuses that graph for any input shape. So :class:`Conv2D` takes
-the dense path in a traced graph only when the shape of the traced block's input is known: inside
+a matmul in a traced graph only when the shape of the traced block's input is known: inside
 :func:`call`, which keys the block's cached graph by that shape. Anywhere else a traced graph gets
 MXNet's own convolution. An eager call (not hybridized) knows its input and takes the rule as it is."""
 from __future__ import annotations
@@ -18,22 +19,31 @@ from mxnet.gluon import nn
 
 from .. import spec
 
-#: The rule (``uses_dense``): both output sides at most this many pixels.
-DENSE_MAX_SIDE = 2
+#: The rules (``uses_dense``, ``uses_pointwise``): both output sides at most this many pixels.
+MATMUL_MAX_SIDE = 2
 
 #: The input shapes of the graph being traced inside :func:`call`, by Gluon's name for the input.
 _TRACED_INPUTS: contextvars.ContextVar = contextvars.ContextVar("d2lres_mxnet_traced_inputs", default=None)
 
 
+def _outputs(size, kernel, stride, padding) -> list[int] | None:
+    """The output sides if both are at most ``MATMUL_MAX_SIDE`` (and positive), else None."""
+    outs = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding)]
+    return outs if 0 < min(outs) and max(outs) <= MATMUL_MAX_SIDE else None
+
+
 def uses_dense(size, kernel, stride, padding, dilation=(1, 1), groups=1) -> bool:
     """Whether a 2-D convolution of a ``size`` (height, width) input runs as :func:`dense_conv2d`: a
-    dense kernel (no groups, no dilation), outputs at most ``DENSE_MAX_SIDE`` pixels on a side, and
-    every output reading every input pixel along both axes."""
-    if groups != 1 or tuple(dilation) != (1, 1):
-        return False
-    outs = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding)]
-    return 0 < min(outs) and max(outs) <= DENSE_MAX_SIDE and all(
-        spec.conv_is_dense(*axis) for axis in zip(size, kernel, stride, padding))
+    dense kernel (no groups, no dilation), small outputs (``MATMUL_MAX_SIDE``), and every output
+    reading every input pixel along both axes."""
+    return groups == 1 and tuple(dilation) == (1, 1) and _outputs(size, kernel, stride, padding) is not None \
+        and all(spec.conv_is_dense(*axis) for axis in zip(size, kernel, stride, padding))
+
+
+def uses_pointwise(size, kernel, stride, padding, dilation=(1, 1), groups=1) -> bool:
+    """Whether it runs as :func:`pointwise_conv2d`: a dense 1x1 kernel without padding, small outputs."""
+    return groups == 1 and tuple(kernel) == (1, 1) and tuple(padding) == (0, 0) \
+        and _outputs(size, kernel, stride, padding) is not None
 
 
 def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
@@ -52,15 +62,31 @@ def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
     return Y if bias is None else Y + bias.reshape(1, o, 1, 1)
 
 
+def pointwise_conv2d(F, X, weight, bias, size, kernel_shape, stride):
+    """The NCHW 1x1 convolution of ``X`` (spatial ``size``) by ``weight`` (``kernel_shape``: O, C, 1, 1)
+    as one matmul: the pixels it reads (every ``stride``-th), channels last, times the kernel as it is."""
+    (h, w), (o, c, _, _) = size, kernel_shape
+    ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
+    if tuple(stride) != (1, 1):
+        X = F.npx.slice(X, begin=(None, None, 0, 0), end=(None, None, h, w), step=(1, 1, *stride))
+    Y = F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, c), weight.reshape(o, c), num_hidden=o,
+                              no_bias=True).reshape(-1, ho, wo, o).transpose(0, 3, 1, 2)
+    return Y if bias is None else Y + bias.reshape(1, o, 1, 1)
+
+
 class Conv2D(nn.Conv2D):
-    """Gluon's ``Conv2D``, taking :func:`dense_conv2d` where :func:`uses_dense` accepts its input."""
+    """Gluon's ``Conv2D``, taking :func:`dense_conv2d` or :func:`pointwise_conv2d` where
+    :func:`uses_dense` or :func:`uses_pointwise` accepts its input."""
 
     def hybrid_forward(self, F, x, weight, bias=None):
         args = self._kwargs
-        size = _spatial_size(x)
-        if size is not None and self.act is None and args["layout"] == "NCHW" and uses_dense(
-                size, args["kernel"], args["stride"], args["pad"], args["dilate"], args["num_group"]):
-            return dense_conv2d(F, x, weight, bias, size, self.weight.shape, args["stride"], args["pad"])
+        size = _spatial_size(x) if self.act is None and args["layout"] == "NCHW" else None
+        if size is not None:
+            geometry = (size, args["kernel"], args["stride"], args["pad"], args["dilate"], args["num_group"])
+            if uses_dense(*geometry):
+                return dense_conv2d(F, x, weight, bias, size, self.weight.shape, args["stride"], args["pad"])
+            if uses_pointwise(*geometry):
+                return pointwise_conv2d(F, x, weight, bias, size, self.weight.shape, args["stride"])
         return super().hybrid_forward(F, x, weight, bias)
 
 
@@ -80,7 +106,7 @@ def _spatial_size(x) -> tuple[int, int] | None:
 
 def call(block: nn.HybridBlock, forward, X):
     """``forward(X)``, ``block``'s own forward, with ``X``'s shape known to the graph that Gluon traces
-    from ``block`` if it is hybridized, so that its :class:`Conv2D` layers can take the dense path;
+    from ``block`` if it is hybridized, so that its :class:`Conv2D` layers can take their matmuls;
     the cached graph is traced again when the image size changes. ``X``: one float32 array."""
     if not block._active:
         return forward(X)

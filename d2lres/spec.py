@@ -338,7 +338,8 @@ def param_counts(num_classes: int = 10, in_channels: int = 1, arch=None) -> dict
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Outputs along one axis of a zero-padded convolution or pooling."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -347,7 +348,7 @@ def conv_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[tuple[
     ``(tap, first output, number of outputs, first input)``; output ``first output + i`` reads input
     ``first input + i * stride``. Taps that meet only padding are left out, so a backend can compute
     the convolution as one matmul per pair of taps without multiplying the padding's zeros."""
-    out, taps = _out_size(size, kernel, stride, padding), []
+    out, taps = conv_out_size(size, kernel, stride, padding), []
     for tap in range(kernel):
         inside = [i for i in range(out) if 0 <= i * stride - padding + tap < size]
         if inside:
@@ -360,7 +361,7 @@ def conv_is_dense(size: int, kernel: int, stride: int, padding: int) -> bool:
     position through some kernel tap: the convolution unrolled into a matrix (input positions by
     output positions) then has no entry that is always zero, so one matmul with that matrix
     multiplies no padding."""
-    out = _out_size(size, kernel, stride, padding)
+    out = conv_out_size(size, kernel, stride, padding)
     return out > 0 and sum(n for _, _, n, _ in conv_taps(size, kernel, stride, padding)) == size * out
 
 
@@ -390,14 +391,14 @@ def _apply(layer, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
         return main, macs
     if isinstance(layer, Conv):
         _, h, w = shape
-        h, w = (_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
+        h, w = (conv_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
         if h <= 0 or w <= 0:
             raise UserValueError(f"input too small: {layer.name} would output {h}x{w}")
         macs = layer.out_channels * h * w * layer.in_channels // layer.groups * layer.kernel ** 2
         return (layer.out_channels, h, w), macs
     if isinstance(layer, MaxPool):
         c, h, w = shape
-        h, w = (_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
+        h, w = (conv_out_size(s, layer.kernel, layer.stride, layer.padding) for s in (h, w))
         if h <= 0 or w <= 0:
             raise UserValueError(f"input too small: {layer.name} would output {h}x{w}")
         return (c, h, w), 0

@@ -3,6 +3,8 @@ convolution, taken where the rule says, in eager calls and in traced graphs alik
 graph whose input shape is unknown."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,6 @@ def test_the_rules_take_dense_small_convolutions_only():
 
 def _ops(block) -> list[str]:
     """The operators of ``block``'s traced graph."""
-    import json
     return [node["op"] for node in json.loads(block._cached_graph[1].tojson())["nodes"]]
 
 

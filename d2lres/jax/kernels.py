@@ -101,9 +101,9 @@ class Conv(nnx.Conv):
 
     def __call__(self, X):
         k, s, p = self.kernel_size[0], self.strides[0], self.padding[0][0]
-        ho, wo = ((X.shape[axis] + 2 * p - k) // s + 1 for axis in (1, 2))
+        ho, wo = (spec.conv_out_size(X.shape[axis], k, s, p) for axis in (1, 2))
         if ho * wo > PATCHES_MAX_PIXELS:
-            return self._xla(X, s, p) if self.feature_group_count == 1 else self._block_diagonal(X, s, p)
+            return self._xla(X, s, p)
         if self.feature_group_count == 1:
             return self._taps(X, k, s, p, ho, wo)
         Xp = jnp.pad(X, ((0, 0), (p, p), (p, p), (0, 0))) if p else X
@@ -133,21 +133,16 @@ class Conv(nnx.Conv):
         return add_bias(Y, bias) if bias is not None else Y
 
     def _xla(self, X, s: int, p: int):
-        """XLA's convolution, as ``nnx.Conv`` calls it, with :func:`add_bias`."""
-        bias = self.bias[...] if self.bias is not None else None
-        X, kernel, bias = self.promote_dtype((X, self.kernel[...], bias), dtype=self.dtype)
-        Y = lax.conv_general_dilated(X, kernel, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=self.precision, preferred_element_type=self.preferred_element_type)
-        return add_bias(Y, bias) if bias is not None else Y
-
-    def _block_diagonal(self, X, s: int, p: int):
+        """XLA's dense convolution, as ``nnx.Conv`` calls it, with :func:`add_bias`; a grouped kernel
+        as the dense block-diagonal one."""
         bias = self.bias[...] if self.bias is not None else None
         X, kernel, bias = self.promote_dtype((X, self.kernel[...], bias), dtype=self.dtype)
         g, (kh, kw, c, o) = self.feature_group_count, kernel.shape
-        eye = jnp.eye(g, dtype=kernel.dtype).reshape(1, 1, g, 1, g, 1)  # (.., input group, .., output group, ..)
-        full = (kernel.reshape(kh, kw, 1, c, g, o // g) * eye).reshape(kh, kw, g * c, o)  # an exact product
-        Y = lax.conv_general_dilated(X, full, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=self.precision)
+        if g > 1:
+            eye = jnp.eye(g, dtype=kernel.dtype).reshape(1, 1, g, 1, g, 1)  # (.., input group, .., output group, ..)
+            kernel = (kernel.reshape(kh, kw, 1, c, g, o // g) * eye).reshape(kh, kw, g * c, o)  # an exact product
+        Y = lax.conv_general_dilated(X, kernel, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=self.precision, preferred_element_type=self.preferred_element_type)
         return add_bias(Y, bias) if bias is not None else Y
 
 

@@ -28,7 +28,7 @@ _TRACED_INPUTS: contextvars.ContextVar = contextvars.ContextVar("d2lres_mxnet_tr
 
 def _outputs(size, kernel, stride, padding) -> list[int] | None:
     """The output sides if both are at most ``MATMUL_MAX_SIDE`` (and positive), else None."""
-    outs = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding)]
+    outs = [spec.conv_out_size(*axis) for axis in zip(size, kernel, stride, padding)]
     return outs if 0 < min(outs) and max(outs) <= MATMUL_MAX_SIDE else None
 
 
@@ -52,7 +52,7 @@ def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
     C x h x w), whose block for output pixel (i, j) is the window of the kernel that meets the input
     from there (oneDNN's inner product does the matmul)."""
     (h, w), (o, c, _, _) = size, kernel_shape
-    ho, wo = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel_shape[2:], stride, padding)]
+    ho, wo = [spec.conv_out_size(*axis) for axis in zip(size, kernel_shape[2:], stride, padding)]
     # output (i, j) reads input (y, x) through tap (y - i * stride + padding, x - j * stride + padding)
     tops = [padding[0] - i * stride[0] for i in range(ho)]
     lefts = [padding[1] - j * stride[1] for j in range(wo)]

@@ -38,7 +38,7 @@ def taps_conv2d(X: tf.Tensor, kernel: tf.Tensor, stride: int, padding: int) -> t
     the padding's zeros are not multiplied. The kernel is unstacked once, so its gradient is one stack."""
     k, _, c, o = kernel.shape
     h, w = X.shape[1], X.shape[2]
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    ho, wo = spec.conv_out_size(h, k, stride, padding), spec.conv_out_size(w, k, stride, padding)
     taps = tf.unstack(tf.reshape(kernel, [k * k, c, o]))
     parts = []
     for a, i0, ni, r0 in spec.conv_taps(h, k, stride, padding):

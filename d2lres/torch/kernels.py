@@ -39,7 +39,7 @@ def uses_taps(X, K, stride=1, padding=0, dilation=1, groups=1) -> bool:
     if X.device.type != "cpu" or X.dtype != torch.float32 or K.dtype != torch.float32 \
             or torch.is_autocast_enabled("cpu"):
         return False
-    out = [(X.shape[2 + i] + 2 * padding[i] - K.shape[2 + i]) // stride[i] + 1 for i in range(2)]
+    out = [spec.conv_out_size(X.shape[2 + i], K.shape[2 + i], stride[i], padding[i]) for i in range(2)]
     return 0 < min(out) and max(out) <= TAPS_MAX_SIDE
 
 
@@ -53,7 +53,7 @@ class TapConv(torch.autograd.Function):
         o, _, kh, kw = K.shape
         rows = spec.conv_taps(h, kh, stride[0], padding[0])
         cols = spec.conv_taps(w, kw, stride[1], padding[1])
-        ho, wo = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip((h, w), (kh, kw), stride, padding)]
+        ho, wo = [spec.conv_out_size(*axis) for axis in zip((h, w), (kh, kw), stride, padding)]
         # the taps that meet the input, a contiguous range on each axis (none: the output is the bias)
         (a0, a1), (b0, b1) = [(t[0][0], t[-1][0] + 1) if t else (0, 0) for t in (rows, cols)]
         Xh = X.permute(0, 2, 3, 1).contiguous()

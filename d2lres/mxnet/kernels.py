@@ -48,16 +48,19 @@ def uses_pointwise(size, kernel, stride, padding, dilation=(1, 1), groups=1) -> 
 
 def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
     """The NCHW convolution of ``X`` (spatial ``size``) by ``weight`` (``kernel_shape``: O, C, kh, kw)
-    as one matmul: the input flattened to C x h x w times the kernel unrolled to (O x outputs,
-    C x h x w), whose block for output pixel (i, j) is the window of the kernel that meets the input
-    from there (oneDNN's inner product does the matmul)."""
+    as one matmul: the input flattened channels last (h x w x C) times the kernel unrolled to
+    (O x outputs, h x w x C), whose block for output pixel (i, j) is the window of the kernel that
+    meets the input from there (oneDNN's inner product does the matmul). The windows are sliced from
+    the kernel channels last, whole rows of channels at a time: sliced across its 3x3 taps, the
+    slices' gradients cost more than the matmul (docs/performance.md)."""
     (h, w), (o, c, _, _) = size, kernel_shape
     ho, wo = [spec.conv_out_size(*axis) for axis in zip(size, kernel_shape[2:], stride, padding)]
     # output (i, j) reads input (y, x) through tap (y - i * stride + padding, x - j * stride + padding)
     tops = [padding[0] - i * stride[0] for i in range(ho)]
     lefts = [padding[1] - j * stride[1] for j in range(wo)]
-    unrolled = F.np.stack([weight[:, :, t:t + h, u:u + w] for t in tops for u in lefts], axis=1)
-    Y = F.npx.fully_connected(X.reshape(-1, c * h * w), unrolled.reshape(o * ho * wo, c * h * w),
+    taps = weight.transpose(0, 2, 3, 1)  # (O, kh, kw, C)
+    unrolled = F.np.stack([taps[:, t:t + h, u:u + w, :] for t in tops for u in lefts], axis=1)
+    Y = F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, h * w * c), unrolled.reshape(o * ho * wo, h * w * c),
                               num_hidden=o * ho * wo, no_bias=True).reshape(-1, o, ho, wo)
     return Y if bias is None else Y + bias.reshape(1, o, 1, 1)
 

@@ -50,19 +50,25 @@ def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
     """The NCHW convolution of ``X`` (spatial ``size``) by ``weight`` (``kernel_shape``: O, C, kh, kw)
     as one matmul: the input flattened channels last (h x w x C) times the kernel unrolled to
     (O x outputs, h x w x C), whose block for output pixel (i, j) is the window of the kernel that
-    meets the input from there (oneDNN's inner product does the matmul). The windows are sliced from
-    the kernel channels last, whole rows of channels at a time: sliced across its 3x3 taps, the
+    meets the input from there (oneDNN's inner product does the matmul). The windows are gathered
+    from the kernel, channels last, by a 0/1 matrix (which tap each pair of output and input pixels
+    takes): one batched matmul, whose gradient sums each tap's blocks. Sliced from the kernel, the
     slices' gradients cost more than the matmul (docs/performance.md)."""
-    (h, w), (o, c, _, _) = size, kernel_shape
+    (h, w), (o, c, kh, kw) = size, kernel_shape
     ho, wo = [spec.conv_out_size(*axis) for axis in zip(size, kernel_shape[2:], stride, padding)]
     # output (i, j) reads input (y, x) through tap (y - i * stride + padding, x - j * stride + padding)
     tops = [padding[0] - i * stride[0] for i in range(ho)]
     lefts = [padding[1] - j * stride[1] for j in range(wo)]
-    taps = weight.transpose(0, 2, 3, 1)  # (O, kh, kw, C)
-    unrolled = F.np.stack([taps[:, t:t + h, u:u + w, :] for t in tops for u in lefts], axis=1)
-    Y = F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, h * w * c), unrolled.reshape(o * ho * wo, h * w * c),
-                              num_hidden=o * ho * wo, no_bias=True).reshape(-1, o, ho, wo)
-    return Y if bias is None else Y + bias.reshape(1, o, 1, 1)
+    grid = F.np.arange(kh * kw).reshape(kh, kw)  # the taps' numbers
+    pairs = ho * wo * h * w
+    select = F.npx.one_hot(F.np.stack([grid[t:t + h, u:u + w] for t in tops for u in lefts]).reshape(pairs), kh * kw)
+    taps = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw, c)
+    unrolled = F.npx.batch_dot(F.np.broadcast_to(select.reshape(1, pairs, kh * kw), (o, pairs, kh * kw)), taps)
+    if bias is not None:  # the inner product's own bias: its gradient is oneDNN's, not a slow broadcast reduction
+        bias = F.np.repeat(bias, ho * wo)
+    return F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, h * w * c),
+                                 unrolled.reshape(o * ho * wo, h * w * c), bias,
+                                 num_hidden=o * ho * wo, no_bias=bias is None).reshape(-1, o, ho, wo)
 
 
 def pointwise_conv2d(F, X, weight, bias, size, kernel_shape, stride):
@@ -72,9 +78,8 @@ def pointwise_conv2d(F, X, weight, bias, size, kernel_shape, stride):
     ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
     if tuple(stride) != (1, 1):
         X = F.npx.slice(X, begin=(None, None, 0, 0), end=(None, None, h, w), step=(1, 1, *stride))
-    Y = F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, c), weight.reshape(o, c), num_hidden=o,
-                              no_bias=True).reshape(-1, ho, wo, o).transpose(0, 3, 1, 2)
-    return Y if bias is None else Y + bias.reshape(1, o, 1, 1)
+    return F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, c), weight.reshape(o, c), bias, num_hidden=o,
+                                 no_bias=bias is None).reshape(-1, ho, wo, o).transpose(0, 3, 1, 2)
 
 
 class Conv2D(nn.Conv2D):

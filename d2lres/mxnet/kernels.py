@@ -51,9 +51,10 @@ def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
     as one matmul: the input flattened channels last (h x w x C) times the kernel unrolled to
     (O x outputs, h x w x C), whose block for output pixel (i, j) is the window of the kernel that
     meets the input from there (oneDNN's inner product does the matmul). The windows are gathered
-    from the kernel, channels last, by a 0/1 matrix (which tap each pair of output and input pixels
-    takes): one batched matmul, whose gradient sums each tap's blocks. Sliced from the kernel, the
-    slices' gradients cost more than the matmul (docs/performance.md)."""
+    from the kernel by a 0/1 matrix (which tap each pair of output and input pixels takes): one
+    batched matmul per output channel, which also puts the channels last and whose gradient sums
+    each tap's blocks. Sliced from the kernel, the slices' gradients cost more than the matmul
+    (docs/performance.md)."""
     (h, w), (o, c, kh, kw) = size, kernel_shape
     ho, wo = [spec.conv_out_size(*axis) for axis in zip(size, kernel_shape[2:], stride, padding)]
     # output (i, j) reads input (y, x) through tap (y - i * stride + padding, x - j * stride + padding)
@@ -62,8 +63,9 @@ def dense_conv2d(F, X, weight, bias, size, kernel_shape, stride, padding):
     grid = F.np.arange(kh * kw).reshape(kh, kw)  # the taps' numbers
     pairs = ho * wo * h * w
     select = F.npx.one_hot(F.np.stack([grid[t:t + h, u:u + w] for t in tops for u in lefts]).reshape(pairs), kh * kw)
-    taps = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw, c)
-    unrolled = F.npx.batch_dot(F.np.broadcast_to(select.reshape(1, pairs, kh * kw), (o, pairs, kh * kw)), taps)
+    # per output channel: (pairs, taps) @ (C, taps)^T, the kernel's transpose left to the matmul
+    unrolled = F.npx.batch_dot(F.np.broadcast_to(select.reshape(1, pairs, kh * kw), (o, pairs, kh * kw)),
+                               weight.reshape(o, c, kh * kw), transpose_b=True)
     if bias is not None:  # the inner product's own bias: its gradient is oneDNN's, not a slow broadcast reduction
         bias = F.np.repeat(bias, ho * wo)
     return F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, h * w * c),

@@ -1,5 +1,7 @@
 """The CPU record of every timing, and that holding oneDNN to AVX2 takes effect (oneDNN's own
 log line says which kernels it chose)."""
+import os
+
 import pytest
 
 from d2lres.host import isa
@@ -42,3 +44,17 @@ def test_openmp_threads_wait_passively_unless_the_user_chose():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60).stdout.strip() == "ACTIVE"
+
+
+def test_avx2_hold_reaches_xla_in_timed_processes(monkeypatch):
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX512 --xla_force_host_platform_device_count=2")
+    env = isa.timed_process_env("avx2")
+    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", isa.XLA_AVX2_FLAG]
+    assert isa.timed_process_env("native")["XLA_FLAGS"] == os.environ["XLA_FLAGS"]
+    # this jaxlib knows the flag (XLA aborts on one it does not) and still computes
+    code = "import jax, jax.numpy as jnp; print(float(jax.jit(lambda x: (x * x).sum())(jnp.arange(4.0))))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "14.0", out.stderr[-2000:]

@@ -9,6 +9,9 @@ more than AVX2, so an AVX2 machine can be measured on a newer one:
 - ``DNNL_MAX_CPU_ISA``: the oneDNN 2.x that MXNet 1.9.1 bundles reads this name.
 - ``MKL_ENABLE_INSTRUCTIONS``: MKL (PyTorch's matmuls on x86).
 - ``OPENBLAS_CORETYPE=Haswell``: OpenBLAS (numpy's and MXNet's matmuls) on its AVX2 kernels.
+- ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` in the timed processes (:func:`timed_process_env`): the code
+  XLA compiles for JAX (its fusions; not the convolutions and matmuls that jaxlib ships compiled,
+  which choose by the CPU as it is).
 """
 from __future__ import annotations
 
@@ -35,10 +38,18 @@ def isa_env(isa: str) -> dict[str, str]:
     return dict(AVX2_ENV) if isa == "avx2" else {}
 
 
+#: What a timed process held to AVX2 adds to ``XLA_FLAGS``.
+XLA_AVX2_FLAG = "--xla_cpu_max_isa=AVX2"
+
+
 def timed_process_env(isa: str) -> dict[str, str]:
     """The environment of a timed process (bench, profile): this one's, TensorFlow's INFO lines
-    off unless asked for, held to ``isa``."""
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa_env(isa)}
+    off unless asked for, held to ``isa`` (and, held to AVX2, XLA's compiled code too)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa_env(isa)}
+    if isa == "avx2":
+        flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_cpu_max_isa")]
+        env["XLA_FLAGS"] = " ".join([*flags, XLA_AVX2_FLAG])
+    return env
 
 
 def held_isa() -> str:

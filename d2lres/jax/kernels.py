@@ -167,7 +167,7 @@ def _max_pool_bwd(k, s, p, X, G):
     so every op is dense and contiguous. The maxima are found again here, as indices (comparing
     with the forward's maxima would miss where XLA computed ``X`` twice, in two fusions)."""
     n, h, w, c = X.shape
-    ho, wo, q = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, (k - 1) // s
+    ho, wo, q = spec.conv_out_size(h, k, s, p), spec.conv_out_size(w, k, s, p), (k - 1) // s
     lh, lw = s * (ho + q), s * (wo + q)  # the padded input as whole phases (cropped or -inf padded)
     Xp = jnp.pad(X, ((0, 0), (p, max(lh - p - h, 0)), (p, max(lw - p - w, 0)), (0, 0)),
                  constant_values=-jnp.inf)[:, :lh, :lw]

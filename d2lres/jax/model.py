@@ -153,7 +153,7 @@ class LazyConv(Lazy, Conv):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         n, h, w, _ = input_shape
         k, s, p = self.kernel_size, self.strides, self.padding
-        return n, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, self.num_channels
+        return n, spec.conv_out_size(h, k, s, p), spec.conv_out_size(w, k, s, p), self.num_channels
 
 
 class LazyBatchNorm(Lazy, BatchNorm):

@@ -77,7 +77,7 @@ def pointwise_conv2d(F, X, weight, bias, size, kernel_shape, stride):
     """The NCHW 1x1 convolution of ``X`` (spatial ``size``) by ``weight`` (``kernel_shape``: O, C, 1, 1)
     as one matmul: the pixels it reads (every ``stride``-th), channels last, times the kernel as it is."""
     (h, w), (o, c, _, _) = size, kernel_shape
-    ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
+    ho, wo = spec.conv_out_size(h, 1, stride[0], 0), spec.conv_out_size(w, 1, stride[1], 0)
     if tuple(stride) != (1, 1):
         X = F.npx.slice(X, begin=(None, None, 0, 0), end=(None, None, h, w), step=(1, 1, *stride))
     return F.npx.fully_connected(X.transpose(0, 2, 3, 1).reshape(-1, c), weight.reshape(o, c), bias, num_hidden=o,

@@ -319,8 +319,8 @@ OPTIONS = {
     "--input": {"type": _shape, "help": "CxHxW"},
     "--precision": {"choices": precision.PRECISIONS, "help": PRECISION_HELP + " (default float32)"},
     "--isa": {"choices": isa.ISAS, "default": "native",
-              "help": "avx2: hold oneDNN, MKL and OpenBLAS to AVX2 in every process the command starts (what most "
-                      "learners' CPUs have), to measure an AVX2 machine on a newer one"},
+              "help": "avx2: hold oneDNN, MKL, OpenBLAS and the code XLA compiles to AVX2 in every process the command "
+                      "starts (what most learners' CPUs have), to measure an AVX2 machine on a newer one"},
     "--out": {"type": _folder},
     "--data-dir": {"type": _folder, "help": "Fashion-MNIST directory (default: $D2LRES_DATA_DIR or the user cache)"},
     "--no-progress": {"action": "store_true", "help": "no progress bar"},

@@ -286,7 +286,7 @@ def launch(run: RunDescription, *, label: str | None = None, env: dict | None = 
         error_file = Path(tmp) / "error"
         argv, launch_env = parallel.launch_command(run.backend, run.devices,
                                                    {**run.to_job(), jobs.ERROR_FILE: str(error_file)})
-        status = signals.run_child(argv, env={**launch_env, **(env or {})}, **(child or {}))
+        status = signals.run_child(argv, env=process.overlay(launch_env, env or {}), **(child or {}))
         if status:
             where, detail, resumable = jobs.stopped_at(error_file)
             if label is not None:

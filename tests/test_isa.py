@@ -46,14 +46,20 @@ def test_openmp_threads_wait_passively_unless_the_user_chose():
                           timeout=60).stdout.strip() == "ACTIVE"
 
 
-def test_avx2_hold_reaches_xla_in_timed_processes(monkeypatch):
+def test_avx2_hold_reaches_xla_and_keeps_the_other_flags(monkeypatch):
     pytest.importorskip("jax")
     import subprocess
     import sys
+
+    from d2lres.host import process
+    from d2lres.loop import split
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX512 --xla_force_host_platform_device_count=2")
-    env = isa.timed_process_env("avx2")
+    env = isa.timed_process_env("avx2")  # bench, profile
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", isa.XLA_AVX2_FLAG]
     assert isa.timed_process_env("native")["XLA_FLAGS"] == os.environ["XLA_FLAGS"]
+    # compare's runs (run.launch): the hold laid over a launch for 3 devices keeps that count
+    launched = process.overlay(split.environment("jax", 3), isa.isa_env("avx2"))["XLA_FLAGS"].split()
+    assert launched == ["--xla_force_host_platform_device_count=3", isa.XLA_AVX2_FLAG]
     # this jaxlib knows the flag (XLA aborts on one it does not) and still computes
     code = "import jax, jax.numpy as jnp; print(float(jax.jit(lambda x: (x * x).sum())(jnp.arange(4.0))))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

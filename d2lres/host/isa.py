@@ -9,9 +9,9 @@ more than AVX2, so an AVX2 machine can be measured on a newer one:
 - ``DNNL_MAX_CPU_ISA``: the oneDNN 2.x that MXNet 1.9.1 bundles reads this name.
 - ``MKL_ENABLE_INSTRUCTIONS``: MKL (PyTorch's matmuls on x86).
 - ``OPENBLAS_CORETYPE=Haswell``: OpenBLAS (numpy's and MXNet's matmuls) on its AVX2 kernels.
-- ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` in the timed processes (:func:`timed_process_env`): the code
-  XLA compiles for JAX (its fusions; not the convolutions and matmuls that jaxlib ships compiled,
-  which choose by the CPU as it is).
+- ``XLA_FLAGS=--xla_cpu_max_isa=AVX2``, merged into the flags a process has
+  (``d2lres.host.process.overlay``): the code XLA compiles for JAX (its fusions; not the
+  convolutions and matmuls that jaxlib ships compiled, which choose by the CPU as it is).
 """
 from __future__ import annotations
 
@@ -22,34 +22,31 @@ import sys
 from pathlib import Path
 
 from ..errors import UserValueError
+from .process import overlay
 
-#: What ``--isa avx2`` sets in every timed process.
+#: What a timed process held to AVX2 adds to ``XLA_FLAGS``.
+XLA_AVX2_FLAG = "--xla_cpu_max_isa=AVX2"
+#: What ``--isa avx2`` sets in every timed process (``XLA_FLAGS`` merged: ``process.overlay``).
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-            "OPENBLAS_CORETYPE": "Haswell"}
+            "OPENBLAS_CORETYPE": "Haswell", "XLA_FLAGS": XLA_AVX2_FLAG}
 ISAS = ("native", "avx2")
 #: The CPU flags of bfloat16 units (AVX-512 BF16 dot products; AMX tiles).
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 def isa_env(isa: str) -> dict[str, str]:
-    """Environment variables that hold the frameworks to ``isa`` (``native``: none)."""
+    """Environment variables that hold the frameworks to ``isa`` (``native``: none); laid over a
+    process's own with ``process.overlay``, which keeps its other XLA flags."""
     if isa not in ISAS:
         raise UserValueError(f"unknown instruction set {isa!r}; choose one of {', '.join(ISAS)}")
     return dict(AVX2_ENV) if isa == "avx2" else {}
 
 
-#: What a timed process held to AVX2 adds to ``XLA_FLAGS``.
-XLA_AVX2_FLAG = "--xla_cpu_max_isa=AVX2"
-
-
 def timed_process_env(isa: str) -> dict[str, str]:
     """The environment of a timed process (bench, profile): this one's, TensorFlow's INFO lines
     off unless asked for, held to ``isa`` (and, held to AVX2, XLA's compiled code too)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **isa_env(isa)}
-    if isa == "avx2":
-        flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_cpu_max_isa")]
-        env["XLA_FLAGS"] = " ".join([*flags, XLA_AVX2_FLAG])
-    return env
+    return overlay({**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
+                   isa_env(isa))
 
 
 def held_isa() -> str:
@@ -86,7 +83,7 @@ def cpu_info(held: str | None = None) -> dict:
 def describe(info: dict | None = None) -> str:
     """One line for reports: ``AMD EPYC ... (avx2; 2 cores)``, with ``, held to AVX2`` when so."""
     info = info or cpu_info()
-    held = ", oneDNN/MKL held to AVX2" if info["held"] == "avx2" else ""
+    held = ", held to AVX2" if info["held"] == "avx2" else ""
     return f"{info['model']} ({info['isa_class']}; {info['cores']} cores{held})"
 
 

@@ -85,3 +85,19 @@ def log_lines(verbose: bool) -> None:
     """Set :data:`LOG_ENVIRONMENT`'s variables for ``verbose`` that the user has not set."""
     for key, value in LOG_ENVIRONMENT[bool(verbose)].items():
         os.environ.setdefault(key, value)
+
+
+def with_xla_flags(current: str, *flags: str) -> str:
+    """``XLA_FLAGS`` ``current`` with each of ``flags`` (``--name=value``) set, a flag of the same
+    name replaced and the others kept in their order."""
+    names = {f.partition("=")[0] for f in flags}
+    return " ".join([*(f for f in current.split() if f.partition("=")[0] not in names), *flags])
+
+
+def overlay(base, top) -> dict[str, str]:
+    """The environment ``base`` with ``top``'s variables over it, ``XLA_FLAGS`` merged flag by flag
+    (:func:`with_xla_flags`): a process started for a device count keeps it when held to AVX2."""
+    env = {**base, **top}
+    if "XLA_FLAGS" in base and "XLA_FLAGS" in top:
+        env["XLA_FLAGS"] = with_xla_flags(base["XLA_FLAGS"], *top["XLA_FLAGS"].split())
+    return env

@@ -23,6 +23,7 @@ import os
 import jax
 
 from ..errors import UserValueError
+from ..host.process import with_xla_flags
 
 COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # JAX's own variable
 NUM_PROCESSES = "D2LRES_NUM_PROCESSES"
@@ -72,9 +73,9 @@ def local_environments(num_processes: int, port: int | None = None, env=None, *,
     base = dict(os.environ if env is None else env)
     from ..loop.split import free_port
     port = port or free_port(host)
-    flags = [f for f in base.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     base.update({COORDINATOR: f"{host}:{port}", "JAX_COORDINATOR_BIND_ADDRESS": f"{host}:{port}",
                  NUM_PROCESSES: str(num_processes),
-                 "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices_per_process}"])})
+                 "XLA_FLAGS": with_xla_flags(base.get("XLA_FLAGS", ""),
+                                             f"--xla_force_host_platform_device_count={devices_per_process}")})
     base.pop("D2LRES_REPLICAS", None)
     return [{**base, PROCESS_ID: str(i)} for i in range(num_processes)]

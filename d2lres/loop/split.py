@@ -47,6 +47,7 @@ import numpy as np
 
 from ..core.description import SYNC_BN_DEFAULT  # noqa: F401 (the split's default, re-exported)
 from ..errors import UserError
+from ..host.process import with_xla_flags
 from ..util import jobs, signals
 
 #: The address of every process of a run on one machine (tests stay on it).
@@ -121,8 +122,8 @@ def environment(backend: str, replicas: int, env: dict | None = None) -> dict:
     its own processes, MXNet's ``cpu(i)`` contexts exist)."""
     env = dict(os.environ if env is None else env)
     if backend == "jax":
-        flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-        env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={replicas}"])
+        count = f"--xla_force_host_platform_device_count={replicas}"
+        env["XLA_FLAGS"] = with_xla_flags(env.get("XLA_FLAGS", ""), count)
     env["D2LRES_REPLICAS"] = str(replicas)
     return env
 

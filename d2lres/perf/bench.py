@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -244,7 +243,7 @@ def numpy_matmul_gflops(n: int, held: str) -> float:
     type when it loads)."""
     code = f"from d2lres.perf.bench import matmul_gflops, numpy_matmul; print(matmul_gflops(numpy_matmul({n}), {n}))"
     with tempfile.TemporaryFile("w+") as f:
-        status = signals.run_child([sys.executable, "-c", code], forward=False, env={**os.environ, **isa.isa_env(held)},
+        status = signals.run_child([sys.executable, "-c", code], forward=False, env=isa.timed_process_env(held),
                                    stdout=f)
         signals.check("the numpy matmul", "its timed process was ended; no report written")
         if status:

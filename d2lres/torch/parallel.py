@@ -99,11 +99,7 @@ class ParallelTrainer(Trainer):
         self.rank, self.replicas, self.sync_bn = dist.get_rank(), dist.get_world_size(), sync_bn
         if sync_bn:
             self.net = convert_sync_batchnorm(self.net)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # buffers are not broadcast from rank 0 at each forward: synchronized, they are equal on
-        # every replica; unsynchronized, they are averaged after each step (_average_buffers)
-        self.ddp = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
-        self._train_forward = torch.compile(self.ddp) if compile else self.ddp
+        self._train_forward = None  # DistributedDataParallel, from the first step (_wrap)
         self._buffers = [b for name, b in self.net.named_buffers() if name.endswith(("running_mean", "running_var"))]
 
     def step(self, X, y, lr: float) -> tuple[float, int]:
@@ -111,6 +107,8 @@ class ParallelTrainer(Trainer):
         part = split.shard_slices(n, self.replicas)[self.rank]
         weight = split.loss_weights(n, self.replicas)[self.rank]
         X, y = self._input(X[part]), y[part].to(self.device)
+        if self._train_forward is None:
+            self._wrap()
         self.net.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -126,6 +124,17 @@ class ParallelTrainer(Trainer):
                                float((logits.argmax(1) == y).sum())], dtype=torch.float64, device=self.device)
         dist.all_reduce(totals)
         return float(totals[0]), int(totals[1])
+
+    def _wrap(self) -> None:
+        """``DistributedDataParallel`` around the net, once its layout is chosen (the first batch:
+        ``_input``): its gradient buckets take the parameters' layout. Wrapped before, a run's
+        first step after a resume would be computed through mismatched buckets, unlike the
+        uninterrupted run's step there, and round differently (tests/test_parallel_torch.py)."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # buffers are not broadcast from rank 0 at each forward: synchronized, they are equal on
+        # every replica; unsynchronized, they are averaged after each step (_average_buffers)
+        self.ddp = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+        self._train_forward = torch.compile(self.ddp) if self._compiled else self.ddp
 
     def agree_stop(self, signum: int | None) -> int | None:
         """The signal any process got (``d2lres.util.signals``), the same on every rank: all of them stop

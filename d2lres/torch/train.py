@@ -50,9 +50,9 @@ def to_tensors(X: np.ndarray, y: np.ndarray, device=None):
     return (X.to(device), y.to(device)) if device is not None else (X, y)
 
 
-#: Images at least this wide train faster channels-last on CPU, and narrower ones slower (timed
-#: with ``d2lres bench``; docs/performance.md gives the figures).
-CHANNELS_LAST_MIN_SIDE = 96
+#: Images at least this wide train faster channels-last on CPU, and narrower ones no faster (timed
+#: in training steps; docs/performance.md gives the figures).
+CHANNELS_LAST_MIN_SIDE = 28
 
 
 class Trainer(TrainerBase):

@@ -96,7 +96,7 @@ _PROBES = {
 def probe(framework: str, env: dict[str, str] | None = None) -> str | None:
     """The instruction set oneDNN reports in ``framework`` (torch, tf) under ``env``, from its own
     log line (``isa:Intel AVX2``), run in a fresh process; None if it printed none."""
-    full = {**os.environ, **(env or {}), "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    full = {**overlay(os.environ, env or {}), "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run([sys.executable, "-c", _PROBES[framework]], env=full, capture_output=True, text=True,
                          timeout=300)
     for line in (out.stdout + out.stderr).splitlines():

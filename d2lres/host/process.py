@@ -11,7 +11,8 @@ What a run needs of the process beyond that is set up where a run starts, by :fu
 (``d2lres.run.train``, which the command line and the jobs call, and the data-parallel checks'
 job): TensorFlow's multi-worker strategy or logical CPUs, JAX's processes joined as one. The rest
 (data-parallel ranks, the instruction-set hold, a job's settings) is passed to the processes
-d2lres starts (``d2lres.util.jobs``).
+d2lres starts (``d2lres.util.jobs``), an environment laid over another by :func:`overlay`, which
+merges ``XLA_FLAGS`` flag by flag (:func:`with_xla_flags`).
 """
 from __future__ import annotations
 
